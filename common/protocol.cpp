@@ -1,0 +1,87 @@
+// Names and tables of the wire protocol (see protocol.hpp).
+#include "common/protocol.hpp"
+
+#include <array>
+
+namespace cbd {
+
+std::string_view state_name(State s) {
+    switch (s) {
+    case State::Closed:
+        return "closed";
+    case State::Open:
+        return "open";
+    case State::HalfOpen:
+        return "half-open";
+    }
+    return "closed";
+}
+
+std::optional<State> parse_state(std::string_view name) {
+    if (name == "closed")
+        return State::Closed;
+    if (name == "open")
+        return State::Open;
+    if (name == "half-open")
+        return State::HalfOpen;
+    return std::nullopt;
+}
+
+std::string_view error_code_name(ErrorCode code) {
+    switch (code) {
+    case ErrorCode::ParseError:
+        return "parse_error";
+    case ErrorCode::InvalidRequest:
+        return "invalid_request";
+    case ErrorCode::UnknownOp:
+        return "unknown_op";
+    case ErrorCode::InvalidKey:
+        return "invalid_key";
+    case ErrorCode::InvalidState:
+        return "invalid_state";
+    case ErrorCode::LineTooLong:
+        return "line_too_long";
+    case ErrorCode::TooManyCircuits:
+        return "too_many_circuits";
+    case ErrorCode::InternalError:
+        return "internal_error";
+    }
+    return "internal_error";
+}
+
+namespace {
+
+// Indexed by Op: op_spec() relies on the order matching the enum.
+constexpr std::array kOps = {
+    //     op              name          key    to     mutates
+    OpSpec{Op::Get, "get", true, false, true}, // creates unknown keys
+    OpSpec{Op::Success, "success", true, false, true},
+    OpSpec{Op::Failure, "failure", true, false, true},
+    OpSpec{Op::Transition, "transition", true, true, true},
+    OpSpec{Op::Reset, "reset", true, false, true},
+    OpSpec{Op::Ping, "ping", false, false, false},
+};
+
+} // namespace
+
+const OpSpec* find_op(std::string_view name) {
+    for (const auto& spec : kOps)
+        if (spec.name == name)
+            return &spec;
+    return nullptr;
+}
+
+const OpSpec& op_spec(Op op) { return kOps[static_cast<std::size_t>(op)]; }
+
+std::optional<std::string_view> key_problem(std::string_view key) {
+    if (key.empty())
+        return "key must not be empty";
+    if (key.size() > kMaxKeyBytes)
+        return "key is longer than 1024 bytes";
+    for (unsigned char c : key)
+        if (c < 0x20 || c == 0x7f)
+            return "key contains a control character";
+    return std::nullopt;
+}
+
+} // namespace cbd

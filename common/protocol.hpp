@@ -1,0 +1,75 @@
+// The cbd wire protocol: what cbd and cbctl must agree on. docs/PROTOCOL.md is
+// the human contract; change the two together.
+//
+// Protocol version history:
+//   1  newline-delimited JSON; get, success, failure, transition, reset, ping.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string_view>
+
+namespace cbd {
+
+inline constexpr int kProtocolVersion = 1;
+inline constexpr std::string_view kVersion = CBD_VERSION;
+
+// Hard limits. The line and circuit limits have daemon flags; the rest are
+// part of the contract and fixed.
+inline constexpr std::size_t kDefaultMaxLineBytes = 64 * 1024;
+inline constexpr std::size_t kDefaultMaxCircuits = 1'000'000;
+inline constexpr std::size_t kMaxKeyBytes = 1024;
+inline constexpr std::size_t kMaxIdStringBytes = 256;
+inline constexpr int kMaxNestingDepth = 16;
+
+enum class State : std::uint8_t { Closed, Open, HalfOpen };
+
+std::string_view state_name(State s);
+std::optional<State> parse_state(std::string_view name);
+
+// The reference store's snapshot, field for field.
+struct Snapshot {
+    State state = State::Closed;
+    std::uint64_t failure_count = 0;
+    std::uint64_t success_count = 0;
+    std::int64_t last_failure_time = 0; // epoch ms, 0 if none
+    std::int64_t last_state_change = 0; // epoch ms
+
+    bool operator==(const Snapshot&) const = default;
+};
+
+// Error codes as they appear on the wire.
+enum class ErrorCode : std::uint8_t {
+    ParseError,
+    InvalidRequest,
+    UnknownOp,
+    InvalidKey,
+    InvalidState,
+    LineTooLong,
+    TooManyCircuits,
+    InternalError,
+};
+
+std::string_view error_code_name(ErrorCode code);
+
+// The operations, and what each needs from a request. Validation of those
+// fields happens once, in parse_request(), from this table.
+enum class Op : std::uint8_t { Get, Success, Failure, Transition, Reset, Ping };
+
+struct OpSpec {
+    Op op;
+    std::string_view name;
+    bool needs_key;
+    bool needs_to;
+    bool mutates;
+};
+
+const OpSpec* find_op(std::string_view name);
+const OpSpec& op_spec(Op op);
+
+// A key is valid when it is 1..kMaxKeyBytes bytes with no control character
+// (U+0000-U+001F, U+007F). Returns the reason when it is not.
+std::optional<std::string_view> key_problem(std::string_view key);
+
+} // namespace cbd

@@ -1,0 +1,41 @@
+// Parsing and validation of one request line. All checks that depend only on
+// the request (JSON shape, field types, key rules, the op table) live here,
+// so the daemon validates in exactly one place and cbctl can pass input
+// through unchanged.
+#pragma once
+
+#include "common/protocol.hpp"
+
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace cbd {
+
+struct Request {
+    Op op = Op::Ping;
+    std::string key;
+    std::optional<State> to;
+    // The request's id, already serialized as JSON (a string or an integer),
+    // so it can be echoed byte for byte; empty when the request had none.
+    std::string id_json;
+};
+
+struct RequestError {
+    ErrorCode code;
+    std::string message;
+};
+
+// Parses `line` (one line, without its "\n"; a trailing "\r" is ignored).
+// On failure returns the error; `out.id_json` is still filled in whenever the
+// id itself was valid, so the error reply can echo it.
+std::optional<RequestError> parse_request(std::string_view line, Request& out);
+
+// True when `line` nests arrays/objects deeper than `max_depth`, judged by a
+// linear scan that never recurses. Run before any JSON parser sees the line.
+bool nesting_exceeds(std::string_view line, int max_depth);
+
+// True when the line holds nothing but whitespace (such lines are skipped).
+bool is_blank_line(std::string_view line);
+
+} // namespace cbd

@@ -1,0 +1,108 @@
+// run_daemon: wires the listener, store, dispatcher and server to one
+// event-loop thread, and handles signals and systemd notifications.
+#include "daemon/daemon.hpp"
+
+#include "daemon/clock.hpp"
+#include "daemon/dispatcher.hpp"
+#include "daemon/listener.hpp"
+#include "daemon/memory_store.hpp"
+#include "daemon/server.hpp"
+#include "daemon/service_manager.hpp"
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <csignal>
+#include <functional>
+#include <optional>
+
+namespace cbd {
+
+namespace asio = boost::asio;
+
+namespace {
+// How long shutdown waits for clients to take their last replies.
+constexpr auto kShutdownGrace = std::chrono::seconds(5);
+} // namespace
+
+int run_daemon(const DaemonConfig& config) {
+    // A client that disconnects mid-reply must not kill us with SIGPIPE.
+    std::signal(SIGPIPE, SIG_IGN);
+
+    std::optional<Listener> listener;
+    try {
+        listener.emplace(Listener::open(ListenerOptions{config.socket_path, config.socket_mode}));
+    } catch (const StartupError& e) {
+        log_error(std::string("cannot start: ") + e.what());
+        return 1;
+    }
+
+    SystemClock clock;
+    MemoryCircuitStore store(clock, config.max_circuits);
+    Dispatcher dispatcher(store);
+    SessionSet sessions; // outlives io, see SessionSet
+    asio::io_context io(1);
+    Server server(io, listener->release_fd(), dispatcher, sessions,
+                  ServerLimits{config.max_line_bytes});
+
+    asio::steady_timer grace(io);
+    asio::steady_timer watchdog(io);
+    asio::signal_set signals(io, SIGTERM, SIGINT, SIGHUP);
+
+    auto shut_down = [&](std::string_view why) {
+        log_info("received " + std::string(why) + "; shutting down");
+        notify_stopping();
+        signals.cancel();
+        watchdog.cancel();
+        grace.expires_after(kShutdownGrace);
+        grace.async_wait([&](const boost::system::error_code& ec) {
+            if (!ec) {
+                log_warn("clients did not take their last replies in time; closing anyway");
+                io.stop();
+            }
+        });
+        // run() returns once the sessions are gone and the timer is cancelled.
+        server.stop([&] { grace.cancel(); });
+    };
+
+    std::function<void()> wait_signal = [&] {
+        signals.async_wait([&](const boost::system::error_code& ec, int signo) {
+            if (ec)
+                return;
+            if (signo == SIGHUP) {
+                log_info("SIGHUP: no configuration to reload");
+                wait_signal();
+                return;
+            }
+            shut_down(signo == SIGTERM ? "SIGTERM" : "SIGINT");
+        });
+    };
+    wait_signal();
+
+    std::function<void()> ping_watchdog;
+    if (auto interval = watchdog_ping_interval()) {
+        // Pinged from the loop itself: if the loop wedges, the pings stop.
+        ping_watchdog = [&, interval = *interval] {
+            notify_watchdog();
+            watchdog.expires_after(interval);
+            watchdog.async_wait([&](const boost::system::error_code& ec) {
+                if (!ec)
+                    ping_watchdog();
+            });
+        };
+        ping_watchdog();
+    }
+
+    server.start();
+    log_info("serving " + listener->path() + (listener->activated() ? " (socket activation)" : "") +
+             "; protocol " + std::to_string(kProtocolVersion));
+    notify_ready("Serving " + listener->path());
+
+    io.run();
+
+    listener->remove_socket_file();
+    log_info("stopped");
+    return 0;
+}
+
+} // namespace cbd

@@ -1,0 +1,24 @@
+// The daemon as a whole: configuration in, a serving event loop out. main.cpp
+// parses flags into DaemonConfig and calls run_daemon(); tests can do the same.
+#pragma once
+
+#include "common/protocol.hpp"
+#include "daemon/log.hpp"
+
+#include <string>
+#include <sys/types.h>
+
+namespace cbd {
+
+struct DaemonConfig {
+    std::string socket_path;
+    mode_t socket_mode = 0660;
+    std::size_t max_line_bytes = kDefaultMaxLineBytes;
+    std::size_t max_circuits = kDefaultMaxCircuits;
+};
+
+// Serves until SIGTERM or SIGINT. Returns the process exit status: 0 after a
+// clean shutdown, 1 when cbd could not start (the reason is logged).
+int run_daemon(const DaemonConfig& config);
+
+} // namespace cbd

@@ -1,0 +1,42 @@
+// The server: accepts connections on the listening socket and keeps the set
+// of live sessions so that shutdown can stop them all. Sockets and lifetimes
+// only; replies come from the dispatcher.
+#pragma once
+
+#include "daemon/dispatcher.hpp"
+#include "daemon/session.hpp"
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+namespace cbd {
+
+struct ServerLimits {
+    std::size_t max_line_bytes;
+};
+
+class Server {
+  public:
+    Server(boost::asio::io_context& io, int listen_fd, Dispatcher& dispatcher,
+           SessionSet& sessions, ServerLimits limits);
+
+    void start();
+    // Stops accepting and asks every session to finish its replies and close;
+    // `on_drained` runs once they all have.
+    void stop(std::function<void()> on_drained);
+
+    std::size_t session_count() const { return sessions_.size(); }
+
+  private:
+    void accept_next();
+
+    boost::asio::local::stream_protocol::acceptor acceptor_;
+    boost::asio::steady_timer accept_backoff_;
+    Dispatcher& dispatcher_;
+    ServerLimits limits_;
+    SessionSet& sessions_;
+    bool stopping_ = false;
+};
+
+} // namespace cbd
