@@ -1,1 +1,132 @@
+// Request parsing and validation: every error code the parser can give.
+#include "common/request.hpp"
+
 #include <catch2/catch.hpp>
+
+using namespace cbd;
+
+namespace {
+
+std::optional<RequestError> parse(std::string_view line, Request& req) {
+    return parse_request(line, req);
+}
+
+ErrorCode code_of(std::string_view line) {
+    Request req;
+    auto err = parse_request(line, req);
+    REQUIRE(err);
+    return err->code;
+}
+
+} // namespace
+
+TEST_CASE("well-formed requests parse", "[protocol]") {
+    Request req;
+    REQUIRE_FALSE(parse(R"({"op":"get","key":"api"})", req));
+    CHECK(req.op == Op::Get);
+    CHECK(req.key == "api");
+    CHECK(req.id_json.empty());
+
+    REQUIRE_FALSE(parse(R"({"op":"transition","key":"k","to":"half-open","id":7})", req));
+    CHECK(req.op == Op::Transition);
+    CHECK(req.to == State::HalfOpen);
+    CHECK(req.id_json == "7");
+
+    REQUIRE_FALSE(parse(R"({"op":"ping","id":"abc \"q\""})", req));
+    CHECK(req.op == Op::Ping);
+    CHECK(req.id_json == R"("abc \"q\"")");
+
+    REQUIRE_FALSE(parse("{\"op\":\"reset\",\"key\":\"x\"}\r", req)); // CRLF framing
+    CHECK(req.op == Op::Reset);
+}
+
+TEST_CASE("unknown fields are ignored", "[protocol]") {
+    Request req;
+    REQUIRE_FALSE(parse(R"({"op":"get","key":"a","extra":[1,{"b":null}]})", req));
+    CHECK(req.key == "a");
+}
+
+TEST_CASE("integer ids of any sign and size are echoed as given", "[protocol]") {
+    Request req;
+    REQUIRE_FALSE(parse(R"({"op":"ping","id":-5})", req));
+    CHECK(req.id_json == "-5");
+    REQUIRE_FALSE(parse(R"({"op":"ping","id":18446744073709551615})", req));
+    CHECK(req.id_json == "18446744073709551615");
+}
+
+TEST_CASE("parse_error for anything that is not JSON", "[protocol]") {
+    CHECK(code_of("hello") == ErrorCode::ParseError);
+    CHECK(code_of("{\"op\":") == ErrorCode::ParseError);
+    CHECK(code_of(std::string_view("{\"op\":\"get\",\"key\":\"a\0\"}", 22)) == ErrorCode::ParseError);
+    CHECK(code_of("{\"op\":\"get\",\"key\":\"\xff\xfe\"}") == ErrorCode::ParseError);
+    CHECK(code_of(R"({"op":"get"} trailing)") == ErrorCode::ParseError);
+}
+
+TEST_CASE("invalid_request for the wrong shape", "[protocol]") {
+    CHECK(code_of("[1,2]") == ErrorCode::InvalidRequest);
+    CHECK(code_of(R"("op")") == ErrorCode::InvalidRequest);
+    CHECK(code_of("42") == ErrorCode::InvalidRequest);
+    CHECK(code_of(R"({"key":"a"})") == ErrorCode::InvalidRequest);
+    CHECK(code_of(R"({"op":7})") == ErrorCode::InvalidRequest);
+    CHECK(code_of(R"({"op":"get"})") == ErrorCode::InvalidRequest);
+    CHECK(code_of(R"({"op":"get","key":5})") == ErrorCode::InvalidRequest);
+    CHECK(code_of(R"({"op":"transition","key":"a"})") == ErrorCode::InvalidRequest);
+    CHECK(code_of(R"({"op":"transition","key":"a","to":1})") == ErrorCode::InvalidRequest);
+    CHECK(code_of(R"({"op":"ping","id":{"a":1}})") == ErrorCode::InvalidRequest);
+    CHECK(code_of(R"({"op":"ping","id":1.5})") == ErrorCode::InvalidRequest);
+    CHECK(code_of(R"({"op":"ping","id":true})") == ErrorCode::InvalidRequest);
+    CHECK(code_of(R"({"op":"ping","id":")" + std::string(257, 'x') + "\"}") ==
+          ErrorCode::InvalidRequest);
+}
+
+TEST_CASE("a 256-byte string id is accepted", "[protocol]") {
+    Request req;
+    CHECK_FALSE(parse(R"({"op":"ping","id":")" + std::string(256, 'x') + "\"}", req));
+}
+
+TEST_CASE("nesting is limited to 16 levels before any parsing", "[protocol]") {
+    auto nested = [](int depth) {
+        std::string s = R"({"op":"ping","x":)";
+        s += std::string(static_cast<std::size_t>(depth - 1), '[');
+        s += std::string(static_cast<std::size_t>(depth - 1), ']');
+        return s + "}";
+    };
+    Request req;
+    CHECK_FALSE(parse(nested(16), req));
+    CHECK(code_of(nested(17)) == ErrorCode::InvalidRequest);
+    CHECK(code_of(std::string(60000, '[')) == ErrorCode::InvalidRequest);
+    // Brackets inside strings do not count, escaped quotes do not end strings.
+    CHECK_FALSE(parse(R"({"op":"ping","x":"[[[[[[[[[[[[[[[[[[[[\"[[[["})", req));
+}
+
+TEST_CASE("unknown_op names the op", "[protocol]") {
+    Request req;
+    auto err = parse(R"({"op":"explode","id":3})", req);
+    REQUIRE(err);
+    CHECK(err->code == ErrorCode::UnknownOp);
+    CHECK(err->message.find("explode") != std::string::npos);
+    CHECK(req.id_json == "3"); // so the error reply can echo it
+}
+
+TEST_CASE("invalid_key: empty, too long, control characters", "[protocol]") {
+    CHECK(code_of(R"({"op":"get","key":""})") == ErrorCode::InvalidKey);
+    CHECK(code_of(R"({"op":"get","key":")" + std::string(1025, 'k') + "\"}") ==
+          ErrorCode::InvalidKey);
+    CHECK(code_of(R"({"op":"get","key":"a\u0001b"})") == ErrorCode::InvalidKey);
+    CHECK(code_of(R"({"op":"get","key":"a\nb"})") == ErrorCode::InvalidKey);
+    CHECK(code_of(R"({"op":"get","key":"a\u007fb"})") == ErrorCode::InvalidKey);
+    Request req;
+    CHECK_FALSE(parse(R"({"op":"get","key":")" + std::string(1024, 'k') + "\"}", req));
+    CHECK_FALSE(parse(R"({"op":"get","key":"payments/eu-west ü"})", req));
+}
+
+TEST_CASE("invalid_state for a 'to' that is not a state", "[protocol]") {
+    CHECK(code_of(R"({"op":"transition","key":"a","to":"half_open"})") == ErrorCode::InvalidState);
+    CHECK(code_of(R"({"op":"transition","key":"a","to":"OPEN"})") == ErrorCode::InvalidState);
+}
+
+TEST_CASE("blank lines are recognised", "[protocol]") {
+    CHECK(is_blank_line(""));
+    CHECK(is_blank_line(" \t\r"));
+    CHECK_FALSE(is_blank_line(" x "));
+}

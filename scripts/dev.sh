@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The developer's entry point; the README's two set-up commands use it.
+#
+#   scripts/dev.sh run [CBD FLAGS...]  install what is missing, build, run cbd in the foreground
+#   scripts/dev.sh test                install what is missing, build, run every test
+#   scripts/dev.sh build               install what is missing, build
+#   scripts/dev.sh deps                install the Debian packages only
+#
+# Environment: BUILD_DIR (default build), CBD_WERROR=ON to fail on warnings.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BUILD_DIR=${BUILD_DIR:-build}
+
+# Debian 12 packages: build tools, libraries, and what the tests drive.
+PACKAGES=(
+  cmake ninja-build g++ pkg-config
+  libcli11-dev nlohmann-json3-dev libboost-dev catch2 libsystemd-dev
+  python3 python3-pytest systemd
+)
+
+install_deps() {
+  local missing=()
+  for pkg in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  ((${#missing[@]})) || return 0
+  echo "dev.sh: installing ${missing[*]}" >&2
+  local sudo=()
+  [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+}
+
+build() {
+  cmake -S . -B "$BUILD_DIR" -G Ninja -DCBD_WERROR="${CBD_WERROR:-OFF}" >/dev/null
+  cmake --build "$BUILD_DIR"
+}
+
+cmd=${1:-}
+[[ $# -gt 0 ]] && shift
+case "$cmd" in
+  deps) install_deps ;;
+  build) install_deps; build ;;
+  run)
+    install_deps
+    build >&2
+    echo "dev.sh: starting cbd; talk to it with $BUILD_DIR/cli/cbctl (Ctrl-C stops it)" >&2
+    exec "$BUILD_DIR/daemon/cbd" "$@"
+    ;;
+  test)
+    install_deps
+    build
+    ctest --test-dir "$BUILD_DIR" --output-on-failure --timeout 900
+    ;;
+  *)
+    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+    ;;
+esac

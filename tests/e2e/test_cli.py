@@ -1,0 +1,152 @@
+"""cbctl end to end: stdout, stderr and exit code of every command."""
+
+import json
+import os
+
+from conftest import cbctl
+
+
+def snapshot_keys():
+    return ["state", "failureCount", "successCount", "lastFailureTime", "lastStateChange"]
+
+
+def test_get_prints_default_snapshot_as_one_json_line(cbd):
+    r = cbctl("get", "api", sock=cbd.sock)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    assert r.stdout.count("\n") == 1
+    snap = json.loads(r.stdout)
+    assert list(snap) == snapshot_keys()
+    assert snap["state"] == "closed"
+    assert snap["failureCount"] == 0 and snap["successCount"] == 0
+    assert snap["lastFailureTime"] == 0 and snap["lastStateChange"] > 0
+
+
+def test_failure_success_transition_reset(cbd):
+    r = cbctl("failure", "api", sock=cbd.sock)
+    assert r.returncode == 0
+    snap = json.loads(r.stdout)
+    assert snap["failureCount"] == 1 and snap["lastFailureTime"] > 0
+
+    r = cbctl("success", "api", sock=cbd.sock)
+    assert json.loads(r.stdout)["successCount"] == 1
+
+    r = cbctl("transition", "api", "open", sock=cbd.sock)
+    assert r.returncode == 0
+    snap = json.loads(r.stdout)
+    assert snap["state"] == "open" and snap["failureCount"] == 1 and snap["successCount"] == 1
+
+    r = cbctl("transition", "api", "half-open", sock=cbd.sock)
+    snap = json.loads(r.stdout)
+    assert snap["state"] == "half-open" and snap["successCount"] == 0 and snap["failureCount"] == 1
+
+    r = cbctl("transition", "api", "closed", sock=cbd.sock)
+    snap = json.loads(r.stdout)
+    assert (snap["state"], snap["failureCount"], snap["successCount"]) == ("closed", 0, 0)
+
+    cbctl("failure", "api", sock=cbd.sock)
+    r = cbctl("reset", "api", sock=cbd.sock)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    assert json.loads(cbctl("get", "api", sock=cbd.sock).stdout)["failureCount"] == 0
+
+
+def test_field_prints_bare_values(cbd):
+    cbctl("transition", "api", "open", sock=cbd.sock)
+    r = cbctl("get", "api", "--field", "state", sock=cbd.sock)
+    assert (r.returncode, r.stdout) == (0, "open\n")
+    r = cbctl("failure", "api", "--field", "failureCount", sock=cbd.sock)
+    assert r.stdout == "1\n"
+    r = cbctl("get", "api", "--field", "nonsense", sock=cbd.sock)
+    assert r.returncode == 2 and r.stdout == ""
+
+
+def test_ping(cbd):
+    r = cbctl("ping", sock=cbd.sock)
+    assert r.returncode == 0
+    reply = json.loads(r.stdout)
+    assert reply["ok"] is True and reply["protocol"] == 1 and reply["version"]
+
+
+def test_daemon_errors_exit_1_with_code_on_stderr(cbd):
+    r = cbctl("transition", "api", "half_open", sock=cbd.sock)
+    assert r.returncode == 1 and r.stdout == ""
+    assert "invalid_state" in r.stderr
+    # cbctl does not validate keys: the daemon does.
+    for bad in ["", "x" * 1025, "a\x01b"]:
+        r = cbctl("get", bad, sock=cbd.sock)
+        assert r.returncode == 1, bad
+        assert "invalid_key" in r.stderr
+
+
+def test_usage_errors_exit_2(cbd):
+    for args in [[], ["get"], ["frobnicate"], ["transition", "api"], ["--timeout", "x", "ping"],
+                 ["get", "a", "b"]]:
+        r = cbctl(*args, sock=cbd.sock)
+        assert r.returncode == 2, (args, r.stderr)
+        assert r.stdout == ""
+        assert r.stderr != ""
+
+
+def test_help_documents_exit_codes():
+    r = cbctl("--help")
+    assert r.returncode == 0
+    assert "Exit codes" in r.stdout and "unreachable" in r.stdout
+
+
+def test_unreachable_exits_3_naming_the_socket(workdir):
+    path = str(workdir / "nobody-home.sock")
+    r = cbctl("get", "api", sock=path)
+    assert r.returncode == 3
+    assert path in r.stderr and r.stdout == ""
+
+
+def test_timeout_exits_3(workdir):
+    # A listener that never answers.
+    import socket
+
+    path = str(workdir / "silent.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(4)
+    try:
+        r = cbctl("--timeout", "300", "get", "api", sock=path)
+        assert r.returncode == 3
+        assert "timed out" in r.stderr and path in r.stderr
+    finally:
+        srv.close()
+
+
+def test_cbd_socket_environment_variable(cbd):
+    r = cbctl("failure", "from-env", env={"CBD_SOCKET": cbd.sock})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["failureCount"] == 1
+    # --socket wins over the environment
+    r = cbctl("ping", sock=cbd.sock, env={"CBD_SOCKET": "/nonexistent/x.sock"})
+    assert r.returncode == 0
+
+
+def test_pipe_sends_pipelined_and_prints_every_reply(cbd):
+    lines = [json.dumps({"op": "failure", "key": "bulk", "id": i}) for i in range(500)]
+    r = cbctl("pipe", sock=cbd.sock, input="\n".join(lines) + "\n\n")
+    assert r.returncode == 0, r.stderr
+    replies = [json.loads(l) for l in r.stdout.splitlines()]
+    assert [x["id"] for x in replies] == list(range(500))
+    assert replies[-1]["snapshot"]["failureCount"] == 500
+
+
+def test_pipe_exits_1_when_any_reply_is_an_error(cbd):
+    r = cbctl("pipe", sock=cbd.sock, input='{"op":"ping"}\n{"op":"nope"}\n{"op":"ping"}')
+    assert r.returncode == 1
+    out = r.stdout.splitlines()
+    assert len(out) == 3  # the last line had no newline and was still sent
+    assert json.loads(out[1])["error"]["code"] == "unknown_op"
+
+
+def test_pipe_with_empty_input(cbd):
+    r = cbctl("pipe", sock=cbd.sock, input="")
+    assert (r.returncode, r.stdout) == (0, "")
+
+
+def test_pipe_unreachable(workdir):
+    r = cbctl("pipe", sock=str(workdir / "none.sock"), input='{"op":"ping"}\n')
+    assert r.returncode == 3
