@@ -43,6 +43,12 @@ std::string_view error_code_name(ErrorCode code) {
         return "line_too_long";
     case ErrorCode::TooManyCircuits:
         return "too_many_circuits";
+    case ErrorCode::Conflict:
+        return "conflict";
+    case ErrorCode::Forced:
+        return "forced";
+    case ErrorCode::NoPermit:
+        return "no_permit";
     case ErrorCode::InternalError:
         return "internal_error";
     }
@@ -52,15 +58,30 @@ std::string_view error_code_name(ErrorCode code) {
 namespace {
 
 // Indexed by Op: op_spec() relies on the order matching the enum.
-constexpr std::array kOps = {
-    //     op              name          key    to     mutates
-    OpSpec{Op::Get, "get", true, false, true}, // creates unknown keys
-    OpSpec{Op::Success, "success", true, false, true},
-    OpSpec{Op::Failure, "failure", true, false, true},
-    OpSpec{Op::Transition, "transition", true, true, true},
-    OpSpec{Op::Reset, "reset", true, false, true},
-    OpSpec{Op::Ping, "ping", false, false, false},
-};
+constexpr std::array<OpSpec, kOpCount> kOps = {{
+    // get creates unknown keys, so it too mutates.
+    {Op::Get, "get", kFieldKey, 0, true},
+    {Op::Success, "success", kFieldKey, 0, true},
+    {Op::Failure, "failure", kFieldKey, 0, true},
+    {Op::Transition, "transition", kFieldKey | kFieldTo, kFieldExpect | kFieldExpectGeneration,
+     true},
+    {Op::Reset, "reset", kFieldKey, 0, true},
+    {Op::Ping, "ping", 0, 0, false},
+    {Op::Acquire, "acquire", kFieldKey, 0, true},
+    {Op::Report, "report", kFieldKey | kFieldOutcome, kFieldGeneration | kFieldPermit, true},
+    {Op::Force, "force", kFieldKey | kFieldState, kFieldTtlMs | kFieldReason, true},
+    {Op::Unforce, "unforce", kFieldKey, 0, true},
+    {Op::Configure, "configure", kFieldKey | kFieldPolicy, 0, true},
+    {Op::Policy, "policy", kFieldKey, 0, false},
+}};
+
+constexpr bool ops_in_enum_order() {
+    for (std::size_t i = 0; i < kOps.size(); ++i)
+        if (static_cast<std::size_t>(kOps[i].op) != i)
+            return false;
+    return true;
+}
+static_assert(ops_in_enum_order(), "kOps must list the ops in the order of enum Op");
 
 } // namespace
 

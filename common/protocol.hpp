@@ -3,6 +3,10 @@
 //
 // Protocol version history:
 //   1  newline-delimited JSON; get, success, failure, transition, reset, ping.
+//   2  the breaker: acquire, report, force, unforce, configure, policy;
+//      `generation` (and `forced`) beside every snapshot; conditional
+//      transitions (expect, expectGeneration); errors conflict, forced,
+//      no_permit.
 #pragma once
 
 #include <cstddef>
@@ -12,7 +16,7 @@
 
 namespace cbd {
 
-inline constexpr int kProtocolVersion = 1;
+inline constexpr int kProtocolVersion = 2;
 inline constexpr std::string_view kVersion = CBD_VERSION;
 
 // Hard limits. The line and circuit limits have daemon flags; the rest are
@@ -22,8 +26,15 @@ inline constexpr std::size_t kDefaultMaxCircuits = 1'000'000;
 inline constexpr std::size_t kMaxKeyBytes = 1024;
 inline constexpr std::size_t kMaxIdStringBytes = 256;
 inline constexpr int kMaxNestingDepth = 16;
+inline constexpr std::size_t kMaxPermitBytes = 64;
+inline constexpr std::size_t kMaxReasonBytes = 256;
+// A force pin's TTL: at most a year.
+inline constexpr std::int64_t kMaxForceTtlMs = 366LL * 24 * 3600 * 1000;
 
 enum class State : std::uint8_t { Closed, Open, HalfOpen };
+
+// What a caller reports of a call the breaker let through.
+enum class Outcome : std::uint8_t { Success, Failure };
 
 std::string_view state_name(State s);
 std::optional<State> parse_state(std::string_view name);
@@ -48,20 +59,52 @@ enum class ErrorCode : std::uint8_t {
     InvalidState,
     LineTooLong,
     TooManyCircuits,
+    Conflict, // a conditional transition's expectation did not hold
+    Forced,   // the circuit is pinned by `force`
+    NoPermit, // a half-open report without a valid probe permit
     InternalError,
 };
 
 std::string_view error_code_name(ErrorCode code);
 
+// Request fields, as bits, so the op table can say which ones an op needs.
+enum RequestField : std::uint32_t {
+    kFieldKey = 1u << 0,
+    kFieldTo = 1u << 1,
+    kFieldExpect = 1u << 2,
+    kFieldExpectGeneration = 1u << 3,
+    kFieldOutcome = 1u << 4,
+    kFieldGeneration = 1u << 5,
+    kFieldPermit = 1u << 6,
+    kFieldState = 1u << 7,
+    kFieldTtlMs = 1u << 8,
+    kFieldReason = 1u << 9,
+    kFieldPolicy = 1u << 10,
+};
+
 // The operations, and what each needs from a request. Validation of those
 // fields happens once, in parse_request(), from this table.
-enum class Op : std::uint8_t { Get, Success, Failure, Transition, Reset, Ping };
+enum class Op : std::uint8_t {
+    Get,
+    Success,
+    Failure,
+    Transition,
+    Reset,
+    Ping,
+    Acquire,
+    Report,
+    Force,
+    Unforce,
+    Configure,
+    Policy,
+};
+inline constexpr std::size_t kOpCount = 12;
 
 struct OpSpec {
     Op op;
     std::string_view name;
-    bool needs_key;
-    bool needs_to;
+    std::uint32_t required; // RequestField bits that must be present
+    std::uint32_t optional; // RequestField bits read when present
     bool mutates;
 };
 

@@ -8,24 +8,17 @@ namespace cbd {
 
 namespace {
 
-template <typename Int> void append_int(std::string& out, Int value) {
+template <typename Int> void append_integer(std::string& out, Int value) {
     char buf[24];
     auto [end, ec] = std::to_chars(buf, buf + sizeof buf, value);
     (void)ec; // 24 bytes hold any 64-bit integer
     out.append(buf, end);
 }
 
-void open_reply(std::string& out, std::string_view id_json, bool ok) {
-    out += '{';
-    if (!id_json.empty()) {
-        out += "\"id\":";
-        out += id_json;
-        out += ',';
-    }
-    out += ok ? "\"ok\":true" : "\"ok\":false";
-}
-
 } // namespace
+
+void append_int(std::string& out, std::int64_t value) { append_integer(out, value); }
+void append_uint(std::string& out, std::uint64_t value) { append_integer(out, value); }
 
 void append_json_string(std::string& out, std::string_view text) {
     out += nlohmann::json(std::string(text)).dump(-1, ' ', false,
@@ -36,9 +29,9 @@ void append_snapshot_json(std::string& out, const Snapshot& s) {
     out += "{\"state\":\"";
     out += state_name(s.state);
     out += "\",\"failureCount\":";
-    append_int(out, s.failure_count);
+    append_uint(out, s.failure_count);
     out += ",\"successCount\":";
-    append_int(out, s.success_count);
+    append_uint(out, s.success_count);
     out += ",\"lastFailureTime\":";
     append_int(out, s.last_failure_time);
     out += ",\"lastStateChange\":";
@@ -46,35 +39,88 @@ void append_snapshot_json(std::string& out, const Snapshot& s) {
     out += '}';
 }
 
+ReplyWriter::ReplyWriter(std::string& out, std::string_view id_json, bool ok) : out_(out) {
+    out_ += '{';
+    if (!id_json.empty()) {
+        out_ += "\"id\":";
+        out_ += id_json;
+        out_ += ',';
+    }
+    out_ += ok ? "\"ok\":true" : "\"ok\":false";
+}
+
+void ReplyWriter::name(std::string_view n) {
+    out_ += ",\"";
+    out_ += n; // field names are ours: plain ASCII, nothing to escape
+    out_ += "\":";
+}
+
+ReplyWriter& ReplyWriter::field(std::string_view n, bool value) {
+    name(n);
+    out_ += value ? "true" : "false";
+    return *this;
+}
+
+ReplyWriter& ReplyWriter::field(std::string_view n, std::int64_t value) {
+    name(n);
+    append_int(out_, value);
+    return *this;
+}
+
+ReplyWriter& ReplyWriter::field(std::string_view n, std::uint64_t value) {
+    name(n);
+    append_uint(out_, value);
+    return *this;
+}
+
+ReplyWriter& ReplyWriter::string_field(std::string_view n, std::string_view text) {
+    name(n);
+    append_json_string(out_, text);
+    return *this;
+}
+
+ReplyWriter& ReplyWriter::raw_field(std::string_view n, std::string_view json) {
+    name(n);
+    out_ += json;
+    return *this;
+}
+
+ReplyWriter& ReplyWriter::snapshot(const Snapshot& s) {
+    name("snapshot");
+    append_snapshot_json(out_, s);
+    return *this;
+}
+
+ReplyWriter& ReplyWriter::error(ErrorCode code, std::string_view message) {
+    name("error");
+    out_ += "{\"code\":\"";
+    out_ += error_code_name(code);
+    out_ += "\",\"message\":";
+    append_json_string(out_, message);
+    out_ += '}';
+    return *this;
+}
+
+void ReplyWriter::finish() { out_ += "}\n"; }
+
 void append_snapshot_reply(std::string& out, std::string_view id_json, const Snapshot& snapshot) {
-    open_reply(out, id_json, true);
-    out += ",\"snapshot\":";
-    append_snapshot_json(out, snapshot);
-    out += "}\n";
+    ReplyWriter(out, id_json, true).snapshot(snapshot).finish();
 }
 
 void append_reset_reply(std::string& out, std::string_view id_json, bool removed) {
-    open_reply(out, id_json, true);
-    out += removed ? ",\"removed\":true}\n" : ",\"removed\":false}\n";
+    ReplyWriter(out, id_json, true).field("removed", removed).finish();
 }
 
 void append_ping_reply(std::string& out, std::string_view id_json) {
-    open_reply(out, id_json, true);
-    out += ",\"version\":\"";
-    out += kVersion;
-    out += "\",\"protocol\":";
-    append_int(out, kProtocolVersion);
-    out += "}\n";
+    ReplyWriter(out, id_json, true)
+        .string_field("version", kVersion)
+        .field("protocol", std::int64_t{kProtocolVersion})
+        .finish();
 }
 
 void append_error_reply(std::string& out, std::string_view id_json, ErrorCode code,
                         std::string_view message) {
-    open_reply(out, id_json, false);
-    out += ",\"error\":{\"code\":\"";
-    out += error_code_name(code);
-    out += "\",\"message\":";
-    append_json_string(out, message);
-    out += "}}\n";
+    ReplyWriter(out, id_json, false).error(code, message).finish();
 }
 
 } // namespace cbd

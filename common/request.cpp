@@ -63,12 +63,130 @@ std::optional<RequestError> read_id(const nlohmann::json& doc, Request& out) {
     auto it = doc.find("id");
     if (it == doc.end())
         return std::nullopt;
-    const bool short_string = it->is_string() && it->get_ref<const std::string&>().size() <= kMaxIdStringBytes;
+    const bool short_string =
+        it->is_string() && it->get_ref<const std::string&>().size() <= kMaxIdStringBytes;
     if (!short_string && !it->is_number_integer())
         return invalid("id must be a string of at most 256 bytes or an integer");
     out.id_json = it->dump();
     return std::nullopt;
 }
+
+using Json = nlohmann::json;
+using FieldResult = std::optional<RequestError>;
+
+FieldResult read_state(const Json& v, std::string_view field, std::optional<State>& out) {
+    if (!v.is_string())
+        return invalid("field '" + std::string(field) + "' must be a string");
+    const auto& name = v.get_ref<const std::string&>();
+    out = parse_state(name);
+    if (!out)
+        return RequestError{ErrorCode::InvalidState, "unknown state " + quote_input(name) +
+                                                         " in '" + std::string(field) +
+                                                         "'; expected closed, open or half-open"};
+    return std::nullopt;
+}
+
+FieldResult read_generation(const Json& v, std::string_view field,
+                            std::optional<std::uint64_t>& out) {
+    if (v.is_number_unsigned())
+        out = v.get<std::uint64_t>();
+    else if (v.is_number_integer() && v.get<std::int64_t>() >= 0)
+        out = static_cast<std::uint64_t>(v.get<std::int64_t>());
+    else
+        return invalid("field '" + std::string(field) + "' must be a non-negative integer");
+    return std::nullopt;
+}
+
+FieldResult read_bounded_string(const Json& v, std::string_view field, std::size_t max_bytes,
+                                std::string& out) {
+    if (!v.is_string())
+        return invalid("field '" + std::string(field) + "' must be a string");
+    const auto& s = v.get_ref<const std::string&>();
+    if (s.size() > max_bytes)
+        return invalid("field '" + std::string(field) + "' is longer than " +
+                       std::to_string(max_bytes) + " bytes");
+    for (unsigned char c : s)
+        if (c < 0x20 || c == 0x7f)
+            return invalid("field '" + std::string(field) + "' contains a control character");
+    out = s;
+    return std::nullopt;
+}
+
+// Reads one field the op needs. The caller has checked that it is present.
+FieldResult read_field(RequestField field, const Json& v, Request& out) {
+    switch (field) {
+    case kFieldKey: {
+        if (!v.is_string())
+            return invalid("field 'key' must be a string");
+        const auto& key = v.get_ref<const std::string&>();
+        if (auto problem = key_problem(key))
+            return RequestError{ErrorCode::InvalidKey, std::string(*problem)};
+        out.key = key;
+        return std::nullopt;
+    }
+    case kFieldTo:
+        return read_state(v, "to", out.to);
+    case kFieldExpect:
+        return read_state(v, "expect", out.expect);
+    case kFieldExpectGeneration:
+        return read_generation(v, "expectGeneration", out.expect_generation);
+    case kFieldOutcome:
+        if (v == "success")
+            out.outcome = Outcome::Success;
+        else if (v == "failure")
+            out.outcome = Outcome::Failure;
+        else
+            return invalid("field 'outcome' must be \"success\" or \"failure\"");
+        return std::nullopt;
+    case kFieldGeneration:
+        return read_generation(v, "generation", out.generation);
+    case kFieldPermit:
+        return read_bounded_string(v, "permit", kMaxPermitBytes, out.permit);
+    case kFieldState: {
+        std::optional<State> s;
+        if (auto err = read_state(v, "state", s))
+            return err;
+        if (*s == State::HalfOpen)
+            return RequestError{ErrorCode::InvalidState,
+                                "a circuit can be forced open or closed, not half-open"};
+        out.state = *s;
+        return std::nullopt;
+    }
+    case kFieldTtlMs:
+        if (!v.is_number_integer() || v.get<std::int64_t>() < 1 ||
+            v.get<std::int64_t>() > kMaxForceTtlMs)
+            return invalid("field 'ttlMs' must be a positive integer of at most " +
+                           std::to_string(kMaxForceTtlMs));
+        out.ttl_ms = v.get<std::int64_t>();
+        return std::nullopt;
+    case kFieldReason:
+        return read_bounded_string(v, "reason", kMaxReasonBytes, out.reason);
+    case kFieldPolicy:
+        if (v.is_null()) {
+            out.policy_clear = true;
+            return std::nullopt;
+        }
+        if (auto err = parse_policy_patch(v, out.policy, true, &out.policy_removed))
+            return invalid(*err);
+        return std::nullopt;
+    }
+    return invalid("unexpected field");
+}
+
+// Wire names of the fields, in the order they are checked.
+constexpr std::pair<RequestField, std::string_view> kFieldNames[] = {
+    {kFieldKey, "key"},
+    {kFieldTo, "to"},
+    {kFieldExpect, "expect"},
+    {kFieldExpectGeneration, "expectGeneration"},
+    {kFieldOutcome, "outcome"},
+    {kFieldGeneration, "generation"},
+    {kFieldPermit, "permit"},
+    {kFieldState, "state"},
+    {kFieldTtlMs, "ttlMs"},
+    {kFieldReason, "reason"},
+    {kFieldPolicy, "policy"},
+};
 
 } // namespace
 
@@ -100,30 +218,18 @@ std::optional<RequestError> parse_request(std::string_view line, Request& out) {
         return RequestError{ErrorCode::UnknownOp, "unknown op " + quote_input(op_name)};
     out.op = spec->op;
 
-    if (spec->needs_key) {
-        auto key_it = doc.find("key");
-        if (key_it == doc.end())
-            return invalid("missing field 'key'");
-        if (!key_it->is_string())
-            return invalid("field 'key' must be a string");
-        auto& key = key_it->get_ref<std::string&>();
-        if (auto problem = key_problem(key))
-            return RequestError{ErrorCode::InvalidKey, std::string(*problem)};
-        out.key = std::move(key);
-    }
-
-    if (spec->needs_to) {
-        auto to_it = doc.find("to");
-        if (to_it == doc.end())
-            return invalid("missing field 'to'");
-        if (!to_it->is_string())
-            return invalid("field 'to' must be a string");
-        const auto& to_name = to_it->get_ref<const std::string&>();
-        out.to = parse_state(to_name);
-        if (!out.to)
-            return RequestError{ErrorCode::InvalidState,
-                                "unknown state " + quote_input(to_name) +
-                                    "; expected closed, open or half-open"};
+    for (const auto& [field, name] : kFieldNames) {
+        const bool required = (spec->required & field) != 0;
+        if (!required && (spec->optional & field) == 0)
+            continue; // not this op's field: ignored, like any unknown field
+        auto it = doc.find(name);
+        if (it == doc.end()) {
+            if (required)
+                return invalid("missing field '" + std::string(name) + "'");
+            continue;
+        }
+        if (auto err = read_field(field, *it, out))
+            return err;
     }
     return std::nullopt;
 }

@@ -4,18 +4,33 @@
 // through unchanged.
 #pragma once
 
+#include "common/policy.hpp"
 #include "common/protocol.hpp"
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
 
 namespace cbd {
 
+// A validated request. Only the fields its op reads (see the op table) are
+// filled in; the rest keep their defaults.
 struct Request {
     Op op = Op::Ping;
     std::string key;
-    std::optional<State> to;
+    std::optional<State> to;                       // transition
+    std::optional<State> expect;                   // transition, conditional
+    std::optional<std::uint64_t> expect_generation; // transition, conditional
+    Outcome outcome = Outcome::Success;            // report
+    std::optional<std::uint64_t> generation;       // report
+    std::string permit;                            // report
+    State state = State::Closed;                   // force: open or closed
+    std::int64_t ttl_ms = 0;                       // force; 0 = until unforced
+    std::string reason;                            // force
+    PolicyPatch policy;                            // configure: fields to set
+    PolicyPatch policy_removed;                    // configure: fields given as null
+    bool policy_clear = false;                     // configure: "policy": null
     // The request's id, already serialized as JSON (a string or an integer),
     // so it can be echoed byte for byte; empty when the request had none.
     std::string id_json;

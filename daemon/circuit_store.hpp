@@ -1,39 +1,143 @@
-// The store interface: the reference CircuitBreakerStore's operations, each
-// atomic. MemoryCircuitStore implements it today; a networked backend (Redis,
-// see docs/ARCHITECTURE.md) implements the same operations with the same
-// results, so the dispatcher and the wire never learn which one serves them.
+// The store interface: the reference CircuitBreakerStore's operations and the
+// breaker policy built on them, each atomic. MemoryCircuitStore implements it
+// today; a networked backend (Redis, see docs/ARCHITECTURE.md) implements the
+// same operations with the same results, so the dispatcher and the wire never
+// learn which one serves them.
 #pragma once
 
+#include "common/policy.hpp"
 #include "common/protocol.hpp"
+#include "daemon/peer.hpp"
+#include "daemon/policy_set.hpp"
 
 #include <cstddef>
+#include <cstdint>
 #include <optional>
+#include <string>
 #include <string_view>
 
 namespace cbd {
 
-// A snapshot, or the reason the operation did nothing.
+// Why a circuit's state (or pin) changed; the wire names are in
+// transition_cause_name().
+enum class TransitionCause : std::uint8_t {
+    Manual,       // a `transition` op
+    Threshold,    // failureCount reached failureThreshold in a report
+    Timeout,      // open -> half-open in acquire, resetTimeoutMs after opening
+    ProbeSuccess, // enough successful probes closed it
+    ProbeFailure, // a failed probe re-opened it
+    LeaseExpired, // a probe permit was not reported in time: counted as failed
+    Force,        // an operator pinned it
+    Unforce,      // an operator lifted the pin (state stays)
+    ForceExpired, // the pin's TTL ran out (state stays)
+};
+std::string_view transition_cause_name(TransitionCause cause);
+
+struct TransitionRecord {
+    State from;
+    State to;
+    TransitionCause cause;
+    std::int64_t at;
+    std::uint64_t generation; // the circuit's generation after the change
+};
+
+// An operator's pin (`force`): the circuit stays in `state` until unforced or
+// until `until` (epoch ms; 0 = no TTL).
+struct ForcePin {
+    State state;
+    std::int64_t until = 0;
+    std::string reason;
+    Peer by;
+};
+
+// What snapshot-bearing replies show of a circuit.
+struct CircuitView {
+    Snapshot snapshot;
+    std::uint64_t generation = 0;
+    std::optional<ForcePin> forced;
+};
+
 struct StoreResult {
     std::optional<ErrorCode> error;
-    Snapshot snapshot;
+    CircuitView circuit;                         // also filled for Conflict and Forced
+    std::optional<TransitionRecord> transition; // the change this operation made
+};
 
-    static StoreResult ok(const Snapshot& s) { return {std::nullopt, s}; }
-    static StoreResult failed(ErrorCode code) { return {code, {}}; }
+struct AcquireResult {
+    std::optional<ErrorCode> error;
+    bool allowed = false;
+    std::int64_t retry_after_ms = 0; // when denied
+    std::string permit;              // when allowed as a half-open probe
+    CircuitView circuit;
+    std::optional<TransitionRecord> transition;
+};
+
+struct ReportResult {
+    std::optional<ErrorCode> error;
+    bool stale = false; // the report's generation is not the circuit's: nothing changed
+    CircuitView circuit;
+    std::optional<TransitionRecord> transition;
+};
+
+struct PolicyResult {
+    std::optional<ErrorCode> error;
+    ResolvedPolicy resolved;
+};
+
+// Preconditions of a conditional transition; unset ones always hold.
+struct TransitionCondition {
+    std::optional<State> expect;
+    std::optional<std::uint64_t> expect_generation;
+};
+
+// Told of every state change and removal, whatever caused it (including
+// leases and pins that expire on their own). The daemon logs them; watchers
+// will hang off the same hook.
+class CircuitObserver {
+  public:
+    virtual void on_transition(std::string_view key, const TransitionRecord& t,
+                               const CircuitView& circuit) = 0;
+    virtual void on_reset(std::string_view key, std::int64_t at) = 0;
+
+  protected:
+    ~CircuitObserver() = default;
 };
 
 class CircuitStore {
   public:
     virtual ~CircuitStore() = default;
 
-    // Each of these creates an unknown key with the default snapshot
-    // (closed, 0, 0, 0, now) first, or fails with TooManyCircuits.
+    // The reference store. Each creates an unknown key with the default
+    // snapshot (closed, 0, 0, 0, now) first, or fails with TooManyCircuits.
     virtual StoreResult get(std::string_view key) = 0;
     virtual StoreResult record_success(std::string_view key) = 0;
     virtual StoreResult record_failure(std::string_view key) = 0;
-    virtual StoreResult transition(std::string_view key, State to) = 0;
-
-    // Removes the circuit; true when it existed.
+    // Fails with Conflict when `condition` does not hold, Forced when pinned.
+    virtual StoreResult transition(std::string_view key, State to,
+                                   const TransitionCondition& condition) = 0;
+    // Removes the circuit (and its pin and permits; not its policy override).
     virtual bool reset(std::string_view key) = 0;
+
+    // The breaker policy.
+    virtual AcquireResult acquire(std::string_view key) = 0;
+    virtual ReportResult report(std::string_view key, Outcome outcome,
+                                std::optional<std::uint64_t> generation,
+                                std::string_view permit) = 0;
+    virtual StoreResult force(std::string_view key, State state, std::int64_t ttl_ms,
+                              std::string reason, const Peer& by) = 0;
+    virtual StoreResult unforce(std::string_view key) = 0;
+
+    // Policies. `patch` fields are set, `removed` fields cleared; `clear`
+    // drops the key's whole override first.
+    virtual PolicyResult configure(std::string_view key, const PolicyPatch& patch,
+                                   const PolicyPatch& removed, bool clear) = 0;
+    virtual PolicyResult policy(std::string_view key) = 0;
+    virtual void set_policy_config(PolicyConfig config) = 0;
+
+    // Applies what time alone decides (expired probe leases and pins) for
+    // every circuit whose deadline has passed. Returns the next deadline
+    // (epoch ms), or 0 when none is pending.
+    virtual std::int64_t expire_due() = 0;
 
     virtual std::size_t size() const = 0;
 };

@@ -3,6 +3,7 @@
 #include "daemon/daemon.hpp"
 
 #include "daemon/clock.hpp"
+#include "daemon/config_file.hpp"
 #include "daemon/dispatcher.hpp"
 #include "daemon/listener.hpp"
 #include "daemon/memory_store.hpp"
@@ -21,8 +22,41 @@ namespace cbd {
 namespace asio = boost::asio;
 
 namespace {
+
 // How long shutdown waits for clients to take their last replies.
 constexpr auto kShutdownGrace = std::chrono::seconds(5);
+// How often leases and pins that nobody touches are checked. Any operation
+// on a circuit applies its own expiries at once; this only bounds how late an
+// untouched circuit notices.
+constexpr auto kExpiryTick = std::chrono::milliseconds(100);
+
+// Every state change is worth a log line: it is what an operator asks about.
+class TransitionLog final : public CircuitObserver {
+  public:
+    void on_transition(std::string_view key, const TransitionRecord& t,
+                       const CircuitView&) override {
+        if (!log_enabled(LogLevel::Info))
+            return;
+        log_info("circuit '" + std::string(key) + "': " + std::string(state_name(t.from)) +
+                 " -> " + std::string(state_name(t.to)) + " (" +
+                 std::string(transition_cause_name(t.cause)) + "), generation " +
+                 std::to_string(t.generation));
+    }
+    void on_reset(std::string_view key, std::int64_t) override {
+        if (log_enabled(LogLevel::Debug))
+            log_debug("circuit '" + std::string(key) + "' removed");
+    }
+};
+
+// Built-in defaults, then the file's "defaults", then flags.
+PolicyConfig policy_config(const DaemonConfig& config) {
+    PolicyConfig pc;
+    if (!config.config_path.empty())
+        pc = load_policy_config(config.config_path);
+    pc.defaults.merge(config.flag_defaults);
+    return pc;
+}
+
 } // namespace
 
 int run_daemon(const DaemonConfig& config) {
@@ -38,7 +72,14 @@ int run_daemon(const DaemonConfig& config) {
     }
 
     SystemClock clock;
-    MemoryCircuitStore store(clock, config.max_circuits);
+    TransitionLog transition_log;
+    MemoryCircuitStore store(clock, config.max_circuits, &transition_log);
+    try {
+        store.set_policy_config(policy_config(config));
+    } catch (const ConfigError& e) {
+        log_error(std::string("cannot start: ") + e.what());
+        return 1;
+    }
     Dispatcher dispatcher(store);
     SessionSet sessions; // outlives io, see SessionSet
     asio::io_context io(1);
@@ -47,6 +88,7 @@ int run_daemon(const DaemonConfig& config) {
 
     asio::steady_timer grace(io);
     asio::steady_timer watchdog(io);
+    asio::steady_timer expiry(io);
     asio::signal_set signals(io, SIGTERM, SIGINT, SIGHUP);
 
     auto shut_down = [&](std::string_view why) {
@@ -54,6 +96,7 @@ int run_daemon(const DaemonConfig& config) {
         notify_stopping();
         signals.cancel();
         watchdog.cancel();
+        expiry.cancel();
         grace.expires_after(kShutdownGrace);
         grace.async_wait([&](const boost::system::error_code& ec) {
             if (!ec) {
@@ -70,7 +113,20 @@ int run_daemon(const DaemonConfig& config) {
             if (ec)
                 return;
             if (signo == SIGHUP) {
-                log_info("SIGHUP: no configuration to reload");
+                if (config.config_path.empty()) {
+                    log_info("SIGHUP: no --config file to reload");
+                } else {
+                    try {
+                        auto pc = policy_config(config);
+                        const auto rules = pc.rules.size();
+                        store.set_policy_config(std::move(pc));
+                        log_info("SIGHUP: reloaded " + config.config_path + " (" +
+                                 std::to_string(rules) + " prefix rules)");
+                    } catch (const ConfigError& e) {
+                        log_error(std::string("SIGHUP: ") + e.what() +
+                                  "; keeping the previous configuration");
+                    }
+                }
                 wait_signal();
                 return;
             }
@@ -92,6 +148,16 @@ int run_daemon(const DaemonConfig& config) {
         };
         ping_watchdog();
     }
+
+    std::function<void()> expire_tick = [&] {
+        store.expire_due();
+        expiry.expires_after(kExpiryTick);
+        expiry.async_wait([&](const boost::system::error_code& ec) {
+            if (!ec)
+                expire_tick();
+        });
+    };
+    expire_tick();
 
     server.start();
     log_info("serving " + listener->path() + (listener->activated() ? " (socket activation)" : "") +

@@ -2,6 +2,7 @@
 // parses flags into DaemonConfig and calls run_daemon(); tests can do the same.
 #pragma once
 
+#include "common/policy.hpp"
 #include "common/protocol.hpp"
 #include "daemon/log.hpp"
 
@@ -15,6 +16,10 @@ struct DaemonConfig {
     mode_t socket_mode = 0660;
     std::size_t max_line_bytes = kDefaultMaxLineBytes;
     std::size_t max_circuits = kDefaultMaxCircuits;
+    // Policy defaults from flags; they beat the config file's "defaults".
+    PolicyPatch flag_defaults;
+    // JSON policy file (--config); empty for none. Re-read on SIGHUP.
+    std::string config_path;
 };
 
 // Serves until SIGTERM or SIGINT. Returns the process exit status: 0 after a

@@ -1,6 +1,7 @@
 // The dispatcher: one request line in, one reply line out, no I/O. It parses
 // and validates through common/ (once, centrally), then calls the handler for
-// the op from a table indexed by Op.
+// the op from a table indexed by Op. Operator actions are audit-logged here
+// with the peer's credentials.
 #pragma once
 
 #include "common/protocol.hpp"
@@ -23,6 +24,7 @@ class Dispatcher {
 
   private:
     using Handler = void (Dispatcher::*)(const Request&, const Peer&, std::string&);
+    static Handler handler_for(Op op);
 
     void handle_get(const Request& req, const Peer& peer, std::string& out);
     void handle_success(const Request& req, const Peer& peer, std::string& out);
@@ -30,9 +32,12 @@ class Dispatcher {
     void handle_transition(const Request& req, const Peer& peer, std::string& out);
     void handle_reset(const Request& req, const Peer& peer, std::string& out);
     void handle_ping(const Request& req, const Peer& peer, std::string& out);
-
-    static void reply_with(const StoreResult& result, const Request& req, std::string& out);
-    static Handler handler_for(Op op);
+    void handle_acquire(const Request& req, const Peer& peer, std::string& out);
+    void handle_report(const Request& req, const Peer& peer, std::string& out);
+    void handle_force(const Request& req, const Peer& peer, std::string& out);
+    void handle_unforce(const Request& req, const Peer& peer, std::string& out);
+    void handle_configure(const Request& req, const Peer& peer, std::string& out);
+    void handle_policy(const Request& req, const Peer& peer, std::string& out);
 
     CircuitStore& store_;
     Request request_; // reused across lines to keep its buffers

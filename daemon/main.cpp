@@ -6,6 +6,7 @@
 #include "daemon/log.hpp"
 
 #include <CLI/CLI.hpp>
+#include <array>
 #include <iostream>
 
 int main(int argc, char** argv) {
@@ -20,6 +21,18 @@ int main(int argc, char** argv) {
     std::size_t max_line_bytes = cbd::kDefaultMaxLineBytes;
     std::size_t max_circuits = cbd::kDefaultMaxCircuits;
     std::string log_level = "info";
+    std::string config_path;
+    // 0 = not given on the command line.
+    std::array<std::int64_t, cbd::kPolicyFieldCount> policy_flags{};
+    const std::array<std::string, cbd::kPolicyFieldCount> policy_flag_names = {
+        "--failure-threshold", "--reset-timeout-ms", "--half-open-max", "--success-threshold",
+        "--probe-lease-ms"};
+    const std::array<std::string, cbd::kPolicyFieldCount> policy_flag_help = {
+        "Failures (since the circuit closed) that open it (default 5)",
+        "How long an open circuit stays open before a probe (default 30000)",
+        "Probes allowed at once in half-open, across all clients (default 1)",
+        "Successful probes needed to close (default 1)",
+        "How long a probe permit lives unreported (default: the reset timeout)"};
 
     app.add_option("--socket", socket_flag,
                    "Socket path (default: $CBD_SOCKET, else $XDG_RUNTIME_DIR/cbd/cbd.sock for "
@@ -36,6 +49,12 @@ int main(int argc, char** argv) {
         ->capture_default_str()
         ->check(CLI::IsMember({"error", "warn", "info", "debug"}));
 
+    app.add_option("--config", config_path,
+                   "JSON policy file (defaults and prefix rules); re-read on SIGHUP");
+    for (std::size_t i = 0; i < cbd::kPolicyFieldCount; ++i)
+        app.add_option(policy_flag_names[i], policy_flags[i], policy_flag_help[i])
+            ->check(CLI::Range(std::int64_t{1}, cbd::kMaxPolicyValue));
+
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
@@ -49,6 +68,10 @@ int main(int argc, char** argv) {
     config.socket_path = cbd::resolve_socket_path(socket_flag);
     config.max_line_bytes = max_line_bytes;
     config.max_circuits = max_circuits;
+    config.config_path = config_path;
+    for (std::size_t i = 0; i < cbd::kPolicyFieldCount; ++i)
+        if (policy_flags[i] != 0)
+            config.flag_defaults.values[i] = policy_flags[i];
     try {
         config.socket_mode = cbd::parse_socket_mode(socket_mode);
     } catch (const cbd::StartupError& e) {

@@ -1,61 +1,165 @@
-// MemoryCircuitStore: the reference semantics (../shared/reference/SEMANTICS.md).
+// MemoryCircuitStore: the reference semantics (../shared/reference/SEMANTICS.md)
+// and the breaker policy on top of them (docs/PROTOCOL.md, "The breaker").
 #include "daemon/memory_store.hpp"
+
+#include <algorithm>
+#include <cstdio>
 
 namespace cbd {
 
-MemoryCircuitStore::MemoryCircuitStore(const Clock& clock, std::size_t max_circuits)
-    : clock_(clock), max_circuits_(max_circuits) {}
+std::string_view transition_cause_name(TransitionCause cause) {
+    switch (cause) {
+    case TransitionCause::Manual:
+        return "manual";
+    case TransitionCause::Threshold:
+        return "threshold";
+    case TransitionCause::Timeout:
+        return "timeout";
+    case TransitionCause::ProbeSuccess:
+        return "probe-success";
+    case TransitionCause::ProbeFailure:
+        return "probe-failure";
+    case TransitionCause::LeaseExpired:
+        return "lease-expired";
+    case TransitionCause::Force:
+        return "force";
+    case TransitionCause::Unforce:
+        return "unforce";
+    case TransitionCause::ForceExpired:
+        return "force-expired";
+    }
+    return "manual";
+}
 
-Snapshot* MemoryCircuitStore::find_or_create(std::string_view key) {
-    if (auto it = circuits_.find(key); it != circuits_.end())
+MemoryCircuitStore::MemoryCircuitStore(const Clock& clock, std::size_t max_circuits,
+                                       CircuitObserver* observer)
+    : clock_(clock), max_circuits_(max_circuits), observer_(observer),
+      permit_rng_(std::random_device{}()) {}
+
+MemoryCircuitStore::Circuit* MemoryCircuitStore::find_or_create(std::string_view key,
+                                                                std::int64_t now) {
+    if (auto it = circuits_.find(key); it != circuits_.end()) {
+        if (it->second.extras)
+            settle(it->first, it->second, now);
         return &it->second;
+    }
     if (circuits_.size() >= max_circuits_)
         return nullptr;
-    Snapshot fresh;
-    fresh.last_state_change = clock_.now_ms();
-    return &circuits_.emplace(std::string(key), fresh).first->second;
+    Circuit fresh;
+    fresh.snapshot.last_state_change = now;
+    fresh.generation = ++last_generation_;
+    return &circuits_.emplace(std::string(key), std::move(fresh)).first->second;
 }
 
-StoreResult MemoryCircuitStore::get(std::string_view key) {
-    Snapshot* c = find_or_create(key);
-    return c ? StoreResult::ok(*c) : StoreResult::failed(ErrorCode::TooManyCircuits);
+CircuitView MemoryCircuitStore::view_of(const Circuit& c) const {
+    CircuitView v{c.snapshot, c.generation, std::nullopt};
+    if (is_pinned(c))
+        v.forced = c.extras->pin;
+    return v;
 }
 
-StoreResult MemoryCircuitStore::record_success(std::string_view key) {
-    Snapshot* c = find_or_create(key);
-    if (!c)
-        return StoreResult::failed(ErrorCode::TooManyCircuits);
-    c->success_count += 1;
-    return StoreResult::ok(*c);
+void MemoryCircuitStore::settle(std::string_view key, Circuit& c, std::int64_t now) {
+    Extras& x = *c.extras;
+    if (x.pin && x.pin->until != 0 && now >= x.pin->until)
+        lift_pin(key, c, TransitionCause::ForceExpired, now);
+    // Probes exist only in half-open (any transition clears them), so one
+    // expired lease re-opens the circuit and ends the others too.
+    const bool lease_expired = std::any_of(x.probes.begin(), x.probes.end(),
+                                           [&](const Probe& p) { return p.expires_at <= now; });
+    if (lease_expired) {
+        c.snapshot.failure_count += 1;
+        c.snapshot.last_failure_time = now;
+        apply_transition(key, c, State::Open, TransitionCause::LeaseExpired, now);
+    }
+    if (c.extras && c.extras->empty())
+        c.extras.reset();
 }
 
-StoreResult MemoryCircuitStore::record_failure(std::string_view key) {
-    Snapshot* c = find_or_create(key);
-    if (!c)
-        return StoreResult::failed(ErrorCode::TooManyCircuits);
-    c->failure_count += 1;
-    c->last_failure_time = clock_.now_ms();
-    return StoreResult::ok(*c);
-}
-
-StoreResult MemoryCircuitStore::transition(std::string_view key, State to) {
-    Snapshot* c = find_or_create(key);
-    if (!c)
-        return StoreResult::failed(ErrorCode::TooManyCircuits);
-    c->state = to;
-    c->last_state_change = clock_.now_ms();
+TransitionRecord MemoryCircuitStore::apply_transition(std::string_view key, Circuit& c, State to,
+                                                      TransitionCause cause, std::int64_t now) {
+    TransitionRecord t{c.snapshot.state, to, cause, now, 0};
+    c.snapshot.state = to;
+    c.snapshot.last_state_change = now;
     switch (to) {
     case State::Closed:
-        c->failure_count = 0;
-        c->success_count = 0;
+        c.snapshot.failure_count = 0;
+        c.snapshot.success_count = 0;
         break;
     case State::HalfOpen:
-        c->success_count = 0;
+        c.snapshot.success_count = 0;
         break;
     case State::Open:
         break; // counts are kept, as the reference does
     }
-    return StoreResult::ok(*c);
+    c.generation = ++last_generation_;
+    t.generation = c.generation;
+    if (c.extras)
+        c.extras->probes.clear(); // permits belong to the half-open period that ended
+    if (observer_)
+        observer_->on_transition(key, t, view_of(c));
+    return t;
+}
+
+TransitionRecord MemoryCircuitStore::lift_pin(std::string_view key, Circuit& c,
+                                              TransitionCause cause, std::int64_t now) {
+    c.extras->pin.reset();
+    c.generation = ++last_generation_;
+    TransitionRecord t{c.snapshot.state, c.snapshot.state, cause, now, c.generation};
+    if (observer_)
+        observer_->on_transition(key, t, view_of(c));
+    return t;
+}
+
+std::string MemoryCircuitStore::new_permit() {
+    char buf[17];
+    std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(permit_rng_()));
+    return buf;
+}
+
+void MemoryCircuitStore::add_deadline(std::int64_t at, std::string_view key) {
+    deadlines_.emplace(at, std::string(key));
+}
+
+// --- the reference store ----------------------------------------------------
+
+StoreResult MemoryCircuitStore::get(std::string_view key) {
+    Circuit* c = find_or_create(key, clock_.now_ms());
+    if (!c)
+        return {ErrorCode::TooManyCircuits, {}, std::nullopt};
+    return {std::nullopt, view_of(*c), std::nullopt};
+}
+
+StoreResult MemoryCircuitStore::record_success(std::string_view key) {
+    Circuit* c = find_or_create(key, clock_.now_ms());
+    if (!c)
+        return {ErrorCode::TooManyCircuits, {}, std::nullopt};
+    c->snapshot.success_count += 1;
+    return {std::nullopt, view_of(*c), std::nullopt};
+}
+
+StoreResult MemoryCircuitStore::record_failure(std::string_view key) {
+    const std::int64_t now = clock_.now_ms();
+    Circuit* c = find_or_create(key, now);
+    if (!c)
+        return {ErrorCode::TooManyCircuits, {}, std::nullopt};
+    c->snapshot.failure_count += 1;
+    c->snapshot.last_failure_time = now;
+    return {std::nullopt, view_of(*c), std::nullopt};
+}
+
+StoreResult MemoryCircuitStore::transition(std::string_view key, State to,
+                                           const TransitionCondition& condition) {
+    const std::int64_t now = clock_.now_ms();
+    Circuit* c = find_or_create(key, now);
+    if (!c)
+        return {ErrorCode::TooManyCircuits, {}, std::nullopt};
+    if ((condition.expect && *condition.expect != c->snapshot.state) ||
+        (condition.expect_generation && *condition.expect_generation != c->generation))
+        return {ErrorCode::Conflict, view_of(*c), std::nullopt};
+    if (is_pinned(*c))
+        return {ErrorCode::Forced, view_of(*c), std::nullopt};
+    auto t = apply_transition(key, *c, to, TransitionCause::Manual, now);
+    return {std::nullopt, view_of(*c), t};
 }
 
 bool MemoryCircuitStore::reset(std::string_view key) {
@@ -63,7 +167,196 @@ bool MemoryCircuitStore::reset(std::string_view key) {
     if (it == circuits_.end())
         return false;
     circuits_.erase(it);
+    if (observer_)
+        observer_->on_reset(key, clock_.now_ms());
     return true;
+}
+
+// --- the breaker --------------------------------------------------------------
+
+AcquireResult MemoryCircuitStore::acquire(std::string_view key) {
+    const std::int64_t now = clock_.now_ms();
+    Circuit* c = find_or_create(key, now);
+    AcquireResult r;
+    if (!c) {
+        r.error = ErrorCode::TooManyCircuits;
+        return r;
+    }
+    const Policy policy = policies_.effective(key);
+
+    if (is_pinned(*c)) {
+        const ForcePin& pin = *c->extras->pin;
+        r.allowed = pin.state == State::Closed;
+        if (!r.allowed)
+            r.retry_after_ms = pin.until != 0 ? pin.until - now : policy.reset_timeout_ms;
+        r.circuit = view_of(*c);
+        return r;
+    }
+
+    switch (c->snapshot.state) {
+    case State::Closed:
+        r.allowed = true;
+        break;
+    case State::Open: {
+        const std::int64_t elapsed = now - c->snapshot.last_state_change;
+        if (elapsed < policy.reset_timeout_ms) {
+            r.retry_after_ms = policy.reset_timeout_ms - elapsed;
+            break;
+        }
+        // The first caller after the timeout moves it to half-open, once; it
+        // and the next ones (up to halfOpenMax) get probe permits below.
+        r.transition = apply_transition(key, *c, State::HalfOpen, TransitionCause::Timeout, now);
+        [[fallthrough]];
+    }
+    case State::HalfOpen: {
+        if (!c->extras)
+            c->extras = std::make_unique<Extras>();
+        auto& probes = c->extras->probes;
+        if (static_cast<std::int64_t>(probes.size()) >= policy.half_open_max) {
+            r.retry_after_ms = policy.reset_timeout_ms; // as the reference answers
+            break;
+        }
+        r.allowed = true;
+        r.permit = new_permit();
+        probes.push_back(Probe{r.permit, now + policy.probe_lease_ms});
+        add_deadline(now + policy.probe_lease_ms, key);
+        break;
+    }
+    }
+    if (c->extras && c->extras->empty())
+        c->extras.reset();
+    r.circuit = view_of(*c);
+    return r;
+}
+
+ReportResult MemoryCircuitStore::report(std::string_view key, Outcome outcome,
+                                        std::optional<std::uint64_t> generation,
+                                        std::string_view permit) {
+    const std::int64_t now = clock_.now_ms();
+    Circuit* c = find_or_create(key, now);
+    ReportResult r;
+    if (!c) {
+        r.error = ErrorCode::TooManyCircuits;
+        return r;
+    }
+    if (generation && *generation != c->generation) {
+        // The call was decided under an earlier state: a success from before
+        // the circuit opened must not close it.
+        r.stale = true;
+        r.circuit = view_of(*c);
+        return r;
+    }
+
+    auto record = [&] {
+        if (outcome == Outcome::Failure) {
+            c->snapshot.failure_count += 1;
+            c->snapshot.last_failure_time = now;
+        } else {
+            c->snapshot.success_count += 1;
+        }
+    };
+
+    const bool pinned = is_pinned(*c);
+    if (!pinned && c->snapshot.state == State::HalfOpen) {
+        auto* probes = c->extras ? &c->extras->probes : nullptr;
+        auto it = probes ? std::find_if(probes->begin(), probes->end(),
+                                        [&](const Probe& p) { return p.permit == permit; })
+                         : decltype(probes->begin()){};
+        if (permit.empty() || !probes || it == probes->end()) {
+            r.error = ErrorCode::NoPermit;
+            r.circuit = view_of(*c);
+            return r;
+        }
+        probes->erase(it);
+        record();
+        const Policy policy = policies_.effective(key);
+        if (outcome == Outcome::Failure)
+            r.transition =
+                apply_transition(key, *c, State::Open, TransitionCause::ProbeFailure, now);
+        else if (static_cast<std::int64_t>(c->snapshot.success_count) >= policy.success_threshold)
+            r.transition =
+                apply_transition(key, *c, State::Closed, TransitionCause::ProbeSuccess, now);
+    } else {
+        record();
+        // Pinned: recorded, nothing moves. Open: a late report, recorded only.
+        if (!pinned && c->snapshot.state == State::Closed && outcome == Outcome::Failure) {
+            const Policy policy = policies_.effective(key);
+            if (static_cast<std::int64_t>(c->snapshot.failure_count) >= policy.failure_threshold)
+                r.transition =
+                    apply_transition(key, *c, State::Open, TransitionCause::Threshold, now);
+        }
+    }
+    if (c->extras && c->extras->empty())
+        c->extras.reset();
+    r.circuit = view_of(*c);
+    return r;
+}
+
+StoreResult MemoryCircuitStore::force(std::string_view key, State state, std::int64_t ttl_ms,
+                                      std::string reason, const Peer& by) {
+    const std::int64_t now = clock_.now_ms();
+    Circuit* c = find_or_create(key, now);
+    if (!c)
+        return {ErrorCode::TooManyCircuits, {}, std::nullopt};
+    if (!c->extras)
+        c->extras = std::make_unique<Extras>();
+    c->extras->pin = ForcePin{state, ttl_ms > 0 ? now + ttl_ms : 0, std::move(reason), by};
+    if (ttl_ms > 0)
+        add_deadline(now + ttl_ms, key);
+    auto t = apply_transition(key, *c, state, TransitionCause::Force, now);
+    return {std::nullopt, view_of(*c), t};
+}
+
+StoreResult MemoryCircuitStore::unforce(std::string_view key) {
+    const std::int64_t now = clock_.now_ms();
+    Circuit* c = find_or_create(key, now);
+    if (!c)
+        return {ErrorCode::TooManyCircuits, {}, std::nullopt};
+    if (!is_pinned(*c))
+        return {std::nullopt, view_of(*c), std::nullopt};
+    auto t = lift_pin(key, *c, TransitionCause::Unforce, now);
+    if (c->extras->empty())
+        c->extras.reset();
+    return {std::nullopt, view_of(*c), t};
+}
+
+// --- policies -----------------------------------------------------------------
+
+PolicyResult MemoryCircuitStore::configure(std::string_view key, const PolicyPatch& patch,
+                                           const PolicyPatch& removed, bool clear) {
+    PolicyPatch next;
+    if (!clear)
+        if (const PolicyPatch* current = policies_.key_override(key))
+            next = *current;
+    for (std::size_t i = 0; i < kPolicyFieldCount; ++i)
+        if (removed.values[i])
+            next.values[i].reset();
+    next.merge(patch);
+    if (!next.empty() && !policies_.key_override(key) &&
+        policies_.override_count() >= max_circuits_)
+        return {ErrorCode::TooManyCircuits, {}};
+    policies_.set_key_override(key, next);
+    return {std::nullopt, policies_.resolve(key)};
+}
+
+PolicyResult MemoryCircuitStore::policy(std::string_view key) {
+    return {std::nullopt, policies_.resolve(key)};
+}
+
+void MemoryCircuitStore::set_policy_config(PolicyConfig config) {
+    policies_.set_config(std::move(config));
+}
+
+std::int64_t MemoryCircuitStore::expire_due() {
+    const std::int64_t now = clock_.now_ms();
+    while (!deadlines_.empty() && deadlines_.top().first <= now) {
+        const std::string key = deadlines_.top().second;
+        deadlines_.pop();
+        auto it = circuits_.find(key);
+        if (it != circuits_.end() && it->second.extras)
+            settle(it->first, it->second, now);
+    }
+    return deadlines_.empty() ? 0 : deadlines_.top().first;
 }
 
 } // namespace cbd

@@ -55,7 +55,7 @@ TEST_CASE("each op is routed to its store operation", "[dispatcher]") {
     CHECK(r["removed"] == false);
 
     r = f.call(R"({"op":"ping"})");
-    CHECK(r["protocol"] == 1);
+    CHECK(r["protocol"] == kProtocolVersion);
 }
 
 TEST_CASE("blank lines get no reply", "[dispatcher]") {

@@ -1,0 +1,79 @@
+// The configuration file (see config_file.hpp).
+#include "daemon/config_file.hpp"
+
+#include "common/protocol.hpp"
+#include "common/request.hpp"
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+namespace cbd {
+
+namespace {
+// A config file is small; refuse anything that is clearly not one.
+constexpr std::size_t kMaxConfigBytes = 4 * 1024 * 1024;
+} // namespace
+
+PolicyConfig parse_policy_config(const std::string& text) {
+    if (nesting_exceeds(text, 8))
+        throw ConfigError("nesting deeper than 8 levels");
+    auto doc = nlohmann::json::parse(text, nullptr, false);
+    if (doc.is_discarded())
+        throw ConfigError("not valid JSON");
+    if (!doc.is_object())
+        throw ConfigError("the top level must be a JSON object");
+
+    PolicyConfig config;
+    for (auto it = doc.begin(); it != doc.end(); ++it) {
+        if (it.key() != "defaults" && it.key() != "policies")
+            throw ConfigError("unknown setting '" + it.key() +
+                              "' (expected \"defaults\" and \"policies\")");
+    }
+    if (auto d = doc.find("defaults"); d != doc.end()) {
+        if (auto err = parse_policy_patch(*d, config.defaults))
+            throw ConfigError("defaults: " + *err);
+    }
+    if (auto p = doc.find("policies"); p != doc.end()) {
+        if (!p->is_array())
+            throw ConfigError("\"policies\" must be an array");
+        std::set<std::string> seen;
+        for (std::size_t i = 0; i < p->size(); ++i) {
+            const auto& rule = (*p)[i];
+            const std::string where = "policies[" + std::to_string(i) + "]";
+            if (!rule.is_object())
+                throw ConfigError(where + " must be an object");
+            auto prefix = rule.find("prefix");
+            if (prefix == rule.end() || !prefix->is_string())
+                throw ConfigError(where + " needs a string \"prefix\"");
+            PolicyRule r;
+            r.prefix = prefix->get<std::string>();
+            if (auto problem = key_problem(r.prefix))
+                throw ConfigError(where + ": prefix: " + std::string(*problem));
+            if (!seen.insert(r.prefix).second)
+                throw ConfigError(where + ": prefix '" + r.prefix + "' appears twice");
+            if (auto err = parse_policy_patch(rule, r.patch, false, nullptr, "prefix"))
+                throw ConfigError(where + ": " + *err);
+            config.rules.push_back(std::move(r));
+        }
+    }
+    return config;
+}
+
+PolicyConfig load_policy_config(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in)
+        throw ConfigError("cannot read configuration file " + path);
+    std::ostringstream text;
+    text << in.rdbuf();
+    if (text.str().size() > kMaxConfigBytes)
+        throw ConfigError("configuration file " + path + " is larger than 4 MiB");
+    try {
+        return parse_policy_config(text.str());
+    } catch (const ConfigError& e) {
+        throw ConfigError("configuration file " + path + ": " + e.what());
+    }
+}
+
+} // namespace cbd

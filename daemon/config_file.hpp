@@ -1,0 +1,24 @@
+// The configuration file (--config, e.g. /etc/cbd/cbd.json):
+//   {"defaults": {"failureThreshold": 5, ...},
+//    "policies": [{"prefix": "payments/", "failureThreshold": 3}, ...]}
+// Read at start-up and on SIGHUP; a file with any error is refused whole.
+#pragma once
+
+#include "daemon/policy_set.hpp"
+
+#include <stdexcept>
+#include <string>
+
+namespace cbd {
+
+struct ConfigError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// Parses the file's text; throws ConfigError saying what is wrong and where.
+PolicyConfig parse_policy_config(const std::string& text);
+
+// Reads and parses `path`; throws ConfigError naming the file.
+PolicyConfig load_policy_config(const std::string& path);
+
+} // namespace cbd

@@ -1,0 +1,74 @@
+// PolicySet (see policy_set.hpp).
+#include "daemon/policy_set.hpp"
+
+namespace cbd {
+
+std::string_view policy_source_name(PolicySource s) {
+    switch (s) {
+    case PolicySource::Default:
+        return "default";
+    case PolicySource::Prefix:
+        return "prefix";
+    case PolicySource::Key:
+        return "key";
+    }
+    return "default";
+}
+
+void PolicySet::set_config(PolicyConfig config) { config_ = std::move(config); }
+
+ResolvedPolicy PolicySet::resolve(std::string_view key) const {
+    ResolvedPolicy r;
+    bool lease_set = false;
+    auto apply = [&](const PolicyPatch& patch, PolicySource source) {
+        for (std::size_t i = 0; i < kPolicyFieldCount; ++i) {
+            if (!patch.values[i])
+                continue;
+            r.policy.set(static_cast<PolicyField>(i), *patch.values[i]);
+            r.sources[i] = source;
+            if (static_cast<PolicyField>(i) == PolicyField::ProbeLeaseMs)
+                lease_set = true;
+        }
+    };
+
+    apply(config_.defaults, PolicySource::Default);
+    const PolicyRule* best = nullptr;
+    for (const auto& rule : config_.rules)
+        if (key.starts_with(rule.prefix) && (!best || rule.prefix.size() > best->prefix.size()))
+            best = &rule;
+    if (best) {
+        apply(best->patch, PolicySource::Prefix);
+        r.prefix = best->prefix;
+    }
+    if (const PolicyPatch* own = key_override(key))
+        apply(*own, PolicySource::Key);
+
+    // Unless some layer sets it, a probe's lease is the reset timeout.
+    if (!lease_set) {
+        const auto timeout = static_cast<std::size_t>(PolicyField::ResetTimeoutMs);
+        r.policy.probe_lease_ms = r.policy.reset_timeout_ms;
+        r.sources[static_cast<std::size_t>(PolicyField::ProbeLeaseMs)] = r.sources[timeout];
+    }
+    return r;
+}
+
+const PolicyPatch* PolicySet::key_override(std::string_view key) const {
+    if (overrides_.empty())
+        return nullptr;
+    auto it = overrides_.find(key);
+    return it == overrides_.end() ? nullptr : &it->second;
+}
+
+void PolicySet::set_key_override(std::string_view key, const PolicyPatch& patch) {
+    if (patch.empty()) {
+        if (auto it = overrides_.find(key); it != overrides_.end())
+            overrides_.erase(it);
+        return;
+    }
+    if (auto it = overrides_.find(key); it != overrides_.end())
+        it->second = patch;
+    else
+        overrides_.emplace(std::string(key), patch);
+}
+
+} // namespace cbd

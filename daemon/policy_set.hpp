@@ -1,0 +1,60 @@
+// Which policy applies to a key: the daemon defaults (built in, then the
+// config file, then flags), the longest matching prefix rule, and the key's
+// own override, each field taken from the most specific layer that sets it.
+#pragma once
+
+#include "common/policy.hpp"
+
+#include <array>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+namespace cbd {
+
+struct PolicyRule {
+    std::string prefix;
+    PolicyPatch patch;
+};
+
+// What the config file and flags provide; replaced whole on SIGHUP.
+struct PolicyConfig {
+    PolicyPatch defaults;
+    std::vector<PolicyRule> rules;
+};
+
+enum class PolicySource : std::uint8_t { Default, Prefix, Key };
+std::string_view policy_source_name(PolicySource s);
+
+struct ResolvedPolicy {
+    Policy policy;
+    std::array<PolicySource, kPolicyFieldCount> sources{};
+    std::string prefix; // the matching rule's prefix, empty when none matched
+};
+
+class PolicySet {
+  public:
+    void set_config(PolicyConfig config);
+
+    Policy effective(std::string_view key) const { return resolve(key).policy; }
+    ResolvedPolicy resolve(std::string_view key) const;
+
+    // Per-key overrides (the `configure` op). An empty patch removes the entry.
+    const PolicyPatch* key_override(std::string_view key) const;
+    void set_key_override(std::string_view key, const PolicyPatch& patch);
+    std::size_t override_count() const { return overrides_.size(); }
+
+  private:
+    struct KeyHash {
+        using is_transparent = void;
+        std::size_t operator()(std::string_view k) const noexcept {
+            return std::hash<std::string_view>{}(k);
+        }
+    };
+
+    PolicyConfig config_;
+    std::unordered_map<std::string, PolicyPatch, KeyHash, std::equal_to<>> overrides_;
+};
+
+} // namespace cbd
