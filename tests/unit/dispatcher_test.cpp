@@ -1,5 +1,6 @@
 // The dispatcher: lines in, reply lines out, no sockets.
 #include "daemon/dispatcher.hpp"
+#include "daemon/log.hpp"
 #include "daemon/memory_store.hpp"
 
 #include <catch2/catch.hpp>
@@ -11,6 +12,7 @@ using nlohmann::json;
 namespace {
 
 struct Fixture {
+    Fixture() { log_init(LogLevel::Error); } // no audit lines in test output
     ManualClock clock{1'764'201'600'000};
     MemoryCircuitStore store{clock, 3};
     Dispatcher dispatcher{store};
@@ -97,4 +99,80 @@ TEST_CASE("one request's state does not leak into the next", "[dispatcher]") {
     f.call(R"({"op":"get","key":"a","id":99})");
     auto r = f.call(R"({"op":"ping"})");
     CHECK_FALSE(r.contains("id"));
+}
+
+TEST_CASE("snapshot replies carry the generation beside the snapshot", "[dispatcher]") {
+    Fixture f;
+    auto r = f.call(R"({"op":"get","key":"g"})");
+    CHECK(r["generation"].is_number_unsigned());
+    CHECK(r["snapshot"].size() == 5);
+    CHECK_FALSE(r.contains("forced"));
+}
+
+TEST_CASE("acquire and report replies", "[dispatcher]") {
+    Fixture f;
+    f.call(R"({"op":"configure","key":"api","policy":{"failureThreshold":1,"resetTimeoutMs":100}})");
+    auto a = f.call(R"({"op":"acquire","key":"api","id":1})");
+    CHECK(a["allowed"] == true);
+    CHECK_FALSE(a.contains("permit"));
+    CHECK_FALSE(a.contains("retryAfterMs"));
+
+    auto r = f.call(R"({"op":"report","key":"api","outcome":"failure","generation":)" +
+                    a["generation"].dump() + "}");
+    CHECK(r["transition"] == json::parse(R"({"from":"closed","to":"open","cause":"threshold"})"));
+    CHECK(r["snapshot"]["state"] == "open");
+
+    auto denied = f.call(R"({"op":"acquire","key":"api"})");
+    CHECK(denied["allowed"] == false);
+    CHECK(denied["retryAfterMs"] == 100);
+
+    f.clock.advance(100);
+    auto probe = f.call(R"({"op":"acquire","key":"api"})");
+    CHECK(probe["allowed"] == true);
+    CHECK(probe["permit"].is_string());
+    CHECK(probe["transition"]["cause"] == "timeout");
+
+    auto no_permit = f.call(R"({"op":"report","key":"api","outcome":"success"})");
+    CHECK(no_permit["error"]["code"] == "no_permit");
+    CHECK(no_permit["snapshot"]["state"] == "half-open");
+
+    auto stale = f.call(R"({"op":"report","key":"api","outcome":"success","generation":1})");
+    CHECK(stale["stale"] == true);
+
+    auto closed = f.call(R"({"op":"report","key":"api","outcome":"success","permit":)" +
+                         probe["permit"].dump() + "}");
+    CHECK(closed["transition"]["cause"] == "probe-success");
+}
+
+TEST_CASE("conflict and forced errors carry the circuit", "[dispatcher]") {
+    Fixture f;
+    f.call(R"({"op":"transition","key":"k","to":"open"})");
+    auto c = f.call(R"({"op":"transition","key":"k","to":"open","expect":"closed","id":5})");
+    CHECK(c["ok"] == false);
+    CHECK(c["id"] == 5);
+    CHECK(c["error"]["code"] == "conflict");
+    CHECK(c["snapshot"]["state"] == "open");
+    CHECK(c.contains("generation"));
+
+    f.peer = Peer{1000, 1000, 77};
+    auto pinned = f.call(R"({"op":"force","key":"k","state":"closed","ttlMs":60000,"reason":"drill"})");
+    CHECK(pinned["forced"] == json::parse(R"({"state":"closed","until":1764201660000,"reason":"drill","by":{"uid":1000,"pid":77}})"));
+    auto refused = f.call(R"({"op":"transition","key":"k","to":"open"})");
+    CHECK(refused["error"]["code"] == "forced");
+    CHECK(refused["forced"]["state"] == "closed");
+    auto lifted = f.call(R"({"op":"unforce","key":"k"})");
+    CHECK(lifted["transition"]["cause"] == "unforce");
+    CHECK_FALSE(lifted.contains("forced"));
+}
+
+TEST_CASE("policy replies say where each value came from", "[dispatcher]") {
+    Fixture f;
+    auto p = f.call(R"({"op":"policy","key":"api"})");
+    CHECK(p["policy"] == json::parse(R"({"failureThreshold":5,"resetTimeoutMs":30000,"halfOpenMax":1,"successThreshold":1,"probeLeaseMs":30000})"));
+    CHECK(p["source"]["failureThreshold"] == "default");
+    CHECK(p["prefix"].is_null());
+    auto c = f.call(R"({"op":"configure","key":"api","policy":{"failureThreshold":3}})");
+    CHECK(c["policy"]["failureThreshold"] == 3);
+    CHECK(c["source"]["failureThreshold"] == "key");
+    CHECK(f.store.size() == 0); // configuring a key does not create its circuit
 }

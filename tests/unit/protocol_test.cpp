@@ -130,3 +130,64 @@ TEST_CASE("blank lines are recognised", "[protocol]") {
     CHECK(is_blank_line(" \t\r"));
     CHECK_FALSE(is_blank_line(" x "));
 }
+
+TEST_CASE("breaker fields are parsed for the ops that read them", "[protocol]") {
+    Request req;
+    REQUIRE_FALSE(parse(R"({"op":"report","key":"k","outcome":"failure","generation":12,"permit":"ab12"})", req));
+    CHECK(req.outcome == Outcome::Failure);
+    CHECK(req.generation == 12u);
+    CHECK(req.permit == "ab12");
+
+    REQUIRE_FALSE(parse(R"({"op":"transition","key":"k","to":"open","expect":"closed","expectGeneration":3})", req));
+    CHECK(req.expect == State::Closed);
+    CHECK(req.expect_generation == 3u);
+
+    REQUIRE_FALSE(parse(R"({"op":"force","key":"k","state":"open","ttlMs":60000,"reason":"db migration"})", req));
+    CHECK(req.state == State::Open);
+    CHECK(req.ttl_ms == 60000);
+    CHECK(req.reason == "db migration");
+
+    REQUIRE_FALSE(parse(R"({"op":"configure","key":"k","policy":{"failureThreshold":3,"halfOpenMax":null}})", req));
+    CHECK(req.policy[PolicyField::FailureThreshold] == 3);
+    CHECK(req.policy_removed[PolicyField::HalfOpenMax]);
+    CHECK_FALSE(req.policy_clear);
+
+    REQUIRE_FALSE(parse(R"({"op":"configure","key":"k","policy":null})", req));
+    CHECK(req.policy_clear);
+
+    // Fields an op does not read are ignored like any unknown field.
+    REQUIRE_FALSE(parse(R"({"op":"get","key":"k","generation":"not a number"})", req));
+}
+
+TEST_CASE("breaker fields are validated", "[protocol]") {
+    CHECK(code_of(R"({"op":"report","key":"k"})") == ErrorCode::InvalidRequest);
+    CHECK(code_of(R"({"op":"report","key":"k","outcome":"maybe"})") == ErrorCode::InvalidRequest);
+    CHECK(code_of(R"({"op":"report","key":"k","outcome":"success","generation":-1})") == ErrorCode::InvalidRequest);
+    CHECK(code_of(R"({"op":"report","key":"k","outcome":"success","generation":1.5})") == ErrorCode::InvalidRequest);
+    CHECK(code_of(R"({"op":"report","key":"k","outcome":"success","permit":7})") == ErrorCode::InvalidRequest);
+    CHECK(code_of(R"({"op":"report","key":"k","outcome":"success","permit":")" + std::string(65, 'p') + "\"}") == ErrorCode::InvalidRequest);
+    CHECK(code_of(R"({"op":"transition","key":"k","to":"open","expect":"shut"})") == ErrorCode::InvalidState);
+    CHECK(code_of(R"({"op":"transition","key":"k","to":"open","expectGeneration":"1"})") == ErrorCode::InvalidRequest);
+    CHECK(code_of(R"({"op":"force","key":"k"})") == ErrorCode::InvalidRequest);
+    CHECK(code_of(R"({"op":"force","key":"k","state":"half-open"})") == ErrorCode::InvalidState);
+    CHECK(code_of(R"({"op":"force","key":"k","state":"open","ttlMs":0})") == ErrorCode::InvalidRequest);
+    CHECK(code_of(R"({"op":"force","key":"k","state":"open","reason":"a\nb"})") == ErrorCode::InvalidRequest);
+    CHECK(code_of(R"({"op":"force","key":"k","state":"open","reason":")" + std::string(257, 'r') + "\"}") == ErrorCode::InvalidRequest);
+    CHECK(code_of(R"({"op":"configure","key":"k"})") == ErrorCode::InvalidRequest);
+    CHECK(code_of(R"({"op":"configure","key":"k","policy":[]})") == ErrorCode::InvalidRequest);
+    CHECK(code_of(R"({"op":"acquire","key":""})") == ErrorCode::InvalidKey);
+    CHECK(code_of(R"({"op":"policy"})") == ErrorCode::InvalidRequest);
+}
+
+TEST_CASE("configure names the offending policy field", "[protocol]") {
+    Request req;
+    for (const char* line : {R"({"op":"configure","key":"k","policy":{"failureThreshold":0}})",
+                             R"({"op":"configure","key":"k","policy":{"failureThreshold":-3}})",
+                             R"({"op":"configure","key":"k","policy":{"failureThreshold":2.5}})",
+                             R"({"op":"configure","key":"k","policy":{"failureThreshold":"3"}})"}) {
+        auto err = parse(line, req);
+        REQUIRE(err);
+        CHECK(err->code == ErrorCode::InvalidRequest);
+        CHECK(err->message.find("failureThreshold") != std::string::npos);
+    }
+}
