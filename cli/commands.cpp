@@ -63,6 +63,16 @@ std::optional<Json> parse_reply(const std::string& line) {
 
 } // namespace
 
+void append_string_field(std::string& line, const std::string& name, const std::string& text) {
+    line += ",\"" + name + "\":";
+    append_raw_json_string(line, text);
+}
+
+std::string with_fields(std::string line, const std::string& more) {
+    line.resize(line.size() - 2); // "}\n"
+    return line + more + "}\n";
+}
+
 std::string key_request(const std::string& op, const std::string& key,
                         const std::optional<std::string>& to) {
     std::string line = "{\"op\":";
@@ -77,13 +87,12 @@ std::string key_request(const std::string& op, const std::string& key,
     return line;
 }
 
-int run_single(const GlobalOptions& options, const std::string& request_line, Output output,
-               const std::string& field) {
+int run_single(const GlobalOptions& options, const SingleRequest& request) {
     std::string reply_line;
     try {
         const auto deadline = Clock::now() + options.timeout;
         auto conn = Connection::open(options.socket_path, deadline);
-        conn.send_all(request_line, deadline);
+        conn.send_all(request.line, deadline);
         reply_line = conn.read_line(deadline);
     } catch (const ConnectionError& e) {
         std::cerr << "cbctl: " << e.what() << "\n";
@@ -99,22 +108,34 @@ int run_single(const GlobalOptions& options, const std::string& request_line, Ou
         print_error_reply(*reply);
         return kExitDaemonError;
     }
-    switch (output) {
-    case Output::Nothing:
-        break;
-    case Output::Reply:
-        std::cout << reply_line << "\n";
-        break;
-    case Output::Snapshot: {
-        const Json& snapshot = (*reply)["snapshot"];
-        if (field.empty())
-            std::cout << snapshot.dump() << "\n";
+    reply->erase("ok");
+    reply->erase("id");
+
+    if (!request.field.empty()) {
+        if (reply->contains(request.field))
+            print_field((*reply)[request.field]);
+        else if (reply->contains("snapshot") && (*reply)["snapshot"].contains(request.field))
+            print_field((*reply)["snapshot"][request.field]);
         else
-            print_field(snapshot.value(field, Json()));
-        break;
-    }
+            std::cout << "\n"; // absent here (a permit when none was given): an empty line
+    } else {
+        switch (request.output) {
+        case Output::Nothing:
+            break;
+        case Output::Line:
+            std::cout << reply_line << "\n";
+            break;
+        case Output::Snapshot:
+            std::cout << (*reply)["snapshot"].dump() << "\n";
+            break;
+        case Output::Reply:
+            std::cout << reply->dump() << "\n";
+            break;
+        }
     }
     std::cout.flush();
+    if (request.denial_exits_75 && reply->value("allowed", true) == false)
+        return 75;
     return kExitOk;
 }
 

@@ -1,20 +1,41 @@
-// cbctl: parses the command line and runs one command (see commands.hpp).
+// cbctl: parses the command line and runs one command (commands.hpp,
+// run_command.hpp). Every subcommand only builds a request; the daemon
+// validates it.
 #include "cli/commands.hpp"
+#include "cli/duration.hpp"
 #include "cli/exit_codes.hpp"
+#include "cli/run_command.hpp"
+#include "common/policy.hpp"
 #include "common/protocol.hpp"
 #include "common/socket_path.hpp"
 
 #include <CLI/CLI.hpp>
+#include <array>
 #include <iostream>
 #include <unistd.h>
 
 namespace {
 
 constexpr const char* kExitCodesHelp = R"(Exit codes:
-  0  done
-  1  cbd answered with an error (its code and message are on stderr)
-  2  usage error
-  3  cbd unreachable, connection lost, or timed out)";
+  0    done (acquire: allowed)
+  1    cbd answered with an error (its code and message are on stderr)
+  2    usage error
+  3    cbd unreachable, connection lost, or timed out
+  75   acquire/run: the circuit denied the call
+  run: CMD's own status (128+N when killed by signal N), 124 when --timeout
+       killed it, 126/127 when it could not be run)";
+
+// A CLI11 validator for durations ("300ms", "5s", "2m").
+struct DurationValidator : public CLI::Validator {
+    DurationValidator() {
+        name_ = "DURATION";
+        func_ = [](const std::string& text) {
+            return cbctl::parse_duration(text)
+                       ? std::string()
+                       : "'" + text + "' is not a duration such as 300ms, 5s or 2m";
+        };
+    }
+};
 
 } // namespace
 
@@ -38,61 +59,74 @@ int main(int argc, char** argv) {
         ->check(CLI::Range(1L, 3'600'000L));
 
     const std::vector<std::string> snapshot_fields = {
-        "state", "failureCount", "successCount", "lastFailureTime", "lastStateChange"};
+        "state", "failureCount", "successCount", "lastFailureTime", "lastStateChange",
+        "generation"};
+    const std::vector<std::string> acquire_fields = {
+        "allowed", "permit", "retryAfterMs", "generation", "state", "failureCount",
+        "successCount", "lastFailureTime", "lastStateChange"};
 
     // The command that runs once parsing succeeded.
     std::function<int(const GlobalOptions&)> command;
+    auto single = [&](std::function<SingleRequest()> build) {
+        command = [build](const GlobalOptions& g) { return run_single(g, build()); };
+    };
 
-    std::string key, to, field;
+    std::string key, to, field, outcome, permit, expect, state, ttl, reason, success_codes;
+    std::uint64_t generation = 0, expect_generation = 0;
+    bool clear = false, fail_closed = false;
+    std::vector<std::string> unset_fields, run_command;
+    std::string run_timeout;
+    std::array<std::int64_t, cbd::kPolicyFieldCount> policy_values{};
+
     auto add_key_command = [&](const std::string& name, const std::string& help) {
         auto* sub = app.add_subcommand(name, help);
         sub->add_option("KEY", key, "Circuit key")->required();
         return sub;
     };
-    auto add_field_option = [&](CLI::App* sub) {
-        sub->add_option("--field", field, "Print only this snapshot field, bare")
-            ->check(CLI::IsMember(snapshot_fields));
+    auto add_field_option = [&](CLI::App* sub, const std::vector<std::string>& fields) {
+        sub->add_option("--field", field, "Print only this field, bare")
+            ->check(CLI::IsMember(fields));
     };
 
-    auto snapshot_command = [&](const std::string& op) {
-        return [&, op](const GlobalOptions& g) {
-            return run_single(g, key_request(op, key), Output::Snapshot, field);
-        };
-    };
-
-    auto* get = add_key_command("get", "Print a circuit's snapshot (created if unknown)");
-    add_field_option(get);
-    get->callback([&] { command = snapshot_command("get"); });
-
-    auto* success = add_key_command("success", "Record a success; print the new snapshot");
-    add_field_option(success);
-    success->callback([&] { command = snapshot_command("success"); });
-
-    auto* failure = add_key_command("failure", "Record a failure; print the new snapshot");
-    add_field_option(failure);
-    failure->callback([&] { command = snapshot_command("failure"); });
+    // --- the store: get, success, failure, transition, reset ---------------
+    for (const std::string op : {"get", "success", "failure"}) {
+        auto* sub = add_key_command(
+            op, op == "get"       ? "Print a circuit's snapshot (created if unknown)"
+                : op == "success" ? "Record a success; print the new snapshot"
+                                  : "Record a failure; print the new snapshot");
+        add_field_option(sub, snapshot_fields);
+        sub->callback([&, op] {
+            single([&, op] { return SingleRequest{key_request(op, key), Output::Snapshot, field}; });
+        });
+    }
 
     auto* transition = add_key_command("transition", "Move a circuit to STATE");
     transition->add_option("STATE", to, "closed, open or half-open")->required();
-    add_field_option(transition);
+    auto* expect_opt =
+        transition->add_option("--expect", expect, "Only if the circuit is in this state now");
+    auto* expect_gen_opt = transition->add_option(
+        "--expect-generation", expect_generation, "Only if the circuit is at this generation");
+    add_field_option(transition, snapshot_fields);
     transition->callback([&] {
-        command = [&](const GlobalOptions& g) {
-            return run_single(g, key_request("transition", key, to), Output::Snapshot, field);
-        };
+        single([&] {
+            std::string more;
+            if (*expect_opt)
+                append_string_field(more, "expect", expect);
+            if (*expect_gen_opt)
+                more += ",\"expectGeneration\":" + std::to_string(expect_generation);
+            return SingleRequest{with_fields(key_request("transition", key, to), more),
+                                 Output::Snapshot, field};
+        });
     });
 
     auto* reset = add_key_command("reset", "Remove a circuit; prints nothing");
     reset->callback([&] {
-        command = [&](const GlobalOptions& g) {
-            return run_single(g, key_request("reset", key), Output::Nothing, "");
-        };
+        single([&] { return SingleRequest{key_request("reset", key), Output::Nothing, ""}; });
     });
 
     auto* ping = app.add_subcommand("ping", "Check that cbd answers; print its version");
     ping->callback([&] {
-        command = [](const GlobalOptions& g) {
-            return run_single(g, "{\"op\":\"ping\"}\n", Output::Reply, "");
-        };
+        single([] { return SingleRequest{"{\"op\":\"ping\"}\n", Output::Line, ""}; });
     });
 
     auto* pipe = app.add_subcommand(
@@ -100,6 +134,133 @@ int main(int argc, char** argv) {
                 "Exits 1 if any reply was an error");
     pipe->callback([&] {
         command = [](const GlobalOptions& g) { return run_pipe(g, STDIN_FILENO); };
+    });
+
+    // --- the breaker ----------------------------------------------------------
+    auto* acquire = add_key_command(
+        "acquire", "Ask whether a call may go ahead; exits 75 when denied. Pass the generation "
+                   "(and permit, for a probe) to `report`");
+    add_field_option(acquire, acquire_fields);
+    acquire->callback([&] {
+        single([&] {
+            SingleRequest r{key_request("acquire", key), Output::Reply, field};
+            r.denial_exits_75 = true;
+            return r;
+        });
+    });
+
+    auto* report = add_key_command("report", "Report the outcome of an acquired call");
+    report->add_option("OUTCOME", outcome, "success or failure")
+        ->required()
+        ->check(CLI::IsMember({"success", "failure"}));
+    auto* generation_opt =
+        report->add_option("--generation", generation, "The generation acquire returned");
+    auto* permit_opt = report->add_option("--permit", permit, "The permit acquire returned");
+    add_field_option(report, {"stale", "generation", "state", "failureCount", "successCount",
+                              "lastFailureTime", "lastStateChange"});
+    report->callback([&] {
+        single([&] {
+            std::string more;
+            append_string_field(more, "outcome", outcome);
+            if (*generation_opt)
+                more += ",\"generation\":" + std::to_string(generation);
+            if (*permit_opt)
+                append_string_field(more, "permit", permit);
+            return SingleRequest{with_fields(key_request("report", key), more), Output::Reply,
+                                 field};
+        });
+    });
+
+    auto* force = add_key_command("force", "Pin a circuit open or closed until unforced");
+    force->add_option("STATE", state, "open or closed")->required();
+    auto* ttl_opt = force->add_option("--ttl", ttl, "Lift the pin after this long (5m, 1h)")
+                        ->check(DurationValidator());
+    auto* reason_opt = force->add_option("--reason", reason, "Why, for whoever looks later");
+    force->callback([&] {
+        single([&] {
+            std::string more;
+            append_string_field(more, "state", state);
+            if (*ttl_opt)
+                more += ",\"ttlMs\":" + std::to_string(parse_duration(ttl)->count());
+            if (*reason_opt)
+                append_string_field(more, "reason", reason);
+            return SingleRequest{with_fields(key_request("force", key), more), Output::Reply, ""};
+        });
+    });
+
+    auto* unforce = add_key_command("unforce", "Lift a pin; normal rules resume");
+    unforce->callback([&] {
+        single([&] { return SingleRequest{key_request("unforce", key), Output::Reply, ""}; });
+    });
+
+    auto* configure = add_key_command("configure", "Set this key's own policy values");
+    const std::array<std::string, cbd::kPolicyFieldCount> policy_flags = {
+        "--failure-threshold", "--reset-timeout-ms", "--half-open-max", "--success-threshold",
+        "--probe-lease-ms"};
+    std::array<CLI::Option*, cbd::kPolicyFieldCount> policy_opts{};
+    for (std::size_t i = 0; i < cbd::kPolicyFieldCount; ++i)
+        policy_opts[i] = configure->add_option(policy_flags[i], policy_values[i],
+                                               std::string(cbd::kPolicyFieldNames[i]));
+    configure
+        ->add_option("--unset", unset_fields, "Drop this field from the key's policy (repeatable)")
+        ->check(CLI::IsMember(std::vector<std::string>(cbd::kPolicyFieldNames.begin(),
+                                                       cbd::kPolicyFieldNames.end())));
+    configure->add_flag("--clear", clear, "Drop the key's whole policy first");
+    configure->callback([&] {
+        single([&] {
+            std::string policy = clear ? "null" : "{";
+            if (!clear) {
+                bool first = true;
+                auto add = [&](std::string_view name, const std::string& value) {
+                    policy += (first ? "\"" : ",\"") + std::string(name) + "\":" + value;
+                    first = false;
+                };
+                for (std::size_t i = 0; i < cbd::kPolicyFieldCount; ++i)
+                    if (*policy_opts[i])
+                        add(cbd::kPolicyFieldNames[i], std::to_string(policy_values[i]));
+                for (const auto& name : unset_fields)
+                    add(name, "null");
+                policy += "}";
+            }
+            return SingleRequest{with_fields(key_request("configure", key), ",\"policy\":" + policy),
+                                 Output::Reply, ""};
+        });
+    });
+
+    auto* policy = add_key_command("policy", "Print a key's effective policy and its sources");
+    policy->callback([&] {
+        single([&] { return SingleRequest{key_request("policy", key), Output::Reply, ""}; });
+    });
+
+    // --- run ------------------------------------------------------------------
+    auto* run = app.add_subcommand("run", "Run CMD through the circuit: denied calls exit 75 "
+                                          "without running; the outcome is reported");
+    run->add_option("KEY", key, "Circuit key")->required();
+    run->add_option("--timeout", run_timeout, "Kill CMD after this long (300ms, 5s, 2m); exit 124")
+        ->check(DurationValidator());
+    run->add_option("--success-codes", success_codes,
+                    "Exit statuses that count as success (default 0), as 0,3");
+    run->add_flag("--fail-closed", fail_closed, "If cbd is unreachable, exit 3 instead of running");
+    run->add_option("CMD", run_command, "The command and its arguments, after --")->required();
+    run->callback([&] {
+        command = [&](const GlobalOptions& g) {
+            RunOptions o;
+            o.key = key;
+            if (!run_timeout.empty())
+                o.timeout = parse_duration(run_timeout);
+            if (!success_codes.empty()) {
+                auto codes = parse_exit_codes(success_codes);
+                if (!codes) {
+                    std::cerr << "cbctl: --success-codes: '" << success_codes
+                              << "' is not a list of exit statuses such as 0,3\n";
+                    return kExitUsage;
+                }
+                o.success_codes = *codes;
+            }
+            o.fail_closed = fail_closed;
+            o.command = run_command;
+            return run_guarded(g, o);
+        };
     });
 
     try {

@@ -248,7 +248,13 @@ void Dispatcher::handle_configure(const Request& req, const Peer& peer, std::str
         if (req.policy.values[i])
             set_fields += (set_fields.empty() ? "" : ",") + std::string(kPolicyFieldNames[i]) +
                           ":" + std::to_string(*req.policy.values[i]);
-    audit(req, peer, what + (set_fields.empty() ? "-" : set_fields));
+    std::string unset_fields;
+    for (std::size_t i = 0; i < kPolicyFieldCount; ++i)
+        if (req.policy_removed.values[i])
+            unset_fields += (unset_fields.empty() ? "" : ",") + std::string(kPolicyFieldNames[i]);
+    audit(req, peer,
+          what + (set_fields.empty() ? "-" : set_fields) +
+              (unset_fields.empty() ? "" : " unset=" + unset_fields));
     policy_reply(out, req, r);
 }
 

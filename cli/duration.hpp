@@ -1,0 +1,13 @@
+// Durations on cbctl's command line: "300ms", "5s", "1.5s", "2m", "1h"; a bare
+// number is seconds, as timeout(1) reads it.
+#pragma once
+
+#include <chrono>
+#include <optional>
+#include <string_view>
+
+namespace cbctl {
+
+std::optional<std::chrono::milliseconds> parse_duration(std::string_view text);
+
+} // namespace cbctl
