@@ -73,6 +73,10 @@ constexpr std::array<OpSpec, kOpCount> kOps = {{
     {Op::Unforce, "unforce", kFieldKey, 0, true},
     {Op::Configure, "configure", kFieldKey | kFieldPolicy, 0, true},
     {Op::Policy, "policy", kFieldKey, 0, false},
+    {Op::Watch, "watch", 0, kFieldKey | kFieldPrefix, false},
+    {Op::List, "list", 0, kFieldPrefix | kFieldStateFilter | kFieldLimit | kFieldAfter, false},
+    {Op::Stats, "stats", 0, 0, false},
+    {Op::Metrics, "metrics", 0, kFieldPerCircuit, false},
 }};
 
 constexpr bool ops_in_enum_order() {

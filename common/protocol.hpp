@@ -7,6 +7,7 @@
 //      `generation` (and `forced`) beside every snapshot; conditional
 //      transitions (expect, expectGeneration); errors conflict, forced,
 //      no_permit.
+//   3  watch (event streams), list, stats, metrics.
 #pragma once
 
 #include <cstddef>
@@ -16,7 +17,7 @@
 
 namespace cbd {
 
-inline constexpr int kProtocolVersion = 2;
+inline constexpr int kProtocolVersion = 3;
 inline constexpr std::string_view kVersion = CBD_VERSION;
 
 // Hard limits. The line and circuit limits have daemon flags; the rest are
@@ -28,6 +29,9 @@ inline constexpr std::size_t kMaxIdStringBytes = 256;
 inline constexpr int kMaxNestingDepth = 16;
 inline constexpr std::size_t kMaxPermitBytes = 64;
 inline constexpr std::size_t kMaxReasonBytes = 256;
+inline constexpr std::size_t kDefaultListLimit = 1000;
+inline constexpr std::size_t kMaxListLimit = 10'000;
+inline constexpr std::size_t kDefaultWatchQueue = 10'000;
 // A force pin's TTL: at most a year.
 inline constexpr std::int64_t kMaxForceTtlMs = 366LL * 24 * 3600 * 1000;
 
@@ -64,6 +68,8 @@ enum class ErrorCode : std::uint8_t {
     NoPermit, // a half-open report without a valid probe permit
     InternalError,
 };
+inline constexpr std::size_t kErrorCodeCount = 11;
+static_assert(static_cast<std::size_t>(ErrorCode::InternalError) + 1 == kErrorCodeCount);
 
 std::string_view error_code_name(ErrorCode code);
 
@@ -80,6 +86,11 @@ enum RequestField : std::uint32_t {
     kFieldTtlMs = 1u << 8,
     kFieldReason = 1u << 9,
     kFieldPolicy = 1u << 10,
+    kFieldPrefix = 1u << 11,
+    kFieldAfter = 1u << 12,
+    kFieldLimit = 1u << 13,
+    kFieldStateFilter = 1u << 14, // "state" as a filter: any of the three
+    kFieldPerCircuit = 1u << 15,
 };
 
 // The operations, and what each needs from a request. Validation of those
@@ -97,8 +108,12 @@ enum class Op : std::uint8_t {
     Unforce,
     Configure,
     Policy,
+    Watch,
+    List,
+    Stats,
+    Metrics,
 };
-inline constexpr std::size_t kOpCount = 12;
+inline constexpr std::size_t kOpCount = 16;
 
 struct OpSpec {
     Op op;

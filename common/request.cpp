@@ -161,6 +161,25 @@ FieldResult read_field(RequestField field, const Json& v, Request& out) {
         return std::nullopt;
     case kFieldReason:
         return read_bounded_string(v, "reason", kMaxReasonBytes, out.reason);
+    case kFieldPrefix:
+        out.has_prefix = true;
+        return read_bounded_string(v, "prefix", kMaxKeyBytes, out.prefix);
+    case kFieldAfter:
+        return read_bounded_string(v, "after", kMaxKeyBytes, out.after);
+    case kFieldLimit:
+        if (!v.is_number_integer() || v.get<std::int64_t>() < 1 ||
+            v.get<std::int64_t>() > static_cast<std::int64_t>(kMaxListLimit))
+            return invalid("field 'limit' must be an integer from 1 to " +
+                           std::to_string(kMaxListLimit));
+        out.limit = static_cast<std::size_t>(v.get<std::int64_t>());
+        return std::nullopt;
+    case kFieldStateFilter:
+        return read_state(v, "state", out.state_filter);
+    case kFieldPerCircuit:
+        if (!v.is_boolean())
+            return invalid("field 'perCircuit' must be true or false");
+        out.per_circuit = v.get<bool>();
+        return std::nullopt;
     case kFieldPolicy:
         if (v.is_null()) {
             out.policy_clear = true;
@@ -186,6 +205,11 @@ constexpr std::pair<RequestField, std::string_view> kFieldNames[] = {
     {kFieldTtlMs, "ttlMs"},
     {kFieldReason, "reason"},
     {kFieldPolicy, "policy"},
+    {kFieldPrefix, "prefix"},
+    {kFieldAfter, "after"},
+    {kFieldLimit, "limit"},
+    {kFieldStateFilter, "state"},
+    {kFieldPerCircuit, "perCircuit"},
 };
 
 } // namespace

@@ -18,7 +18,7 @@ namespace cbd {
 // filled in; the rest keep their defaults.
 struct Request {
     Op op = Op::Ping;
-    std::string key;
+    std::string key; // empty when the op's key is optional and absent (watch)
     std::optional<State> to;                       // transition
     std::optional<State> expect;                   // transition, conditional
     std::optional<std::uint64_t> expect_generation; // transition, conditional
@@ -31,6 +31,12 @@ struct Request {
     PolicyPatch policy;                            // configure: fields to set
     PolicyPatch policy_removed;                    // configure: fields given as null
     bool policy_clear = false;                     // configure: "policy": null
+    bool has_prefix = false;                       // watch, list
+    std::string prefix;                            // watch, list
+    std::string after;                             // list
+    std::size_t limit = kDefaultListLimit;         // list
+    std::optional<State> state_filter;             // list
+    bool per_circuit = false;                      // metrics
     // The request's id, already serialized as JSON (a string or an integer),
     // so it can be echoed byte for byte; empty when the request had none.
     std::string id_json;

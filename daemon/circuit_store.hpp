@@ -15,6 +15,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace cbd {
 
@@ -90,6 +91,36 @@ struct TransitionCondition {
     std::optional<std::uint64_t> expect_generation;
 };
 
+// One page of `list`: circuits in key order.
+struct ListQuery {
+    std::string prefix;         // only keys starting with this
+    std::optional<State> state; // only circuits in this state
+    std::size_t limit = 1000;
+    std::string after; // start after this key (exclusive); empty = from the start
+};
+
+struct ListEntry {
+    std::string key;
+    CircuitView circuit;
+};
+
+struct ListPage {
+    std::vector<ListEntry> circuits;
+    // The key to pass as `after` for the next page; empty when this was the
+    // last. A page may hold fewer than `limit` circuits and still have a next
+    // one: each page examines a bounded number of keys, so that a filter
+    // matching few circuits never stalls the daemon.
+    std::string next;
+};
+
+struct CircuitCounts {
+    std::size_t total = 0;
+    std::size_t closed = 0;
+    std::size_t open = 0;
+    std::size_t half_open = 0;
+    std::size_t forced = 0;
+};
+
 // Told of every state change and removal, whatever caused it (including
 // leases and pins that expire on their own). The daemon logs them; watchers
 // will hang off the same hook.
@@ -138,6 +169,10 @@ class CircuitStore {
     // every circuit whose deadline has passed. Returns the next deadline
     // (epoch ms), or 0 when none is pending.
     virtual std::int64_t expire_due() = 0;
+
+    // Circuits in key order, a page at a time.
+    virtual ListPage list(const ListQuery& query) = 0;
+    virtual CircuitCounts counts() const = 0;
 
     virtual std::size_t size() const = 0;
 };

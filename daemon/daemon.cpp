@@ -5,8 +5,10 @@
 #include "daemon/clock.hpp"
 #include "daemon/config_file.hpp"
 #include "daemon/dispatcher.hpp"
+#include "daemon/event_hub.hpp"
 #include "daemon/listener.hpp"
 #include "daemon/memory_store.hpp"
+#include "daemon/metrics_http.hpp"
 #include "daemon/server.hpp"
 #include "daemon/service_manager.hpp"
 
@@ -29,24 +31,6 @@ constexpr auto kShutdownGrace = std::chrono::seconds(5);
 // on a circuit applies its own expiries at once; this only bounds how late an
 // untouched circuit notices.
 constexpr auto kExpiryTick = std::chrono::milliseconds(100);
-
-// Every state change is worth a log line: it is what an operator asks about.
-class TransitionLog final : public CircuitObserver {
-  public:
-    void on_transition(std::string_view key, const TransitionRecord& t,
-                       const CircuitView&) override {
-        if (!log_enabled(LogLevel::Info))
-            return;
-        log_info("circuit '" + std::string(key) + "': " + std::string(state_name(t.from)) +
-                 " -> " + std::string(state_name(t.to)) + " (" +
-                 std::string(transition_cause_name(t.cause)) + "), generation " +
-                 std::to_string(t.generation));
-    }
-    void on_reset(std::string_view key, std::int64_t) override {
-        if (log_enabled(LogLevel::Debug))
-            log_debug("circuit '" + std::string(key) + "' removed");
-    }
-};
 
 // Built-in defaults, then the file's "defaults", then flags.
 PolicyConfig policy_config(const DaemonConfig& config) {
@@ -72,19 +56,32 @@ int run_daemon(const DaemonConfig& config) {
     }
 
     SystemClock clock;
-    TransitionLog transition_log;
-    MemoryCircuitStore store(clock, config.max_circuits, &transition_log);
+    DaemonStats stats;
+    EventHub events(stats); // outlives io: sessions unsubscribe as they go
+    MemoryCircuitStore store(clock, config.max_circuits, &events);
     try {
         store.set_policy_config(policy_config(config));
     } catch (const ConfigError& e) {
         log_error(std::string("cannot start: ") + e.what());
         return 1;
     }
-    Dispatcher dispatcher(store);
-    SessionSet sessions; // outlives io, see SessionSet
+    Dispatcher dispatcher(store, stats);
+    SessionSet sessions(stats); // outlives io, see SessionSet
     asio::io_context io(1);
-    Server server(io, listener->release_fd(), dispatcher, sessions,
-                  ServerLimits{config.max_line_bytes});
+    Server server(io, listener->release_fd(),
+                  SessionShared{dispatcher, sessions, events, stats, config.max_line_bytes,
+                                config.watch_queue});
+
+    std::optional<MetricsHttpServer> metrics_http;
+    if (!config.metrics_listen.empty()) {
+        try {
+            metrics_http.emplace(io, config.metrics_listen,
+                                 [&dispatcher] { return dispatcher.metrics_text(false); });
+        } catch (const StartupError& e) {
+            log_error(std::string("cannot start: ") + e.what());
+            return 1;
+        }
+    }
 
     asio::steady_timer grace(io);
     asio::steady_timer watchdog(io);
@@ -104,6 +101,8 @@ int run_daemon(const DaemonConfig& config) {
                 io.stop();
             }
         });
+        if (metrics_http)
+            metrics_http->stop();
         // run() returns once the sessions are gone and the timer is cancelled.
         server.stop([&] { grace.cancel(); });
     };
@@ -160,6 +159,10 @@ int run_daemon(const DaemonConfig& config) {
     expire_tick();
 
     server.start();
+    if (metrics_http) {
+        metrics_http->start();
+        log_info("serving metrics at http://" + metrics_http->local_endpoint() + "/metrics");
+    }
     log_info("serving " + listener->path() + (listener->activated() ? " (socket activation)" : "") +
              "; protocol " + std::to_string(kProtocolVersion));
     notify_ready("Serving " + listener->path());

@@ -20,6 +20,10 @@ struct DaemonConfig {
     PolicyPatch flag_defaults;
     // JSON policy file (--config); empty for none. Re-read on SIGHUP.
     std::string config_path;
+    // Most event lines a watcher may have unsent before it is dropped.
+    std::size_t watch_queue = kDefaultWatchQueue;
+    // ADDR:PORT for the Prometheus HTTP endpoint; empty for none.
+    std::string metrics_listen;
 };
 
 // Serves until SIGTERM or SIGINT. Returns the process exit status: 0 after a

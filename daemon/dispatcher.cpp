@@ -2,7 +2,9 @@
 #include "daemon/dispatcher.hpp"
 
 #include "common/reply.hpp"
+#include "daemon/circuit_json.hpp"
 #include "daemon/log.hpp"
+#include "daemon/metrics.hpp"
 
 #include <array>
 #include <exception>
@@ -10,44 +12,6 @@
 namespace cbd {
 
 namespace {
-
-std::string forced_json(const ForcePin& pin) {
-    std::string out = "{\"state\":\"";
-    out += state_name(pin.state);
-    out += "\",\"until\":";
-    if (pin.until != 0)
-        append_int(out, pin.until);
-    else
-        out += "null";
-    out += ",\"reason\":";
-    append_json_string(out, pin.reason);
-    out += ",\"by\":{\"uid\":";
-    append_uint(out, pin.by.uid);
-    out += ",\"pid\":";
-    append_int(out, pin.by.pid);
-    out += "}}";
-    return out;
-}
-
-std::string transition_json(const TransitionRecord& t) {
-    std::string out = "{\"from\":\"";
-    out += state_name(t.from);
-    out += "\",\"to\":\"";
-    out += state_name(t.to);
-    out += "\",\"cause\":\"";
-    out += transition_cause_name(t.cause);
-    out += "\"}";
-    return out;
-}
-
-// snapshot, generation and (when pinned) forced: what every reply about a
-// circuit carries.
-ReplyWriter& circuit_fields(ReplyWriter& w, const CircuitView& v) {
-    w.snapshot(v.snapshot).field("generation", v.generation);
-    if (v.forced)
-        w.raw_field("forced", forced_json(*v.forced));
-    return w;
-}
 
 std::string error_message(ErrorCode code, const CircuitView& v) {
     switch (code) {
@@ -69,7 +33,9 @@ std::string error_message(ErrorCode code, const CircuitView& v) {
 
 // Errors that concern a circuit carry its current state, so the client can
 // decide what to do next without another round trip.
-void circuit_error(std::string& out, const Request& req, ErrorCode code, const CircuitView& v) {
+void circuit_error(std::string& out, const Request& req, ErrorCode code, const CircuitView& v,
+                   DaemonStats& stats) {
+    stats.errors[static_cast<std::size_t>(code)] += 1;
     ReplyWriter w(out, req.id_json, false);
     w.error(code, error_message(code, v));
     if (code == ErrorCode::Conflict || code == ErrorCode::Forced || code == ErrorCode::NoPermit)
@@ -77,9 +43,10 @@ void circuit_error(std::string& out, const Request& req, ErrorCode code, const C
     w.finish();
 }
 
-void circuit_reply(std::string& out, const Request& req, const StoreResult& r) {
+void circuit_reply(std::string& out, const Request& req, const StoreResult& r,
+                   DaemonStats& stats) {
     if (r.error) {
-        circuit_error(out, req, *r.error, r.circuit);
+        circuit_error(out, req, *r.error, r.circuit, stats);
         return;
     }
     ReplyWriter w(out, req.id_json, true);
@@ -99,8 +66,10 @@ void audit(const Request& req, const Peer& peer, std::string_view what) {
              " pid=" + std::to_string(peer.pid));
 }
 
-void policy_reply(std::string& out, const Request& req, const PolicyResult& r) {
+void policy_reply(std::string& out, const Request& req, const PolicyResult& r,
+                  DaemonStats& stats) {
     if (r.error) {
+        stats.errors[static_cast<std::size_t>(*r.error)] += 1;
         append_error_reply(out, req.id_json, *r.error,
                            "the daemon holds its maximum number of key policies");
         return;
@@ -129,73 +98,103 @@ void policy_reply(std::string& out, const Request& req, const PolicyResult& r) {
 
 } // namespace
 
-Dispatcher::Dispatcher(CircuitStore& store) : store_(store) {}
+Dispatcher::Dispatcher(CircuitStore& store, DaemonStats& stats) : store_(store), stats_(stats) {}
 
 Dispatcher::Handler Dispatcher::handler_for(Op op) {
-    // Indexed by Op, in the order of its enumerators.
-    static constexpr std::array<Handler, kOpCount> kHandlers = {
-        &Dispatcher::handle_get,       &Dispatcher::handle_success,
-        &Dispatcher::handle_failure,   &Dispatcher::handle_transition,
-        &Dispatcher::handle_reset,     &Dispatcher::handle_ping,
-        &Dispatcher::handle_acquire,   &Dispatcher::handle_report,
-        &Dispatcher::handle_force,     &Dispatcher::handle_unforce,
-        &Dispatcher::handle_configure, &Dispatcher::handle_policy,
-    };
-    return kHandlers[static_cast<std::size_t>(op)];
+    // A switch, so that an op without a handler does not compile (-Wswitch).
+    switch (op) {
+    case Op::Get:
+        return &Dispatcher::handle_get;
+    case Op::Success:
+        return &Dispatcher::handle_success;
+    case Op::Failure:
+        return &Dispatcher::handle_failure;
+    case Op::Transition:
+        return &Dispatcher::handle_transition;
+    case Op::Reset:
+        return &Dispatcher::handle_reset;
+    case Op::Ping:
+        return &Dispatcher::handle_ping;
+    case Op::Acquire:
+        return &Dispatcher::handle_acquire;
+    case Op::Report:
+        return &Dispatcher::handle_report;
+    case Op::Force:
+        return &Dispatcher::handle_force;
+    case Op::Unforce:
+        return &Dispatcher::handle_unforce;
+    case Op::Configure:
+        return &Dispatcher::handle_configure;
+    case Op::Policy:
+        return &Dispatcher::handle_policy;
+    case Op::Watch:
+        return &Dispatcher::handle_watch;
+    case Op::List:
+        return &Dispatcher::handle_list;
+    case Op::Stats:
+        return &Dispatcher::handle_stats;
+    case Op::Metrics:
+        return &Dispatcher::handle_metrics;
+    }
+    return &Dispatcher::handle_ping;
 }
 
-void Dispatcher::handle_line(std::string_view line, const Peer& peer, std::string& out) {
+void Dispatcher::handle_line(std::string_view line, RequestContext& ctx, std::string& out) {
     if (is_blank_line(line))
         return;
     const std::size_t reply_start = out.size();
     try {
         if (auto err = parse_request(line, request_)) {
+            stats_.errors[static_cast<std::size_t>(err->code)] += 1;
             append_error_reply(out, request_.id_json, err->code, err->message);
             return;
         }
-        (this->*handler_for(request_.op))(request_, peer, out);
+        stats_.requests[static_cast<std::size_t>(request_.op)] += 1;
+        (this->*handler_for(request_.op))(request_, ctx, out);
     } catch (const std::exception& e) {
         // Whatever happened, the client still gets exactly one line.
         out.resize(reply_start);
+        ctx.start_watch.reset();
         log_error(std::string("internal error while handling a request: ") + e.what());
+        stats_.errors[static_cast<std::size_t>(ErrorCode::InternalError)] += 1;
         append_error_reply(out, request_.id_json, ErrorCode::InternalError, "internal error");
     }
 }
 
-void Dispatcher::handle_get(const Request& req, const Peer&, std::string& out) {
-    circuit_reply(out, req, store_.get(req.key));
+void Dispatcher::handle_get(const Request& req, RequestContext&, std::string& out) {
+    circuit_reply(out, req, store_.get(req.key), stats_);
 }
 
-void Dispatcher::handle_success(const Request& req, const Peer&, std::string& out) {
-    circuit_reply(out, req, store_.record_success(req.key));
+void Dispatcher::handle_success(const Request& req, RequestContext&, std::string& out) {
+    circuit_reply(out, req, store_.record_success(req.key), stats_);
 }
 
-void Dispatcher::handle_failure(const Request& req, const Peer&, std::string& out) {
-    circuit_reply(out, req, store_.record_failure(req.key));
+void Dispatcher::handle_failure(const Request& req, RequestContext&, std::string& out) {
+    circuit_reply(out, req, store_.record_failure(req.key), stats_);
 }
 
-void Dispatcher::handle_transition(const Request& req, const Peer& peer, std::string& out) {
+void Dispatcher::handle_transition(const Request& req, RequestContext& ctx, std::string& out) {
     auto result = store_.transition(req.key, *req.to, {req.expect, req.expect_generation});
-    audit(req, peer,
+    audit(req, ctx.peer,
           "to=" + std::string(state_name(*req.to)) +
               (result.error ? " refused=" + std::string(error_code_name(*result.error)) : ""));
-    circuit_reply(out, req, result);
+    circuit_reply(out, req, result, stats_);
 }
 
-void Dispatcher::handle_reset(const Request& req, const Peer& peer, std::string& out) {
+void Dispatcher::handle_reset(const Request& req, RequestContext& ctx, std::string& out) {
     const bool removed = store_.reset(req.key);
-    audit(req, peer, removed ? "removed=true" : "removed=false");
+    audit(req, ctx.peer, removed ? "removed=true" : "removed=false");
     append_reset_reply(out, req.id_json, removed);
 }
 
-void Dispatcher::handle_ping(const Request& req, const Peer&, std::string& out) {
+void Dispatcher::handle_ping(const Request& req, RequestContext&, std::string& out) {
     append_ping_reply(out, req.id_json);
 }
 
-void Dispatcher::handle_acquire(const Request& req, const Peer&, std::string& out) {
+void Dispatcher::handle_acquire(const Request& req, RequestContext&, std::string& out) {
     auto r = store_.acquire(req.key);
     if (r.error) {
-        circuit_error(out, req, *r.error, r.circuit);
+        circuit_error(out, req, *r.error, r.circuit, stats_);
         return;
     }
     ReplyWriter w(out, req.id_json, true);
@@ -210,10 +209,10 @@ void Dispatcher::handle_acquire(const Request& req, const Peer&, std::string& ou
     w.finish();
 }
 
-void Dispatcher::handle_report(const Request& req, const Peer&, std::string& out) {
+void Dispatcher::handle_report(const Request& req, RequestContext&, std::string& out) {
     auto r = store_.report(req.key, req.outcome, req.generation, req.permit);
     if (r.error) {
-        circuit_error(out, req, *r.error, r.circuit);
+        circuit_error(out, req, *r.error, r.circuit, stats_);
         return;
     }
     ReplyWriter w(out, req.id_json, true);
@@ -225,21 +224,21 @@ void Dispatcher::handle_report(const Request& req, const Peer&, std::string& out
     w.finish();
 }
 
-void Dispatcher::handle_force(const Request& req, const Peer& peer, std::string& out) {
-    auto r = store_.force(req.key, req.state, req.ttl_ms, req.reason, peer);
-    audit(req, peer,
+void Dispatcher::handle_force(const Request& req, RequestContext& ctx, std::string& out) {
+    auto r = store_.force(req.key, req.state, req.ttl_ms, req.reason, ctx.peer);
+    audit(req, ctx.peer,
           "state=" + std::string(state_name(req.state)) +
               " ttlMs=" + std::to_string(req.ttl_ms) + " reason=\"" + req.reason + "\"");
-    circuit_reply(out, req, r);
+    circuit_reply(out, req, r, stats_);
 }
 
-void Dispatcher::handle_unforce(const Request& req, const Peer& peer, std::string& out) {
+void Dispatcher::handle_unforce(const Request& req, RequestContext& ctx, std::string& out) {
     auto r = store_.unforce(req.key);
-    audit(req, peer, r.transition ? "lifted=true" : "lifted=false");
-    circuit_reply(out, req, r);
+    audit(req, ctx.peer, r.transition ? "lifted=true" : "lifted=false");
+    circuit_reply(out, req, r, stats_);
 }
 
-void Dispatcher::handle_configure(const Request& req, const Peer& peer, std::string& out) {
+void Dispatcher::handle_configure(const Request& req, RequestContext& ctx, std::string& out) {
     auto r = store_.configure(req.key, req.policy, req.policy_removed, req.policy_clear);
     std::string what = req.policy_clear ? "clear=true " : "";
     what += "set=";
@@ -252,14 +251,119 @@ void Dispatcher::handle_configure(const Request& req, const Peer& peer, std::str
     for (std::size_t i = 0; i < kPolicyFieldCount; ++i)
         if (req.policy_removed.values[i])
             unset_fields += (unset_fields.empty() ? "" : ",") + std::string(kPolicyFieldNames[i]);
-    audit(req, peer,
+    audit(req, ctx.peer,
           what + (set_fields.empty() ? "-" : set_fields) +
               (unset_fields.empty() ? "" : " unset=" + unset_fields));
-    policy_reply(out, req, r);
+    policy_reply(out, req, r, stats_);
 }
 
-void Dispatcher::handle_policy(const Request& req, const Peer&, std::string& out) {
-    policy_reply(out, req, store_.policy(req.key));
+void Dispatcher::handle_policy(const Request& req, RequestContext&, std::string& out) {
+    policy_reply(out, req, store_.policy(req.key), stats_);
+}
+
+} // namespace cbd
+
+namespace cbd {
+
+void Dispatcher::handle_watch(const Request& req, RequestContext& ctx, std::string& out) {
+    WatchFilter filter;
+    if (!req.key.empty() && req.has_prefix) {
+        stats_.errors[static_cast<std::size_t>(ErrorCode::InvalidRequest)] += 1;
+        append_error_reply(out, req.id_json, ErrorCode::InvalidRequest,
+                           "watch takes 'key' or 'prefix', not both");
+        return;
+    }
+    ReplyWriter w(out, req.id_json, true);
+    if (!req.key.empty()) {
+        filter = {WatchFilter::Kind::Key, req.key};
+        std::string what = "{\"key\":";
+        append_json_string(what, req.key);
+        w.raw_field("watching", what + "}");
+    } else if (req.has_prefix) {
+        filter = {WatchFilter::Kind::Prefix, req.prefix};
+        std::string what = "{\"prefix\":";
+        append_json_string(what, req.prefix);
+        w.raw_field("watching", what + "}");
+    } else {
+        w.string_field("watching", "all");
+    }
+    w.finish();
+    ctx.start_watch = std::move(filter);
+}
+
+void Dispatcher::handle_list(const Request& req, RequestContext&, std::string& out) {
+    ListQuery q{req.prefix, req.state_filter, req.limit, req.after};
+    const ListPage page = store_.list(q);
+    ReplyWriter w(out, req.id_json, true);
+    std::string circuits = "[";
+    for (const auto& e : page.circuits) {
+        if (circuits.size() > 1)
+            circuits += ',';
+        append_list_entry(circuits, e.key, e.circuit);
+    }
+    circuits += ']';
+    w.raw_field("circuits", circuits);
+    if (page.next.empty())
+        w.raw_field("next", "null");
+    else
+        w.string_field("next", page.next);
+    w.finish();
+}
+
+void Dispatcher::handle_stats(const Request& req, RequestContext&, std::string& out) {
+    const auto counts = store_.counts();
+    const auto uptime = std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::chrono::steady_clock::now() - stats_.started);
+    auto object = [](auto&& name_of, const auto& values, std::size_t n) {
+        std::string o = "{";
+        for (std::size_t i = 0; i < n; ++i) {
+            if (i)
+                o += ',';
+            o += '"';
+            o += name_of(i);
+            o += "\":";
+            append_uint(o, values[i]);
+        }
+        return o + "}";
+    };
+    ReplyWriter w(out, req.id_json, true);
+    w.string_field("version", kVersion)
+        .field("protocol", std::int64_t{kProtocolVersion})
+        .field("uptimeMs", static_cast<std::int64_t>(uptime.count()))
+        .raw_field("connections", "{\"current\":" + std::to_string(stats_.connections_current) +
+                                      ",\"total\":" + std::to_string(stats_.connections_total) +
+                                      ",\"refused\":" +
+                                      std::to_string(stats_.connections_refused) + "}")
+        .raw_field("requests", object([](std::size_t i) { return op_spec(static_cast<Op>(i)).name; },
+                                      stats_.requests, kOpCount))
+        .raw_field("errors",
+                   object([](std::size_t i) { return error_code_name(static_cast<ErrorCode>(i)); },
+                          stats_.errors, kErrorCodeCount))
+        .raw_field("circuits", "{\"total\":" + std::to_string(counts.total) +
+                                   ",\"closed\":" + std::to_string(counts.closed) +
+                                   ",\"open\":" + std::to_string(counts.open) +
+                                   ",\"halfOpen\":" + std::to_string(counts.half_open) +
+                                   ",\"forced\":" + std::to_string(counts.forced) + "}")
+        .field("watchers", stats_.watchers)
+        .raw_field("events", "{\"emitted\":" + std::to_string(stats_.events_emitted) +
+                                 ",\"dropped\":" + std::to_string(stats_.events_dropped) + "}")
+        .field("residentMemoryBytes", resident_memory_bytes())
+        .finish();
+}
+
+std::string Dispatcher::metrics_text(bool per_circuit) {
+    MetricsInput in{stats_, store_.counts(), resident_memory_bytes()};
+    ListPage page;
+    if (per_circuit) {
+        page = store_.list(ListQuery{"", std::nullopt, kMaxPerCircuitSeries, ""});
+        in.per_circuit = &page.circuits;
+        in.per_circuit_truncated = !page.next.empty();
+    }
+    return render_metrics(in);
+}
+
+void Dispatcher::handle_metrics(const Request& req, RequestContext&, std::string& out) {
+    ReplyWriter(out, req.id_json, true).string_field("text", metrics_text(req.per_circuit)).finish();
 }
 
 } // namespace cbd

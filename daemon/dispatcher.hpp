@@ -7,39 +7,58 @@
 #include "common/protocol.hpp"
 #include "common/request.hpp"
 #include "daemon/circuit_store.hpp"
+#include "daemon/event_hub.hpp"
 #include "daemon/peer.hpp"
+#include "daemon/stats.hpp"
 
+#include <optional>
 #include <string>
 #include <string_view>
 
 namespace cbd {
 
+// The connection a request came on, as the dispatcher sees it: who sent it,
+// and what the request asks of the connection beyond its reply.
+struct RequestContext {
+    Peer peer;
+    // Set by `watch`: the connection becomes an event stream with this filter.
+    std::optional<WatchFilter> start_watch;
+};
+
 class Dispatcher {
   public:
-    explicit Dispatcher(CircuitStore& store);
+    Dispatcher(CircuitStore& store, DaemonStats& stats);
 
     // Handles one line (without its "\n"). Appends exactly one reply line to
     // `out`, or nothing when the line is blank.
-    void handle_line(std::string_view line, const Peer& peer, std::string& out);
+    void handle_line(std::string_view line, RequestContext& ctx, std::string& out);
+
+    // The Prometheus text for the current state (also served over HTTP).
+    std::string metrics_text(bool per_circuit);
 
   private:
-    using Handler = void (Dispatcher::*)(const Request&, const Peer&, std::string&);
+    using Handler = void (Dispatcher::*)(const Request&, RequestContext&, std::string&);
     static Handler handler_for(Op op);
 
-    void handle_get(const Request& req, const Peer& peer, std::string& out);
-    void handle_success(const Request& req, const Peer& peer, std::string& out);
-    void handle_failure(const Request& req, const Peer& peer, std::string& out);
-    void handle_transition(const Request& req, const Peer& peer, std::string& out);
-    void handle_reset(const Request& req, const Peer& peer, std::string& out);
-    void handle_ping(const Request& req, const Peer& peer, std::string& out);
-    void handle_acquire(const Request& req, const Peer& peer, std::string& out);
-    void handle_report(const Request& req, const Peer& peer, std::string& out);
-    void handle_force(const Request& req, const Peer& peer, std::string& out);
-    void handle_unforce(const Request& req, const Peer& peer, std::string& out);
-    void handle_configure(const Request& req, const Peer& peer, std::string& out);
-    void handle_policy(const Request& req, const Peer& peer, std::string& out);
+    void handle_get(const Request& req, RequestContext& ctx, std::string& out);
+    void handle_success(const Request& req, RequestContext& ctx, std::string& out);
+    void handle_failure(const Request& req, RequestContext& ctx, std::string& out);
+    void handle_transition(const Request& req, RequestContext& ctx, std::string& out);
+    void handle_reset(const Request& req, RequestContext& ctx, std::string& out);
+    void handle_ping(const Request& req, RequestContext& ctx, std::string& out);
+    void handle_acquire(const Request& req, RequestContext& ctx, std::string& out);
+    void handle_report(const Request& req, RequestContext& ctx, std::string& out);
+    void handle_force(const Request& req, RequestContext& ctx, std::string& out);
+    void handle_unforce(const Request& req, RequestContext& ctx, std::string& out);
+    void handle_configure(const Request& req, RequestContext& ctx, std::string& out);
+    void handle_policy(const Request& req, RequestContext& ctx, std::string& out);
+    void handle_watch(const Request& req, RequestContext& ctx, std::string& out);
+    void handle_list(const Request& req, RequestContext& ctx, std::string& out);
+    void handle_stats(const Request& req, RequestContext& ctx, std::string& out);
+    void handle_metrics(const Request& req, RequestContext& ctx, std::string& out);
 
     CircuitStore& store_;
+    DaemonStats& stats_;
     Request request_; // reused across lines to keep its buffers
 };
 

@@ -22,6 +22,8 @@ int main(int argc, char** argv) {
     std::size_t max_circuits = cbd::kDefaultMaxCircuits;
     std::string log_level = "info";
     std::string config_path;
+    std::size_t watch_queue = cbd::kDefaultWatchQueue;
+    std::string metrics_listen;
     // 0 = not given on the command line.
     std::array<std::int64_t, cbd::kPolicyFieldCount> policy_flags{};
     const std::array<std::string, cbd::kPolicyFieldCount> policy_flag_names = {
@@ -49,6 +51,12 @@ int main(int argc, char** argv) {
         ->capture_default_str()
         ->check(CLI::IsMember({"error", "warn", "info", "debug"}));
 
+    app.add_option("--watch-queue", watch_queue,
+                   "Events a watcher may fall behind before it is dropped")
+        ->capture_default_str()
+        ->check(CLI::Range(std::size_t{1}, std::size_t{10'000'000}));
+    app.add_option("--metrics-listen", metrics_listen,
+                   "Serve Prometheus metrics at http://ADDR:PORT/metrics (off by default)");
     app.add_option("--config", config_path,
                    "JSON policy file (defaults and prefix rules); re-read on SIGHUP");
     for (std::size_t i = 0; i < cbd::kPolicyFieldCount; ++i)
@@ -69,6 +77,8 @@ int main(int argc, char** argv) {
     config.max_line_bytes = max_line_bytes;
     config.max_circuits = max_circuits;
     config.config_path = config_path;
+    config.watch_queue = watch_queue;
+    config.metrics_listen = metrics_listen;
     for (std::size_t i = 0; i < cbd::kPolicyFieldCount; ++i)
         if (policy_flags[i] != 0)
             config.flag_defaults.values[i] = policy_flags[i];

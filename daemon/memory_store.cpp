@@ -48,7 +48,10 @@ MemoryCircuitStore::Circuit* MemoryCircuitStore::find_or_create(std::string_view
     Circuit fresh;
     fresh.snapshot.last_state_change = now;
     fresh.generation = ++last_generation_;
-    return &circuits_.emplace(std::string(key), std::move(fresh)).first->second;
+    auto it = circuits_.emplace(std::string(key), std::move(fresh)).first;
+    ordered_keys_.insert(&it->first);
+    by_state_[static_cast<std::size_t>(State::Closed)] += 1;
+    return &it->second;
 }
 
 CircuitView MemoryCircuitStore::view_of(const Circuit& c) const {
@@ -78,6 +81,8 @@ void MemoryCircuitStore::settle(std::string_view key, Circuit& c, std::int64_t n
 TransitionRecord MemoryCircuitStore::apply_transition(std::string_view key, Circuit& c, State to,
                                                       TransitionCause cause, std::int64_t now) {
     TransitionRecord t{c.snapshot.state, to, cause, now, 0};
+    by_state_[static_cast<std::size_t>(c.snapshot.state)] -= 1;
+    by_state_[static_cast<std::size_t>(to)] += 1;
     c.snapshot.state = to;
     c.snapshot.last_state_change = now;
     switch (to) {
@@ -103,6 +108,7 @@ TransitionRecord MemoryCircuitStore::apply_transition(std::string_view key, Circ
 TransitionRecord MemoryCircuitStore::lift_pin(std::string_view key, Circuit& c,
                                               TransitionCause cause, std::int64_t now) {
     c.extras->pin.reset();
+    pinned_ -= 1;
     c.generation = ++last_generation_;
     TransitionRecord t{c.snapshot.state, c.snapshot.state, cause, now, c.generation};
     if (observer_)
@@ -166,6 +172,10 @@ bool MemoryCircuitStore::reset(std::string_view key) {
     auto it = circuits_.find(key);
     if (it == circuits_.end())
         return false;
+    by_state_[static_cast<std::size_t>(it->second.snapshot.state)] -= 1;
+    if (is_pinned(it->second))
+        pinned_ -= 1;
+    ordered_keys_.erase(it->first);
     circuits_.erase(it);
     if (observer_)
         observer_->on_reset(key, clock_.now_ms());
@@ -300,6 +310,8 @@ StoreResult MemoryCircuitStore::force(std::string_view key, State state, std::in
         return {ErrorCode::TooManyCircuits, {}, std::nullopt};
     if (!c->extras)
         c->extras = std::make_unique<Extras>();
+    if (!c->extras->pin)
+        pinned_ += 1;
     c->extras->pin = ForcePin{state, ttl_ms > 0 ? now + ttl_ms : 0, std::move(reason), by};
     if (ttl_ms > 0)
         add_deadline(now + ttl_ms, key);
@@ -357,6 +369,56 @@ std::int64_t MemoryCircuitStore::expire_due() {
             settle(it->first, it->second, now);
     }
     return deadlines_.empty() ? 0 : deadlines_.top().first;
+}
+
+} // namespace cbd
+
+namespace cbd {
+
+ListPage MemoryCircuitStore::list(const ListQuery& query) {
+    const std::int64_t now = clock_.now_ms();
+    ListPage page;
+    // Start at the later of `after` (exclusive) and `prefix` (inclusive).
+    const bool from_after = !query.after.empty() && query.after >= query.prefix;
+    const std::string_view from = from_after ? query.after : query.prefix;
+    std::size_t examined = 0;
+    std::string last_examined;
+    bool more = false;
+    ordered_keys_.walk_from(from, from_after, [&](const std::string& key) {
+        if (!key.starts_with(query.prefix))
+            return false; // keys are in order: past the prefix range, done
+        if (page.circuits.size() == query.limit) {
+            // Full: is there another match? Then the page has a next.
+            auto& c = circuits_.find(key)->second;
+            if (!query.state || c.snapshot.state == *query.state) {
+                more = true;
+                return false;
+            }
+        }
+        if (++examined > kMaxListScan) {
+            more = true;
+            return false;
+        }
+        last_examined = key;
+        if (page.circuits.size() == query.limit)
+            return true;
+        auto& c = circuits_.find(key)->second;
+        if (c.extras)
+            settle(key, c, now);
+        if (query.state && c.snapshot.state != *query.state)
+            return true;
+        page.circuits.push_back(ListEntry{key, view_of(c)});
+        return true;
+    });
+    if (more)
+        page.next = page.circuits.size() == query.limit ? page.circuits.back().key : last_examined;
+    return page;
+}
+
+CircuitCounts MemoryCircuitStore::counts() const {
+    return CircuitCounts{circuits_.size(), by_state_[static_cast<std::size_t>(State::Closed)],
+                         by_state_[static_cast<std::size_t>(State::Open)],
+                         by_state_[static_cast<std::size_t>(State::HalfOpen)], pinned_};
 }
 
 } // namespace cbd

@@ -6,7 +6,9 @@
 
 #include "daemon/circuit_store.hpp"
 #include "daemon/clock.hpp"
+#include "daemon/key_index.hpp"
 
+#include <array>
 #include <functional>
 #include <memory>
 #include <queue>
@@ -44,7 +46,12 @@ class MemoryCircuitStore final : public CircuitStore {
     void set_policy_config(PolicyConfig config) override;
 
     std::int64_t expire_due() override;
+    ListPage list(const ListQuery& query) override;
+    CircuitCounts counts() const override;
     std::size_t size() const override { return circuits_.size(); }
+
+    // Most keys one list page examines (see ListPage::next).
+    static constexpr std::size_t kMaxListScan = 100'000;
 
   private:
     struct Probe {
@@ -96,6 +103,11 @@ class MemoryCircuitStore final : public CircuitStore {
     CircuitObserver* observer_;
     PolicySet policies_;
     Map circuits_;
+    KeyIndex ordered_keys_;
+    // Circuits by state (indexed by State) and pinned, kept as things change
+    // so stats never walk the map.
+    std::array<std::size_t, 3> by_state_{};
+    std::size_t pinned_ = 0;
     // Never reused, even across reset: every circuit takes the next value
     // on creation and on every change.
     std::uint64_t last_generation_ = 0;

@@ -9,10 +9,8 @@ namespace cbd {
 
 namespace asio = boost::asio;
 
-Server::Server(asio::io_context& io, int listen_fd, Dispatcher& dispatcher, SessionSet& sessions,
-               ServerLimits limits)
-    : acceptor_(io), accept_backoff_(io), dispatcher_(dispatcher), limits_(limits),
-      sessions_(sessions) {
+Server::Server(asio::io_context& io, int listen_fd, const SessionShared& shared)
+    : acceptor_(io), accept_backoff_(io), shared_(shared) {
     acceptor_.assign(asio::local::stream_protocol(), listen_fd);
 }
 
@@ -34,8 +32,7 @@ void Server::accept_next() {
             });
             return;
         }
-        std::make_shared<Session>(std::move(socket), dispatcher_, sessions_, limits_.max_line_bytes)
-            ->start();
+        std::make_shared<Session>(std::move(socket), shared_)->start();
         accept_next();
     });
 }
@@ -47,7 +44,7 @@ void Server::stop(std::function<void()> on_drained) {
     boost::system::error_code ignored;
     acceptor_.close(ignored);
     accept_backoff_.cancel();
-    sessions_.stop_all(std::move(on_drained));
+    shared_.sessions.stop_all(std::move(on_drained));
 }
 
 } // namespace cbd

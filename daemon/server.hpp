@@ -12,30 +12,22 @@
 
 namespace cbd {
 
-struct ServerLimits {
-    std::size_t max_line_bytes;
-};
-
 class Server {
   public:
-    Server(boost::asio::io_context& io, int listen_fd, Dispatcher& dispatcher,
-           SessionSet& sessions, ServerLimits limits);
+    Server(boost::asio::io_context& io, int listen_fd, const SessionShared& shared);
 
     void start();
     // Stops accepting and asks every session to finish its replies and close;
     // `on_drained` runs once they all have.
     void stop(std::function<void()> on_drained);
 
-    std::size_t session_count() const { return sessions_.size(); }
 
   private:
     void accept_next();
 
     boost::asio::local::stream_protocol::acceptor acceptor_;
     boost::asio::steady_timer accept_backoff_;
-    Dispatcher& dispatcher_;
-    ServerLimits limits_;
-    SessionSet& sessions_;
+    SessionShared shared_;
     bool stopping_ = false;
 };
 

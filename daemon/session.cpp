@@ -2,6 +2,7 @@
 #include "daemon/session.hpp"
 
 #include "common/reply.hpp"
+#include "daemon/circuit_json.hpp"
 #include "daemon/log.hpp"
 
 #include <algorithm>
@@ -17,10 +18,19 @@ namespace {
 constexpr std::size_t kInitialInputBytes = 16 * 1024;
 // How much a client may still send after a fatal error before we just close.
 constexpr std::size_t kMaxDrainBytes = 1024 * 1024;
+// How long an overflowed watcher has to take its overflow line.
+constexpr auto kOverflowGrace = std::chrono::seconds(5);
 } // namespace
+
+void SessionSet::add(Session* s) {
+    sessions_.insert(s);
+    stats_.connections_current = sessions_.size();
+    stats_.connections_total += 1;
+}
 
 void SessionSet::remove(Session* s) {
     sessions_.erase(s);
+    stats_.connections_current = sessions_.size();
     if (sessions_.empty() && on_empty_)
         std::exchange(on_empty_, nullptr)();
 }
@@ -37,16 +47,19 @@ void SessionSet::stop_all(std::function<void()> on_empty) {
         s->stop();
 }
 
-Session::Session(Socket socket, Dispatcher& dispatcher, SessionSet& sessions,
-                 std::size_t max_line_bytes)
-    : socket_(std::move(socket)), dispatcher_(dispatcher), sessions_(sessions),
-      max_line_bytes_(max_line_bytes),
-      in_(std::min(kInitialInputBytes, max_line_bytes + 1)) {
+Session::Session(Socket socket, const SessionShared& shared)
+    : socket_(std::move(socket)), shared_(shared),
+      in_(std::min(kInitialInputBytes, shared.max_line_bytes + 1)),
+      overflow_deadline_(socket_.get_executor()) {
     peer_ = peer_of(socket_.native_handle());
-    sessions_.add(this);
+    shared_.sessions.add(this);
 }
 
-Session::~Session() { sessions_.remove(this); }
+Session::~Session() {
+    if (watching_)
+        shared_.events.remove(this);
+    shared_.sessions.remove(this);
+}
 
 void Session::start() { read_more(); }
 
@@ -58,13 +71,15 @@ void Session::stop() {
     }
 }
 
+// --- request/reply mode -----------------------------------------------------
+
 void Session::read_more() {
     if (stopping_) {
         close();
         return;
     }
     if (in_used_ == in_.size())
-        in_.resize(std::min(in_.size() * 2, max_line_bytes_ + 1));
+        in_.resize(std::min(in_.size() * 2, shared_.max_line_bytes + 1));
     reading_ = true;
     socket_.async_read_some(
         asio::buffer(in_.data() + in_used_, in_.size() - in_used_),
@@ -83,44 +98,55 @@ void Session::on_read(const boost::system::error_code& ec, std::size_t n) {
     in_used_ += n;
     handle_complete_lines();
     if (!out_.empty())
-        write_replies();
+        write_out();
     else
         read_more();
 }
 
 void Session::handle_complete_lines() {
+    RequestContext ctx{peer_, std::nullopt};
     std::size_t start = 0;
     while (start < in_used_) {
         const char* begin = in_.data() + start;
         const auto* newline = static_cast<const char*>(std::memchr(begin, '\n', in_used_ - start));
         if (newline == nullptr)
             break;
-        dispatcher_.handle_line(std::string_view(begin, static_cast<std::size_t>(newline - begin)),
-                                peer_, out_);
+        shared_.dispatcher.handle_line(
+            std::string_view(begin, static_cast<std::size_t>(newline - begin)), ctx, out_);
         start = static_cast<std::size_t>(newline - in_.data()) + 1;
+        if (ctx.start_watch) {
+            // The connection is an event stream from here on; anything the
+            // client sent after `watch` is not a request.
+            in_used_ = 0;
+            start_watching(std::move(*ctx.start_watch));
+            return;
+        }
     }
     if (start > 0) {
         std::memmove(in_.data(), in_.data() + start, in_used_ - start);
         in_used_ -= start;
     }
-    // The buffer holds max_line_bytes_ + 1 bytes at most, so a partial line
+    // The buffer holds max_line_bytes + 1 bytes at most, so a partial line
     // longer than the limit can never become a valid line.
-    if (in_used_ > max_line_bytes_) {
+    if (in_used_ > shared_.max_line_bytes) {
+        shared_.stats.errors[static_cast<std::size_t>(ErrorCode::LineTooLong)] += 1;
         append_error_reply(out_, {}, ErrorCode::LineTooLong,
-                           "request line longer than " + std::to_string(max_line_bytes_) +
+                           "request line longer than " + std::to_string(shared_.max_line_bytes) +
                                " bytes; closing the connection");
         in_used_ = 0;
         close_after_write_ = true;
     }
 }
 
-void Session::write_replies() {
+void Session::write_out() {
+    writing_ = true;
     asio::async_write(socket_, asio::buffer(out_),
                       [self = shared_from_this()](const boost::system::error_code& ec,
                                                   std::size_t) { self->on_written(ec); });
 }
 
 void Session::on_written(const boost::system::error_code& ec) {
+    writing_ = false;
     out_.clear();
     if (ec) {
         close();
@@ -130,15 +156,22 @@ void Session::on_written(const boost::system::error_code& ec) {
         drain_then_close();
         return;
     }
+    if (watching_) {
+        if (!reading_)
+            watch_read();
+        flush_events();
+        return;
+    }
     read_more();
 }
 
 void Session::drain_then_close() {
     boost::system::error_code ignored;
     socket_.shutdown(Socket::shutdown_send, ignored);
-    if (stopping_ || drained_bytes_ > kMaxDrainBytes) {
-        close();
-        return;
+    if (stopping_ || drained_bytes_ > kMaxDrainBytes || reading_) {
+        if (!reading_)
+            close();
+        return; // a watcher's pending read sees the close
     }
     reading_ = true;
     socket_.async_read_some(
@@ -155,8 +188,90 @@ void Session::drain_then_close() {
 }
 
 void Session::close() {
+    if (closed_)
+        return;
+    closed_ = true;
+    if (watching_) {
+        shared_.events.remove(this);
+        watching_ = false;
+    }
+    overflow_deadline_.cancel();
     boost::system::error_code ignored;
     socket_.close(ignored);
+}
+
+// --- watch mode -------------------------------------------------------------
+
+void Session::start_watching(WatchFilter filter) {
+    watching_ = true;
+    shared_.events.add(this, std::move(filter));
+    // The watch reply is in out_; on_written() starts the event flow.
+}
+
+void Session::watch_read() {
+    if (stopping_ || closed_) {
+        close();
+        return;
+    }
+    reading_ = true;
+    socket_.async_read_some(
+        asio::buffer(in_.data(), in_.size()),
+        [self = shared_from_this()](const boost::system::error_code& ec, std::size_t) {
+            self->reading_ = false;
+            if (ec) {
+                self->close(); // the client left (or we are stopping)
+                return;
+            }
+            self->watch_read(); // input on a watch connection is ignored
+        });
+}
+
+void Session::push_event(const std::shared_ptr<const std::string>& line) {
+    if (overflowed_ || closed_)
+        return;
+    if (events_.size() >= shared_.watch_queue) {
+        dropped_ = events_.size() + 1;
+        events_.clear();
+        overflow();
+        return;
+    }
+    events_.push_back(line);
+    shared_.stats.events_emitted += 1;
+    if (!writing_)
+        flush_events();
+}
+
+void Session::flush_events() {
+    if (writing_ || closed_)
+        return;
+    if (overflowed_) {
+        out_ = overflow_event_line(dropped_);
+        close_after_write_ = true;
+        write_out();
+        return;
+    }
+    if (events_.empty())
+        return;
+    for (const auto& e : events_)
+        out_ += *e;
+    events_.clear();
+    write_out();
+}
+
+void Session::overflow() {
+    overflowed_ = true;
+    shared_.stats.events_dropped += dropped_;
+    shared_.events.remove(this);
+    log_warn("watcher pid " + std::to_string(peer_.pid) + " fell " +
+             std::to_string(shared_.watch_queue) + " events behind; dropping it");
+    // A client that reads nothing would never take its overflow line: give
+    // it a few seconds, then close regardless.
+    overflow_deadline_.expires_after(kOverflowGrace);
+    overflow_deadline_.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
+        if (!ec)
+            self->close();
+    });
+    flush_events();
 }
 
 } // namespace cbd

@@ -1,14 +1,20 @@
 // One client connection: owns its input buffer (bounded by the line limit)
 // and its output batch. It reads, hands every complete line to the
 // dispatcher, writes all the replies in one go, and only then reads again, so
-// a client that never reads cannot make us buffer without bound. I/O only: the
-// dispatcher decides every reply.
+// a client that never reads cannot make us buffer without bound. After a
+// `watch` request the connection turns into an event stream: the session
+// queues event lines (up to a bound) and only reads to notice the client
+// leaving. I/O only: the dispatcher decides every reply.
 #pragma once
 
 #include "daemon/dispatcher.hpp"
+#include "daemon/event_hub.hpp"
 #include "daemon/peer.hpp"
+#include "daemon/stats.hpp"
 
 #include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <string>
@@ -24,7 +30,8 @@ class Session;
 // the set from its destructor.
 class SessionSet {
   public:
-    void add(Session* s) { sessions_.insert(s); }
+    explicit SessionSet(DaemonStats& stats) : stats_(stats) {}
+    void add(Session* s);
     void remove(Session* s);
     std::size_t size() const { return sessions_.size(); }
 
@@ -33,16 +40,26 @@ class SessionSet {
     void stop_all(std::function<void()> on_empty);
 
   private:
+    DaemonStats& stats_;
     std::unordered_set<Session*> sessions_;
     std::function<void()> on_empty_;
 };
 
-class Session : public std::enable_shared_from_this<Session> {
+// What every session shares.
+struct SessionShared {
+    Dispatcher& dispatcher;
+    SessionSet& sessions;
+    EventHub& events;
+    DaemonStats& stats;
+    std::size_t max_line_bytes;
+    std::size_t watch_queue; // most event lines a watcher may have unsent
+};
+
+class Session final : public std::enable_shared_from_this<Session>, public Watcher {
   public:
     using Socket = boost::asio::local::stream_protocol::socket;
 
-    Session(Socket socket, Dispatcher& dispatcher, SessionSet& sessions,
-            std::size_t max_line_bytes);
+    Session(Socket socket, const SessionShared& shared);
     ~Session();
     Session(const Session&) = delete;
     Session& operator=(const Session&) = delete;
@@ -51,11 +68,13 @@ class Session : public std::enable_shared_from_this<Session> {
     // Stop reading; replies already produced are still written, then close.
     void stop();
 
+    void push_event(const std::shared_ptr<const std::string>& line) override;
+
   private:
     void read_more();
     void on_read(const boost::system::error_code& ec, std::size_t n);
     void handle_complete_lines();
-    void write_replies();
+    void write_out();
     void on_written(const boost::system::error_code& ec);
     // After a fatal protocol error: stop sending, read and discard what the
     // client still sends until it closes, so our last reply is not lost to a
@@ -63,20 +82,32 @@ class Session : public std::enable_shared_from_this<Session> {
     void drain_then_close();
     void close();
 
-    Socket socket_;
-    Dispatcher& dispatcher_;
-    SessionSet& sessions_;
-    Peer peer_;
-    const std::size_t max_line_bytes_;
+    // Watch mode.
+    void start_watching(WatchFilter filter);
+    void watch_read();
+    void flush_events();
+    void overflow();
 
-    std::vector<char> in_;   // grows up to max_line_bytes_ + 1
+    Socket socket_;
+    SessionShared shared_;
+    Peer peer_;
+
+    std::vector<char> in_; // grows up to max_line_bytes + 1
     std::size_t in_used_ = 0;
-    std::string out_;        // replies to the lines of the last read
+    std::string out_; // the batch being written, or being built
 
     bool reading_ = false;
+    bool writing_ = false;
     bool stopping_ = false;
     bool close_after_write_ = false;
+    bool closed_ = false;
     std::size_t drained_bytes_ = 0;
+
+    bool watching_ = false;
+    bool overflowed_ = false;
+    std::uint64_t dropped_ = 0;
+    std::deque<std::shared_ptr<const std::string>> events_; // not yet written
+    boost::asio::steady_timer overflow_deadline_;
 };
 
 } // namespace cbd

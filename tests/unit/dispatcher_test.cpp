@@ -14,13 +14,16 @@ namespace {
 struct Fixture {
     Fixture() { log_init(LogLevel::Error); } // no audit lines in test output
     ManualClock clock{1'764'201'600'000};
-    MemoryCircuitStore store{clock, 3};
-    Dispatcher dispatcher{store};
+    DaemonStats stats;
+    EventHub events{stats}; // counts transitions, as in the daemon
+    MemoryCircuitStore store{clock, 3, &events};
+    Dispatcher dispatcher{store, stats};
     Peer peer{};
 
     json call(std::string_view line) {
         std::string out;
-        dispatcher.handle_line(line, peer, out);
+        RequestContext ctx{peer, std::nullopt};
+        dispatcher.handle_line(line, ctx, out);
         REQUIRE(!out.empty());
         REQUIRE(out.back() == '\n');
         REQUIRE(out.find('\n') == out.size() - 1); // exactly one line
@@ -63,8 +66,9 @@ TEST_CASE("each op is routed to its store operation", "[dispatcher]") {
 TEST_CASE("blank lines get no reply", "[dispatcher]") {
     Fixture f;
     std::string out;
-    f.dispatcher.handle_line("", f.peer, out);
-    f.dispatcher.handle_line("  \r", f.peer, out);
+    RequestContext ctx{f.peer, std::nullopt};
+    f.dispatcher.handle_line("", ctx, out);
+    f.dispatcher.handle_line("  \r", ctx, out);
     CHECK(out.empty());
 }
 
@@ -175,4 +179,104 @@ TEST_CASE("policy replies say where each value came from", "[dispatcher]") {
     CHECK(c["policy"]["failureThreshold"] == 3);
     CHECK(c["source"]["failureThreshold"] == "key");
     CHECK(f.store.size() == 0); // configuring a key does not create its circuit
+}
+
+TEST_CASE("watch asks the connection to become an event stream", "[dispatcher]") {
+    Fixture f;
+    std::string out;
+    RequestContext ctx{f.peer, std::nullopt};
+    f.dispatcher.handle_line(R"({"op":"watch","prefix":"pay","id":1})", ctx, out);
+    CHECK(json::parse(out) == json::parse(R"({"id":1,"ok":true,"watching":{"prefix":"pay"}})"));
+    REQUIRE(ctx.start_watch);
+    CHECK(ctx.start_watch->kind == WatchFilter::Kind::Prefix);
+    CHECK(ctx.start_watch->matches("payments"));
+    CHECK_FALSE(ctx.start_watch->matches("search"));
+
+    RequestContext all{f.peer, std::nullopt};
+    out.clear();
+    f.dispatcher.handle_line(R"({"op":"watch"})", all, out);
+    CHECK(json::parse(out)["watching"] == "all");
+    REQUIRE(all.start_watch);
+    CHECK(all.start_watch->matches("anything"));
+
+    RequestContext both{f.peer, std::nullopt};
+    out.clear();
+    f.dispatcher.handle_line(R"({"op":"watch","key":"a","prefix":"b"})", both, out);
+    CHECK(json::parse(out)["error"]["code"] == "invalid_request");
+    CHECK_FALSE(both.start_watch);
+}
+
+TEST_CASE("list pages through circuits in key order", "[dispatcher]") {
+    ManualClock clock{1'764'201'600'000};
+    MemoryCircuitStore store{clock, 100};
+    DaemonStats stats;
+    Dispatcher d{store, stats};
+    for (const char* k : {"b", "a/2", "c", "a/1", "a/3"})
+        store.get(k);
+    store.transition("c", State::Open, {});
+    auto call = [&](std::string_view line) {
+        std::string out;
+        RequestContext ctx{};
+        d.handle_line(line, ctx, out);
+        return json::parse(out);
+    };
+    auto keys = [](const json& page) {
+        std::vector<std::string> k;
+        for (const auto& c : page["circuits"])
+            k.push_back(c["key"]);
+        return k;
+    };
+    auto p1 = call(R"({"op":"list","limit":2})");
+    CHECK(keys(p1) == std::vector<std::string>{"a/1", "a/2"});
+    CHECK(p1["next"] == "a/2");
+    CHECK(p1["circuits"][0].contains("generation"));
+    auto p2 = call(R"({"op":"list","limit":2,"after":"a/2"})");
+    CHECK(keys(p2) == std::vector<std::string>{"a/3", "b"});
+    auto p3 = call(R"({"op":"list","limit":2,"after":"b"})");
+    CHECK(keys(p3) == std::vector<std::string>{"c"});
+    CHECK(p3["next"].is_null());
+    CHECK(keys(call(R"({"op":"list","prefix":"a/"})")) ==
+          std::vector<std::string>{"a/1", "a/2", "a/3"});
+    CHECK(keys(call(R"({"op":"list","state":"open"})")) == std::vector<std::string>{"c"});
+    CHECK(call(R"({"op":"list","limit":0})")["error"]["code"] == "invalid_request");
+    CHECK(call(R"({"op":"list","limit":10001})")["error"]["code"] == "invalid_request");
+    CHECK(call(R"({"op":"list","state":"opened"})")["error"]["code"] == "invalid_state");
+}
+
+TEST_CASE("stats count requests, errors and circuits", "[dispatcher]") {
+    Fixture f;
+    f.call(R"({"op":"failure","key":"a"})");
+    f.call(R"({"op":"failure","key":"a"})");
+    f.call(R"({"op":"transition","key":"b","to":"open"})");
+    f.call(R"({"op":"bogus"})");
+    f.call("not json");
+    f.call(R"({"op":"get","key":""})");
+    auto s = f.call(R"({"op":"stats"})");
+    CHECK(s["requests"]["failure"] == 2);
+    CHECK(s["requests"]["transition"] == 1);
+    CHECK(s["requests"]["stats"] == 1);
+    CHECK(s["errors"]["unknown_op"] == 1);
+    CHECK(s["errors"]["parse_error"] == 1);
+    CHECK(s["errors"]["invalid_key"] == 1);
+    CHECK(s["circuits"] == json::parse(R"({"total":2,"closed":1,"open":1,"halfOpen":0,"forced":0})"));
+    CHECK(s["protocol"] == kProtocolVersion);
+    CHECK(s["residentMemoryBytes"].get<std::uint64_t>() > 0);
+}
+
+TEST_CASE("metrics render the counters as Prometheus text", "[dispatcher]") {
+    Fixture f;
+    f.call(R"({"op":"configure","key":"a","policy":{"failureThreshold":1}})");
+    f.call(R"({"op":"report","key":"a","outcome":"failure"})");
+    f.call(R"({"op":"get","key":"we\"ird"})");
+    auto m = f.call(R"({"op":"metrics","perCircuit":true})");
+    const std::string text = m["text"];
+    CHECK(text.find("cbd_requests_total{op=\"report\"} 1\n") != std::string::npos);
+    CHECK(text.find("cbd_transitions_total{from=\"closed\",to=\"open\",cause=\"threshold\"} 1\n") !=
+          std::string::npos);
+    CHECK(text.find("cbd_circuits{state=\"open\"} 1\n") != std::string::npos);
+    CHECK(text.find("cbd_circuit_state{key=\"a\",state=\"open\"} 1\n") != std::string::npos);
+    CHECK(text.find("cbd_circuit_state{key=\"we\\\"ird\",state=\"closed\"} 1\n") !=
+          std::string::npos);
+    auto plain = f.call(R"({"op":"metrics"})");
+    CHECK(plain["text"].get<std::string>().find("cbd_circuit_state") == std::string::npos);
 }

@@ -24,7 +24,7 @@ TEST_CASE("replies without an id carry none", "[reply]") {
 TEST_CASE("ping reply names version and protocol", "[reply]") {
     std::string out;
     append_ping_reply(out, "");
-    CHECK(out == "{\"ok\":true,\"version\":\"" + std::string(kVersion) + "\",\"protocol\":2}\n");
+    CHECK(out == "{\"ok\":true,\"version\":\"" + std::string(kVersion) + "\",\"protocol\":" + std::to_string(kProtocolVersion) + "}\n");
 }
 
 TEST_CASE("error text from clients cannot break the line", "[reply]") {

@@ -1,0 +1,145 @@
+// Prometheus text (see metrics.hpp).
+#include "daemon/metrics.hpp"
+
+#include <chrono>
+
+namespace cbd {
+
+namespace {
+
+// Label values escape backslash, double quote and newline.
+std::string label_value(std::string_view v) {
+    std::string out;
+    out.reserve(v.size());
+    for (char c : v) {
+        if (c == '\\' || c == '"')
+            out += '\\';
+        if (c == '\n') {
+            out += "\\n";
+            continue;
+        }
+        out += c;
+    }
+    return out;
+}
+
+class Exposition {
+  public:
+    void family(std::string_view name, std::string_view type, std::string_view help) {
+        text_ += "# HELP ";
+        text_ += name;
+        text_ += ' ';
+        text_ += help;
+        text_ += "\n# TYPE ";
+        text_ += name;
+        text_ += ' ';
+        text_ += type;
+        text_ += '\n';
+    }
+    void sample(std::string_view name, std::string_view labels, std::uint64_t value) {
+        text_ += name;
+        if (!labels.empty()) {
+            text_ += '{';
+            text_ += labels;
+            text_ += '}';
+        }
+        text_ += ' ';
+        text_ += std::to_string(value);
+        text_ += '\n';
+    }
+    void comment(std::string_view text) {
+        text_ += "# ";
+        text_ += text;
+        text_ += '\n';
+    }
+    std::string take() { return std::move(text_); }
+
+  private:
+    std::string text_;
+};
+
+std::string label(std::string_view name, std::string_view value) {
+    return std::string(name) + "=\"" + label_value(value) + "\"";
+}
+
+} // namespace
+
+std::string render_metrics(const MetricsInput& in) {
+    Exposition m;
+    const auto& s = in.stats;
+
+    m.family("cbd_build_info", "gauge", "Version and protocol of this cbd.");
+    m.sample("cbd_build_info",
+             label("version", kVersion) + "," + label("protocol", std::to_string(kProtocolVersion)),
+             1);
+
+    const auto uptime = std::chrono::duration_cast<std::chrono::seconds>(
+        std::chrono::steady_clock::now() - s.started);
+    m.family("cbd_uptime_seconds", "gauge", "Seconds since cbd started.");
+    m.sample("cbd_uptime_seconds", "", static_cast<std::uint64_t>(uptime.count()));
+
+    m.family("cbd_requests_total", "counter", "Requests that parsed, by operation.");
+    for (std::size_t i = 0; i < kOpCount; ++i)
+        m.sample("cbd_requests_total", label("op", op_spec(static_cast<Op>(i)).name),
+                 s.requests[i]);
+
+    m.family("cbd_errors_total", "counter", "Error replies, by error code.");
+    for (std::size_t i = 0; i < kErrorCodeCount; ++i)
+        m.sample("cbd_errors_total", label("code", error_code_name(static_cast<ErrorCode>(i))),
+                 s.errors[i]);
+
+    m.family("cbd_transitions_total", "counter",
+             "Circuit state changes (and pins lifted), by from, to and cause.");
+    for (std::size_t from = 0; from < 3; ++from)
+        for (std::size_t to = 0; to < 3; ++to)
+            for (std::size_t cause = 0; cause < kTransitionCauseCount; ++cause)
+                if (auto n = s.transitions[from][to][cause])
+                    m.sample("cbd_transitions_total",
+                             label("from", state_name(static_cast<State>(from))) + "," +
+                                 label("to", state_name(static_cast<State>(to))) + "," +
+                                 label("cause", transition_cause_name(
+                                                    static_cast<TransitionCause>(cause))),
+                             n);
+
+    m.family("cbd_circuits", "gauge", "Circuits held, by state.");
+    m.sample("cbd_circuits", label("state", "closed"), in.circuits.closed);
+    m.sample("cbd_circuits", label("state", "open"), in.circuits.open);
+    m.sample("cbd_circuits", label("state", "half-open"), in.circuits.half_open);
+    m.family("cbd_circuits_forced", "gauge", "Circuits pinned by force.");
+    m.sample("cbd_circuits_forced", "", in.circuits.forced);
+
+    m.family("cbd_connections", "gauge", "Client connections open now.");
+    m.sample("cbd_connections", "", s.connections_current);
+    m.family("cbd_connections_total", "counter", "Client connections accepted.");
+    m.sample("cbd_connections_total", "", s.connections_total);
+    m.family("cbd_connections_refused_total", "counter", "Client connections refused.");
+    m.sample("cbd_connections_refused_total", "", s.connections_refused);
+
+    m.family("cbd_watchers", "gauge", "Connections watching events.");
+    m.sample("cbd_watchers", "", s.watchers);
+    m.family("cbd_events_total", "counter", "Event lines queued to watchers.");
+    m.sample("cbd_events_total", "", s.events_emitted);
+    m.family("cbd_events_dropped_total", "counter", "Event lines lost to watchers that fell behind.");
+    m.sample("cbd_events_dropped_total", "", s.events_dropped);
+
+    m.family("cbd_resident_memory_bytes", "gauge", "Resident memory of the cbd process.");
+    m.sample("cbd_resident_memory_bytes", "", in.resident_bytes);
+
+    if (in.per_circuit) {
+        m.family("cbd_circuit_state", "gauge", "1 for the state each circuit is in, else 0.");
+        for (const auto& e : *in.per_circuit)
+            for (State st : {State::Closed, State::Open, State::HalfOpen})
+                m.sample("cbd_circuit_state",
+                         label("key", e.key) + "," + label("state", state_name(st)),
+                         e.circuit.snapshot.state == st ? 1 : 0);
+        m.family("cbd_circuit_failures", "gauge", "failureCount of each circuit.");
+        for (const auto& e : *in.per_circuit)
+            m.sample("cbd_circuit_failures", label("key", e.key), e.circuit.snapshot.failure_count);
+        if (in.per_circuit_truncated)
+            m.comment("cbd: per-circuit series stop after " +
+                      std::to_string(kMaxPerCircuitSeries) + " circuits");
+    }
+    return m.take();
+}
+
+} // namespace cbd
