@@ -4,6 +4,7 @@
 #include "cli/commands.hpp"
 #include "cli/duration.hpp"
 #include "cli/exit_codes.hpp"
+#include "cli/observe_commands.hpp"
 #include "cli/run_command.hpp"
 #include "common/policy.hpp"
 #include "common/protocol.hpp"
@@ -230,6 +231,49 @@ int main(int argc, char** argv) {
     auto* policy = add_key_command("policy", "Print a key's effective policy and its sources");
     policy->callback([&] {
         single([&] { return SingleRequest{key_request("policy", key), Output::Reply, ""}; });
+    });
+
+    // --- observing --------------------------------------------------------------
+    WatchOptions watch_options;
+    auto* watch = app.add_subcommand("watch", "Print state changes as they happen, until interrupted");
+    watch->add_option("KEY", watch_options.key, "Only this circuit");
+    auto* watch_prefix =
+        watch->add_option("--prefix", watch_options.prefix, "Only circuits whose key starts so");
+    std::string watch_format = "json";
+    watch->add_option("--format", watch_format, "json (one event per line) or text")
+        ->check(CLI::IsMember({"json", "text"}));
+    watch->callback([&] {
+        command = [&, watch_prefix](const GlobalOptions& g) {
+            watch_options.has_prefix = watch_prefix->count() > 0;
+            watch_options.text = watch_format == "text";
+            return run_watch(g, watch_options);
+        };
+    });
+
+    ListOptions list_options;
+    auto* list = app.add_subcommand(
+        "list", "List circuits in key order: a table on a terminal, JSON lines otherwise");
+    list->add_option("--prefix", list_options.prefix, "Only keys starting so");
+    list->add_option("--state", list_options.state, "Only circuits in this state")
+        ->check(CLI::IsMember({"closed", "open", "half-open"}));
+    list->add_flag("--json", list_options.json, "JSON lines even on a terminal");
+    list->callback([&] {
+        command = [&](const GlobalOptions& g) { return run_list(g, list_options); };
+    });
+
+    bool stats_json = false;
+    auto* stats = app.add_subcommand("stats", "Daemon counters: readable on a terminal, JSON otherwise");
+    stats->add_flag("--json", stats_json, "JSON even on a terminal");
+    stats->callback([&] {
+        command = [&](const GlobalOptions& g) { return run_stats(g, stats_json); };
+    });
+
+    bool per_circuit = false;
+    auto* metrics = app.add_subcommand("metrics", "Prometheus text exposition of the counters");
+    metrics->add_flag("--per-circuit", per_circuit,
+                      "Add a state gauge per circuit (the first 10,000 keys)");
+    metrics->callback([&] {
+        command = [&](const GlobalOptions& g) { return run_metrics(g, per_circuit); };
     });
 
     // --- run ------------------------------------------------------------------

@@ -1,0 +1,254 @@
+// watch, list, stats, metrics (see observe_commands.hpp).
+#include "cli/observe_commands.hpp"
+
+#include "cli/connection.hpp"
+#include "cli/exit_codes.hpp"
+
+#include <algorithm>
+#include <ctime>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <unistd.h>
+#include <vector>
+
+namespace cbctl {
+
+namespace {
+
+using Json = nlohmann::ordered_json;
+
+std::string json_string(const std::string& s) {
+    return Json(s).dump(-1, ' ', false, Json::error_handler_t::replace);
+}
+
+// Sends one request on `conn` and returns the reply, or prints the error and
+// returns nullopt with `exit_code` set.
+std::optional<Json> ask(Connection& conn, const GlobalOptions& g, const std::string& line,
+                        int& exit_code) {
+    const auto deadline = Clock::now() + g.timeout;
+    conn.send_all(line, deadline);
+    Json reply = Json::parse(conn.read_line(deadline), nullptr, false);
+    if (reply.is_discarded() || !reply.is_object() || !reply.contains("ok")) {
+        std::cerr << "cbctl: unreadable reply from cbd at " << g.socket_path << "\n";
+        exit_code = kExitUnreachable;
+        return std::nullopt;
+    }
+    if (!reply["ok"].get<bool>()) {
+        std::cerr << "cbctl: " << reply["error"].value("code", "error") << ": "
+                  << reply["error"].value("message", "") << "\n";
+        exit_code = kExitDaemonError;
+        return std::nullopt;
+    }
+    return reply;
+}
+
+std::string forced_text(const Json& forced) {
+    if (forced.is_null())
+        return "-";
+    std::string text = forced.value("state", "?");
+    if (forced.contains("until") && forced["until"].is_number())
+        text += " until " + human_time(forced["until"].get<std::int64_t>());
+    const std::string reason = forced.value("reason", "");
+    if (!reason.empty())
+        text += " (" + reason + ")";
+    return text;
+}
+
+void print_table(const std::vector<std::vector<std::string>>& rows) {
+    std::vector<std::size_t> widths;
+    for (const auto& row : rows)
+        for (std::size_t i = 0; i < row.size(); ++i) {
+            if (widths.size() <= i)
+                widths.push_back(0);
+            widths[i] = std::max(widths[i], row[i].size());
+        }
+    for (const auto& row : rows) {
+        std::string line;
+        for (std::size_t i = 0; i < row.size(); ++i) {
+            line += row[i];
+            if (i + 1 < row.size())
+                line += std::string(widths[i] - row[i].size() + 2, ' ');
+        }
+        std::cout << line << "\n";
+    }
+}
+
+} // namespace
+
+std::string human_time(std::int64_t epoch_ms) {
+    if (epoch_ms <= 0)
+        return "-";
+    const std::time_t secs = static_cast<std::time_t>(epoch_ms / 1000);
+    std::tm tm{};
+    localtime_r(&secs, &tm);
+    char buf[40];
+    std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm);
+    char ms[8];
+    std::snprintf(ms, sizeof ms, ".%03d", static_cast<int>(epoch_ms % 1000));
+    return std::string(buf) + ms;
+}
+
+int run_watch(const GlobalOptions& g, const WatchOptions& o) {
+    std::string request = "{\"op\":\"watch\"";
+    if (!o.key.empty())
+        request += ",\"key\":" + json_string(o.key);
+    else if (o.has_prefix)
+        request += ",\"prefix\":" + json_string(o.prefix);
+    request += "}\n";
+    int exit_code = kExitOk;
+    try {
+        auto conn = Connection::open(g.socket_path, Clock::now() + g.timeout);
+        if (!ask(conn, g, request, exit_code))
+            return exit_code;
+        // From here on, wait as long as it takes: events come when they come.
+        const auto forever = Clock::now() + std::chrono::hours(24 * 365 * 10);
+        for (;;) {
+            std::string line = conn.read_line(forever);
+            Json event = Json::parse(line, nullptr, false);
+            if (event.is_object() && event.value("event", "") == "overflow") {
+                std::cerr << "cbctl: cbd dropped this watch: it fell behind and "
+                          << event.value("dropped", 0) << " events were lost\n";
+                return kExitDaemonError;
+            }
+            if (!o.text || !event.is_object()) {
+                std::cout << line << "\n";
+            } else if (event.value("event", "") == "transition") {
+                const std::string cause = event.value("cause", "");
+                std::string change = event.value("from", "") + " -> " + event.value("to", "");
+                if (cause == "force")
+                    change = "forced " + event.value("to", "");
+                else if (cause == "unforce" || cause == "force-expired")
+                    change = "pin lifted, " + event.value("to", "");
+                std::cout << human_time(event.value("at", std::int64_t{0})) << "  "
+                          << event.value("key", "") << "  " << change << "  (" << cause
+                          << ", failures " << event["snapshot"].value("failureCount", 0)
+                          << ")\n";
+            } else if (event.value("event", "") == "reset") {
+                std::cout << human_time(event.value("at", std::int64_t{0})) << "  "
+                          << event.value("key", "") << "  removed (reset)\n";
+            } else {
+                std::cout << line << "\n";
+            }
+            std::cout.flush(); // a watcher is often a pipe to something waiting
+        }
+    } catch (const ConnectionError& e) {
+        std::cerr << "cbctl: " << e.what() << "\n";
+        return kExitUnreachable;
+    }
+}
+
+int run_list(const GlobalOptions& g, const ListOptions& o) {
+    const bool table = !o.json && isatty(STDOUT_FILENO);
+    std::vector<std::vector<std::string>> rows;
+    if (table)
+        rows.push_back({"KEY", "STATE", "FAILURES", "SUCCESSES", "LAST FAILURE", "LAST CHANGE",
+                        "FORCED"});
+    int exit_code = kExitOk;
+    try {
+        auto conn = Connection::open(g.socket_path, Clock::now() + g.timeout);
+        std::string after;
+        for (;;) {
+            std::string request = "{\"op\":\"list\",\"limit\":1000";
+            if (!o.prefix.empty())
+                request += ",\"prefix\":" + json_string(o.prefix);
+            if (!o.state.empty())
+                request += ",\"state\":" + json_string(o.state);
+            if (!after.empty())
+                request += ",\"after\":" + json_string(after);
+            request += "}\n";
+            auto reply = ask(conn, g, request, exit_code);
+            if (!reply)
+                return exit_code;
+            for (const auto& c : (*reply)["circuits"]) {
+                if (!table) {
+                    std::cout << c.dump() << "\n";
+                    continue;
+                }
+                const auto& s = c["snapshot"];
+                rows.push_back({c.value("key", ""), s.value("state", ""),
+                                std::to_string(s.value("failureCount", 0)),
+                                std::to_string(s.value("successCount", 0)),
+                                human_time(s.value("lastFailureTime", std::int64_t{0})),
+                                human_time(s.value("lastStateChange", std::int64_t{0})),
+                                forced_text(c.contains("forced") ? c["forced"] : Json())});
+            }
+            if (!(*reply)["next"].is_string())
+                break;
+            after = (*reply)["next"].get<std::string>();
+        }
+    } catch (const ConnectionError& e) {
+        std::cerr << "cbctl: " << e.what() << "\n";
+        return kExitUnreachable;
+    }
+    if (table)
+        print_table(rows);
+    std::cout.flush();
+    return kExitOk;
+}
+
+int run_stats(const GlobalOptions& g, bool json) {
+    int exit_code = kExitOk;
+    std::optional<Json> reply;
+    try {
+        auto conn = Connection::open(g.socket_path, Clock::now() + g.timeout);
+        reply = ask(conn, g, "{\"op\":\"stats\"}\n", exit_code);
+    } catch (const ConnectionError& e) {
+        std::cerr << "cbctl: " << e.what() << "\n";
+        return kExitUnreachable;
+    }
+    if (!reply)
+        return exit_code;
+    reply->erase("ok");
+    if (json || !isatty(STDOUT_FILENO)) {
+        std::cout << reply->dump() << "\n";
+        return kExitOk;
+    }
+    const auto& r = *reply;
+    auto nonzero = [](const Json& counts) {
+        std::string out;
+        for (auto it = counts.begin(); it != counts.end(); ++it)
+            if (it.value().get<std::uint64_t>() != 0)
+                out += (out.empty() ? "" : ", ") + it.key() + " " +
+                       std::to_string(it.value().get<std::uint64_t>());
+        return out.empty() ? std::string("none") : out;
+    };
+    const auto& c = r["circuits"];
+    std::cout << "cbd " << r.value("version", "") << " (protocol " << r.value("protocol", 0)
+              << "), up " << r.value("uptimeMs", std::int64_t{0}) / 1000 << " s\n"
+              << "circuits:    " << c.value("total", 0) << " (closed " << c.value("closed", 0)
+              << ", open " << c.value("open", 0) << ", half-open " << c.value("halfOpen", 0)
+              << ", forced " << c.value("forced", 0) << ")\n"
+              << "connections: " << r["connections"].value("current", 0) << " now, "
+              << r["connections"].value("total", 0) << " in all, "
+              << r["connections"].value("refused", 0) << " refused\n"
+              << "requests:    " << nonzero(r["requests"]) << "\n"
+              << "errors:      " << nonzero(r["errors"]) << "\n"
+              << "watchers:    " << r.value("watchers", 0) << ", events "
+              << r["events"].value("emitted", 0) << " sent, " << r["events"].value("dropped", 0)
+              << " dropped\n"
+              << "memory:      " << r.value("residentMemoryBytes", std::uint64_t{0}) / 1024
+              << " KiB resident\n";
+    return kExitOk;
+}
+
+int run_metrics(const GlobalOptions& g, bool per_circuit) {
+    int exit_code = kExitOk;
+    std::optional<Json> reply;
+    try {
+        auto conn = Connection::open(g.socket_path, Clock::now() + g.timeout);
+        reply = ask(conn, g,
+                    per_circuit ? "{\"op\":\"metrics\",\"perCircuit\":true}\n"
+                                : "{\"op\":\"metrics\"}\n",
+                    exit_code);
+    } catch (const ConnectionError& e) {
+        std::cerr << "cbctl: " << e.what() << "\n";
+        return kExitUnreachable;
+    }
+    if (!reply)
+        return exit_code;
+    std::cout << (*reply)["text"].get<std::string>();
+    std::cout.flush();
+    return kExitOk;
+}
+
+} // namespace cbctl

@@ -1,0 +1,34 @@
+// cbctl's commands for operators: watch, list, stats, metrics. Readable
+// output on a terminal, JSON (lines) otherwise, so the same command serves a
+// person and a script.
+#pragma once
+
+#include "cli/commands.hpp"
+
+#include <optional>
+#include <string>
+
+namespace cbctl {
+
+struct WatchOptions {
+    std::string key;    // empty: all circuits, or the prefix
+    std::string prefix; // used when set and key is empty
+    bool has_prefix = false;
+    bool text = false; // --format text
+};
+int run_watch(const GlobalOptions& g, const WatchOptions& o);
+
+struct ListOptions {
+    std::string prefix;
+    std::string state;
+    bool json = false; // forced JSON lines even on a terminal
+};
+int run_list(const GlobalOptions& g, const ListOptions& o);
+
+int run_stats(const GlobalOptions& g, bool json);
+int run_metrics(const GlobalOptions& g, bool per_circuit);
+
+// "2026-11-27 02:26:16.123" in local time; "-" for 0.
+std::string human_time(std::int64_t epoch_ms);
+
+} // namespace cbctl
