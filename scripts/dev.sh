@@ -17,6 +17,7 @@ PACKAGES=(
   cmake ninja-build g++ pkg-config
   libcli11-dev nlohmann-json3-dev libboost-dev catch2 libsystemd-dev
   python3 python3-pytest systemd
+  prometheus curl util-linux
 )
 
 install_deps() {
