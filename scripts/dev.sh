@@ -18,7 +18,6 @@ PACKAGES=(
   libcli11-dev nlohmann-json3-dev libboost-dev catch2 libsystemd-dev
   python3 python3-pytest systemd
   prometheus curl util-linux
-  prometheus curl util-linux
 )
 
 install_deps() {
