@@ -2,7 +2,7 @@
 // run_command.hpp). Every subcommand only builds a request; the daemon
 // validates it.
 #include "cli/commands.hpp"
-#include "cli/duration.hpp"
+#include "common/duration.hpp"
 #include "cli/exit_codes.hpp"
 #include "cli/observe_commands.hpp"
 #include "cli/run_command.hpp"
@@ -31,7 +31,7 @@ struct DurationValidator : public CLI::Validator {
     DurationValidator() {
         name_ = "DURATION";
         func_ = [](const std::string& text) {
-            return cbctl::parse_duration(text)
+            return cbd::parse_duration(text)
                        ? std::string()
                        : "'" + text + "' is not a duration such as 300ms, 5s or 2m";
         };
@@ -182,7 +182,7 @@ int main(int argc, char** argv) {
             std::string more;
             append_string_field(more, "state", state);
             if (*ttl_opt)
-                more += ",\"ttlMs\":" + std::to_string(parse_duration(ttl)->count());
+                more += ",\"ttlMs\":" + std::to_string(cbd::parse_duration(ttl)->count());
             if (*reason_opt)
                 append_string_field(more, "reason", reason);
             return SingleRequest{with_fields(key_request("force", key), more), Output::Reply, ""};
@@ -291,7 +291,7 @@ int main(int argc, char** argv) {
             RunOptions o;
             o.key = key;
             if (!run_timeout.empty())
-                o.timeout = parse_duration(run_timeout);
+                o.timeout = cbd::parse_duration(run_timeout);
             if (!success_codes.empty()) {
                 auto codes = parse_exit_codes(success_codes);
                 if (!codes) {

@@ -49,6 +49,10 @@ std::string_view error_code_name(ErrorCode code) {
         return "forced";
     case ErrorCode::NoPermit:
         return "no_permit";
+    case ErrorCode::PermissionDenied:
+        return "permission_denied";
+    case ErrorCode::TooManyConnections:
+        return "too_many_connections";
     case ErrorCode::InternalError:
         return "internal_error";
     }
@@ -59,24 +63,27 @@ namespace {
 
 // Indexed by Op: op_spec() relies on the order matching the enum.
 constexpr std::array<OpSpec, kOpCount> kOps = {{
-    // get creates unknown keys, so it too mutates.
-    {Op::Get, "get", kFieldKey, 0, true},
-    {Op::Success, "success", kFieldKey, 0, true},
-    {Op::Failure, "failure", kFieldKey, 0, true},
+    // Reading creates unknown keys (as the reference's getState does), but
+    // changes no state: it is read level.
+    {Op::Get, "get", kFieldKey, 0, AccessLevel::Read},
+    {Op::Success, "success", kFieldKey, 0, AccessLevel::Write},
+    {Op::Failure, "failure", kFieldKey, 0, AccessLevel::Write},
     {Op::Transition, "transition", kFieldKey | kFieldTo, kFieldExpect | kFieldExpectGeneration,
-     true},
-    {Op::Reset, "reset", kFieldKey, 0, true},
-    {Op::Ping, "ping", 0, 0, false},
-    {Op::Acquire, "acquire", kFieldKey, 0, true},
-    {Op::Report, "report", kFieldKey | kFieldOutcome, kFieldGeneration | kFieldPermit, true},
-    {Op::Force, "force", kFieldKey | kFieldState, kFieldTtlMs | kFieldReason, true},
-    {Op::Unforce, "unforce", kFieldKey, 0, true},
-    {Op::Configure, "configure", kFieldKey | kFieldPolicy, 0, true},
-    {Op::Policy, "policy", kFieldKey, 0, false},
-    {Op::Watch, "watch", 0, kFieldKey | kFieldPrefix, false},
-    {Op::List, "list", 0, kFieldPrefix | kFieldStateFilter | kFieldLimit | kFieldAfter, false},
-    {Op::Stats, "stats", 0, 0, false},
-    {Op::Metrics, "metrics", 0, kFieldPerCircuit, false},
+     AccessLevel::Admin},
+    {Op::Reset, "reset", kFieldKey, 0, AccessLevel::Admin},
+    {Op::Ping, "ping", 0, 0, AccessLevel::Read},
+    {Op::Acquire, "acquire", kFieldKey, 0, AccessLevel::Write},
+    {Op::Report, "report", kFieldKey | kFieldOutcome, kFieldGeneration | kFieldPermit,
+     AccessLevel::Write},
+    {Op::Force, "force", kFieldKey | kFieldState, kFieldTtlMs | kFieldReason, AccessLevel::Admin},
+    {Op::Unforce, "unforce", kFieldKey, 0, AccessLevel::Admin},
+    {Op::Configure, "configure", kFieldKey | kFieldPolicy, 0, AccessLevel::Admin},
+    {Op::Policy, "policy", kFieldKey, 0, AccessLevel::Read},
+    {Op::Watch, "watch", 0, kFieldKey | kFieldPrefix, AccessLevel::Read},
+    {Op::List, "list", 0, kFieldPrefix | kFieldStateFilter | kFieldLimit | kFieldAfter,
+     AccessLevel::Read},
+    {Op::Stats, "stats", 0, 0, AccessLevel::Read},
+    {Op::Metrics, "metrics", 0, kFieldPerCircuit, AccessLevel::Read},
 }};
 
 constexpr bool ops_in_enum_order() {
@@ -88,6 +95,18 @@ constexpr bool ops_in_enum_order() {
 static_assert(ops_in_enum_order(), "kOps must list the ops in the order of enum Op");
 
 } // namespace
+
+std::string_view access_level_name(AccessLevel level) {
+    switch (level) {
+    case AccessLevel::Read:
+        return "read";
+    case AccessLevel::Write:
+        return "write";
+    case AccessLevel::Admin:
+        return "admin";
+    }
+    return "admin";
+}
 
 const OpSpec* find_op(std::string_view name) {
     for (const auto& spec : kOps)

@@ -8,6 +8,8 @@
 //      transitions (expect, expectGeneration); errors conflict, forced,
 //      no_permit.
 //   3  watch (event streams), list, stats, metrics.
+//   4  access levels (read, write, admin) by peer credentials; errors
+//      permission_denied, too_many_connections.
 #pragma once
 
 #include <cstddef>
@@ -17,7 +19,7 @@
 
 namespace cbd {
 
-inline constexpr int kProtocolVersion = 3;
+inline constexpr int kProtocolVersion = 4;
 inline constexpr std::string_view kVersion = CBD_VERSION;
 
 // Hard limits. The line and circuit limits have daemon flags; the rest are
@@ -66,9 +68,11 @@ enum class ErrorCode : std::uint8_t {
     Conflict, // a conditional transition's expectation did not hold
     Forced,   // the circuit is pinned by `force`
     NoPermit, // a half-open report without a valid probe permit
+    PermissionDenied,
+    TooManyConnections,
     InternalError,
 };
-inline constexpr std::size_t kErrorCodeCount = 11;
+inline constexpr std::size_t kErrorCodeCount = 13;
 static_assert(static_cast<std::size_t>(ErrorCode::InternalError) + 1 == kErrorCodeCount);
 
 std::string_view error_code_name(ErrorCode code);
@@ -115,12 +119,17 @@ enum class Op : std::uint8_t {
 };
 inline constexpr std::size_t kOpCount = 16;
 
+// Who may run an op, in the manner of HAProxy's stats socket levels. Each
+// level includes the ones below it.
+enum class AccessLevel : std::uint8_t { Read, Write, Admin };
+std::string_view access_level_name(AccessLevel level);
+
 struct OpSpec {
     Op op;
     std::string_view name;
     std::uint32_t required; // RequestField bits that must be present
     std::uint32_t optional; // RequestField bits read when present
-    bool mutates;
+    AccessLevel level;      // the least level that may run it
 };
 
 const OpSpec* find_op(std::string_view name);

@@ -16,7 +16,7 @@ namespace {
 constexpr std::size_t kMaxConfigBytes = 4 * 1024 * 1024;
 } // namespace
 
-PolicyConfig parse_policy_config(const std::string& text) {
+FileConfig parse_config(const std::string& text) {
     if (nesting_exceeds(text, 8))
         throw ConfigError("nesting deeper than 8 levels");
     auto doc = nlohmann::json::parse(text, nullptr, false);
@@ -25,12 +25,19 @@ PolicyConfig parse_policy_config(const std::string& text) {
     if (!doc.is_object())
         throw ConfigError("the top level must be a JSON object");
 
-    PolicyConfig config;
+    FileConfig file;
+    PolicyConfig& config = file.policy;
     for (auto it = doc.begin(); it != doc.end(); ++it) {
-        if (it.key() != "defaults" && it.key() != "policies")
-            throw ConfigError("unknown setting '" + it.key() +
-                              "' (expected \"defaults\" and \"policies\")");
+        const auto& k = it.key();
+        if (k != "defaults" && k != "policies" && k != "writerGroup" && k != "adminGroup")
+            throw ConfigError("unknown setting '" + k +
+                              "' (expected defaults, policies, writerGroup, adminGroup)");
+        if ((k == "writerGroup" || k == "adminGroup") &&
+            (!it.value().is_string() || it.value().get<std::string>().empty()))
+            throw ConfigError("\"" + k + "\" must be a group name or number, as a string");
     }
+    file.writer_group = doc.value("writerGroup", "");
+    file.admin_group = doc.value("adminGroup", "");
     if (auto d = doc.find("defaults"); d != doc.end()) {
         if (auto err = parse_policy_patch(*d, config.defaults))
             throw ConfigError("defaults: " + *err);
@@ -58,10 +65,10 @@ PolicyConfig parse_policy_config(const std::string& text) {
             config.rules.push_back(std::move(r));
         }
     }
-    return config;
+    return file;
 }
 
-PolicyConfig load_policy_config(const std::string& path) {
+FileConfig load_config(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
     if (!in)
         throw ConfigError("cannot read configuration file " + path);
@@ -70,7 +77,7 @@ PolicyConfig load_policy_config(const std::string& path) {
     if (text.str().size() > kMaxConfigBytes)
         throw ConfigError("configuration file " + path + " is larger than 4 MiB");
     try {
-        return parse_policy_config(text.str());
+        return parse_config(text.str());
     } catch (const ConfigError& e) {
         throw ConfigError("configuration file " + path + ": " + e.what());
     }

@@ -1,6 +1,7 @@
 // The configuration file (--config, e.g. /etc/cbd/cbd.json):
 //   {"defaults": {"failureThreshold": 5, ...},
-//    "policies": [{"prefix": "payments/", "failureThreshold": 3}, ...]}
+//    "policies": [{"prefix": "payments/", "failureThreshold": 3}, ...],
+//    "writerGroup": "cbd-writers", "adminGroup": "cbd-admins"}
 // Read at start-up and on SIGHUP; a file with any error is refused whole.
 #pragma once
 
@@ -15,10 +16,16 @@ struct ConfigError : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
+struct FileConfig {
+    PolicyConfig policy;
+    std::string writer_group; // a name or gid; empty when not set
+    std::string admin_group;
+};
+
 // Parses the file's text; throws ConfigError saying what is wrong and where.
-PolicyConfig parse_policy_config(const std::string& text);
+FileConfig parse_config(const std::string& text);
 
 // Reads and parses `path`; throws ConfigError naming the file.
-PolicyConfig load_policy_config(const std::string& path);
+FileConfig load_config(const std::string& path);
 
 } // namespace cbd

@@ -2,6 +2,7 @@
 // event-loop thread, and handles signals and systemd notifications.
 #include "daemon/daemon.hpp"
 
+#include "daemon/access.hpp"
 #include "daemon/clock.hpp"
 #include "daemon/config_file.hpp"
 #include "daemon/dispatcher.hpp"
@@ -16,6 +17,7 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <csignal>
+#include <sys/resource.h>
 #include <functional>
 #include <optional>
 
@@ -32,13 +34,66 @@ constexpr auto kShutdownGrace = std::chrono::seconds(5);
 // untouched circuit notices.
 constexpr auto kExpiryTick = std::chrono::milliseconds(100);
 
-// Built-in defaults, then the file's "defaults", then flags.
-PolicyConfig policy_config(const DaemonConfig& config) {
-    PolicyConfig pc;
+// What the config file and flags decide together, re-read on SIGHUP.
+struct Settings {
+    PolicyConfig policy;
+    AccessConfig access;
+};
+
+// Built-in defaults, then the file, then flags. Throws ConfigError.
+Settings load_settings(const DaemonConfig& config) {
+    Settings settings;
+    FileConfig file;
     if (!config.config_path.empty())
-        pc = load_policy_config(config.config_path);
-    pc.defaults.merge(config.flag_defaults);
-    return pc;
+        file = load_config(config.config_path);
+    settings.policy = std::move(file.policy);
+    settings.policy.defaults.merge(config.flag_defaults);
+
+    auto group = [](const std::string& flag, const std::string& from_file,
+                    const char* what) -> std::optional<gid_t> {
+        const std::string& name = flag.empty() ? from_file : flag;
+        if (name.empty())
+            return std::nullopt;
+        std::string error;
+        auto gid = resolve_group(name, error);
+        if (!gid)
+            throw ConfigError(std::string(what) + ": " + error);
+        return gid;
+    };
+    settings.access.writer_group = group(config.writer_group, file.writer_group, "writer group");
+    settings.access.admin_group = group(config.admin_group, file.admin_group, "admin group");
+    return settings;
+}
+
+std::string describe(const AccessConfig& a) {
+    if (!a.restricted())
+        return "no access groups: every peer that can connect is admin";
+    auto g = [](const std::optional<gid_t>& gid) {
+        return gid ? "gid " + std::to_string(*gid) : std::string("none");
+    };
+    return "writer group " + g(a.writer_group) + ", admin group " + g(a.admin_group) +
+           "; others read only";
+}
+
+// Each connection is a descriptor: raise the soft limit to the hard one (as
+// daemons are expected to; systemd's default soft limit is 1024) and say so
+// if --max-connections cannot be reached.
+void raise_descriptor_limit(std::size_t max_connections) {
+    rlimit lim{};
+    if (getrlimit(RLIMIT_NOFILE, &lim) != 0)
+        return;
+    if (lim.rlim_cur < lim.rlim_max) {
+        rlimit raised = lim;
+        raised.rlim_cur = lim.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &raised) == 0)
+            lim = raised;
+    }
+    // Listening socket, lock, log, metrics and a margin besides the clients.
+    constexpr rlim_t kReserved = 32;
+    if (lim.rlim_cur != RLIM_INFINITY && lim.rlim_cur < max_connections + kReserved)
+        log_warn("the descriptor limit (" + std::to_string(lim.rlim_cur) +
+                 ") is below --max-connections + " + std::to_string(kReserved) +
+                 "; connections beyond it wait in the backlog (raise LimitNOFILE)");
 }
 
 } // namespace
@@ -46,6 +101,7 @@ PolicyConfig policy_config(const DaemonConfig& config) {
 int run_daemon(const DaemonConfig& config) {
     // A client that disconnects mid-reply must not kill us with SIGPIPE.
     std::signal(SIGPIPE, SIG_IGN);
+    raise_descriptor_limit(config.max_connections);
 
     std::optional<Listener> listener;
     try {
@@ -59,18 +115,23 @@ int run_daemon(const DaemonConfig& config) {
     DaemonStats stats;
     EventHub events(stats); // outlives io: sessions unsubscribe as they go
     MemoryCircuitStore store(clock, config.max_circuits, &events);
+    AccessConfig access;
     try {
-        store.set_policy_config(policy_config(config));
+        auto settings = load_settings(config);
+        store.set_policy_config(std::move(settings.policy));
+        access = settings.access;
     } catch (const ConfigError& e) {
         log_error(std::string("cannot start: ") + e.what());
         return 1;
     }
+    log_info("access: " + describe(access));
     Dispatcher dispatcher(store, stats);
     SessionSet sessions(stats); // outlives io, see SessionSet
     asio::io_context io(1);
     Server server(io, listener->release_fd(),
-                  SessionShared{dispatcher, sessions, events, stats, config.max_line_bytes,
-                                config.watch_queue});
+                  SessionShared{dispatcher, sessions, events, stats, access,
+                                config.max_line_bytes, config.watch_queue,
+                                config.max_connections, config.idle_timeout});
 
     std::optional<MetricsHttpServer> metrics_http;
     if (!config.metrics_listen.empty()) {
@@ -116,11 +177,13 @@ int run_daemon(const DaemonConfig& config) {
                     log_info("SIGHUP: no --config file to reload");
                 } else {
                     try {
-                        auto pc = policy_config(config);
-                        const auto rules = pc.rules.size();
-                        store.set_policy_config(std::move(pc));
+                        auto settings = load_settings(config);
+                        const auto rules = settings.policy.rules.size();
+                        store.set_policy_config(std::move(settings.policy));
+                        access = settings.access; // applies to new connections
                         log_info("SIGHUP: reloaded " + config.config_path + " (" +
-                                 std::to_string(rules) + " prefix rules)");
+                                 std::to_string(rules) + " prefix rules; " + describe(access) +
+                                 ")");
                     } catch (const ConfigError& e) {
                         log_error(std::string("SIGHUP: ") + e.what() +
                                   "; keeping the previous configuration");

@@ -6,6 +6,7 @@
 #include "common/protocol.hpp"
 #include "daemon/log.hpp"
 
+#include <chrono>
 #include <string>
 #include <sys/types.h>
 
@@ -24,6 +25,13 @@ struct DaemonConfig {
     std::size_t watch_queue = kDefaultWatchQueue;
     // ADDR:PORT for the Prometheus HTTP endpoint; empty for none.
     std::string metrics_listen;
+    // Access groups (names or gids); they beat the config file's.
+    std::string writer_group;
+    std::string admin_group;
+    // Most client connections at once; one more is refused.
+    std::size_t max_connections = 1024;
+    // Close connections idle this long (watchers excepted); 0 = never.
+    std::chrono::milliseconds idle_timeout{0};
 };
 
 // Serves until SIGTERM or SIGINT. Returns the process exit status: 0 after a

@@ -150,6 +150,11 @@ void Dispatcher::handle_line(std::string_view line, RequestContext& ctx, std::st
             return;
         }
         stats_.requests[static_cast<std::size_t>(request_.op)] += 1;
+        const OpSpec& spec = op_spec(request_.op);
+        if (spec.level > ctx.level) {
+            refuse(request_, ctx, spec, out);
+            return;
+        }
         (this->*handler_for(request_.op))(request_, ctx, out);
     } catch (const std::exception& e) {
         // Whatever happened, the client still gets exactly one line.
@@ -159,6 +164,21 @@ void Dispatcher::handle_line(std::string_view line, RequestContext& ctx, std::st
         stats_.errors[static_cast<std::size_t>(ErrorCode::InternalError)] += 1;
         append_error_reply(out, request_.id_json, ErrorCode::InternalError, "internal error");
     }
+}
+
+void Dispatcher::refuse(const Request& req, const RequestContext& ctx, const OpSpec& spec,
+                        std::string& out) {
+    stats_.errors[static_cast<std::size_t>(ErrorCode::PermissionDenied)] += 1;
+    log_warn("audit: denied " + std::string(spec.name) +
+             (req.key.empty() ? "" : " key=" + req.key) + " needs=" +
+             std::string(access_level_name(spec.level)) +
+             " has=" + std::string(access_level_name(ctx.level)) +
+             " uid=" + std::to_string(ctx.peer.uid) + " pid=" + std::to_string(ctx.peer.pid));
+    append_error_reply(out, req.id_json, ErrorCode::PermissionDenied,
+                       "'" + std::string(spec.name) + "' needs the " +
+                           std::string(access_level_name(spec.level)) +
+                           " level; this connection (uid " + std::to_string(ctx.peer.uid) +
+                           ") has " + std::string(access_level_name(ctx.level)));
 }
 
 void Dispatcher::handle_get(const Request& req, RequestContext&, std::string& out) {

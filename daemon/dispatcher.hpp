@@ -21,6 +21,7 @@ namespace cbd {
 // and what the request asks of the connection beyond its reply.
 struct RequestContext {
     Peer peer;
+    AccessLevel level = AccessLevel::Admin; // from the peer's credentials
     // Set by `watch`: the connection becomes an event stream with this filter.
     std::optional<WatchFilter> start_watch;
 };
@@ -39,6 +40,9 @@ class Dispatcher {
   private:
     using Handler = void (Dispatcher::*)(const Request&, RequestContext&, std::string&);
     static Handler handler_for(Op op);
+    // The reply (and audit line) for an op above the connection's level.
+    void refuse(const Request& req, const RequestContext& ctx, const OpSpec& spec,
+                std::string& out);
 
     void handle_get(const Request& req, RequestContext& ctx, std::string& out);
     void handle_success(const Request& req, RequestContext& ctx, std::string& out);

@@ -2,6 +2,7 @@
 #include "daemon/listener.hpp"
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <fcntl.h>
 #include <string_view>
@@ -41,6 +42,23 @@ void make_dirs(const std::string& dir) {
     make_dirs(parent_dir(dir));
     if (mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST)
         throw StartupError("cannot create directory " + dir + ": " + errno_text(errno));
+}
+
+// As chronyd does for its command socket: a directory that others can write
+// to lets them replace our socket with their own, unless the sticky bit (as
+// on /tmp) keeps them from removing files they do not own.
+void check_socket_directory(const std::string& dir) {
+    struct stat st {};
+    if (stat(dir.c_str(), &st) != 0)
+        throw StartupError("cannot inspect directory " + dir + ": " + errno_text(errno));
+    if ((st.st_mode & S_IWOTH) && !(st.st_mode & S_ISVTX)) {
+        char mode[8];
+        std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+        throw StartupError("refusing to serve from " + dir + " (mode " + mode +
+                           "): every user may write there and it has no sticky bit, so anyone "
+                           "could replace cbd's socket with their own. Use a directory only "
+                           "cbd's user can write (e.g. /run/cbd), or add the sticky bit");
+    }
 }
 
 // Holds an exclusive flock on PATH.lock for the daemon's lifetime. The file
@@ -145,6 +163,7 @@ Listener Listener::open(const ListenerOptions& options) {
 
     l.path_ = options.path;
     make_dirs(parent_dir(options.path));
+    check_socket_directory(parent_dir(options.path));
     l.lock_fd_ = take_lock(options.path);
     remove_stale_socket(options.path);
     l.fd_ = bind_and_listen(options.path, options.mode);

@@ -1,4 +1,5 @@
 // cbd: parses flags into a DaemonConfig and runs the daemon.
+#include "common/duration.hpp"
 #include "common/protocol.hpp"
 #include "common/socket_path.hpp"
 #include "daemon/daemon.hpp"
@@ -23,6 +24,8 @@ int main(int argc, char** argv) {
     std::string log_level = "info";
     std::string config_path;
     std::size_t watch_queue = cbd::kDefaultWatchQueue;
+    std::string writer_group, admin_group, idle_timeout = "0";
+    std::size_t max_connections = 1024;
     std::string metrics_listen;
     // 0 = not given on the command line.
     std::array<std::int64_t, cbd::kPolicyFieldCount> policy_flags{};
@@ -57,6 +60,22 @@ int main(int argc, char** argv) {
         ->check(CLI::Range(std::size_t{1}, std::size_t{10'000'000}));
     app.add_option("--metrics-listen", metrics_listen,
                    "Serve Prometheus metrics at http://ADDR:PORT/metrics (off by default)");
+    app.add_option("--writer-group", writer_group,
+                   "Group (name or gid) whose members may record outcomes (write level)");
+    app.add_option("--admin-group", admin_group,
+                   "Group (name or gid) whose members may also transition, reset, force and "
+                   "configure (admin level). With neither group set, everyone who can connect "
+                   "is admin");
+    app.add_option("--max-connections", max_connections, "Most client connections at once")
+        ->capture_default_str()
+        ->check(CLI::Range(std::size_t{1}, std::size_t{1'000'000}));
+    app.add_option("--idle-timeout", idle_timeout,
+                   "Close connections idle this long (300s, 5m; 0 = never; watchers excepted)")
+        ->capture_default_str()
+        ->check([](const std::string& v) {
+            return v == "0" || cbd::parse_duration(v) ? std::string()
+                                                       : "'" + v + "' is not a duration";
+        });
     app.add_option("--config", config_path,
                    "JSON policy file (defaults and prefix rules); re-read on SIGHUP");
     for (std::size_t i = 0; i < cbd::kPolicyFieldCount; ++i)
@@ -79,6 +98,11 @@ int main(int argc, char** argv) {
     config.config_path = config_path;
     config.watch_queue = watch_queue;
     config.metrics_listen = metrics_listen;
+    config.writer_group = writer_group;
+    config.admin_group = admin_group;
+    config.max_connections = max_connections;
+    if (idle_timeout != "0")
+        config.idle_timeout = *cbd::parse_duration(idle_timeout);
     for (std::size_t i = 0; i < cbd::kPolicyFieldCount; ++i)
         if (policy_flags[i] != 0)
             config.flag_defaults.values[i] = policy_flags[i];

@@ -1,6 +1,7 @@
 // Server (see server.hpp).
 #include "daemon/server.hpp"
 
+#include "common/reply.hpp"
 #include "daemon/log.hpp"
 
 #include <memory>
@@ -32,9 +33,31 @@ void Server::accept_next() {
             });
             return;
         }
-        std::make_shared<Session>(std::move(socket), shared_)->start();
+        if (shared_.sessions.size() >= shared_.max_connections) {
+            refuse(std::move(socket));
+        } else {
+            std::make_shared<Session>(std::move(socket), shared_)->start();
+        }
         accept_next();
     });
+}
+
+void Server::refuse(asio::local::stream_protocol::socket socket) {
+    shared_.stats.connections_refused += 1;
+    shared_.stats.errors[static_cast<std::size_t>(ErrorCode::TooManyConnections)] += 1;
+    if (shared_.stats.connections_refused % 1000 == 1)
+        log_warn("refusing connections: " + std::to_string(shared_.max_connections) +
+                 " are open (--max-connections)");
+    // One line, written without waiting: a fresh socket's buffer takes it.
+    // The error text is fixed, so the line needs no JSON library.
+    static const std::string line =
+        "{\"ok\":false,\"error\":{\"code\":\"too_many_connections\",\"message\":"
+        "\"cbd has as many connections as it allows; try again later\"}}\n";
+    socket.non_blocking(true);
+    boost::system::error_code ignored;
+    socket.write_some(asio::buffer(line), ignored);
+    socket.shutdown(asio::local::stream_protocol::socket::shutdown_both, ignored);
+    socket.close(ignored);
 }
 
 void Server::stop(std::function<void()> on_drained) {

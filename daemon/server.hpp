@@ -24,6 +24,8 @@ class Server {
 
   private:
     void accept_next();
+    // Answers too_many_connections and closes.
+    void refuse(boost::asio::local::stream_protocol::socket socket);
 
     boost::asio::local::stream_protocol::acceptor acceptor_;
     boost::asio::steady_timer accept_backoff_;

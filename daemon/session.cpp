@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <boost/asio/write.hpp>
 #include <cstring>
+#include <unistd.h>
 #include <utility>
 
 namespace cbd {
@@ -50,8 +51,11 @@ void SessionSet::stop_all(std::function<void()> on_empty) {
 Session::Session(Socket socket, const SessionShared& shared)
     : socket_(std::move(socket)), shared_(shared),
       in_(std::min(kInitialInputBytes, shared.max_line_bytes + 1)),
-      overflow_deadline_(socket_.get_executor()) {
+      overflow_deadline_(socket_.get_executor()), idle_timer_(socket_.get_executor()),
+      last_request_(std::chrono::steady_clock::now()) {
     peer_ = peer_of(socket_.native_handle());
+    level_ = access_level_for(peer_, peer_groups(socket_.native_handle(), peer_), shared_.access,
+                              geteuid());
     shared_.sessions.add(this);
 }
 
@@ -61,7 +65,29 @@ Session::~Session() {
     shared_.sessions.remove(this);
 }
 
-void Session::start() { read_more(); }
+void Session::start() {
+    if (shared_.idle_timeout.count() > 0)
+        arm_idle_timer();
+    read_more();
+}
+
+void Session::arm_idle_timer() {
+    // One timer per connection, re-armed only when it fires: requests just
+    // stamp last_request_, so the hot path never touches the timer.
+    idle_timer_.expires_at(last_request_ + shared_.idle_timeout);
+    idle_timer_.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
+        if (ec || self->closed_ || self->watching_)
+            return;
+        if (std::chrono::steady_clock::now() - self->last_request_ >= self->shared_.idle_timeout) {
+            log_debug("closing a connection idle for " +
+                      std::to_string(self->shared_.idle_timeout.count()) + " ms (pid " +
+                      std::to_string(self->peer_.pid) + ")");
+            self->close();
+            return;
+        }
+        self->arm_idle_timer();
+    });
+}
 
 void Session::stop() {
     stopping_ = true;
@@ -96,6 +122,7 @@ void Session::on_read(const boost::system::error_code& ec, std::size_t n) {
         return;
     }
     in_used_ += n;
+    last_request_ = std::chrono::steady_clock::now();
     handle_complete_lines();
     if (!out_.empty())
         write_out();
@@ -104,7 +131,7 @@ void Session::on_read(const boost::system::error_code& ec, std::size_t n) {
 }
 
 void Session::handle_complete_lines() {
-    RequestContext ctx{peer_, std::nullopt};
+    RequestContext ctx{peer_, level_, std::nullopt};
     std::size_t start = 0;
     while (start < in_used_) {
         const char* begin = in_.data() + start;
@@ -196,6 +223,7 @@ void Session::close() {
         watching_ = false;
     }
     overflow_deadline_.cancel();
+    idle_timer_.cancel();
     boost::system::error_code ignored;
     socket_.close(ignored);
 }

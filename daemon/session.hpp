@@ -7,6 +7,7 @@
 // leaving. I/O only: the dispatcher decides every reply.
 #pragma once
 
+#include "daemon/access.hpp"
 #include "daemon/dispatcher.hpp"
 #include "daemon/event_hub.hpp"
 #include "daemon/peer.hpp"
@@ -51,8 +52,11 @@ struct SessionShared {
     SessionSet& sessions;
     EventHub& events;
     DaemonStats& stats;
+    const AccessConfig& access; // read when a connection opens
     std::size_t max_line_bytes;
-    std::size_t watch_queue; // most event lines a watcher may have unsent
+    std::size_t watch_queue;     // most event lines a watcher may have unsent
+    std::size_t max_connections; // the server refuses more
+    std::chrono::milliseconds idle_timeout; // 0 = never
 };
 
 class Session final : public std::enable_shared_from_this<Session>, public Watcher {
@@ -81,6 +85,8 @@ class Session final : public std::enable_shared_from_this<Session>, public Watch
     // reset caused by unread input.
     void drain_then_close();
     void close();
+    // Closes the connection once it has been idle for the idle timeout.
+    void arm_idle_timer();
 
     // Watch mode.
     void start_watching(WatchFilter filter);
@@ -91,6 +97,7 @@ class Session final : public std::enable_shared_from_this<Session>, public Watch
     Socket socket_;
     SessionShared shared_;
     Peer peer_;
+    AccessLevel level_;
 
     std::vector<char> in_; // grows up to max_line_bytes + 1
     std::size_t in_used_ = 0;
@@ -108,6 +115,9 @@ class Session final : public std::enable_shared_from_this<Session>, public Watch
     std::uint64_t dropped_ = 0;
     std::deque<std::shared_ptr<const std::string>> events_; // not yet written
     boost::asio::steady_timer overflow_deadline_;
+
+    boost::asio::steady_timer idle_timer_;
+    std::chrono::steady_clock::time_point last_request_;
 };
 
 } // namespace cbd

@@ -7,24 +7,29 @@
 using namespace cbd;
 
 TEST_CASE("a full configuration file parses", "[config]") {
-    auto c = parse_policy_config(R"({
+    auto file = parse_config(R"({
         "defaults": {"failureThreshold": 7, "resetTimeoutMs": 1000},
         "policies": [
             {"prefix": "payments/", "failureThreshold": 3},
             {"prefix": "search/", "halfOpenMax": 2, "probeLeaseMs": 500}
-        ]})");
+        ],
+        "writerGroup": "cbd-writers", "adminGroup": "0"})");
+    const auto& c = file.policy;
+    CHECK(file.writer_group == "cbd-writers");
+    CHECK(file.admin_group == "0");
     CHECK(c.defaults[PolicyField::FailureThreshold] == 7);
     CHECK(c.defaults[PolicyField::ResetTimeoutMs] == 1000);
     REQUIRE(c.rules.size() == 2);
     CHECK(c.rules[0].prefix == "payments/");
     CHECK(c.rules[1].patch[PolicyField::ProbeLeaseMs] == 500);
-    CHECK(parse_policy_config("{}").rules.empty());
+    CHECK(parse_config("{}").policy.rules.empty());
+    CHECK(parse_config("{}").writer_group.empty());
 }
 
 TEST_CASE("a bad configuration file is refused with a reason", "[config]") {
     auto reason = [](const std::string& text) {
         try {
-            parse_policy_config(text);
+            parse_config(text);
         } catch (const ConfigError& e) {
             return std::string(e.what());
         }
@@ -48,6 +53,8 @@ TEST_CASE("a bad configuration file is refused with a reason", "[config]") {
     CHECK(reason(R"({"policies":[{"prefix":""}]})").find("policies[0]") != std::string::npos);
     CHECK(reason(R"({"policies":[{"prefix":"a"},{"prefix":"a"}]})").find("twice") !=
           std::string::npos);
+    CHECK(reason(R"({"adminGroup":7})").find("adminGroup") != std::string::npos);
+    CHECK(reason(R"({"writerGroup":""})").find("writerGroup") != std::string::npos);
 }
 
 TEST_CASE("policy patches take positive integers only", "[config]") {

@@ -22,7 +22,7 @@ struct Fixture {
 
     json call(std::string_view line) {
         std::string out;
-        RequestContext ctx{peer, std::nullopt};
+        RequestContext ctx{peer, AccessLevel::Admin, std::nullopt};
         dispatcher.handle_line(line, ctx, out);
         REQUIRE(!out.empty());
         REQUIRE(out.back() == '\n');
@@ -66,7 +66,7 @@ TEST_CASE("each op is routed to its store operation", "[dispatcher]") {
 TEST_CASE("blank lines get no reply", "[dispatcher]") {
     Fixture f;
     std::string out;
-    RequestContext ctx{f.peer, std::nullopt};
+    RequestContext ctx{f.peer, AccessLevel::Admin, std::nullopt};
     f.dispatcher.handle_line("", ctx, out);
     f.dispatcher.handle_line("  \r", ctx, out);
     CHECK(out.empty());
@@ -184,7 +184,7 @@ TEST_CASE("policy replies say where each value came from", "[dispatcher]") {
 TEST_CASE("watch asks the connection to become an event stream", "[dispatcher]") {
     Fixture f;
     std::string out;
-    RequestContext ctx{f.peer, std::nullopt};
+    RequestContext ctx{f.peer, AccessLevel::Admin, std::nullopt};
     f.dispatcher.handle_line(R"({"op":"watch","prefix":"pay","id":1})", ctx, out);
     CHECK(json::parse(out) == json::parse(R"({"id":1,"ok":true,"watching":{"prefix":"pay"}})"));
     REQUIRE(ctx.start_watch);
@@ -192,14 +192,14 @@ TEST_CASE("watch asks the connection to become an event stream", "[dispatcher]")
     CHECK(ctx.start_watch->matches("payments"));
     CHECK_FALSE(ctx.start_watch->matches("search"));
 
-    RequestContext all{f.peer, std::nullopt};
+    RequestContext all{f.peer, AccessLevel::Admin, std::nullopt};
     out.clear();
     f.dispatcher.handle_line(R"({"op":"watch"})", all, out);
     CHECK(json::parse(out)["watching"] == "all");
     REQUIRE(all.start_watch);
     CHECK(all.start_watch->matches("anything"));
 
-    RequestContext both{f.peer, std::nullopt};
+    RequestContext both{f.peer, AccessLevel::Admin, std::nullopt};
     out.clear();
     f.dispatcher.handle_line(R"({"op":"watch","key":"a","prefix":"b"})", both, out);
     CHECK(json::parse(out)["error"]["code"] == "invalid_request");
@@ -279,4 +279,44 @@ TEST_CASE("metrics render the counters as Prometheus text", "[dispatcher]") {
           std::string::npos);
     auto plain = f.call(R"({"op":"metrics"})");
     CHECK(plain["text"].get<std::string>().find("cbd_circuit_state") == std::string::npos);
+}
+
+TEST_CASE("each op is allowed from its access level up", "[dispatcher]") {
+    Fixture f;
+    auto as = [&](AccessLevel level, std::string_view line) {
+        std::string out;
+        RequestContext ctx{Peer{1000, 1000, 7}, level, std::nullopt};
+        f.dispatcher.handle_line(line, ctx, out);
+        return json::parse(out);
+    };
+    const std::vector<std::pair<std::string, AccessLevel>> ops = {
+        {R"({"op":"get","key":"a"})", AccessLevel::Read},
+        {R"({"op":"ping"})", AccessLevel::Read},
+        {R"({"op":"policy","key":"a"})", AccessLevel::Read},
+        {R"({"op":"list"})", AccessLevel::Read},
+        {R"({"op":"stats"})", AccessLevel::Read},
+        {R"({"op":"metrics"})", AccessLevel::Read},
+        {R"({"op":"success","key":"a"})", AccessLevel::Write},
+        {R"({"op":"failure","key":"a"})", AccessLevel::Write},
+        {R"({"op":"acquire","key":"a"})", AccessLevel::Write},
+        {R"({"op":"report","key":"a","outcome":"success"})", AccessLevel::Write},
+        {R"({"op":"transition","key":"a","to":"open"})", AccessLevel::Admin},
+        {R"({"op":"reset","key":"a"})", AccessLevel::Admin},
+        {R"({"op":"force","key":"a","state":"open"})", AccessLevel::Admin},
+        {R"({"op":"unforce","key":"a"})", AccessLevel::Admin},
+        {R"({"op":"configure","key":"a","policy":{}})", AccessLevel::Admin},
+    };
+    for (const auto& [line, needed] : ops) {
+        for (AccessLevel level : {AccessLevel::Read, AccessLevel::Write, AccessLevel::Admin}) {
+            auto r = as(level, line);
+            INFO(line << " at level " << access_level_name(level));
+            if (level >= needed) {
+                CHECK(r["ok"] == true);
+            } else {
+                CHECK(r["error"]["code"] == "permission_denied");
+                CHECK(r["error"]["message"].get<std::string>().find(
+                          std::string(access_level_name(needed))) != std::string::npos);
+            }
+        }
+    }
 }

@@ -1,10 +1,10 @@
 // parse_duration (see duration.hpp).
-#include "cli/duration.hpp"
+#include "common/duration.hpp"
 
 #include <cmath>
 #include <string>
 
-namespace cbctl {
+namespace cbd {
 
 std::optional<std::chrono::milliseconds> parse_duration(std::string_view text) {
     std::size_t digits_end = 0;
@@ -34,4 +34,4 @@ std::optional<std::chrono::milliseconds> parse_duration(std::string_view text) {
     return std::chrono::milliseconds(static_cast<long long>(std::llround(ms)));
 }
 
-} // namespace cbctl
+} // namespace cbd

@@ -1,4 +1,4 @@
-// Durations on cbctl's command line: "300ms", "5s", "1.5s", "2m", "1h"; a bare
+// Durations on the command line: "300ms", "5s", "1.5s", "2m", "1h"; a bare
 // number is seconds, as timeout(1) reads it.
 #pragma once
 
@@ -6,8 +6,8 @@
 #include <optional>
 #include <string_view>
 
-namespace cbctl {
+namespace cbd {
 
 std::optional<std::chrono::milliseconds> parse_duration(std::string_view text);
 
-} // namespace cbctl
+} // namespace cbd
