@@ -16,7 +16,6 @@ namespace cbd {
 namespace asio = boost::asio;
 
 namespace {
-constexpr std::size_t kInitialInputBytes = 16 * 1024;
 // How much a client may still send after a fatal error before we just close.
 constexpr std::size_t kMaxDrainBytes = 1024 * 1024;
 // How long an overflowed watcher has to take its overflow line.
@@ -50,7 +49,7 @@ void SessionSet::stop_all(std::function<void()> on_empty) {
 
 Session::Session(Socket socket, const SessionShared& shared)
     : socket_(std::move(socket)), shared_(shared),
-      in_(std::min(kInitialInputBytes, shared.max_line_bytes + 1)),
+      in_(shared.max_line_bytes),
       overflow_deadline_(socket_.get_executor()), idle_timer_(socket_.get_executor()),
       last_request_(std::chrono::steady_clock::now()) {
     peer_ = peer_of(socket_.native_handle());
@@ -104,11 +103,10 @@ void Session::read_more() {
         close();
         return;
     }
-    if (in_used_ == in_.size())
-        in_.resize(std::min(in_.size() * 2, shared_.max_line_bytes + 1));
     reading_ = true;
+    const std::size_t space = in_.write_space();
     socket_.async_read_some(
-        asio::buffer(in_.data() + in_used_, in_.size() - in_used_),
+        asio::buffer(in_.write_pos(), space),
         [self = shared_from_this()](const boost::system::error_code& ec, std::size_t n) {
             self->on_read(ec, n);
         });
@@ -121,7 +119,7 @@ void Session::on_read(const boost::system::error_code& ec, std::size_t n) {
         close();
         return;
     }
-    in_used_ += n;
+    in_.commit(n);
     last_request_ = std::chrono::steady_clock::now();
     handle_complete_lines();
     if (!out_.empty())
@@ -132,35 +130,21 @@ void Session::on_read(const boost::system::error_code& ec, std::size_t n) {
 
 void Session::handle_complete_lines() {
     RequestContext ctx{peer_, level_, std::nullopt};
-    std::size_t start = 0;
-    while (start < in_used_) {
-        const char* begin = in_.data() + start;
-        const auto* newline = static_cast<const char*>(std::memchr(begin, '\n', in_used_ - start));
-        if (newline == nullptr)
-            break;
-        shared_.dispatcher.handle_line(
-            std::string_view(begin, static_cast<std::size_t>(newline - begin)), ctx, out_);
-        start = static_cast<std::size_t>(newline - in_.data()) + 1;
-        if (ctx.start_watch) {
-            // The connection is an event stream from here on; anything the
-            // client sent after `watch` is not a request.
-            in_used_ = 0;
-            start_watching(std::move(*ctx.start_watch));
-            return;
-        }
+    const auto drained = in_.drain([&](std::string_view line) {
+        shared_.dispatcher.handle_line(line, ctx, out_);
+        // After `watch` the connection is an event stream; anything the
+        // client sent after it is not a request.
+        return !ctx.start_watch;
+    });
+    if (ctx.start_watch) {
+        start_watching(std::move(*ctx.start_watch));
+        return;
     }
-    if (start > 0) {
-        std::memmove(in_.data(), in_.data() + start, in_used_ - start);
-        in_used_ -= start;
-    }
-    // The buffer holds max_line_bytes + 1 bytes at most, so a partial line
-    // longer than the limit can never become a valid line.
-    if (in_used_ > shared_.max_line_bytes) {
+    if (drained == LineBuffer::Drained::LineTooLong) {
         shared_.stats.errors[static_cast<std::size_t>(ErrorCode::LineTooLong)] += 1;
         append_error_reply(out_, {}, ErrorCode::LineTooLong,
                            "request line longer than " + std::to_string(shared_.max_line_bytes) +
                                " bytes; closing the connection");
-        in_used_ = 0;
         close_after_write_ = true;
     }
 }
@@ -202,7 +186,7 @@ void Session::drain_then_close() {
     }
     reading_ = true;
     socket_.async_read_some(
-        asio::buffer(in_.data(), in_.size()),
+        asio::buffer(discard_),
         [self = shared_from_this()](const boost::system::error_code& ec, std::size_t n) {
             self->reading_ = false;
             if (ec) {
@@ -243,7 +227,7 @@ void Session::watch_read() {
     }
     reading_ = true;
     socket_.async_read_some(
-        asio::buffer(in_.data(), in_.size()),
+        asio::buffer(discard_),
         [self = shared_from_this()](const boost::system::error_code& ec, std::size_t) {
             self->reading_ = false;
             if (ec) {

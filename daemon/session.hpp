@@ -10,11 +10,13 @@
 #include "daemon/access.hpp"
 #include "daemon/dispatcher.hpp"
 #include "daemon/event_hub.hpp"
+#include "daemon/line_buffer.hpp"
 #include "daemon/peer.hpp"
 #include "daemon/stats.hpp"
 
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <array>
 #include <deque>
 #include <functional>
 #include <memory>
@@ -99,8 +101,9 @@ class Session final : public std::enable_shared_from_this<Session>, public Watch
     Peer peer_;
     AccessLevel level_;
 
-    std::vector<char> in_; // grows up to max_line_bytes + 1
-    std::size_t in_used_ = 0;
+    LineBuffer in_;
+    // Where input we ignore goes (after a fatal error, or on a watch).
+    std::array<char, 4096> discard_;
     std::string out_; // the batch being written, or being built
 
     bool reading_ = false;
