@@ -17,6 +17,7 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <csignal>
+#include <malloc.h>
 #include <sys/resource.h>
 #include <functional>
 #include <optional>
@@ -33,6 +34,10 @@ constexpr auto kShutdownGrace = std::chrono::seconds(5);
 // on a circuit applies its own expiries at once; this only bounds how late an
 // untouched circuit notices.
 constexpr auto kExpiryTick = std::chrono::milliseconds(100);
+// How often freed heap goes back to the system. Bursts of connections leave
+// their buffers in malloc's free lists; a long-running daemon should give
+// that memory back rather than keep its peak forever.
+constexpr auto kTrimInterval = std::chrono::seconds(10);
 
 // What the config file and flags decide together, re-read on SIGHUP.
 struct Settings {
@@ -73,6 +78,18 @@ std::string describe(const AccessConfig& a) {
     };
     return "writer group " + g(a.writer_group) + ", admin group " + g(a.admin_group) +
            "; others read only";
+}
+
+// Runs `task` every `interval` on `timer`, until the timer is cancelled.
+void run_every(asio::steady_timer& timer, std::chrono::steady_clock::duration interval,
+               std::function<void()> task) {
+    timer.expires_after(interval);
+    timer.async_wait([&timer, interval, task = std::move(task)](const boost::system::error_code& ec) {
+        if (ec)
+            return;
+        task();
+        run_every(timer, interval, task);
+    });
 }
 
 // Each connection is a descriptor: raise the soft limit to the hard one (as
@@ -147,6 +164,7 @@ int run_daemon(const DaemonConfig& config) {
     asio::steady_timer grace(io);
     asio::steady_timer watchdog(io);
     asio::steady_timer expiry(io);
+    asio::steady_timer trim(io);
     asio::signal_set signals(io, SIGTERM, SIGINT, SIGHUP);
 
     auto shut_down = [&](std::string_view why) {
@@ -155,6 +173,7 @@ int run_daemon(const DaemonConfig& config) {
         signals.cancel();
         watchdog.cancel();
         expiry.cancel();
+        trim.cancel();
         grace.expires_after(kShutdownGrace);
         grace.async_wait([&](const boost::system::error_code& ec) {
             if (!ec) {
@@ -197,29 +216,13 @@ int run_daemon(const DaemonConfig& config) {
     };
     wait_signal();
 
-    std::function<void()> ping_watchdog;
     if (auto interval = watchdog_ping_interval()) {
         // Pinged from the loop itself: if the loop wedges, the pings stop.
-        ping_watchdog = [&, interval = *interval] {
-            notify_watchdog();
-            watchdog.expires_after(interval);
-            watchdog.async_wait([&](const boost::system::error_code& ec) {
-                if (!ec)
-                    ping_watchdog();
-            });
-        };
-        ping_watchdog();
+        notify_watchdog();
+        run_every(watchdog, *interval, notify_watchdog);
     }
-
-    std::function<void()> expire_tick = [&] {
-        store.expire_due();
-        expiry.expires_after(kExpiryTick);
-        expiry.async_wait([&](const boost::system::error_code& ec) {
-            if (!ec)
-                expire_tick();
-        });
-    };
-    expire_tick();
+    run_every(expiry, kExpiryTick, [&store] { store.expire_due(); });
+    run_every(trim, kTrimInterval, [] { malloc_trim(0); });
 
     server.start();
     if (metrics_http) {
