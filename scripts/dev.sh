@@ -2,11 +2,14 @@
 # The developer's entry point; the README's two set-up commands use it.
 #
 #   scripts/dev.sh run [CBD FLAGS...]  install what is missing, build, run cbd in the foreground
-#   scripts/dev.sh test                install what is missing, build, run every test
+#   scripts/dev.sh test                install, build, run every test (what CI runs): the suite,
+#                                      the suite again under ASan+UBSan, and the fuzzer
+#   scripts/dev.sh test --quick        the suite once, no sanitizers, no fuzzing
 #   scripts/dev.sh build               install what is missing, build
 #   scripts/dev.sh deps                install the Debian packages only
 #
-# Environment: BUILD_DIR (default build), CBD_WERROR=ON to fail on warnings.
+# Environment: BUILD_DIR (default build), CBD_WERROR=ON to fail on warnings,
+# FUZZ_SECONDS (default 60), SOAK_SECONDS (default 30).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +21,7 @@ PACKAGES=(
   libcli11-dev nlohmann-json3-dev libboost-dev catch2 libsystemd-dev
   python3 python3-pytest systemd
   prometheus curl util-linux
+  clang-14 libclang-rt-14-dev
 )
 
 install_deps() {
@@ -53,6 +57,19 @@ case "$cmd" in
     install_deps
     build
     ctest --test-dir "$BUILD_DIR" --output-on-failure --timeout 900
+    if [[ ${1:-} != --quick ]]; then
+      echo "dev.sh: the suite again under ASan and UBSan" >&2
+      cmake -S . -B "$BUILD_DIR-asan" -G Ninja -DCBD_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug \
+        -DCBD_WERROR="${CBD_WERROR:-OFF}" >/dev/null
+      cmake --build "$BUILD_DIR-asan"
+      ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+        ctest --test-dir "$BUILD_DIR-asan" --output-on-failure --timeout 1800
+      echo "dev.sh: fuzzing the request path for ${FUZZ_SECONDS:-60} s" >&2
+      CC=clang-14 CXX=clang++-14 cmake -S . -B "$BUILD_DIR-fuzz" -G Ninja -DCBD_FUZZ=ON \
+        -DCBD_FUZZ_SECONDS="${FUZZ_SECONDS:-60}" >/dev/null
+      cmake --build "$BUILD_DIR-fuzz" --target fuzz_requests
+      ctest --test-dir "$BUILD_DIR-fuzz" -R '^fuzz\.run$' --output-on-failure --verbose --timeout 1800
+    fi
     ;;
   *)
     sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2

@@ -143,7 +143,8 @@ def test_a_pipeliner_that_never_reads_is_not_buffered(cbd):
     after = rss_kib(cbd.proc.pid)
     # cbd holds at most one read's worth of replies, not what we sent
     assert sent < 50 * 1024 * 1024
-    assert after - before < 16 * 1024, (before, after, sent)
+    if not os.environ.get("CBD_SANITIZED"):  # under ASan, RSS measures the sanitizer
+        assert after - before < 16 * 1024, (before, after, sent)
     # others are served meanwhile
     assert Client(cbd.sock).call({"op": "ping"})["ok"]
     s.close()

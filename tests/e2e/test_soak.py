@@ -161,4 +161,5 @@ def test_soak(start_cbd):
     stats = check.call({"op": "stats"})
     print(f"\nsoak: {SECONDS:.0f} s, {WORKERS} workers, {tally.ops} operations acknowledged, "
           f"{stats['connections']['total']} connections, rss {before} KiB -> {after} KiB")
-    assert after - before < 8 * 1024, (before, after)
+    if not os.environ.get("CBD_SANITIZED"):  # under ASan, RSS measures the sanitizer
+        assert after - before < 4 * 1024, (before, after)
