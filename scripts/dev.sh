@@ -29,6 +29,8 @@ install_deps() {
   for pkg in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
   done
+  # Node for the TypeScript client: the machine's own if it has one, else Debian's.
+  command -v npm >/dev/null || missing+=(nodejs npm)
   ((${#missing[@]})) || return 0
   echo "dev.sh: installing ${missing[*]}" >&2
   local sudo=()

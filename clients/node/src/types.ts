@@ -1,0 +1,167 @@
+// The cbd wire protocol (docs/PROTOCOL.md, version 4) as TypeScript types.
+
+/** The reference gateway's snapshot, field for field. */
+export type CircuitState = "closed" | "open" | "half-open";
+
+export interface CircuitBreakerSnapshot {
+  state: CircuitState;
+  failureCount: number;
+  successCount: number;
+  /** Epoch ms of the last failure; 0 if none. */
+  lastFailureTime: number;
+  /** Epoch ms of the last transition, or of creation. */
+  lastStateChange: number;
+}
+
+/** The stoma gateway's store interface, which CbdCircuitBreakerStore implements. */
+export interface CircuitBreakerStore {
+  getState(key: string): Promise<CircuitBreakerSnapshot>;
+  recordSuccess(key: string): Promise<CircuitBreakerSnapshot>;
+  recordFailure(key: string): Promise<CircuitBreakerSnapshot>;
+  transition(key: string, to: CircuitState): Promise<CircuitBreakerSnapshot>;
+  reset(key: string): Promise<void>;
+  destroy?(): void;
+}
+
+export type ErrorCode =
+  | "parse_error"
+  | "invalid_request"
+  | "unknown_op"
+  | "invalid_key"
+  | "invalid_state"
+  | "line_too_long"
+  | "too_many_circuits"
+  | "conflict"
+  | "forced"
+  | "no_permit"
+  | "permission_denied"
+  | "too_many_connections"
+  | "internal_error";
+
+/** Codes the client itself gives, when the daemon could not answer. */
+export type ClientErrorCode = "timeout" | "connection_lost" | "unavailable" | "destroyed" | "bad_reply";
+
+export interface ForcePin {
+  state: "open" | "closed";
+  /** Epoch ms when the pin lifts; null for no TTL. */
+  until: number | null;
+  reason: string;
+  by: { uid: number; pid: number };
+}
+
+export type TransitionCause =
+  | "manual"
+  | "threshold"
+  | "timeout"
+  | "probe-success"
+  | "probe-failure"
+  | "lease-expired"
+  | "force"
+  | "unforce"
+  | "force-expired";
+
+export interface TransitionInfo {
+  from: CircuitState;
+  to: CircuitState;
+  cause: TransitionCause;
+}
+
+/** Fields every reply about a circuit carries. */
+export interface CircuitReply {
+  snapshot: CircuitBreakerSnapshot;
+  generation: number;
+  forced?: ForcePin;
+  transition?: TransitionInfo;
+}
+
+export interface AcquireReply extends CircuitReply {
+  allowed: boolean;
+  /** Present when the call is a half-open probe: pass it to report(). */
+  permit?: string;
+  /** Present when denied. */
+  retryAfterMs?: number;
+}
+
+export interface ReportReply extends CircuitReply {
+  /** The report's generation was not the circuit's: nothing changed. */
+  stale?: boolean;
+}
+
+export type Outcome = "success" | "failure";
+
+export interface Policy {
+  failureThreshold: number;
+  resetTimeoutMs: number;
+  halfOpenMax: number;
+  successThreshold: number;
+  probeLeaseMs: number;
+}
+
+export type PolicySource = "key" | "prefix" | "default";
+
+export interface PolicyReply {
+  key: string;
+  policy: Policy;
+  source: Record<keyof Policy, PolicySource>;
+  prefix: string | null;
+}
+
+export interface ListEntry {
+  key: string;
+  snapshot: CircuitBreakerSnapshot;
+  generation: number;
+  forced?: ForcePin;
+}
+
+export interface ListReply {
+  circuits: ListEntry[];
+  next: string | null;
+}
+
+export interface ListOptions {
+  prefix?: string;
+  state?: CircuitState;
+  limit?: number;
+  after?: string;
+}
+
+export interface StatsReply {
+  version: string;
+  protocol: number;
+  uptimeMs: number;
+  connections: { current: number; total: number; refused: number };
+  requests: Record<string, number>;
+  errors: Record<string, number>;
+  circuits: { total: number; closed: number; open: number; halfOpen: number; forced: number };
+  watchers: number;
+  events: { emitted: number; dropped: number };
+  residentMemoryBytes: number;
+}
+
+export interface TransitionEvent {
+  event: "transition";
+  key: string;
+  from: CircuitState;
+  to: CircuitState;
+  at: number;
+  cause: TransitionCause;
+  generation: number;
+  snapshot: CircuitBreakerSnapshot;
+  forced?: ForcePin;
+}
+
+export interface ResetEvent {
+  event: "reset";
+  key: string;
+  at: number;
+}
+
+export interface OverflowEvent {
+  event: "overflow";
+  dropped: number;
+}
+
+export type WatchEvent = TransitionEvent | ResetEvent | OverflowEvent;
+
+/** A request as sent (id is added by the client). */
+export type Request = { op: string; [field: string]: unknown };

@@ -1,0 +1,67 @@
+// Starts a real cbd on a temporary socket for the tests.
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { createConnection } from "node:net";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const here = dirname(fileURLToPath(import.meta.url));
+// dist/test -> clients/node -> clients -> the repository
+export const repoRoot = resolve(here, "../../../..");
+export const cbdBin = process.env.CBD_BIN ?? join(process.env.CBD_BUILD_DIR ?? join(repoRoot, "build"), "daemon", "cbd");
+
+export interface Daemon {
+  socket: string;
+  dir: string;
+  proc: ChildProcess;
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+  start(): Promise<void>;
+  cleanup(): Promise<void>;
+}
+
+export function canConnect(path: string): Promise<boolean> {
+  return new Promise((res) => {
+    const s = createConnection(path);
+    s.on("connect", () => {
+      s.destroy();
+      res(true);
+    });
+    s.on("error", () => res(false));
+  });
+}
+
+export async function waitFor(pred: () => Promise<boolean> | boolean, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await pred())) {
+    if (Date.now() > deadline) throw new Error("timed out waiting");
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+export async function startCbd(...args: string[]): Promise<Daemon> {
+  const dir = mkdtempSync(join(tmpdir(), "cbd-node-"));
+  const socket = join(dir, "cbd.sock");
+  const d: Daemon = {
+    socket,
+    dir,
+    proc: undefined as unknown as ChildProcess,
+    async start() {
+      d.proc = spawn(cbdBin, ["--socket", socket, "--log-level", "warn", ...args], { stdio: ["ignore", "ignore", "inherit"] });
+      await waitFor(() => canConnect(socket));
+    },
+    stop(signal: NodeJS.Signals = "SIGTERM") {
+      return new Promise((res) => {
+        if (d.proc.exitCode !== null) return res(d.proc.exitCode);
+        d.proc.once("exit", (code) => res(code));
+        d.proc.kill(signal);
+      });
+    },
+    async cleanup() {
+      await d.stop("SIGKILL");
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+  await d.start();
+  return d;
+}
