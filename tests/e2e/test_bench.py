@@ -1,0 +1,66 @@
+"""cbbench and the floor server against the real thing: the counts add up."""
+
+import json
+import subprocess
+import time
+
+from conftest import BUILD, Client, wait_for_socket
+
+CBBENCH = str(BUILD / "bench" / "cbbench")
+FLOOR = str(BUILD / "bench" / "cbd-floor")
+
+
+def bench(*args):
+    r = subprocess.run([CBBENCH, *args, "--json"], capture_output=True, text=True, timeout=120)
+    return r.returncode, json.loads(r.stdout) if r.stdout else None, r.stderr
+
+
+def test_failure_counts_add_up(cbd):
+    code, out, err = bench("--socket", cbd.sock, "-c", "5", "-P", "4", "-n", "5000", "--op", "failure", "--keys", "1")
+    assert code == 0, err
+    assert out["ops"] == 5000 and out["errors"] == 0
+    assert out["opsPerSec"] > 0 and 0 < out["p50Us"] <= out["p99Us"] <= out["maxUs"] * 1.02
+    assert Client(cbd.sock).call({"op": "get", "key": "api-0"})["snapshot"]["failureCount"] == 5000
+
+
+def test_sequential_keys_fill_the_store(cbd):
+    code, out, _ = bench("--socket", cbd.sock, "-c", "3", "-n", "3000", "--op", "get", "--keys", "3000", "--sequential-keys")
+    assert code == 0 and out["ops"] == 3000
+    assert Client(cbd.sock).call({"op": "stats"})["circuits"]["total"] == 3000
+
+
+def test_acquire_report_and_mixes(start_cbd):
+    d = start_cbd("--failure-threshold", "1000000")
+    code, out, err = bench("--socket", d.sock, "-c", "4", "-P", "2", "-n", "2000", "--op", "acquire-report", "--keys", "1")
+    assert code == 0, err
+    assert out["ops"] == 2000
+    s = Client(d.sock).call({"op": "stats"})
+    assert s["requests"]["acquire"] == 2000 and s["requests"]["report"] == 2000
+    code, out, _ = bench("--socket", d.sock, "-n", "1000", "--op", "mix:get=80,failure=20", "-c", "2")
+    assert code == 0 and out["ops"] == 1000
+    s = Client(d.sock).call({"op": "stats"})
+    assert 100 < s["requests"]["failure"] < 350  # about 20% of 1000
+
+
+def test_errors_are_counted_not_hidden(start_cbd):
+    d = start_cbd("--max-circuits", "10")
+    code, out, _ = bench("--socket", d.sock, "-n", "500", "--op", "get", "--keys", "1000")
+    assert code == 1 and out["errors"] > 0 and out["ops"] + out["errors"] == 500
+
+
+def test_bad_arguments():
+    assert subprocess.run([CBBENCH, "--op", "nope"], capture_output=True).returncode == 2
+    assert subprocess.run([CBBENCH, "--op", "mix:get=50"], capture_output=True).returncode == 2
+    assert subprocess.run([CBBENCH, "--target", "redis"], capture_output=True).returncode == 2
+
+
+def test_floor_answers_every_line(workdir):
+    sock = str(workdir / "floor.sock")
+    p = subprocess.Popen([FLOOR, sock])
+    try:
+        wait_for_socket(sock)
+        code, out, _ = bench("--target", "floor", "--socket", sock, "-c", "3", "-P", "5", "-n", "3000")
+        assert code == 0 and out["ops"] == 3000
+    finally:
+        p.kill()
+        p.wait()
