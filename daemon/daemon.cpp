@@ -144,7 +144,9 @@ int run_daemon(const DaemonConfig& config) {
     log_info("access: " + describe(access));
     Dispatcher dispatcher(store, stats);
     SessionSet sessions(stats); // outlives io, see SessionSet
-    asio::io_context io(1);
+    // One thread, and nothing is posted from another (signals arrive through
+    // Asio's own pipe): the scheduler and reactor need no locks.
+    asio::io_context io(BOOST_ASIO_CONCURRENCY_HINT_UNSAFE);
     Server server(io, listener->release_fd(),
                   SessionShared{dispatcher, sessions, events, stats, access,
                                 config.max_line_bytes, config.watch_queue,

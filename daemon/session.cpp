@@ -53,6 +53,8 @@ Session::Session(Socket socket, const SessionShared& shared)
       overflow_deadline_(socket_.get_executor()), idle_timer_(socket_.get_executor()),
       last_request_(std::chrono::steady_clock::now()) {
     peer_ = peer_of(socket_.native_handle());
+    boost::system::error_code ignored;
+    socket_.non_blocking(true, ignored); // write_out() tries a write, never waits on it
     level_ = access_level_for(peer_, peer_groups(socket_.native_handle(), peer_), shared_.access,
                               geteuid());
     shared_.sessions.add(this);
@@ -104,6 +106,10 @@ void Session::read_more() {
         return;
     }
     reading_ = true;
+    // async_read_some, not async_wait + read: Asio re-arms epoll for every
+    // async_wait, while a read op waits on the edge-triggered registration it
+    // already has (and skips the speculative read after one that drained the
+    // socket), so a request costs one read and one write.
     const std::size_t space = in_.write_space();
     socket_.async_read_some(
         asio::buffer(in_.write_pos(), space),
@@ -150,10 +156,23 @@ void Session::handle_complete_lines() {
 }
 
 void Session::write_out() {
+    // A batch of replies almost always fits the socket buffer: write it now,
+    // and only when the buffer is full wait for the client to read.
+    boost::system::error_code ec;
+    const std::size_t n = socket_.write_some(asio::buffer(out_), ec);
+    if (!ec && n == out_.size()) {
+        on_written(ec);
+        return;
+    }
+    if (ec && ec != asio::error::would_block && ec != asio::error::try_again) {
+        on_written(ec);
+        return;
+    }
+    out_.erase(0, ec ? 0 : n);
     writing_ = true;
     asio::async_write(socket_, asio::buffer(out_),
-                      [self = shared_from_this()](const boost::system::error_code& ec,
-                                                  std::size_t) { self->on_written(ec); });
+                      [self = shared_from_this()](const boost::system::error_code& write_ec,
+                                                  std::size_t) { self->on_written(write_ec); });
 }
 
 void Session::on_written(const boost::system::error_code& ec) {
