@@ -54,6 +54,8 @@ struct PolicyPatch {
     }
     // Fields set in `over` replace ours.
     void merge(const PolicyPatch& over);
+
+    bool operator==(const PolicyPatch&) const = default;
 };
 
 // Reads a patch from a JSON object of policy fields. Every value must be an

@@ -2,6 +2,7 @@
 // the field checks driven by the op table in protocol.cpp.
 #include "common/request.hpp"
 
+#include <array>
 #include <nlohmann/json.hpp>
 
 namespace cbd {
@@ -215,6 +216,12 @@ constexpr std::pair<RequestField, std::string_view> kFieldNames[] = {
 } // namespace
 
 std::optional<RequestError> parse_request(std::string_view line, Request& out) {
+    if (parse_request_flat(line, out))
+        return std::nullopt;
+    return parse_request_dom(line, out);
+}
+
+std::optional<RequestError> parse_request_dom(std::string_view line, Request& out) {
     out = Request{};
     if (!line.empty() && line.back() == '\r')
         line.remove_suffix(1);
@@ -256,6 +263,221 @@ std::optional<RequestError> parse_request(std::string_view line, Request& out) {
             return err;
     }
     return std::nullopt;
+}
+
+// --- the flat fast path ------------------------------------------------------
+//
+// Most requests are one flat object of short ASCII strings and small
+// integers: {"op":"failure","key":"api","id":7}. This scanner accepts only
+// that shape, only the hot operations' fields, and only requests that are
+// valid; anything else (escapes, non-ASCII, nesting, other fields, any error)
+// goes to the DOM parser, which alone writes error replies. So the fast path
+// can change speed, never answers: the fuzz target checks that both paths
+// agree on every request the fast one accepts.
+
+namespace {
+
+class FlatScanner {
+  public:
+    explicit FlatScanner(std::string_view text) : p_(text.data()), end_(text.data() + text.size()) {}
+
+    void skip_ws() {
+        while (p_ < end_ && (*p_ == ' ' || *p_ == '\t' || *p_ == '\r' || *p_ == '\n'))
+            ++p_;
+    }
+    bool eat(char c) {
+        skip_ws();
+        if (p_ < end_ && *p_ == c) {
+            ++p_;
+            return true;
+        }
+        return false;
+    }
+    bool at_end() {
+        skip_ws();
+        return p_ == end_;
+    }
+    // A string of printable ASCII without escapes; its contents in `out`.
+    bool string(std::string_view& out) {
+        if (!eat('"'))
+            return false;
+        const char* start = p_;
+        while (p_ < end_ && *p_ != '"') {
+            const auto c = static_cast<unsigned char>(*p_);
+            if (c < 0x20 || c >= 0x7f || c == '\\')
+                return false;
+            ++p_;
+        }
+        if (p_ == end_)
+            return false;
+        out = std::string_view(start, static_cast<std::size_t>(p_ - start));
+        ++p_;
+        return true;
+    }
+    // An integer as JSON writes it canonically, that fits in 18 digits.
+    bool integer(std::string_view& text, std::int64_t& value) {
+        skip_ws();
+        const char* start = p_;
+        if (p_ < end_ && *p_ == '-')
+            ++p_;
+        const char* digits = p_;
+        while (p_ < end_ && *p_ >= '0' && *p_ <= '9')
+            ++p_;
+        const auto n = static_cast<std::size_t>(p_ - digits);
+        if (n == 0 || n > 18 || (digits[0] == '0' && (n > 1 || digits != start)))
+            return false; // empty, too long, leading zero, or "-0"
+        text = std::string_view(start, static_cast<std::size_t>(p_ - start));
+        value = 0;
+        for (const char* d = digits; d < p_; ++d)
+            value = value * 10 + (*d - '0');
+        if (digits != start)
+            value = -value;
+        return true;
+    }
+    char peek() {
+        skip_ws();
+        return p_ < end_ ? *p_ : '\0';
+    }
+
+  private:
+    const char* p_;
+    const char* end_;
+};
+
+struct FlatValue {
+    bool is_string = false;
+    std::string_view text; // the string's contents, or the integer as written
+    std::int64_t number = 0;
+};
+
+} // namespace
+
+bool parse_request_flat(std::string_view line, Request& out) {
+    if (!line.empty() && line.back() == '\r')
+        line.remove_suffix(1);
+    FlatScanner scan(line);
+    if (!scan.eat('{'))
+        return false;
+
+    // The fields the fast path knows, each at most once.
+    enum Slot { Op, Key, Id, To, Outcome, Generation, Permit, Expect, ExpectGeneration, kSlots };
+    static constexpr std::string_view kNames[kSlots] = {
+        "op", "key", "id", "to", "outcome", "generation", "permit", "expect", "expectGeneration"};
+    std::array<std::optional<FlatValue>, kSlots> fields;
+
+    if (!scan.eat('}')) {
+        do {
+            std::string_view name;
+            if (!scan.string(name) || !scan.eat(':'))
+                return false;
+            int slot = -1;
+            for (int i = 0; i < kSlots; ++i)
+                if (kNames[i] == name)
+                    slot = i;
+            if (slot < 0 || fields[static_cast<std::size_t>(slot)])
+                return false; // another field, or a duplicate: the DOM decides
+            FlatValue v;
+            if (scan.peek() == '"') {
+                v.is_string = true;
+                if (!scan.string(v.text))
+                    return false;
+            } else if (!scan.integer(v.text, v.number)) {
+                return false;
+            }
+            fields[static_cast<std::size_t>(slot)] = v;
+        } while (scan.eat(','));
+        if (!scan.eat('}'))
+            return false;
+    }
+    if (!scan.at_end())
+        return false;
+
+    const auto& op = fields[Op];
+    if (!op || !op->is_string)
+        return false;
+    const OpSpec* spec = find_op(op->text);
+    if (!spec)
+        return false;
+    switch (spec->op) {
+    case Op::Get:
+    case Op::Success:
+    case Op::Failure:
+    case Op::Acquire:
+    case Op::Report:
+    case Op::Transition:
+    case Op::Reset:
+    case Op::Ping:
+        break;
+    default:
+        return false; // the DOM path handles the rest
+    }
+    // Every field given must be one this op reads (others would be ignored
+    // by the DOM path; leaving them to it keeps this path simple).
+    const std::uint32_t reads = spec->required | spec->optional;
+    static constexpr std::uint32_t kBits[kSlots] = {
+        0,           kFieldKey,    0,           kFieldTo,    kFieldOutcome, kFieldGeneration,
+        kFieldPermit, kFieldExpect, kFieldExpectGeneration};
+    for (int i = Key; i < kSlots; ++i) {
+        if (i == Id)
+            continue;
+        const bool given = fields[static_cast<std::size_t>(i)].has_value();
+        const bool read = (reads & kBits[i]) != 0;
+        const bool required = (spec->required & kBits[i]) != 0;
+        if ((given && !read) || (required && !given))
+            return false;
+    }
+
+    out = Request{};
+    out.op = spec->op;
+    if (const auto& id = fields[Id]) {
+        if (id->is_string && id->text.size() > kMaxIdStringBytes)
+            return false;
+        out.id_json.reserve(id->text.size() + 2);
+        if (id->is_string)
+            out.id_json.append("\"").append(id->text).append("\"");
+        else
+            out.id_json.assign(id->text);
+    }
+    auto state_of = [](const std::optional<FlatValue>& v) -> std::optional<State> {
+        return v && v->is_string ? parse_state(v->text) : std::nullopt;
+    };
+    auto generation_of = [](const FlatValue& v) -> std::optional<std::uint64_t> {
+        if (v.is_string || v.number < 0)
+            return std::nullopt;
+        return static_cast<std::uint64_t>(v.number);
+    };
+    if (const auto& key = fields[Key]) {
+        if (!key->is_string || key_problem(key->text))
+            return false;
+        out.key.assign(key->text);
+    }
+    if (fields[To]) {
+        if (!(out.to = state_of(fields[To])))
+            return false;
+    }
+    if (fields[Expect]) {
+        if (!(out.expect = state_of(fields[Expect])))
+            return false;
+    }
+    if (const auto& g = fields[ExpectGeneration]) {
+        if (!(out.expect_generation = generation_of(*g)))
+            return false;
+    }
+    if (const auto& o = fields[Outcome]) {
+        if (!o->is_string || (o->text != "success" && o->text != "failure"))
+            return false;
+        out.outcome = o->text == "success" ? Outcome::Success : Outcome::Failure;
+    }
+    if (const auto& g = fields[Generation]) {
+        if (!(out.generation = generation_of(*g)))
+            return false;
+    }
+    if (const auto& permit = fields[Permit]) {
+        if (!permit->is_string || permit->text.size() > kMaxPermitBytes)
+            return false;
+        out.permit.assign(permit->text);
+    }
+    return true;
 }
 
 } // namespace cbd

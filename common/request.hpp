@@ -40,6 +40,8 @@ struct Request {
     // The request's id, already serialized as JSON (a string or an integer),
     // so it can be echoed byte for byte; empty when the request had none.
     std::string id_json;
+
+    bool operator==(const Request&) const = default;
 };
 
 struct RequestError {
@@ -51,6 +53,13 @@ struct RequestError {
 // On failure returns the error; `out.id_json` is still filled in whenever the
 // id itself was valid, so the error reply can echo it.
 std::optional<RequestError> parse_request(std::string_view line, Request& out);
+
+// The two paths parse_request() takes, exposed for the fuzzer's check that
+// they agree. parse_request_flat() accepts only valid flat requests of the
+// hot operations and returns false for anything else (including errors);
+// parse_request_dom() accepts everything and writes every error.
+bool parse_request_flat(std::string_view line, Request& out);
+std::optional<RequestError> parse_request_dom(std::string_view line, Request& out);
 
 // True when `line` nests arrays/objects deeper than `max_depth`, judged by a
 // linear scan that never recurses. Run before any JSON parser sees the line.

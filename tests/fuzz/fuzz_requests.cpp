@@ -17,6 +17,20 @@
 
 namespace {
 
+// The fast path may only ever agree with the DOM parser.
+void check_parsers_agree(std::string_view line) {
+    cbd::Request flat, dom;
+    if (!cbd::parse_request_flat(line, flat))
+        return;
+    auto err = cbd::parse_request_dom(line, dom);
+    if (err || !(flat == dom)) {
+        std::fprintf(stderr, "the flat parser accepted what the DOM parser %s: %.*s\n",
+                     err ? "refused" : "read differently", static_cast<int>(line.size()),
+                     line.data());
+        std::abort();
+    }
+}
+
 // The check that turns "no crash" into "no wrong answer".
 void check_reply(std::string_view line, const std::string& out) {
     if (cbd::is_blank_line(line)) {
@@ -65,6 +79,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         input.commit(n);
         pos += n;
         const auto drained = input.drain([&](std::string_view line) {
+            check_parsers_agree(line);
             out.clear();
             dispatcher.handle_line(line, ctx, out);
             check_reply(line, out);

@@ -191,3 +191,59 @@ TEST_CASE("configure names the offending policy field", "[protocol]") {
         CHECK(err->message.find("failureThreshold") != std::string::npos);
     }
 }
+
+TEST_CASE("the flat fast path accepts the hot shapes and agrees with the DOM parser", "[protocol]") {
+    const char* accepted[] = {
+        R"({"op":"get","key":"api"})",
+        R"({"op":"failure","key":"api-12","id":7})",
+        R"({ "op" : "success" , "key" : "a b/c" , "id" : "x-1" })",
+        R"({"id":-42,"op":"acquire","key":"k"})",
+        R"({"op":"report","key":"k","outcome":"failure","generation":12,"permit":"00ff00ff00ff00ff"})",
+        R"({"op":"transition","key":"k","to":"half-open","expect":"open","expectGeneration":0})",
+        R"({"op":"reset","key":"k"})",
+        R"({"op":"ping"})",
+        "{\"op\":\"get\",\"key\":\"k\"}\r",
+    };
+    for (const char* line : accepted) {
+        INFO(line);
+        Request flat, dom;
+        REQUIRE(parse_request_flat(line, flat));
+        REQUIRE_FALSE(parse_request_dom(line, dom));
+        CHECK(flat == dom);
+    }
+    // Everything else is left to the DOM parser, which alone writes errors.
+    const char* declined[] = {
+        R"({"op":"get","key":""})",                 // invalid key
+        R"({"op":"get","key":"a\"b"})",             // an escape
+        "{\"op\":\"get\",\"key\":\"\xc3\xbc\"}",   // non-ASCII
+        R"({"op":"get","key":"k","extra":1})",      // a field get does not read
+        R"({"op":"get","key":"k","key":"j"})",      // a duplicate
+        R"({"op":"ping","id":007})",                // not JSON
+        R"({"op":"ping","id":-0})",                 // not canonical
+        R"({"op":"ping","id":1234567890123456789})", // too long for the fast path
+        R"({"op":"list"})",                         // not a hot op
+        R"({"op":"report","key":"k","outcome":"maybe"})",
+        R"({"op":"report","key":"k","outcome":"success","generation":-1})",
+        R"({"op":"transition","key":"k"})",         // missing 'to'
+        R"({"op":"get","key":"k"} x)",
+        R"([{"op":"get"}])",
+        R"({"op":"ping","id":")" "0123456789012345678901234567890123456789012345678901234567890123456789"
+        "0123456789012345678901234567890123456789012345678901234567890123456789"
+        "0123456789012345678901234567890123456789012345678901234567890123456789"
+        "0123456789012345678901234567890123456789" R"("})", // a 250-byte id is fine...
+    };
+    for (const char* line : declined) {
+        INFO(line);
+        Request flat;
+        const bool took = parse_request_flat(line, flat);
+        if (took) { // ...so the last one may be taken, and must then agree
+            Request dom;
+            REQUIRE_FALSE(parse_request_dom(line, dom));
+            CHECK(flat == dom);
+        }
+    }
+    Request r;
+    CHECK_FALSE(parse_request_flat(R"({"op":"get","key":""})", r));
+    CHECK_FALSE(parse_request_flat(R"({"op":"ping","id":-0})", r));
+    CHECK_FALSE(parse_request_flat(R"({"op":"list"})", r));
+}
