@@ -25,7 +25,8 @@ std::pair<std::size_t, std::size_t> KeyIndex::lower_bound(std::string_view key) 
 void KeyIndex::insert(const std::string* key) {
     ++size_;
     if (blocks_.empty()) {
-        blocks_.push_back(Block{key});
+        blocks_.emplace_back().reserve(kMaxBlock + 1);
+        blocks_.back().push_back(key);
         return;
     }
     auto [b, i] = lower_bound(*key);
@@ -36,7 +37,11 @@ void KeyIndex::insert(const std::string* key) {
     Block& block = blocks_[b];
     block.insert(block.begin() + static_cast<std::ptrdiff_t>(i), key);
     if (block.size() > kMaxBlock) {
-        Block upper(block.begin() + kMaxBlock / 2, block.end());
+        // Every block is allocated once at its full size, so that growing
+        // never doubles a block's capacity behind our back.
+        Block upper;
+        upper.reserve(kMaxBlock + 1);
+        upper.assign(block.begin() + kMaxBlock / 2, block.end());
         block.resize(kMaxBlock / 2);
         blocks_.insert(blocks_.begin() + static_cast<std::ptrdiff_t>(b) + 1, std::move(upper));
     }
