@@ -42,6 +42,19 @@ std::optional<Json> ask(Connection& conn, const GlobalOptions& g, const std::str
     return reply;
 }
 
+// One request on a connection of its own: the reply, or nullopt with the
+// error printed and `exit_code` set.
+std::optional<Json> ask_once(const GlobalOptions& g, const std::string& line, int& exit_code) {
+    try {
+        auto conn = Connection::open(g.socket_path, Clock::now() + g.timeout);
+        return ask(conn, g, line, exit_code);
+    } catch (const ConnectionError& e) {
+        std::cerr << "cbctl: " << e.what() << "\n";
+        exit_code = kExitUnreachable;
+        return std::nullopt;
+    }
+}
+
 std::string forced_text(const Json& forced) {
     if (forced.is_null())
         return "-";
@@ -188,14 +201,7 @@ int run_list(const GlobalOptions& g, const ListOptions& o) {
 
 int run_stats(const GlobalOptions& g, bool json) {
     int exit_code = kExitOk;
-    std::optional<Json> reply;
-    try {
-        auto conn = Connection::open(g.socket_path, Clock::now() + g.timeout);
-        reply = ask(conn, g, "{\"op\":\"stats\"}\n", exit_code);
-    } catch (const ConnectionError& e) {
-        std::cerr << "cbctl: " << e.what() << "\n";
-        return kExitUnreachable;
-    }
+    auto reply = ask_once(g, "{\"op\":\"stats\"}\n", exit_code);
     if (!reply)
         return exit_code;
     reply->erase("ok");
@@ -233,17 +239,10 @@ int run_stats(const GlobalOptions& g, bool json) {
 
 int run_metrics(const GlobalOptions& g, bool per_circuit) {
     int exit_code = kExitOk;
-    std::optional<Json> reply;
-    try {
-        auto conn = Connection::open(g.socket_path, Clock::now() + g.timeout);
-        reply = ask(conn, g,
-                    per_circuit ? "{\"op\":\"metrics\",\"perCircuit\":true}\n"
-                                : "{\"op\":\"metrics\"}\n",
-                    exit_code);
-    } catch (const ConnectionError& e) {
-        std::cerr << "cbctl: " << e.what() << "\n";
-        return kExitUnreachable;
-    }
+    auto reply = ask_once(g,
+                          per_circuit ? "{\"op\":\"metrics\",\"perCircuit\":true}\n"
+                                      : "{\"op\":\"metrics\"}\n",
+                          exit_code);
     if (!reply)
         return exit_code;
     std::cout << (*reply)["text"].get<std::string>();

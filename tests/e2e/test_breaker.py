@@ -13,7 +13,9 @@ import pytest
 
 from conftest import CBCTL, Client, cbctl, wait_for_socket
 
-FAST = ["--reset-timeout-ms", "200", "--failure-threshold", "3"]
+# Short timeouts; a long probe lease, so that a slow machine (the sanitizer
+# run) never sees a lease run out between an acquire and its report.
+FAST = ["--reset-timeout-ms", "200", "--failure-threshold", "3", "--probe-lease-ms", "10000"]
 
 
 def trip(c, key, n=3):
@@ -104,14 +106,16 @@ def test_concurrent_acquirers_get_exactly_half_open_max_probes(start_cbd, half_o
 
 
 def test_unreported_permit_expires_and_reopens(start_cbd):
-    d = start_cbd(*FAST, "--probe-lease-ms", "300")
+    d = start_cbd("--reset-timeout-ms", "200", "--failure-threshold", "3", "--probe-lease-ms", "300")
     c = Client(d.sock)
     trip(c, "lease")
     time.sleep(0.25)
     probe = c.call({"op": "acquire", "key": "lease"})
     assert probe["allowed"]
     # nobody touches the circuit: the daemon's own timer notices
-    time.sleep(0.5)
+    deadline = time.monotonic() + 5
+    while "lease-expired" not in d.log() and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert "half-open -> open (lease-expired)" in d.log()
     snap = c.call({"op": "get", "key": "lease"})
     assert snap["snapshot"]["state"] == "open" and snap["snapshot"]["failureCount"] == 4
@@ -165,7 +169,7 @@ def test_force_with_ttl(start_cbd, workdir):
     c = Client(d.sock)
     # an unprivileged user pins it, so the audit line shows its uid
     r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                        CBCTL, "--socket", d.sock, "force", "pin", "open", "--ttl", "700ms",
+                        CBCTL, "--socket", d.sock, "force", "pin", "open", "--ttl", "1500ms",
                         "--reason", "db migration"], capture_output=True, text=True, timeout=10)
     assert r.returncode == 0, r.stderr
     pinned = json.loads(r.stdout)
@@ -181,7 +185,9 @@ def test_force_with_ttl(start_cbd, workdir):
     assert refused["error"]["code"] == "forced" and refused["forced"]["state"] == "open"
     assert "forced" in c.call({"op": "get", "key": "pin"})
 
-    time.sleep(0.6)  # the pin lifts by itself
+    deadline = time.monotonic() + 5  # the pin lifts by itself
+    while "force-expired" not in d.log() and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert "force-expired" in d.log()
     g = c.call({"op": "get", "key": "pin"})
     assert "forced" not in g

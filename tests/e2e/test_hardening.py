@@ -151,10 +151,10 @@ def test_a_pipeliner_that_never_reads_is_not_buffered(cbd):
 
 
 def test_idle_timeout(start_cbd):
-    d = start_cbd("--idle-timeout", "300ms")
+    d = start_cbd("--idle-timeout", "1s")
     idle, busy, watcher = Client(d.sock), Client(d.sock), Client(d.sock)
     assert watcher.call({"op": "watch"})["ok"]
-    for _ in range(8):
+    for _ in range(12):  # 1.2 s of pings 100 ms apart: never idle for 1 s
         assert busy.call({"op": "ping"})["ok"]
         time.sleep(0.1)
     assert idle.at_eof()
