@@ -25,7 +25,14 @@ void Server::accept_next() {
         if (ec) {
             // Out of descriptors or memory: wait a little instead of spinning
             // on an accept that keeps failing; clients queue in the backlog.
-            log_warn("accept failed: " + ec.message() + "; retrying in 100 ms");
+            // Say so once a minute at most: this can last, and the log is
+            // not the place to spin either.
+            const auto now = std::chrono::steady_clock::now();
+            if (now - last_accept_warning_ >= std::chrono::minutes(1)) {
+                last_accept_warning_ = now;
+                log_warn("accept failed: " + ec.message() +
+                         "; retrying every 100 ms (raise LimitNOFILE or lower --max-connections)");
+            }
             accept_backoff_.expires_after(std::chrono::milliseconds(100));
             accept_backoff_.async_wait([this](const boost::system::error_code& wait_ec) {
                 if (!wait_ec && !stopping_)

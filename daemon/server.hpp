@@ -9,6 +9,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <chrono>
 
 namespace cbd {
 
@@ -30,6 +31,7 @@ class Server {
     boost::asio::local::stream_protocol::acceptor acceptor_;
     boost::asio::steady_timer accept_backoff_;
     SessionShared shared_;
+    std::chrono::steady_clock::time_point last_accept_warning_{};
     bool stopping_ = false;
 };
 

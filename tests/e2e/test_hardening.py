@@ -191,3 +191,35 @@ def test_unit_security_rating_is_at_most_1_5():
     m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", r.stdout + r.stderr)
     assert m, r.stdout + r.stderr
     assert float(m.group(1)) <= 1.5, m.group(0)
+
+
+def cpu_seconds(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_out_of_descriptors_backs_off_and_recovers(start_cbd, workdir):
+    # cbd with only 32 descriptors, and room for many more connections.
+    sock = workdir / "cbd.sock"
+    from conftest import CBD, wait_for_socket
+    log = open(workdir / "fd.log", "wb")
+    proc = subprocess.Popen(["prlimit", "--nofile=32:32", CBD, "--socket", str(sock)], stderr=log)
+    try:
+        wait_for_socket(sock, proc)
+        clients = [Client(sock) for _ in range(60)]  # more than cbd can accept
+        time.sleep(0.5)
+        before = cpu_seconds(proc.pid)
+        time.sleep(1.0)
+        assert cpu_seconds(proc.pid) - before < 0.3  # backing off, not spinning
+        assert proc.poll() is None
+        assert "accept failed" in (workdir / "fd.log").read_text()
+        for c in clients[:50]:
+            c.close()
+        # the ones that waited in the backlog are served now
+        for c in clients[50:]:
+            assert c.call({"op": "ping"})["ok"]
+            c.close()
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+        log.close()
