@@ -22,6 +22,8 @@ def flipper():
 t = threading.Thread(target=flipper); t.start()
 def bench():
     r = subprocess.run([f"{build}/bench/cbbench", "--socket", sock, "-c", "50", "-d", "5", "--op", "failure", "--json"], capture_output=True, text=True)
+    if not r.stdout:
+        sys.exit("cbbench failed: " + r.stderr)
     return json.loads(r.stdout)
 a = bench()
 w = socket.socket(socket.AF_UNIX); w.connect(sock); w.sendall(b'{"op":"watch"}\n')  # never read
