@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <poll.h>
@@ -139,13 +140,16 @@ int run_single(const GlobalOptions& options, const SingleRequest& request) {
     return kExitOk;
 }
 
-int run_pipe(const GlobalOptions& options, int input_fd) {
+int run_pipe(const GlobalOptions& options, int input_fd, const PipeHooks& hooks) {
     // Keep at most this much unsent input, so a daemon that stops reading
     // cannot make us buffer the whole of stdin.
     constexpr std::size_t kMaxPending = 1024 * 1024;
 
     std::size_t sent_lines = 0, replies = 0;
+    std::size_t input_line = 0;           // numbering of non-blank input lines
+    std::deque<std::size_t> line_of_sent; // input line of each unanswered request
     bool any_error = false;
+    std::string request;
     try {
         auto conn = Connection::open(options.socket_path, Clock::now() + options.timeout);
         std::string pending;      // complete request lines not yet written
@@ -190,9 +194,21 @@ int run_pipe(const GlobalOptions& options, int input_fd) {
                 while ((nl = partial.find('\n', start)) != std::string::npos) {
                     std::string_view l(partial.data() + start, nl - start);
                     if (l.find_first_not_of(" \t\r") != std::string_view::npos) {
+                        ++input_line;
+                        if (hooks.rewrite) {
+                            if (auto error = hooks.rewrite(input_line, l, request)) {
+                                std::cerr << "cbctl: line " << input_line << ": " << *error
+                                          << "\n";
+                                any_error = true;
+                                start = nl + 1;
+                                continue;
+                            }
+                            l = request;
+                        }
                         pending.append(l);
                         pending += '\n';
                         ++sent_lines;
+                        line_of_sent.push_back(input_line);
                     }
                     start = nl + 1;
                 }
@@ -204,6 +220,14 @@ int run_pipe(const GlobalOptions& options, int input_fd) {
                 const bool open = conn.read_available();
                 while (conn.take_line(line)) {
                     ++replies;
+                    const std::size_t line_no = line_of_sent.empty() ? 0 : line_of_sent.front();
+                    if (!line_of_sent.empty())
+                        line_of_sent.pop_front();
+                    if (hooks.on_reply) {
+                        if (!hooks.on_reply(line_no, line))
+                            any_error = true;
+                        continue;
+                    }
                     std::cout << line << "\n";
                     auto reply = parse_reply(line);
                     if (!reply || !(*reply)["ok"].get<bool>())

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <optional>
+#include <functional>
 #include <string>
 
 namespace cbctl {
@@ -34,7 +35,19 @@ struct SingleRequest {
 int run_single(const GlobalOptions& options, const SingleRequest& request);
 
 // cbctl pipe: NDJSON requests from stdin, sent pipelined; every reply printed.
-int run_pipe(const GlobalOptions& options, int input_fd);
+// How `pipe` treats lines and replies; `import` is `pipe` with other hooks.
+struct PipeHooks {
+    // Turns input line `n` (1-based) into a request line (without "\n"), or
+    // returns an error message (the line is then not sent, and counts as a
+    // failure). Unset: lines go as they are.
+    std::function<std::optional<std::string>(std::size_t n, std::string_view line,
+                                             std::string& request)>
+        rewrite;
+    // Sees the reply to input line `n`; returns whether it is a success.
+    // Unset: every reply line is printed to stdout.
+    std::function<bool(std::size_t n, const std::string& reply)> on_reply;
+};
+int run_pipe(const GlobalOptions& options, int input_fd, const PipeHooks& hooks = {});
 
 // A request line for a key operation. The key is passed through unchanged
 // (only JSON's mandatory escapes are applied) so the daemon, the one place

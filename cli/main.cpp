@@ -6,6 +6,7 @@
 #include "cli/exit_codes.hpp"
 #include "cli/observe_commands.hpp"
 #include "cli/run_command.hpp"
+#include "cli/state_commands.hpp"
 #include "common/policy.hpp"
 #include "common/protocol.hpp"
 #include "common/socket_path.hpp"
@@ -274,6 +275,22 @@ int main(int argc, char** argv) {
                       "Add a state gauge per circuit (the first 10,000 keys)");
     metrics->callback([&] {
         command = [&](const GlobalOptions& g) { return run_metrics(g, per_circuit); };
+    });
+
+    // --- moving state -----------------------------------------------------------
+    std::string export_prefix;
+    auto* export_cmd = app.add_subcommand(
+        "export", "Write every circuit (snapshot, generation, pin, policy override) as JSON "
+                  "lines, for backups and for `import` elsewhere");
+    export_cmd->add_option("--prefix", export_prefix, "Only keys starting so");
+    export_cmd->callback([&] {
+        command = [&](const GlobalOptions& g) { return run_export(g, export_prefix); };
+    });
+    auto* import_cmd = app.add_subcommand(
+        "import", "Read `cbctl export` lines from stdin and make each key hold exactly that "
+                  "(admin). Exits 1 if any line failed; errors name the line");
+    import_cmd->callback([&] {
+        command = [](const GlobalOptions& g) { return run_import(g, STDIN_FILENO); };
     });
 
     // --- run ------------------------------------------------------------------

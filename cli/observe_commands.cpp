@@ -21,40 +21,6 @@ std::string json_string(const std::string& s) {
     return Json(s).dump(-1, ' ', false, Json::error_handler_t::replace);
 }
 
-// Sends one request on `conn` and returns the reply, or prints the error and
-// returns nullopt with `exit_code` set.
-std::optional<Json> ask(Connection& conn, const GlobalOptions& g, const std::string& line,
-                        int& exit_code) {
-    const auto deadline = Clock::now() + g.timeout;
-    conn.send_all(line, deadline);
-    Json reply = Json::parse(conn.read_line(deadline), nullptr, false);
-    if (reply.is_discarded() || !reply.is_object() || !reply.contains("ok")) {
-        std::cerr << "cbctl: unreadable reply from cbd at " << g.socket_path << "\n";
-        exit_code = kExitUnreachable;
-        return std::nullopt;
-    }
-    if (!reply["ok"].get<bool>()) {
-        std::cerr << "cbctl: " << reply["error"].value("code", "error") << ": "
-                  << reply["error"].value("message", "") << "\n";
-        exit_code = kExitDaemonError;
-        return std::nullopt;
-    }
-    return reply;
-}
-
-// One request on a connection of its own: the reply, or nullopt with the
-// error printed and `exit_code` set.
-std::optional<Json> ask_once(const GlobalOptions& g, const std::string& line, int& exit_code) {
-    try {
-        auto conn = Connection::open(g.socket_path, Clock::now() + g.timeout);
-        return ask(conn, g, line, exit_code);
-    } catch (const ConnectionError& e) {
-        std::cerr << "cbctl: " << e.what() << "\n";
-        exit_code = kExitUnreachable;
-        return std::nullopt;
-    }
-}
-
 std::string forced_text(const Json& forced) {
     if (forced.is_null())
         return "-";
@@ -87,6 +53,41 @@ void print_table(const std::vector<std::vector<std::string>>& rows) {
 }
 
 } // namespace
+
+// Sends one request on `conn` and returns the reply, or prints the error and
+// returns nullopt with `exit_code` set.
+std::optional<nlohmann::ordered_json> ask(Connection& conn, const GlobalOptions& g, const std::string& line,
+                        int& exit_code) {
+    const auto deadline = Clock::now() + g.timeout;
+    conn.send_all(line, deadline);
+    Json reply = Json::parse(conn.read_line(deadline), nullptr, false);
+    if (reply.is_discarded() || !reply.is_object() || !reply.contains("ok")) {
+        std::cerr << "cbctl: unreadable reply from cbd at " << g.socket_path << "\n";
+        exit_code = kExitUnreachable;
+        return std::nullopt;
+    }
+    if (!reply["ok"].get<bool>()) {
+        std::cerr << "cbctl: " << reply["error"].value("code", "error") << ": "
+                  << reply["error"].value("message", "") << "\n";
+        exit_code = kExitDaemonError;
+        return std::nullopt;
+    }
+    return reply;
+}
+
+// One request on a connection of its own: the reply, or nullopt with the
+// error printed and `exit_code` set.
+std::optional<nlohmann::ordered_json> ask_once(const GlobalOptions& g, const std::string& line, int& exit_code) {
+    try {
+        auto conn = Connection::open(g.socket_path, Clock::now() + g.timeout);
+        return ask(conn, g, line, exit_code);
+    } catch (const ConnectionError& e) {
+        std::cerr << "cbctl: " << e.what() << "\n";
+        exit_code = kExitUnreachable;
+        return std::nullopt;
+    }
+}
+
 
 std::string human_time(std::int64_t epoch_ms) {
     if (epoch_ms <= 0)

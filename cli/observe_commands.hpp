@@ -4,7 +4,9 @@
 #pragma once
 
 #include "cli/commands.hpp"
+#include "cli/connection.hpp"
 
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 
@@ -24,6 +26,14 @@ struct ListOptions {
     bool json = false; // forced JSON lines even on a terminal
 };
 int run_list(const GlobalOptions& g, const ListOptions& o);
+
+// Sends one request line on `conn` and returns its reply when ok; otherwise
+// prints why to stderr and returns nullopt with `exit_code` set.
+std::optional<nlohmann::ordered_json> ask(Connection& conn, const GlobalOptions& g,
+                                          const std::string& line, int& exit_code);
+// The same on a connection of its own.
+std::optional<nlohmann::ordered_json> ask_once(const GlobalOptions& g, const std::string& line,
+                                               int& exit_code);
 
 int run_stats(const GlobalOptions& g, bool json);
 int run_metrics(const GlobalOptions& g, bool per_circuit);

@@ -110,4 +110,20 @@ std::string policy_json(const Policy& p) {
     return out;
 }
 
+std::string policy_patch_json(const PolicyPatch& patch) {
+    std::string out = "{";
+    for (std::size_t i = 0; i < kPolicyFieldCount; ++i) {
+        if (!patch.values[i])
+            continue;
+        if (out.size() > 1)
+            out += ',';
+        out += '"';
+        out += kPolicyFieldNames[i];
+        out += "\":";
+        out += std::to_string(*patch.values[i]);
+    }
+    out += '}';
+    return out;
+}
+
 } // namespace cbd

@@ -69,5 +69,7 @@ std::optional<std::string> parse_policy_patch(const nlohmann::json& obj, PolicyP
 
 // The policy as a JSON object text, fields in kPolicyFieldNames order.
 std::string policy_json(const Policy& p);
+// Only the fields the patch sets, in kPolicyFieldNames order.
+std::string policy_patch_json(const PolicyPatch& patch);
 
 } // namespace cbd

@@ -53,6 +53,8 @@ std::string_view error_code_name(ErrorCode code) {
         return "permission_denied";
     case ErrorCode::TooManyConnections:
         return "too_many_connections";
+    case ErrorCode::StorageUnavailable:
+        return "storage_unavailable";
     case ErrorCode::InternalError:
         return "internal_error";
     }
@@ -84,6 +86,10 @@ constexpr std::array<OpSpec, kOpCount> kOps = {{
      AccessLevel::Read},
     {Op::Stats, "stats", 0, 0, AccessLevel::Read},
     {Op::Metrics, "metrics", 0, kFieldPerCircuit, AccessLevel::Read},
+    // Export shows what list and policy show; import replaces state whole.
+    {Op::Export, "export", 0, kFieldPrefix | kFieldAfter | kFieldLimit, AccessLevel::Read},
+    {Op::Import, "import", kFieldKey,
+     kFieldSnapshot | kFieldGeneration | kFieldForced | kFieldPolicy, AccessLevel::Admin},
 }};
 
 constexpr bool ops_in_enum_order() {

@@ -10,6 +10,8 @@
 //   3  watch (event streams), list, stats, metrics.
 //   4  access levels (read, write, admin) by peer credentials; errors
 //      permission_denied, too_many_connections.
+//   5  persistence: export, import; error storage_unavailable; `stats`
+//      gains "storage".
 #pragma once
 
 #include <cstddef>
@@ -19,7 +21,7 @@
 
 namespace cbd {
 
-inline constexpr int kProtocolVersion = 4;
+inline constexpr int kProtocolVersion = 5;
 inline constexpr std::string_view kVersion = CBD_VERSION;
 
 // Hard limits. The line and circuit limits have daemon flags; the rest are
@@ -70,9 +72,10 @@ enum class ErrorCode : std::uint8_t {
     NoPermit, // a half-open report without a valid probe permit
     PermissionDenied,
     TooManyConnections,
+    StorageUnavailable, // durable mode: the change could not be committed, so it was undone
     InternalError,
 };
-inline constexpr std::size_t kErrorCodeCount = 13;
+inline constexpr std::size_t kErrorCodeCount = 14;
 static_assert(static_cast<std::size_t>(ErrorCode::InternalError) + 1 == kErrorCodeCount);
 
 std::string_view error_code_name(ErrorCode code);
@@ -95,6 +98,8 @@ enum RequestField : std::uint32_t {
     kFieldLimit = 1u << 13,
     kFieldStateFilter = 1u << 14, // "state" as a filter: any of the three
     kFieldPerCircuit = 1u << 15,
+    kFieldSnapshot = 1u << 16, // import
+    kFieldForced = 1u << 17,   // import
 };
 
 // The operations, and what each needs from a request. Validation of those
@@ -116,8 +121,10 @@ enum class Op : std::uint8_t {
     List,
     Stats,
     Metrics,
+    Export,
+    Import,
 };
-inline constexpr std::size_t kOpCount = 16;
+inline constexpr std::size_t kOpCount = 18;
 
 // Who may run an op, in the manner of HAProxy's stats socket levels. Each
 // level includes the ones below it.

@@ -113,6 +113,118 @@ FieldResult read_bounded_string(const Json& v, std::string_view field, std::size
     return std::nullopt;
 }
 
+// An integer in 0..2^53 (what JSON numbers hold exactly everywhere).
+template <typename Int>
+bool read_bounded_int(const Json& v, Int& out) {
+    if (!v.is_number_integer())
+        return false;
+    if (v.is_number_unsigned()) {
+        const auto u = v.get<std::uint64_t>();
+        if (u > (std::uint64_t{1} << 53))
+            return false;
+        out = static_cast<Int>(u);
+        return true;
+    }
+    const auto i = v.get<std::int64_t>();
+    if (i < 0 || i > (std::int64_t{1} << 53))
+        return false;
+    out = static_cast<Int>(i);
+    return true;
+}
+
+// Fields of an object, each known and present exactly as `names` says; an
+// unknown one is refused so that a misspelt field is not silently dropped.
+FieldResult check_object_fields(const Json& v, std::string_view what,
+                                std::initializer_list<std::string_view> required,
+                                std::initializer_list<std::string_view> optional) {
+    if (!v.is_object())
+        return invalid("field '" + std::string(what) + "' must be an object");
+    for (auto name : required)
+        if (!v.contains(name))
+            return invalid("field '" + std::string(what) + "' lacks '" + std::string(name) + "'");
+    for (const auto& [name, value] : v.items()) {
+        const auto known = [&](std::initializer_list<std::string_view> names) {
+            for (auto n : names)
+                if (n == name)
+                    return true;
+            return false;
+        };
+        if (!known(required) && !known(optional))
+            return invalid("unknown field " + quote_input(name) + " in '" + std::string(what) +
+                           "'");
+    }
+    return std::nullopt;
+}
+
+FieldResult read_snapshot(const Json& v, Request& out) {
+    if (auto err = check_object_fields(
+            v, "snapshot",
+            {"state", "failureCount", "successCount", "lastFailureTime", "lastStateChange"}, {}))
+        return err;
+    Snapshot s;
+    std::optional<State> state;
+    if (auto err = read_state(v["state"], "snapshot.state", state))
+        return err;
+    s.state = *state;
+    if (!read_bounded_int(v["failureCount"], s.failure_count) ||
+        !read_bounded_int(v["successCount"], s.success_count) ||
+        !read_bounded_int(v["lastFailureTime"], s.last_failure_time) ||
+        !read_bounded_int(v["lastStateChange"], s.last_state_change))
+        return invalid("the counts and times of 'snapshot' must be integers from 0 to 2^53");
+    out.snapshot = s;
+    return std::nullopt;
+}
+
+FieldResult read_forced(const Json& v, Request& out) {
+    if (auto err = check_object_fields(v, "forced", {"state"}, {"until", "reason", "by"}))
+        return err;
+    ImportedPin pin;
+    std::optional<State> state;
+    if (auto err = read_state(v["state"], "forced.state", state))
+        return err;
+    if (*state == State::HalfOpen)
+        return RequestError{ErrorCode::InvalidState,
+                            "a circuit can be forced open or closed, not half-open"};
+    pin.state = *state;
+    if (auto it = v.find("until"); it != v.end() && !it->is_null() &&
+                                   (!read_bounded_int(*it, pin.until) || pin.until == 0))
+        return invalid("field 'forced.until' must be null or a positive integer");
+    if (auto it = v.find("reason"); it != v.end())
+        if (auto err = read_bounded_string(*it, "forced.reason", kMaxReasonBytes, pin.reason))
+            return err;
+    if (auto it = v.find("by"); it != v.end()) {
+        if (auto err = check_object_fields(*it, "forced.by", {}, {"uid", "pid"}))
+            return err;
+        std::int64_t uid = pin.uid, pid = 0;
+        if (auto u = it->find("uid"); u != it->end() &&
+                                      (!read_bounded_int(*u, uid) || uid > 0xffffffffLL))
+            return invalid("field 'forced.by.uid' must be a uid");
+        if (auto p = it->find("pid"); p != it->end() &&
+                                      (!read_bounded_int(*p, pid) || pid > 0x7fffffffLL))
+            return invalid("field 'forced.by.pid' must be a pid");
+        pin.uid = static_cast<std::uint32_t>(uid);
+        pin.pid = static_cast<std::int32_t>(pid);
+    }
+    out.forced = pin;
+    return std::nullopt;
+}
+
+// What only holds between an op's fields.
+FieldResult check_combination(const Request& r) {
+    if (r.op == Op::Import) {
+        if (r.snapshot.has_value() != r.generation.has_value())
+            return invalid("'snapshot' and 'generation' go together");
+        if (r.forced && !r.snapshot)
+            return invalid("'forced' needs a 'snapshot'");
+        if (r.forced && r.forced->state != r.snapshot->state)
+            return invalid("a forced circuit's snapshot state is the forced state");
+        if (!r.snapshot && r.policy.empty())
+            return invalid("nothing to import: give a 'snapshot' and 'generation', a 'policy', "
+                           "or both");
+    }
+    return std::nullopt;
+}
+
 // Reads one field the op needs. The caller has checked that it is present.
 FieldResult read_field(RequestField field, const Json& v, Request& out) {
     switch (field) {
@@ -181,6 +293,10 @@ FieldResult read_field(RequestField field, const Json& v, Request& out) {
             return invalid("field 'perCircuit' must be true or false");
         out.per_circuit = v.get<bool>();
         return std::nullopt;
+    case kFieldSnapshot:
+        return read_snapshot(v, out);
+    case kFieldForced:
+        return read_forced(v, out);
     case kFieldPolicy:
         if (v.is_null()) {
             out.policy_clear = true;
@@ -211,6 +327,8 @@ constexpr std::pair<RequestField, std::string_view> kFieldNames[] = {
     {kFieldLimit, "limit"},
     {kFieldStateFilter, "state"},
     {kFieldPerCircuit, "perCircuit"},
+    {kFieldSnapshot, "snapshot"},
+    {kFieldForced, "forced"},
 };
 
 } // namespace
@@ -262,7 +380,7 @@ std::optional<RequestError> parse_request_dom(std::string_view line, Request& ou
         if (auto err = read_field(field, *it, out))
             return err;
     }
-    return std::nullopt;
+    return check_combination(out);
 }
 
 // --- the flat fast path ------------------------------------------------------

@@ -14,6 +14,17 @@
 
 namespace cbd {
 
+// A force pin as `import` carries it (the shape `export` writes).
+struct ImportedPin {
+    State state = State::Closed;
+    std::int64_t until = 0; // epoch ms; 0 = no TTL
+    std::string reason;
+    std::uint32_t uid = static_cast<std::uint32_t>(-1);
+    std::int32_t pid = 0;
+
+    bool operator==(const ImportedPin&) const = default;
+};
+
 // A validated request. Only the fields its op reads (see the op table) are
 // filled in; the rest keep their defaults.
 struct Request {
@@ -37,6 +48,8 @@ struct Request {
     std::size_t limit = kDefaultListLimit;         // list
     std::optional<State> state_filter;             // list
     bool per_circuit = false;                      // metrics
+    std::optional<Snapshot> snapshot;              // import (with generation)
+    std::optional<ImportedPin> forced;             // import
     // The request's id, already serialized as JSON (a string or an integer),
     // so it can be echoed byte for byte; empty when the request had none.
     std::string id_json;

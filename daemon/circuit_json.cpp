@@ -53,6 +53,21 @@ void append_list_entry(std::string& out, std::string_view key, const CircuitView
     out += '}';
 }
 
+void append_stored_circuit(std::string& out, const StoredCircuit& record) {
+    if (record.circuit) {
+        append_list_entry(out, record.key, *record.circuit);
+        out.pop_back(); // the closing brace: the policy follows
+    } else {
+        out += "{\"key\":";
+        append_json_string(out, record.key);
+    }
+    if (!record.policy.empty()) {
+        out += ",\"policy\":";
+        out += policy_patch_json(record.policy);
+    }
+    out += '}';
+}
+
 std::string transition_event_line(std::string_view key, const TransitionRecord& t,
                                   const CircuitView& v) {
     std::string out = "{\"event\":\"transition\",\"key\":";

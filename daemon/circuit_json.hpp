@@ -19,6 +19,11 @@ ReplyWriter& circuit_fields(ReplyWriter& w, const CircuitView& v);
 // One circuit as a list entry: {"key":…,"snapshot":…,"generation":…[,"forced":…]}.
 void append_list_entry(std::string& out, std::string_view key, const CircuitView& v);
 
+// One stored circuit as `export` writes it (and `import` reads it): the list
+// entry's fields (snapshot and generation absent for a policy-only key) and
+// "policy" with the key's own override, when it has one.
+void append_stored_circuit(std::string& out, const StoredCircuit& record);
+
 // Event lines, "\n" included.
 std::string transition_event_line(std::string_view key, const TransitionRecord& t,
                                   const CircuitView& v);

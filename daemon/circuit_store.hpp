@@ -113,6 +113,38 @@ struct ListPage {
     std::string next;
 };
 
+// Everything about one key that outlives a restart: its circuit (absent when
+// only a policy override is kept, as after `reset`) and its policy override
+// (empty when none). Probe permits are not part of it: a half-open circuit
+// comes back half-open with no probes in flight. The persistence layer
+// writes these, `export` shows them, and `import` and start-up restore them.
+struct StoredCircuit {
+    std::string key;
+    std::optional<CircuitView> circuit;
+    PolicyPatch policy;
+
+    bool empty() const { return !circuit && policy.empty(); }
+    bool operator==(const StoredCircuit& o) const {
+        return key == o.key && policy == o.policy && circuit.has_value() == o.circuit.has_value() &&
+               (!circuit || (circuit->snapshot == o.circuit->snapshot &&
+                             circuit->generation == o.circuit->generation &&
+                             circuit->forced.has_value() == o.circuit->forced.has_value() &&
+                             (!circuit->forced ||
+                              (circuit->forced->state == o.circuit->forced->state &&
+                               circuit->forced->until == o.circuit->forced->until &&
+                               circuit->forced->reason == o.circuit->forced->reason &&
+                               circuit->forced->by.uid == o.circuit->forced->by.uid &&
+                               circuit->forced->by.pid == o.circuit->forced->by.pid))));
+    }
+};
+
+// One page of `export`: stored circuits in key order, policy-only keys
+// included.
+struct ExportPage {
+    std::vector<StoredCircuit> circuits;
+    std::string next; // as ListPage::next
+};
+
 struct CircuitCounts {
     std::size_t total = 0;
     std::size_t closed = 0;
@@ -132,6 +164,18 @@ class CircuitObserver {
 
   protected:
     ~CircuitObserver() = default;
+};
+
+// Told, before the fact, of every change to what StoredCircuit holds for a
+// key (its circuit, including creation and removal, and its policy
+// override), whatever the cause. Persistence tracks dirty keys with it, and in
+// durable mode takes the key's before-image so a failed commit can be undone.
+class ChangeTracker {
+  public:
+    virtual void before_change(std::string_view key) = 0;
+
+  protected:
+    ~ChangeTracker() = default;
 };
 
 class CircuitStore {
@@ -175,6 +219,22 @@ class CircuitStore {
     virtual CircuitCounts counts() const = 0;
 
     virtual std::size_t size() const = 0;
+
+    // Persistence, export and import.
+    virtual void set_change_tracker(ChangeTracker* tracker) = 0;
+    // What a restart must bring back for `key` (empty when nothing).
+    virtual StoredCircuit stored(std::string_view key) const = 0;
+    // Makes `key` hold exactly `record` (removing the circuit and override
+    // when it has none). Generations stay unique: the store's counter moves
+    // past the restored one. Fails only with TooManyCircuits.
+    virtual std::optional<ErrorCode> restore(const StoredCircuit& record) = 0;
+    // Stored circuits in key order after `after` (exclusive), at most `limit`.
+    virtual ExportPage export_page(std::string_view prefix, std::string_view after,
+                                   std::size_t limit) = 0;
+    // The generation counter, persisted so generations are never reused
+    // across restarts either.
+    virtual std::uint64_t last_generation() const = 0;
+    virtual void advance_generation(std::uint64_t at_least) = 0;
 };
 
 } // namespace cbd

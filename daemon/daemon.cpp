@@ -113,6 +113,33 @@ void raise_descriptor_limit(std::size_t max_connections) {
                  "; connections beyond it wait in the backlog (raise LimitNOFILE)");
 }
 
+// Opens and loads the state file into `store`. With --move-corrupt-state an
+// unreadable file is moved aside and the daemon starts empty (with a fresh
+// store: a load that failed half-way may have filled the old one). Throws
+// StateFileError.
+std::unique_ptr<Persistence> open_state(const DaemonConfig& config,
+                                        std::unique_ptr<MemoryCircuitStore>& store,
+                                        const std::function<std::unique_ptr<MemoryCircuitStore>()>& fresh_store,
+                                        DaemonStats& stats) {
+    const PersistenceOptions options{{config.state_file, config.storage_fault_file},
+                                     config.sync_mode, config.sync_interval};
+    for (bool moved = false;; moved = true) {
+        try {
+            auto persistence =
+                std::make_unique<Persistence>(StateFile::open(options.file), options, *store, stats);
+            persistence->load();
+            return persistence;
+        } catch (const StateFileError& e) {
+            if (e.kind() != StateFileError::Kind::Unreadable || !config.move_corrupt_state || moved)
+                throw;
+            store = fresh_store();
+            const auto target = StateFile::move_aside(config.state_file);
+            log_warn(std::string(e.what()) + "; moved it to " + target +
+                     " (--move-corrupt-state) and starting with no circuits");
+        }
+    }
+}
+
 } // namespace
 
 int run_daemon(const DaemonConfig& config) {
@@ -131,7 +158,24 @@ int run_daemon(const DaemonConfig& config) {
     SystemClock clock;
     DaemonStats stats;
     EventHub events(stats); // outlives io: sessions unsubscribe as they go
-    MemoryCircuitStore store(clock, config.max_circuits, &events);
+    auto make_store = [&] {
+        return std::make_unique<MemoryCircuitStore>(clock, config.max_circuits, &events);
+    };
+    std::unique_ptr<MemoryCircuitStore> store_owner = make_store();
+    std::unique_ptr<Persistence> persistence;
+    if (!config.state_file.empty()) {
+        try {
+            persistence = open_state(config, store_owner, make_store, stats);
+        } catch (const StateFileError& e) {
+            log_error(std::string("cannot start: ") + e.what() +
+                      (e.kind() == StateFileError::Kind::Unreadable
+                           ? " (the file is left as it is; repair or move it, or start with "
+                             "--move-corrupt-state to move it aside and start empty)"
+                           : ""));
+            return 1;
+        }
+    }
+    MemoryCircuitStore& store = *store_owner;
     AccessConfig access;
     try {
         auto settings = load_settings(config);
@@ -150,7 +194,10 @@ int run_daemon(const DaemonConfig& config) {
     Server server(io, listener->release_fd(),
                   SessionShared{dispatcher, sessions, events, stats, access,
                                 config.max_line_bytes, config.watch_queue,
-                                config.max_connections, config.idle_timeout});
+                                config.max_connections, config.idle_timeout,
+                                persistence && config.sync_mode == SyncMode::Always
+                                    ? persistence.get()
+                                    : nullptr});
 
     std::optional<MetricsHttpServer> metrics_http;
     if (!config.metrics_listen.empty()) {
@@ -176,6 +223,8 @@ int run_daemon(const DaemonConfig& config) {
         watchdog.cancel();
         expiry.cancel();
         trim.cancel();
+        if (persistence)
+            persistence->stop_timer();
         grace.expires_after(kShutdownGrace);
         grace.async_wait([&](const boost::system::error_code& ec) {
             if (!ec) {
@@ -226,6 +275,8 @@ int run_daemon(const DaemonConfig& config) {
     run_every(expiry, kExpiryTick, [&store] { store.expire_due(); });
     run_every(trim, kTrimInterval, [] { malloc_trim(0); });
 
+    if (persistence)
+        persistence->start(io);
     server.start();
     if (metrics_http) {
         metrics_http->start();
@@ -237,9 +288,13 @@ int run_daemon(const DaemonConfig& config) {
 
     io.run();
 
+    // Written before the socket goes: a restart that finds no socket finds
+    // the state complete.
+    const bool written = !persistence || persistence->shut_down();
+    persistence.reset();
     listener->remove_socket_file();
     log_info("stopped");
-    return 0;
+    return written ? 0 : 1;
 }
 
 } // namespace cbd

@@ -5,6 +5,7 @@
 #include "common/policy.hpp"
 #include "common/protocol.hpp"
 #include "daemon/log.hpp"
+#include "daemon/persistence.hpp"
 
 #include <chrono>
 #include <string>
@@ -32,6 +33,13 @@ struct DaemonConfig {
     std::size_t max_connections = 1024;
     // Close connections idle this long (watchers excepted); 0 = never.
     std::chrono::milliseconds idle_timeout{0};
+    // Persistence: the SQLite state file (empty = memory only) and how
+    // changes reach it (see persistence.hpp).
+    std::string state_file;
+    SyncMode sync_mode = SyncMode::Batch;
+    std::chrono::milliseconds sync_interval{100};
+    bool move_corrupt_state = false; // else refuse to start on an unreadable file
+    std::string storage_fault_file;  // test hook, from $CBD_STORAGE_FAULT_FILE
 };
 
 // Serves until SIGTERM or SIGINT. Returns the process exit status: 0 after a

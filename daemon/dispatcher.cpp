@@ -8,6 +8,7 @@
 
 #include <array>
 #include <exception>
+#include <nlohmann/json.hpp>
 
 namespace cbd {
 
@@ -135,6 +136,10 @@ Dispatcher::Handler Dispatcher::handler_for(Op op) {
         return &Dispatcher::handle_stats;
     case Op::Metrics:
         return &Dispatcher::handle_metrics;
+    case Op::Export:
+        return &Dispatcher::handle_export;
+    case Op::Import:
+        return &Dispatcher::handle_import;
     }
     return &Dispatcher::handle_ping;
 }
@@ -143,6 +148,7 @@ void Dispatcher::handle_line(std::string_view line, RequestContext& ctx, std::st
     if (is_blank_line(line))
         return;
     const std::size_t reply_start = out.size();
+    ctx.request = nullptr;
     try {
         if (auto err = parse_request(line, request_)) {
             stats_.errors[static_cast<std::size_t>(err->code)] += 1;
@@ -150,6 +156,7 @@ void Dispatcher::handle_line(std::string_view line, RequestContext& ctx, std::st
             return;
         }
         stats_.requests[static_cast<std::size_t>(request_.op)] += 1;
+        ctx.request = &request_;
         const OpSpec& spec = op_spec(request_.op);
         if (spec.level > ctx.level) {
             refuse(request_, ctx, spec, out);
@@ -367,8 +374,21 @@ void Dispatcher::handle_stats(const Request& req, RequestContext&, std::string& 
         .field("watchers", stats_.watchers)
         .raw_field("events", "{\"emitted\":" + std::to_string(stats_.events_emitted) +
                                  ",\"dropped\":" + std::to_string(stats_.events_dropped) + "}")
-        .field("residentMemoryBytes", resident_memory_bytes())
-        .finish();
+        .field("residentMemoryBytes", resident_memory_bytes());
+    const StorageStats& st = stats_.storage;
+    if (st.mode.empty()) {
+        w.raw_field("storage", "null");
+    } else {
+        nlohmann::json storage = {
+            {"mode", st.mode},         {"path", st.path},       {"healthy", st.healthy},
+            {"commits", st.commits},   {"failures", st.failures}, {"written", st.written},
+            {"undone", st.undone},     {"pending", st.pending},
+            {"lastCommitMs", st.last_commit_ms},
+            {"lastError", st.last_error.empty() ? nlohmann::json(nullptr)
+                                                : nlohmann::json(st.last_error)}};
+        w.raw_field("storage", storage.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+    }
+    w.finish();
 }
 
 std::string Dispatcher::metrics_text(bool per_circuit) {
@@ -380,6 +400,55 @@ std::string Dispatcher::metrics_text(bool per_circuit) {
         in.per_circuit_truncated = !page.next.empty();
     }
     return render_metrics(in);
+}
+
+void Dispatcher::handle_export(const Request& req, RequestContext&, std::string& out) {
+    const ExportPage page = store_.export_page(req.prefix, req.after, req.limit);
+    std::string circuits = "[";
+    for (const auto& record : page.circuits) {
+        if (circuits.size() > 1)
+            circuits += ',';
+        append_stored_circuit(circuits, record);
+    }
+    circuits += ']';
+    ReplyWriter w(out, req.id_json, true);
+    w.raw_field("circuits", circuits);
+    if (page.next.empty())
+        w.raw_field("next", "null");
+    else
+        w.string_field("next", page.next);
+    w.finish();
+}
+
+void Dispatcher::handle_import(const Request& req, RequestContext& ctx, std::string& out) {
+    StoredCircuit record;
+    record.key = req.key;
+    if (req.snapshot) {
+        CircuitView v{*req.snapshot, *req.generation, std::nullopt};
+        if (const auto& pin = req.forced) {
+            Peer by;
+            by.uid = static_cast<uid_t>(pin->uid);
+            by.pid = static_cast<pid_t>(pin->pid);
+            v.forced = ForcePin{pin->state, pin->until, pin->reason, by};
+        }
+        record.circuit = std::move(v);
+    }
+    record.policy = req.policy;
+    if (auto error = store_.restore(record)) {
+        stats_.errors[static_cast<std::size_t>(*error)] += 1;
+        append_error_reply(out, req.id_json, *error,
+                           "the daemon holds its maximum number of circuits");
+        return;
+    }
+    audit(req, ctx.peer,
+          record.circuit ? "state=" + std::string(state_name(record.circuit->snapshot.state)) +
+                               " generation=" + std::to_string(record.circuit->generation)
+                         : std::string("policy only"));
+    ReplyWriter w(out, req.id_json, true);
+    w.string_field("key", req.key);
+    if (record.circuit)
+        circuit_fields(w, *record.circuit);
+    w.finish();
 }
 
 void Dispatcher::handle_metrics(const Request& req, RequestContext&, std::string& out) {

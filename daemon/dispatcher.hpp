@@ -24,6 +24,9 @@ struct RequestContext {
     AccessLevel level = AccessLevel::Admin; // from the peer's credentials
     // Set by `watch`: the connection becomes an event stream with this filter.
     std::optional<WatchFilter> start_watch;
+    // The request of the line just handled, when it parsed (valid until the
+    // next line): sessions holding replies for a group commit note its key.
+    const Request* request = nullptr;
 };
 
 class Dispatcher {
@@ -60,6 +63,8 @@ class Dispatcher {
     void handle_list(const Request& req, RequestContext& ctx, std::string& out);
     void handle_stats(const Request& req, RequestContext& ctx, std::string& out);
     void handle_metrics(const Request& req, RequestContext& ctx, std::string& out);
+    void handle_export(const Request& req, RequestContext& ctx, std::string& out);
+    void handle_import(const Request& req, RequestContext& ctx, std::string& out);
 
     CircuitStore& store_;
     DaemonStats& stats_;

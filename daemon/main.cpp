@@ -5,9 +5,11 @@
 #include "daemon/daemon.hpp"
 #include "daemon/listener.hpp"
 #include "daemon/log.hpp"
+#include "daemon/persistence.hpp"
 
 #include <CLI/CLI.hpp>
 #include <array>
+#include <cstdlib>
 #include <iostream>
 
 int main(int argc, char** argv) {
@@ -27,6 +29,9 @@ int main(int argc, char** argv) {
     std::string writer_group, admin_group, idle_timeout = "0";
     std::size_t max_connections = 1024;
     std::string metrics_listen;
+    std::string state_file, sync_mode = "batch";
+    std::int64_t sync_interval_ms = 100;
+    bool move_corrupt_state = false;
     // 0 = not given on the command line.
     std::array<std::int64_t, cbd::kPolicyFieldCount> policy_flags{};
     const std::array<std::string, cbd::kPolicyFieldCount> policy_flag_names = {
@@ -78,6 +83,22 @@ int main(int argc, char** argv) {
         });
     app.add_option("--config", config_path,
                    "JSON policy file (defaults and prefix rules); re-read on SIGHUP");
+    app.add_option("--state-file", state_file,
+                   "Keep circuits in this SQLite file across restarts and crashes (default: "
+                   "memory only; under systemd, $STATE_DIRECTORY/state.db)");
+    app.add_option("--sync", sync_mode,
+                   "always: a change is answered once committed and synced (group commit); "
+                   "batch: changes are written every --sync-interval-ms; off: only at clean "
+                   "shutdown")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"always", "batch", "off"}));
+    app.add_option("--sync-interval-ms", sync_interval_ms,
+                   "How often batch mode writes changed circuits")
+        ->capture_default_str()
+        ->check(CLI::Range(std::int64_t{1}, std::int64_t{3'600'000}));
+    app.add_flag("--move-corrupt-state", move_corrupt_state,
+                 "If the state file cannot be read, move it aside (to FILE.corrupt-TIME) and "
+                 "start empty instead of refusing to start");
     for (std::size_t i = 0; i < cbd::kPolicyFieldCount; ++i)
         app.add_option(policy_flag_names[i], policy_flags[i], policy_flag_help[i])
             ->check(CLI::Range(std::int64_t{1}, cbd::kMaxPolicyValue));
@@ -101,6 +122,13 @@ int main(int argc, char** argv) {
     config.writer_group = writer_group;
     config.admin_group = admin_group;
     config.max_connections = max_connections;
+    config.state_file = state_file;
+    config.sync_mode = *cbd::parse_sync_mode(sync_mode);
+    config.sync_interval = std::chrono::milliseconds(sync_interval_ms);
+    config.move_corrupt_state = move_corrupt_state;
+    // The storage fault-injection hook (tests only; see daemon/fault_vfs.hpp).
+    if (const char* fault = std::getenv("CBD_STORAGE_FAULT_FILE"))
+        config.storage_fault_file = fault;
     if (idle_timeout != "0")
         config.idle_timeout = *cbd::parse_duration(idle_timeout);
     for (std::size_t i = 0; i < cbd::kPolicyFieldCount; ++i)

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <iterator>
 
 namespace cbd {
 
@@ -45,6 +46,7 @@ MemoryCircuitStore::Circuit* MemoryCircuitStore::find_or_create(std::string_view
     }
     if (circuits_.size() >= max_circuits_)
         return nullptr;
+    will_change(key);
     Circuit fresh;
     fresh.snapshot.last_state_change = now;
     fresh.generation = ++last_generation_;
@@ -70,6 +72,7 @@ void MemoryCircuitStore::settle(std::string_view key, Circuit& c, std::int64_t n
     const bool lease_expired = std::any_of(x.probes.begin(), x.probes.end(),
                                            [&](const Probe& p) { return p.expires_at <= now; });
     if (lease_expired) {
+        will_change(key);
         c.snapshot.failure_count += 1;
         c.snapshot.last_failure_time = now;
         apply_transition(key, c, State::Open, TransitionCause::LeaseExpired, now);
@@ -80,6 +83,7 @@ void MemoryCircuitStore::settle(std::string_view key, Circuit& c, std::int64_t n
 
 TransitionRecord MemoryCircuitStore::apply_transition(std::string_view key, Circuit& c, State to,
                                                       TransitionCause cause, std::int64_t now) {
+    will_change(key);
     TransitionRecord t{c.snapshot.state, to, cause, now, 0};
     by_state_[static_cast<std::size_t>(c.snapshot.state)] -= 1;
     by_state_[static_cast<std::size_t>(to)] += 1;
@@ -107,6 +111,7 @@ TransitionRecord MemoryCircuitStore::apply_transition(std::string_view key, Circ
 
 TransitionRecord MemoryCircuitStore::lift_pin(std::string_view key, Circuit& c,
                                               TransitionCause cause, std::int64_t now) {
+    will_change(key);
     c.extras->pin.reset();
     pinned_ -= 1;
     c.generation = ++last_generation_;
@@ -120,6 +125,14 @@ std::string MemoryCircuitStore::new_permit() {
     char buf[17];
     std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(permit_rng_()));
     return buf;
+}
+
+void MemoryCircuitStore::erase_circuit(Map::iterator it) {
+    by_state_[static_cast<std::size_t>(it->second.snapshot.state)] -= 1;
+    if (is_pinned(it->second))
+        pinned_ -= 1;
+    ordered_keys_.erase(it->first);
+    circuits_.erase(it);
 }
 
 void MemoryCircuitStore::add_deadline(std::int64_t at, std::string_view key) {
@@ -139,6 +152,7 @@ StoreResult MemoryCircuitStore::record_success(std::string_view key) {
     Circuit* c = find_or_create(key, clock_.now_ms());
     if (!c)
         return {ErrorCode::TooManyCircuits, {}, std::nullopt};
+    will_change(key);
     c->snapshot.success_count += 1;
     return {std::nullopt, view_of(*c), std::nullopt};
 }
@@ -148,6 +162,7 @@ StoreResult MemoryCircuitStore::record_failure(std::string_view key) {
     Circuit* c = find_or_create(key, now);
     if (!c)
         return {ErrorCode::TooManyCircuits, {}, std::nullopt};
+    will_change(key);
     c->snapshot.failure_count += 1;
     c->snapshot.last_failure_time = now;
     return {std::nullopt, view_of(*c), std::nullopt};
@@ -172,11 +187,8 @@ bool MemoryCircuitStore::reset(std::string_view key) {
     auto it = circuits_.find(key);
     if (it == circuits_.end())
         return false;
-    by_state_[static_cast<std::size_t>(it->second.snapshot.state)] -= 1;
-    if (is_pinned(it->second))
-        pinned_ -= 1;
-    ordered_keys_.erase(it->first);
-    circuits_.erase(it);
+    will_change(key);
+    erase_circuit(it);
     if (observer_)
         observer_->on_reset(key, clock_.now_ms());
     return true;
@@ -258,6 +270,7 @@ ReportResult MemoryCircuitStore::report(std::string_view key, Outcome outcome,
     }
 
     auto record = [&] {
+        will_change(key);
         if (outcome == Outcome::Failure) {
             c->snapshot.failure_count += 1;
             c->snapshot.last_failure_time = now;
@@ -308,6 +321,7 @@ StoreResult MemoryCircuitStore::force(std::string_view key, State state, std::in
     Circuit* c = find_or_create(key, now);
     if (!c)
         return {ErrorCode::TooManyCircuits, {}, std::nullopt};
+    will_change(key);
     if (!c->extras)
         c->extras = std::make_unique<Extras>();
     if (!c->extras->pin)
@@ -347,6 +361,7 @@ PolicyResult MemoryCircuitStore::configure(std::string_view key, const PolicyPat
     if (!next.empty() && !policies_.key_override(key) &&
         policies_.override_count() >= max_circuits_)
         return {ErrorCode::TooManyCircuits, {}};
+    will_change(key);
     policies_.set_key_override(key, next);
     return {std::nullopt, policies_.resolve(key)};
 }
@@ -419,6 +434,93 @@ CircuitCounts MemoryCircuitStore::counts() const {
     return CircuitCounts{circuits_.size(), by_state_[static_cast<std::size_t>(State::Closed)],
                          by_state_[static_cast<std::size_t>(State::Open)],
                          by_state_[static_cast<std::size_t>(State::HalfOpen)], pinned_};
+}
+
+// --- persistence, export, import ----------------------------------------------
+
+StoredCircuit MemoryCircuitStore::stored(std::string_view key) const {
+    StoredCircuit record;
+    record.key = key;
+    if (auto it = circuits_.find(key); it != circuits_.end())
+        record.circuit = view_of(it->second);
+    if (const PolicyPatch* own = policies_.key_override(key))
+        record.policy = *own;
+    return record;
+}
+
+std::optional<ErrorCode> MemoryCircuitStore::restore(const StoredCircuit& record) {
+    auto it = circuits_.find(record.key);
+    // Check both limits before changing anything: a restore is all or nothing.
+    if (record.circuit && it == circuits_.end() && circuits_.size() >= max_circuits_)
+        return ErrorCode::TooManyCircuits;
+    if (!record.policy.empty() && !policies_.key_override(record.key) &&
+        policies_.override_count() >= max_circuits_)
+        return ErrorCode::TooManyCircuits;
+    will_change(record.key);
+
+    if (!record.circuit) {
+        if (it != circuits_.end())
+            erase_circuit(it);
+    } else {
+        if (it == circuits_.end()) {
+            it = circuits_.emplace(record.key, Circuit{}).first;
+            ordered_keys_.insert(&it->first);
+        } else {
+            by_state_[static_cast<std::size_t>(it->second.snapshot.state)] -= 1;
+            if (is_pinned(it->second))
+                pinned_ -= 1;
+        }
+        Circuit& c = it->second;
+        const CircuitView& v = *record.circuit;
+        c.snapshot = v.snapshot;
+        c.generation = v.generation;
+        c.extras.reset(); // probes in flight do not survive a restore
+        if (v.forced) {
+            c.extras = std::make_unique<Extras>();
+            c.extras->pin = v.forced;
+            pinned_ += 1;
+            if (v.forced->until != 0)
+                add_deadline(v.forced->until, record.key);
+        }
+        by_state_[static_cast<std::size_t>(c.snapshot.state)] += 1;
+        advance_generation(v.generation);
+    }
+    policies_.set_key_override(record.key, record.policy);
+    return std::nullopt;
+}
+
+ExportPage MemoryCircuitStore::export_page(std::string_view prefix, std::string_view after,
+                                           std::size_t limit) {
+    const std::int64_t now = clock_.now_ms();
+    // Two sorted sources (circuits, policy overrides), each read up to
+    // `limit` keys, merged; either one full means there may be more.
+    std::vector<std::string> circuit_keys;
+    const bool from_after = !after.empty() && after >= prefix;
+    ordered_keys_.walk_from(from_after ? after : prefix, from_after, [&](const std::string& key) {
+        if (!key.starts_with(prefix) || circuit_keys.size() == limit)
+            return false;
+        circuit_keys.push_back(key);
+        return true;
+    });
+    const auto policy_keys = policies_.override_keys(prefix, after, limit);
+    std::vector<std::string> keys;
+    std::set_union(circuit_keys.begin(), circuit_keys.end(), policy_keys.begin(),
+                   policy_keys.end(), std::back_inserter(keys));
+    const bool more =
+        circuit_keys.size() == limit || policy_keys.size() == limit || keys.size() > limit;
+    if (keys.size() > limit)
+        keys.resize(limit);
+
+    ExportPage page;
+    page.circuits.reserve(keys.size());
+    for (const auto& key : keys) {
+        if (auto it = circuits_.find(key); it != circuits_.end() && it->second.extras)
+            settle(it->first, it->second, now);
+        page.circuits.push_back(stored(key));
+    }
+    if (more && !keys.empty())
+        page.next = keys.back();
+    return page;
 }
 
 } // namespace cbd

@@ -8,6 +8,7 @@
 #include "daemon/clock.hpp"
 #include "daemon/key_index.hpp"
 
+#include <algorithm>
 #include <array>
 #include <functional>
 #include <memory>
@@ -49,6 +50,16 @@ class MemoryCircuitStore final : public CircuitStore {
     ListPage list(const ListQuery& query) override;
     CircuitCounts counts() const override;
     std::size_t size() const override { return circuits_.size(); }
+
+    void set_change_tracker(ChangeTracker* tracker) override { tracker_ = tracker; }
+    StoredCircuit stored(std::string_view key) const override;
+    std::optional<ErrorCode> restore(const StoredCircuit& record) override;
+    ExportPage export_page(std::string_view prefix, std::string_view after,
+                           std::size_t limit) override;
+    std::uint64_t last_generation() const override { return last_generation_; }
+    void advance_generation(std::uint64_t at_least) override {
+        last_generation_ = std::max(last_generation_, at_least);
+    }
 
     // Most keys one list page examines (see ListPage::next).
     static constexpr std::size_t kMaxListScan = 100'000;
@@ -93,6 +104,14 @@ class MemoryCircuitStore final : public CircuitStore {
     TransitionRecord lift_pin(std::string_view key, Circuit& c, TransitionCause cause,
                               std::int64_t now);
 
+    // Every change to what stored() returns goes through here first.
+    void will_change(std::string_view key) {
+        if (tracker_)
+            tracker_->before_change(key);
+    }
+    // Removes the circuit from the map and every index (no event).
+    void erase_circuit(Map::iterator it);
+
     std::string new_permit();
     void add_deadline(std::int64_t at, std::string_view key);
     CircuitView view_of(const Circuit& c) const;
@@ -101,6 +120,7 @@ class MemoryCircuitStore final : public CircuitStore {
     const Clock& clock_;
     std::size_t max_circuits_;
     CircuitObserver* observer_;
+    ChangeTracker* tracker_ = nullptr;
     PolicySet policies_;
     Map circuits_;
     KeyIndex ordered_keys_;

@@ -71,4 +71,17 @@ void PolicySet::set_key_override(std::string_view key, const PolicyPatch& patch)
         overrides_.emplace(std::string(key), patch);
 }
 
+std::vector<std::string> PolicySet::override_keys(std::string_view prefix, std::string_view after,
+                                                  std::size_t limit) const {
+    std::vector<std::string> keys;
+    const bool from_after = !after.empty() && after >= prefix;
+    auto it = from_after ? overrides_.upper_bound(after) : overrides_.lower_bound(prefix);
+    for (; it != overrides_.end() && keys.size() < limit; ++it) {
+        if (!it->first.starts_with(prefix))
+            break;
+        keys.push_back(it->first);
+    }
+    return keys;
+}
+
 } // namespace cbd

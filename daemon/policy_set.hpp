@@ -8,7 +8,7 @@
 #include <array>
 #include <string>
 #include <string_view>
-#include <unordered_map>
+#include <map>
 #include <vector>
 
 namespace cbd {
@@ -44,17 +44,16 @@ class PolicySet {
     const PolicyPatch* key_override(std::string_view key) const;
     void set_key_override(std::string_view key, const PolicyPatch& patch);
     std::size_t override_count() const { return overrides_.size(); }
+    // Keys with an override, in order: those starting with `prefix` after
+    // `after` (exclusive; empty = from the start), at most `limit`.
+    std::vector<std::string> override_keys(std::string_view prefix, std::string_view after,
+                                           std::size_t limit) const;
 
   private:
-    struct KeyHash {
-        using is_transparent = void;
-        std::size_t operator()(std::string_view k) const noexcept {
-            return std::hash<std::string_view>{}(k);
-        }
-    };
-
     PolicyConfig config_;
-    std::unordered_map<std::string, PolicyPatch, KeyHash, std::equal_to<>> overrides_;
+    // Ordered, for export; overrides are few and set by operators, and a
+    // daemon without any pays one empty() check per lookup.
+    std::map<std::string, PolicyPatch, std::less<>> overrides_;
 };
 
 } // namespace cbd

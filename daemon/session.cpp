@@ -128,16 +128,54 @@ void Session::on_read(const boost::system::error_code& ec, std::size_t n) {
     in_.commit(n);
     last_request_ = std::chrono::steady_clock::now();
     handle_complete_lines();
-    if (!out_.empty())
-        write_out();
-    else
+    if (out_.empty())
         read_more();
+    else if (!held_.empty())
+        await_commit();
+    else
+        write_out();
+}
+
+void Session::await_commit() {
+    shared_.commit_gate->when_durable(
+        [self = shared_from_this()](const KeySet* undone) { self->on_durable(undone); });
+}
+
+void Session::on_durable(const KeySet* undone) {
+    if (undone) {
+        std::string rebuilt;
+        std::size_t copied = 0;
+        for (const auto& h : held_) {
+            if (undone->find(h.key) == undone->end())
+                continue;
+            rebuilt.append(out_, copied, h.begin - copied);
+            shared_.stats.errors[static_cast<std::size_t>(ErrorCode::StorageUnavailable)] += 1;
+            append_error_reply(rebuilt, h.id_json, ErrorCode::StorageUnavailable,
+                               "the state file could not be written, so this change was not "
+                               "applied (see the daemon's log and stats)");
+            copied = h.end;
+        }
+        rebuilt.append(out_, copied);
+        out_ = std::move(rebuilt);
+    }
+    held_.clear();
+    if (closed_)
+        return;
+    write_out();
 }
 
 void Session::handle_complete_lines() {
     RequestContext ctx{peer_, level_, std::nullopt};
+    CommitGate* gate = shared_.commit_gate;
     const auto drained = in_.drain([&](std::string_view line) {
+        const std::size_t begin = out_.size();
         shared_.dispatcher.handle_line(line, ctx, out_);
+        // A reply given while a change is uncommitted may report it (or one
+        // it saw): it waits for the commit, and is rewritten if that fails.
+        if (gate && gate->pending())
+            held_.push_back(HeldReply{begin, out_.size(),
+                                      ctx.request ? ctx.request->key : std::string(),
+                                      ctx.request ? ctx.request->id_json : std::string()});
         // After `watch` the connection is an event stream; anything the
         // client sent after it is not a request.
         return !ctx.start_watch;

@@ -8,6 +8,7 @@
 #pragma once
 
 #include "daemon/access.hpp"
+#include "daemon/commit_gate.hpp"
 #include "daemon/dispatcher.hpp"
 #include "daemon/event_hub.hpp"
 #include "daemon/line_buffer.hpp"
@@ -59,6 +60,9 @@ struct SessionShared {
     std::size_t watch_queue;     // most event lines a watcher may have unsent
     std::size_t max_connections; // the server refuses more
     std::chrono::milliseconds idle_timeout; // 0 = never
+    // Durable mode (--sync always): replies wait for the group commit.
+    // nullptr otherwise.
+    CommitGate* commit_gate = nullptr;
 };
 
 class Session final : public std::enable_shared_from_this<Session>, public Watcher {
@@ -81,6 +85,10 @@ class Session final : public std::enable_shared_from_this<Session>, public Watch
     void on_read(const boost::system::error_code& ec, std::size_t n);
     void handle_complete_lines();
     void write_out();
+    // Durable mode: send the replies once the changes they report are
+    // committed, turning those about undone changes into errors.
+    void await_commit();
+    void on_durable(const KeySet* undone);
     void on_written(const boost::system::error_code& ec);
     // After a fatal protocol error: stop sending, read and discard what the
     // client still sends until it closes, so our last reply is not lost to a
@@ -105,6 +113,15 @@ class Session final : public std::enable_shared_from_this<Session>, public Watch
     // Where input we ignore goes (after a fatal error, or on a watch).
     std::array<char, 4096> discard_;
     std::string out_; // the batch being written, or being built
+    // Durable mode: replies in out_ given while changes were uncommitted,
+    // with the key each concerns, so a failed commit can rewrite them.
+    struct HeldReply {
+        std::size_t begin;
+        std::size_t end;
+        std::string key;
+        std::string id_json;
+    };
+    std::vector<HeldReply> held_;
 
     bool reading_ = false;
     bool writing_ = false;

@@ -8,10 +8,25 @@
 #include <array>
 #include <chrono>
 #include <cstdint>
+#include <string>
 
 namespace cbd {
 
 inline constexpr std::size_t kTransitionCauseCount = 9;
+
+// How persistence is doing (all zero and `mode` empty when memory-only).
+struct StorageStats {
+    std::string mode; // "always", "batch", "off"; empty without --state-file
+    std::string path;
+    bool healthy = true;          // the last commit succeeded
+    std::uint64_t commits = 0;    // transactions committed
+    std::uint64_t failures = 0;   // transactions that failed
+    std::uint64_t written = 0;    // circuit rows written by them
+    std::uint64_t undone = 0;     // durable mode: changes undone by failed commits
+    std::uint64_t pending = 0;    // keys changed and not yet committed (as of the last tick)
+    std::int64_t last_commit_ms = 0; // epoch ms of the last successful commit
+    std::string last_error;       // of the last failure, kept after recovery
+};
 
 struct DaemonStats {
     std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
@@ -26,6 +41,8 @@ struct DaemonStats {
     std::uint64_t watchers = 0;
     std::uint64_t events_emitted = 0; // event lines queued to watchers
     std::uint64_t events_dropped = 0; // lost to overflowing watchers
+
+    StorageStats storage;
 
     // [from][to][cause]
     std::array<std::array<std::array<std::uint64_t, kTransitionCauseCount>, 3>, 3> transitions{};

@@ -1,0 +1,360 @@
+// StateFile (see state_file.hpp).
+#include "daemon/state_file.hpp"
+
+#include "daemon/fault_vfs.hpp"
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <nlohmann/json.hpp>
+#include <sqlite3.h>
+
+namespace cbd {
+
+namespace {
+
+// "cbd1" in ASCII: marks a SQLite file as a cbd state file.
+constexpr int kApplicationId = 0x63626431;
+constexpr int kSchemaVersion = 1;
+
+constexpr const char* kCreateSchema = R"sql(
+CREATE TABLE circuits (
+    key TEXT PRIMARY KEY NOT NULL,
+    state TEXT,
+    failure_count INTEGER,
+    success_count INTEGER,
+    last_failure_time INTEGER,
+    last_state_change INTEGER,
+    generation INTEGER,
+    pin_state TEXT,
+    pin_until INTEGER,
+    pin_reason TEXT,
+    pin_uid INTEGER,
+    pin_pid INTEGER,
+    policy TEXT
+) WITHOUT ROWID;
+CREATE TABLE meta (name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL) WITHOUT ROWID;
+INSERT INTO meta VALUES ('last_generation', 0);
+PRAGMA application_id = 1667392561;
+PRAGMA user_version = 1;
+)sql";
+static_assert(kApplicationId == 1667392561);
+
+constexpr const char* kUpsert =
+    "INSERT OR REPLACE INTO circuits VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, "
+    "?13)";
+constexpr const char* kRemove = "DELETE FROM circuits WHERE key = ?1";
+constexpr const char* kSetGeneration =
+    "UPDATE meta SET value = ?1 WHERE name = 'last_generation'";
+constexpr const char* kSelectAll =
+    "SELECT key, state, failure_count, success_count, last_failure_time, last_state_change, "
+    "generation, pin_state, pin_until, pin_reason, pin_uid, pin_pid, policy FROM circuits";
+
+std::string describe(sqlite3* db, int rc) {
+    std::string text = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+    // SQLite's messages for failed opens are terse; errno says more.
+    const int sys = db ? sqlite3_system_errno(db) : 0;
+    if (sys != 0 && (rc & 0xff) != SQLITE_CORRUPT && (rc & 0xff) != SQLITE_NOTADB)
+        text += " (" + std::string(std::strerror(sys)) + ")";
+    return text;
+}
+
+// Runs SQL that returns no rows we need; returns the SQLite code.
+int exec(sqlite3* db, const char* sql) { return sqlite3_exec(db, sql, nullptr, nullptr, nullptr); }
+
+// The first column of the first row of `sql` as an integer (0 if none).
+int query_int(sqlite3* db, const char* sql, int& rc) {
+    sqlite3_stmt* stmt = nullptr;
+    rc = sqlite3_prepare_v2(db, sql, -1, &stmt, nullptr);
+    int value = 0;
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_step(stmt);
+        if (rc == SQLITE_ROW) {
+            value = sqlite3_column_int(stmt, 0);
+            rc = SQLITE_OK;
+        } else if (rc == SQLITE_DONE) {
+            rc = SQLITE_OK;
+        }
+    }
+    sqlite3_finalize(stmt);
+    return value;
+}
+
+bool is_unreadable(int rc) {
+    const int primary = rc & 0xff;
+    return primary == SQLITE_CORRUPT || primary == SQLITE_NOTADB || primary == SQLITE_FORMAT;
+}
+
+std::optional<State> column_state(sqlite3_stmt* stmt, int col) {
+    const auto* text = sqlite3_column_text(stmt, col);
+    if (!text)
+        return std::nullopt;
+    return parse_state(reinterpret_cast<const char*>(text));
+}
+
+std::string column_string(sqlite3_stmt* stmt, int col) {
+    const auto* text = sqlite3_column_text(stmt, col);
+    return text ? std::string(reinterpret_cast<const char*>(text),
+                              static_cast<std::size_t>(sqlite3_column_bytes(stmt, col)))
+                : std::string();
+}
+
+bool is_null(sqlite3_stmt* stmt, int col) { return sqlite3_column_type(stmt, col) == SQLITE_NULL; }
+
+} // namespace
+
+StateFile::StateFile(sqlite3* db, std::string path) : db_(db), path_(std::move(path)) {}
+
+StateFile::~StateFile() {
+    sqlite3_finalize(upsert_);
+    sqlite3_finalize(remove_);
+    sqlite3_finalize(set_generation_);
+    sqlite3_close(db_);
+}
+
+std::string StateFile::error_text() const { return describe(db_, sqlite3_extended_errcode(db_)); }
+
+std::unique_ptr<StateFile> StateFile::open(const StateFileOptions& options) {
+    const std::string& path = options.path;
+    using Kind = StateFileError::Kind;
+    auto fail = [&](Kind kind, const std::string& why) -> StateFileError {
+        return StateFileError(kind, "state file " + path + ": " + why);
+    };
+
+    const char* vfs = options.fault_file.empty() ? nullptr : register_fault_vfs(options.fault_file);
+    sqlite3* raw = nullptr;
+    const int open_rc = sqlite3_open_v2(path.c_str(), &raw,
+                                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+                                            SQLITE_OPEN_NOMUTEX,
+                                        vfs);
+    std::unique_ptr<StateFile> file(new StateFile(raw, path));
+    if (open_rc != SQLITE_OK)
+        throw fail(Kind::Unwritable, "cannot open or create it: " + describe(raw, open_rc));
+    sqlite3_extended_result_codes(raw, 1);
+    // Waiting on a lock would only hide a second daemon: fail at once.
+    sqlite3_busy_timeout(raw, 0);
+
+    // Held from the first read to close: no other process reads a state file
+    // half-written or writes one under us. It also means no -shm file.
+    exec(raw, "PRAGMA locking_mode = EXCLUSIVE");
+
+    int rc = SQLITE_OK;
+    const int app_id = query_int(raw, "PRAGMA application_id", rc);
+    const int tables = rc == SQLITE_OK ? query_int(raw, "SELECT count(*) FROM sqlite_schema", rc) : 0;
+    const int schema = rc == SQLITE_OK ? query_int(raw, "PRAGMA user_version", rc) : 0;
+    if (rc != SQLITE_OK) {
+        if ((rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED)
+            throw fail(Kind::Unwritable, "in use by another process (is another cbd running?)");
+        if (is_unreadable(rc))
+            throw fail(Kind::Unreadable, "cannot be read: " + describe(raw, rc));
+        throw fail(Kind::Unwritable, "cannot be read: " + describe(raw, rc));
+    }
+    const bool fresh = app_id == 0 && tables == 0;
+    if (!fresh) {
+        if (app_id != kApplicationId)
+            throw fail(Kind::Unreadable, "not a cbd state file (a SQLite database of another "
+                                         "application: application_id " +
+                                             std::to_string(app_id) + ")");
+        if (schema > kSchemaVersion)
+            throw fail(Kind::Unreadable, "written by a newer cbd (schema " +
+                                             std::to_string(schema) + "; this one reads " +
+                                             std::to_string(kSchemaVersion) + ")");
+        sqlite3_stmt* check = nullptr;
+        rc = sqlite3_prepare_v2(raw, "PRAGMA quick_check(1)", -1, &check, nullptr);
+        std::string verdict;
+        if (rc == SQLITE_OK && sqlite3_step(check) == SQLITE_ROW)
+            verdict = column_string(check, 0);
+        else
+            verdict = describe(raw, sqlite3_extended_errcode(raw));
+        sqlite3_finalize(check);
+        if (verdict != "ok")
+            throw fail(Kind::Unreadable, "is damaged (SQLite quick_check: " + verdict + ")");
+    }
+    if (sqlite3_db_readonly(raw, "main") == 1)
+        throw fail(Kind::Unwritable, "opened read-only: check its permissions and the "
+                                     "filesystem's");
+
+    // Only now, with the file known to be ours and sound, does anything get
+    // written. WAL: a commit appends to the log instead of rewriting pages
+    // twice, and FULL syncs the log at every commit (durable mode needs it).
+    sqlite3_stmt* mode = nullptr;
+    std::string journal;
+    rc = sqlite3_prepare_v2(raw, "PRAGMA journal_mode = WAL", -1, &mode, nullptr);
+    if (rc == SQLITE_OK && sqlite3_step(mode) == SQLITE_ROW)
+        journal = column_string(mode, 0);
+    sqlite3_finalize(mode);
+    if (journal != "wal")
+        throw fail(Kind::Unwritable, "cannot switch to WAL mode: " + file->error_text() +
+                                         " (is its directory writable?)");
+    exec(raw, "PRAGMA synchronous = FULL");
+    if (fresh) {
+        rc = exec(raw, (std::string("BEGIN IMMEDIATE;") + kCreateSchema + "COMMIT;").c_str());
+        if (rc != SQLITE_OK) {
+            const auto why = file->error_text();
+            exec(raw, "ROLLBACK");
+            throw fail(Kind::Unwritable, "cannot be initialised: " + why);
+        }
+    } else {
+        // A write we can afford to find out about now rather than at the
+        // first commit: the directory and file must take the log.
+        rc = exec(raw, "BEGIN IMMEDIATE; UPDATE meta SET value = value WHERE name = "
+                       "'last_generation'; COMMIT;");
+        if (rc != SQLITE_OK) {
+            const auto why = file->error_text();
+            exec(raw, "ROLLBACK");
+            throw fail(Kind::Unwritable, "cannot be written: " + why);
+        }
+    }
+    file->prepare();
+    return file;
+}
+
+void StateFile::prepare() {
+    if (sqlite3_prepare_v2(db_, kUpsert, -1, &upsert_, nullptr) != SQLITE_OK ||
+        sqlite3_prepare_v2(db_, kRemove, -1, &remove_, nullptr) != SQLITE_OK ||
+        sqlite3_prepare_v2(db_, kSetGeneration, -1, &set_generation_, nullptr) != SQLITE_OK)
+        throw StateFileError(StateFileError::Kind::Unreadable,
+                             "state file " + path_ + ": unexpected schema: " + error_text());
+}
+
+std::uint64_t StateFile::load(const std::function<void(const StoredCircuit&)>& visit) {
+    auto bad = [&](const std::string& why) {
+        return StateFileError(StateFileError::Kind::Unreadable, "state file " + path_ + ": " + why);
+    };
+    int rc = SQLITE_OK;
+    sqlite3_stmt* meta = nullptr;
+    std::uint64_t last_generation = 0;
+    rc = sqlite3_prepare_v2(db_, "SELECT value FROM meta WHERE name = 'last_generation'", -1,
+                            &meta, nullptr);
+    if (rc == SQLITE_OK && sqlite3_step(meta) == SQLITE_ROW)
+        last_generation = static_cast<std::uint64_t>(sqlite3_column_int64(meta, 0));
+    sqlite3_finalize(meta);
+    if (rc != SQLITE_OK)
+        throw bad("cannot be read: " + error_text());
+
+    sqlite3_stmt* stmt = nullptr;
+    if (sqlite3_prepare_v2(db_, kSelectAll, -1, &stmt, nullptr) != SQLITE_OK)
+        throw bad("cannot be read: " + error_text());
+    std::unique_ptr<sqlite3_stmt, int (*)(sqlite3_stmt*)> guard(stmt, sqlite3_finalize);
+    StoredCircuit record;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        record = StoredCircuit{};
+        record.key = column_string(stmt, 0);
+        if (auto problem = key_problem(record.key))
+            throw bad("a row's key is not valid: " + std::string(*problem));
+        auto row_error = [&](const std::string& why) {
+            return bad("row '" + record.key + "': " + why);
+        };
+        if (!is_null(stmt, 1)) {
+            CircuitView v;
+            auto state = column_state(stmt, 1);
+            if (!state)
+                throw row_error("'" + column_string(stmt, 1) + "' is not a state");
+            v.snapshot.state = *state;
+            for (int col = 2; col <= 6; ++col)
+                if (sqlite3_column_type(stmt, col) != SQLITE_INTEGER ||
+                    sqlite3_column_int64(stmt, col) < 0)
+                    throw row_error("column " + std::to_string(col) +
+                                    " is not a non-negative integer");
+            v.snapshot.failure_count = static_cast<std::uint64_t>(sqlite3_column_int64(stmt, 2));
+            v.snapshot.success_count = static_cast<std::uint64_t>(sqlite3_column_int64(stmt, 3));
+            v.snapshot.last_failure_time = sqlite3_column_int64(stmt, 4);
+            v.snapshot.last_state_change = sqlite3_column_int64(stmt, 5);
+            v.generation = static_cast<std::uint64_t>(sqlite3_column_int64(stmt, 6));
+            if (!is_null(stmt, 7)) {
+                auto pin_state = column_state(stmt, 7);
+                if (!pin_state || *pin_state == State::HalfOpen)
+                    throw row_error("'" + column_string(stmt, 7) + "' is not a forced state");
+                ForcePin pin{*pin_state, sqlite3_column_int64(stmt, 8), column_string(stmt, 9),
+                             Peer{}};
+                pin.by.uid = static_cast<uid_t>(sqlite3_column_int64(stmt, 10));
+                pin.by.pid = static_cast<pid_t>(sqlite3_column_int64(stmt, 11));
+                if (pin.until < 0)
+                    throw row_error("the pin's expiry is negative");
+                v.forced = std::move(pin);
+            }
+            record.circuit = std::move(v);
+        }
+        if (!is_null(stmt, 12)) {
+            auto json = nlohmann::json::parse(column_string(stmt, 12), nullptr, false);
+            if (json.is_discarded())
+                throw row_error("its policy is not JSON");
+            if (auto err = parse_policy_patch(json, record.policy))
+                throw row_error("its policy is not valid: " + *err);
+        }
+        if (record.empty())
+            throw row_error("holds neither a circuit nor a policy");
+        visit(record);
+        last_generation =
+            std::max(last_generation, record.circuit ? record.circuit->generation : 0);
+    }
+    if (rc != SQLITE_DONE)
+        throw bad("cannot be read: " + error_text());
+    return last_generation;
+}
+
+std::optional<std::string> StateFile::write(const std::vector<StoredCircuit>& records,
+                                            std::uint64_t last_generation) {
+    auto failed = [&]() -> std::optional<std::string> {
+        std::string why = error_text();
+        if (!sqlite3_get_autocommit(db_))
+            exec(db_, "ROLLBACK");
+        return why;
+    };
+    if (exec(db_, "BEGIN IMMEDIATE") != SQLITE_OK)
+        return failed();
+    for (const auto& r : records) {
+        sqlite3_stmt* stmt = r.empty() ? remove_ : upsert_;
+        sqlite3_reset(stmt);
+        sqlite3_clear_bindings(stmt);
+        sqlite3_bind_text(stmt, 1, r.key.data(), static_cast<int>(r.key.size()), SQLITE_STATIC);
+        if (!r.empty()) {
+            if (const auto& c = r.circuit) {
+                const auto state = state_name(c->snapshot.state);
+                sqlite3_bind_text(stmt, 2, state.data(), static_cast<int>(state.size()),
+                                  SQLITE_STATIC);
+                sqlite3_bind_int64(stmt, 3, static_cast<sqlite3_int64>(c->snapshot.failure_count));
+                sqlite3_bind_int64(stmt, 4, static_cast<sqlite3_int64>(c->snapshot.success_count));
+                sqlite3_bind_int64(stmt, 5, c->snapshot.last_failure_time);
+                sqlite3_bind_int64(stmt, 6, c->snapshot.last_state_change);
+                sqlite3_bind_int64(stmt, 7, static_cast<sqlite3_int64>(c->generation));
+                if (const auto& pin = c->forced) {
+                    const auto pin_state = state_name(pin->state);
+                    sqlite3_bind_text(stmt, 8, pin_state.data(), static_cast<int>(pin_state.size()),
+                                      SQLITE_STATIC);
+                    sqlite3_bind_int64(stmt, 9, pin->until);
+                    sqlite3_bind_text(stmt, 10, pin->reason.data(),
+                                      static_cast<int>(pin->reason.size()), SQLITE_STATIC);
+                    sqlite3_bind_int64(stmt, 11, static_cast<sqlite3_int64>(pin->by.uid));
+                    sqlite3_bind_int64(stmt, 12, pin->by.pid);
+                }
+            }
+            if (!r.policy.empty())
+                sqlite3_bind_text(stmt, 13, policy_patch_json(r.policy).c_str(), -1,
+                                  SQLITE_TRANSIENT);
+        }
+        if (sqlite3_step(stmt) != SQLITE_DONE)
+            return failed();
+    }
+    sqlite3_reset(set_generation_);
+    sqlite3_bind_int64(set_generation_, 1, static_cast<sqlite3_int64>(last_generation));
+    if (sqlite3_step(set_generation_) != SQLITE_DONE)
+        return failed();
+    if (exec(db_, "COMMIT") != SQLITE_OK)
+        return failed();
+    return std::nullopt;
+}
+
+std::string StateFile::move_aside(const std::string& path) {
+    const std::string target = path + ".corrupt-" + std::to_string(std::time(nullptr));
+    if (std::rename(path.c_str(), target.c_str()) != 0)
+        throw StateFileError(StateFileError::Kind::Unwritable,
+                             "state file " + path + ": cannot move it aside to " + target + ": " +
+                                 std::strerror(errno));
+    for (const char* suffix : {"-wal", "-shm", "-journal"})
+        std::rename((path + suffix).c_str(), (target + suffix).c_str()); // may not exist
+    return target;
+}
+
+} // namespace cbd
