@@ -1,4 +1,4 @@
-// The cbd wire protocol (docs/PROTOCOL.md, version 4) as TypeScript types.
+// The cbd wire protocol (docs/PROTOCOL.md, version 5) as TypeScript types.
 
 /** The reference gateway's snapshot, field for field. */
 export type CircuitState = "closed" | "open" | "half-open";
@@ -36,6 +36,8 @@ export type ErrorCode =
   | "no_permit"
   | "permission_denied"
   | "too_many_connections"
+  /** Durable mode: the change could not be committed, so it was not applied. */
+  | "storage_unavailable"
   | "internal_error";
 
 /** Codes the client itself gives, when the daemon could not answer. */
@@ -136,6 +138,22 @@ export interface StatsReply {
   watchers: number;
   events: { emitted: number; dropped: number };
   residentMemoryBytes: number;
+  /** null when cbd runs without --state-file. */
+  storage: StorageStats | null;
+}
+
+export interface StorageStats {
+  mode: "always" | "batch" | "off";
+  path: string;
+  /** false since the last commit failed, until one succeeds. */
+  healthy: boolean;
+  commits: number;
+  failures: number;
+  written: number;
+  undone: number;
+  pending: number;
+  lastCommitMs: number;
+  lastError: string | null;
 }
 
 export interface TransitionEvent {

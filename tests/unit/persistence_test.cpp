@@ -1,0 +1,409 @@
+// Persistence: the store's stored()/restore()/export_page(), the SQLite state
+// file (round trip, refusals, injected write failures), and the durable
+// mode's group commit and undo, with a hand-driven clock and a real file in a
+// temporary directory.
+#include "daemon/memory_store.hpp"
+#include "daemon/persistence.hpp"
+#include "daemon/state_file.hpp"
+
+#include <boost/asio/io_context.hpp>
+#include <catch2/catch.hpp>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sqlite3.h>
+#include <unistd.h>
+
+using namespace cbd;
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr std::int64_t kStart = 1'764'201'600'000;
+
+// A fresh directory under the system's temporary one, removed afterwards.
+struct TempDir {
+    fs::path path;
+    TempDir() {
+        std::string pattern = (fs::temp_directory_path() / "cbd-unit-XXXXXX").string();
+        path = ::mkdtemp(pattern.data());
+    }
+    ~TempDir() {
+        std::error_code ignored;
+        fs::remove_all(path, ignored);
+    }
+    std::string file(const char* name) const { return (path / name).string(); }
+};
+
+StoredCircuit sample(const std::string& key, State state, std::uint64_t generation) {
+    StoredCircuit r;
+    r.key = key;
+    r.circuit = CircuitView{Snapshot{state, 4, 1, kStart - 10, kStart - 20}, generation, std::nullopt};
+    return r;
+}
+
+std::vector<StoredCircuit> load_all(StateFile& file, std::uint64_t* generation = nullptr) {
+    std::vector<StoredCircuit> out;
+    auto g = file.load([&](const StoredCircuit& r) { out.push_back(r); });
+    if (generation)
+        *generation = g;
+    return out;
+}
+
+void write_text(const std::string& path, const std::string& text) {
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << text;
+}
+
+} // namespace
+
+// --- the store's side ------------------------------------------------------------
+
+TEST_CASE("restore makes a key hold exactly the record, counts and indexes included",
+          "[persistence]") {
+    ManualClock clock(kStart);
+    MemoryCircuitStore store(clock, 100);
+    store.record_failure("api");
+
+    StoredCircuit r = sample("api", State::Open, 500);
+    r.circuit->forced = ForcePin{State::Open, kStart + 60'000, "maintenance", Peer{}};
+    r.policy[PolicyField::FailureThreshold] = 3;
+    REQUIRE_FALSE(store.restore(r));
+
+    CHECK(store.stored("api") == r);
+    auto counts = store.counts();
+    CHECK(counts.total == 1);
+    CHECK(counts.open == 1);
+    CHECK(counts.closed == 0);
+    CHECK(counts.forced == 1);
+    CHECK(store.policy("api").resolved.policy.failure_threshold == 3);
+    // Generations stay unique: the next change takes one above the restored.
+    CHECK(store.record_failure("other").circuit.generation == 501);
+    // The pin's TTL is tracked like any other.
+    clock.advance(60'000);
+    store.expire_due();
+    CHECK_FALSE(store.stored("api").circuit->forced);
+}
+
+TEST_CASE("restoring a record without a circuit removes it but keeps the policy",
+          "[persistence]") {
+    ManualClock clock(kStart);
+    MemoryCircuitStore store(clock, 100);
+    store.record_failure("api");
+    StoredCircuit policy_only;
+    policy_only.key = "api";
+    policy_only.policy[PolicyField::HalfOpenMax] = 2;
+    REQUIRE_FALSE(store.restore(policy_only));
+    CHECK(store.size() == 0);
+    CHECK(store.stored("api") == policy_only);
+    CHECK(store.counts().closed == 0);
+}
+
+TEST_CASE("restore refuses past max circuits and changes nothing", "[persistence]") {
+    ManualClock clock(kStart);
+    MemoryCircuitStore store(clock, 1);
+    store.get("a");
+    CHECK(store.restore(sample("b", State::Open, 9)) == ErrorCode::TooManyCircuits);
+    CHECK(store.size() == 1);
+    CHECK_FALSE(store.stored("b").circuit);
+}
+
+TEST_CASE("export pages through circuits and policy-only keys in key order", "[persistence]") {
+    ManualClock clock(kStart);
+    MemoryCircuitStore store(clock, 100);
+    for (const char* key : {"b", "d", "f"})
+        store.get(key);
+    PolicyPatch patch;
+    patch[PolicyField::FailureThreshold] = 2;
+    for (const char* key : {"a", "d", "e"})
+        store.configure(key, patch, {}, false);
+
+    std::vector<std::string> seen;
+    std::string after;
+    int pages = 0;
+    do {
+        auto page = store.export_page("", after, 2);
+        for (const auto& r : page.circuits)
+            seen.push_back(r.key);
+        after = page.next;
+        ++pages;
+    } while (!after.empty() && pages < 10);
+    CHECK(seen == std::vector<std::string>{"a", "b", "d", "e", "f"});
+    auto all = store.export_page("", "", 100);
+    REQUIRE(all.circuits.size() == 5);
+    CHECK_FALSE(all.circuits[0].circuit); // "a": policy only
+    CHECK(all.circuits[2].circuit);       // "d": both
+    CHECK(all.circuits[2].policy == patch);
+    CHECK(all.next.empty());
+    CHECK(store.export_page("d", "", 100).circuits.size() == 1);
+}
+
+namespace {
+struct RecordingTracker : ChangeTracker {
+    std::vector<std::string> keys;
+    void before_change(std::string_view key) override { keys.emplace_back(key); }
+};
+} // namespace
+
+TEST_CASE("the store reports every persistent change before making it, and reads are not",
+          "[persistence]") {
+    ManualClock clock(kStart);
+    MemoryCircuitStore store(clock, 100);
+    RecordingTracker tracker;
+    store.set_change_tracker(&tracker);
+
+    store.get("new");
+    CHECK(tracker.keys == std::vector<std::string>{"new"}); // creation is a change
+    tracker.keys.clear();
+    store.get("new");
+    store.policy("new");
+    store.list(ListQuery{});
+    CHECK(tracker.keys.empty());
+
+    store.record_success("new");
+    store.record_failure("new");
+    store.transition("new", State::Open, {});
+    PolicyPatch patch;
+    patch[PolicyField::HalfOpenMax] = 2;
+    store.configure("new", patch, {}, false);
+    store.reset("new");
+    CHECK(tracker.keys.size() >= 5);
+    for (const auto& k : tracker.keys)
+        CHECK(k == "new");
+}
+
+// --- the state file ----------------------------------------------------------------
+
+TEST_CASE("the state file round-trips circuits, pins, policies and the generation",
+          "[persistence]") {
+    TempDir dir;
+    const auto path = dir.file("state.db");
+    StoredCircuit forced = sample("db", State::Open, 7);
+    forced.circuit->forced = ForcePin{State::Open, 0, "reason with \"quotes\"", Peer{}};
+    forced.circuit->forced->by.uid = 1000;
+    forced.circuit->forced->by.pid = 4242;
+    StoredCircuit policy_only;
+    policy_only.key = "payments/";
+    policy_only.policy[PolicyField::ResetTimeoutMs] = 5000;
+    StoredCircuit both = sample("api", State::HalfOpen, 9);
+    both.policy[PolicyField::HalfOpenMax] = 3;
+    {
+        auto file = StateFile::open({path, {}});
+        REQUIRE_FALSE(file->write({forced, policy_only, both, sample("gone", State::Closed, 3)}, 12));
+        StoredCircuit gone;
+        gone.key = "gone";
+        REQUIRE_FALSE(file->write({gone}, 13)); // an empty record deletes
+    }
+    auto file = StateFile::open({path, {}});
+    std::uint64_t generation = 0;
+    auto loaded = load_all(*file, &generation);
+    CHECK(generation == 13);
+    std::sort(loaded.begin(), loaded.end(),
+              [](const auto& a, const auto& b) { return a.key < b.key; });
+    REQUIRE(loaded.size() == 3);
+    CHECK(loaded[0] == both);
+    CHECK(loaded[1] == forced);
+    CHECK(loaded[2] == policy_only);
+}
+
+TEST_CASE("a second opener of a state file in use is refused", "[persistence]") {
+    TempDir dir;
+    auto first = StateFile::open({dir.file("state.db"), {}});
+    try {
+        StateFile::open({dir.file("state.db"), {}});
+        FAIL("a second open succeeded");
+    } catch (const StateFileError& e) {
+        CHECK(e.kind() == StateFileError::Kind::Unwritable);
+        CHECK(std::string(e.what()).find("in use") != std::string::npos);
+    }
+}
+
+TEST_CASE("files that are not cbd state are refused and left untouched", "[persistence]") {
+    TempDir dir;
+    const auto garbage = dir.file("garbage.db");
+    const std::string text(8192, 'x');
+    write_text(garbage, text);
+    try {
+        StateFile::open({garbage, {}});
+        FAIL("garbage opened");
+    } catch (const StateFileError& e) {
+        CHECK(e.kind() == StateFileError::Kind::Unreadable);
+        CHECK(std::string(e.what()).find(garbage) != std::string::npos);
+    }
+    CHECK(fs::file_size(garbage) == text.size());
+    CHECK_FALSE(fs::exists(garbage + "-wal"));
+
+    // A SQLite database of some other program.
+    const auto foreign = dir.file("foreign.db");
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open(foreign.c_str(), &db) == SQLITE_OK);
+    sqlite3_exec(db, "CREATE TABLE t(x); INSERT INTO t VALUES (1);", nullptr, nullptr, nullptr);
+    sqlite3_close(db);
+    const auto size = fs::file_size(foreign);
+    try {
+        StateFile::open({foreign, {}});
+        FAIL("a foreign database opened");
+    } catch (const StateFileError& e) {
+        CHECK(e.kind() == StateFileError::Kind::Unreadable);
+        CHECK(std::string(e.what()).find("not a cbd state file") != std::string::npos);
+    }
+    CHECK(fs::file_size(foreign) == size);
+
+    const auto moved = StateFile::move_aside(garbage);
+    CHECK_FALSE(fs::exists(garbage));
+    CHECK(fs::file_size(moved) == text.size());
+}
+
+TEST_CASE("a row that makes no sense is refused with its key", "[persistence]") {
+    TempDir dir;
+    const auto path = dir.file("state.db");
+    {
+        auto file = StateFile::open({path, {}});
+        REQUIRE_FALSE(file->write({sample("api", State::Open, 2)}, 2));
+    }
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(db, "UPDATE circuits SET state = 'ajar'", nullptr, nullptr, nullptr) ==
+            SQLITE_OK);
+    sqlite3_close(db);
+    auto file = StateFile::open({path, {}});
+    try {
+        load_all(*file);
+        FAIL("a bad row loaded");
+    } catch (const StateFileError& e) {
+        CHECK(e.kind() == StateFileError::Kind::Unreadable);
+        CHECK(std::string(e.what()).find("row 'api'") != std::string::npos);
+        CHECK(std::string(e.what()).find("ajar") != std::string::npos);
+    }
+}
+
+TEST_CASE("an injected write failure fails the whole transaction; writes resume after",
+          "[persistence]") {
+    TempDir dir;
+    const auto path = dir.file("state.db");
+    const auto trigger = dir.file("fault");
+    auto file = StateFile::open({path, trigger});
+    REQUIRE_FALSE(file->write({sample("a", State::Open, 1)}, 1));
+
+    write_text(trigger, "full\n");
+    auto error = file->write({sample("a", State::Closed, 2), sample("b", State::Open, 3)}, 3);
+    REQUIRE(error);
+    CHECK((error->find("full") != std::string::npos || error->find("disk") != std::string::npos));
+    write_text(trigger, "io\n");
+    CHECK(file->write({sample("c", State::Open, 4)}, 4));
+
+    fs::remove(trigger);
+    REQUIRE_FALSE(file->write({sample("d", State::Open, 5)}, 5));
+    file.reset();
+    auto reopened = StateFile::open({path, {}});
+    auto loaded = load_all(*reopened);
+    std::sort(loaded.begin(), loaded.end(),
+              [](const auto& x, const auto& y) { return x.key < y.key; });
+    REQUIRE(loaded.size() == 2); // a and d; nothing of the failed ones
+    CHECK(loaded[0] == sample("a", State::Open, 1));
+    CHECK(loaded[1].key == "d");
+}
+
+// --- durable mode ----------------------------------------------------------------
+
+TEST_CASE("durable mode commits a turn's changes together and undoes them when that fails",
+          "[persistence]") {
+    TempDir dir;
+    const auto path = dir.file("state.db");
+    const auto trigger = dir.file("fault");
+    ManualClock clock(kStart);
+    MemoryCircuitStore store(clock, 100);
+    DaemonStats stats;
+    boost::asio::io_context io;
+    PersistenceOptions options{{path, trigger}, SyncMode::Always, std::chrono::milliseconds(100)};
+    Persistence persistence(StateFile::open(options.file), options, store, stats);
+    persistence.load();
+    persistence.start(io);
+
+    // One turn: two keys change; the commit runs when the loop gets to it.
+    store.record_failure("a");
+    store.record_failure("b");
+    CHECK(persistence.pending());
+    int released = 0;
+    persistence.when_durable([&](const KeySet* undone) {
+        CHECK(undone == nullptr);
+        ++released;
+    });
+    io.poll();
+    io.restart();
+    CHECK(released == 1);
+    CHECK_FALSE(persistence.pending());
+    CHECK(stats.storage.commits == 1);
+    CHECK(stats.storage.written == 2);
+
+    // A failing turn: memory goes back to what it was before the turn.
+    const auto before_a = store.stored("a");
+    write_text(trigger, "io\n");
+    store.record_failure("a");
+    store.record_failure("a");
+    store.transition("a", State::Open, {});
+    store.get("c"); // created in this turn: undone means gone
+    KeySet undone_keys;
+    persistence.when_durable([&](const KeySet* undone) {
+        REQUIRE(undone);
+        undone_keys = *undone;
+    });
+    io.poll();
+    io.restart();
+    CHECK(undone_keys == KeySet{"a", "c"});
+    CHECK(store.stored("a") == before_a);
+    CHECK_FALSE(store.stored("c").circuit);
+    CHECK(store.counts().total == 2);
+    CHECK(store.counts().open == 0);
+    CHECK_FALSE(stats.storage.healthy);
+    CHECK(stats.storage.undone == 2);
+
+    // The disk is back: changes commit again and survive a reopen.
+    fs::remove(trigger);
+    store.record_failure("b");
+    io.poll();
+    CHECK(stats.storage.healthy);
+    REQUIRE(persistence.shut_down());
+
+    MemoryCircuitStore reloaded(clock, 100);
+    DaemonStats stats2;
+    Persistence again(StateFile::open({path, {}}), options, reloaded, stats2);
+    CHECK(again.load() == 2);
+    CHECK(reloaded.stored("a") == before_a);
+    CHECK(reloaded.stored("b").circuit->snapshot.failure_count == 2);
+    CHECK(reloaded.last_generation() >= store.last_generation());
+}
+
+TEST_CASE("batch mode writes changed circuits off the loop and retries after a failure",
+          "[persistence]") {
+    TempDir dir;
+    const auto path = dir.file("state.db");
+    const auto trigger = dir.file("fault");
+    ManualClock clock(kStart);
+    MemoryCircuitStore store(clock, 100);
+    DaemonStats stats;
+    boost::asio::io_context io;
+    PersistenceOptions options{{path, trigger}, SyncMode::Batch, std::chrono::milliseconds(5)};
+    Persistence persistence(StateFile::open(options.file), options, store, stats);
+    persistence.load();
+    persistence.start(io);
+
+    auto run_until = [&](auto done) {
+        for (int i = 0; i < 400 && !done(); ++i)
+            io.run_for(std::chrono::milliseconds(5));
+        return done();
+    };
+    write_text(trigger, "io\n");
+    store.record_failure("a");
+    CHECK(run_until([&] { return stats.storage.failures >= 1; }));
+    CHECK_FALSE(persistence.pending()); // batch mode never holds replies
+    fs::remove(trigger);
+    CHECK(run_until([&] { return stats.storage.commits >= 1 && stats.storage.healthy; }));
+    persistence.stop_timer();
+    REQUIRE(persistence.shut_down());
+
+    auto file = StateFile::open({path, {}});
+    auto loaded = load_all(*file);
+    REQUIRE(loaded.size() == 1);
+    CHECK(loaded[0].circuit->snapshot.failure_count == 1);
+}
