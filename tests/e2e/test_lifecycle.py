@@ -176,4 +176,9 @@ def test_cmake_install_puts_binaries_and_units_in_place(workdir):
     unit = (prefix / "lib/systemd/system/cbd.service").read_text()
     assert "Type=notify" in unit and "DynamicUser=yes" in unit
     assert not any(l.startswith("RuntimeDirectory=") for l in unit.splitlines())
+    # Circuits persist in the unit's state directory.
+    assert "StateDirectory=cbd" in unit.splitlines()
+    assert "--state-file %S/cbd/state.db" in unit
+    user_unit = (prefix / "lib/systemd/user/cbd.service").read_text()
+    assert "StateDirectory=cbd" in user_unit.splitlines() and "--state-file %S/cbd/state.db" in user_unit
     assert "ListenStream=/run/cbd/cbd.sock" in (prefix / "lib/systemd/system/cbd.socket").read_text()
