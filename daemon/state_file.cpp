@@ -3,6 +3,7 @@
 
 #include "daemon/fault_vfs.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -232,6 +233,7 @@ std::uint64_t StateFile::load(const std::function<void(const StoredCircuit&)>& v
     sqlite3_finalize(meta);
     if (rc != SQLITE_OK)
         throw bad("cannot be read: " + error_text());
+    meta_generation_ = last_generation;
 
     sqlite3_stmt* stmt = nullptr;
     if (sqlite3_prepare_v2(db_, kSelectAll, -1, &stmt, nullptr) != SQLITE_OK)
@@ -337,12 +339,25 @@ std::optional<std::string> StateFile::write(const std::vector<StoredCircuit>& re
         if (sqlite3_step(stmt) != SQLITE_DONE)
             return failed();
     }
-    sqlite3_reset(set_generation_);
-    sqlite3_bind_int64(set_generation_, 1, static_cast<sqlite3_int64>(last_generation));
-    if (sqlite3_step(set_generation_) != SQLITE_DONE)
-        return failed();
+    // The counter is stored only when no row of this batch carries it and
+    // the stored one is behind: load takes the larger of it and the rows'
+    // largest generation, so the common commit (counts change, generations
+    // do not) stays one page.
+    std::uint64_t batch_max = 0;
+    for (const auto& r : records)
+        if (r.circuit)
+            batch_max = std::max(batch_max, r.circuit->generation);
+    const bool store_counter = last_generation > batch_max && last_generation != meta_generation_;
+    if (store_counter) {
+        sqlite3_reset(set_generation_);
+        sqlite3_bind_int64(set_generation_, 1, static_cast<sqlite3_int64>(last_generation));
+        if (sqlite3_step(set_generation_) != SQLITE_DONE)
+            return failed();
+    }
     if (exec(db_, "COMMIT") != SQLITE_OK)
         return failed();
+    if (store_counter)
+        meta_generation_ = last_generation;
     return std::nullopt;
 }
 

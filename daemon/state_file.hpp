@@ -9,7 +9,9 @@
 //            pin_state, pin_until, pin_reason, pin_uid, pin_pid, policy TEXT)
 //     circuit columns NULL when only a policy override is kept;
 //     pin_* NULL when not forced; policy NULL when no override.
-//   meta(name TEXT PRIMARY KEY, value INTEGER): "last_generation".
+//   meta(name TEXT PRIMARY KEY, value INTEGER): "last_generation"; the
+//     generation counter is the larger of it and the rows' largest
+//     generation, so it is written only when no written row carries it.
 // PRAGMA application_id marks the file as cbd's; user_version is the schema.
 #pragma once
 
@@ -88,6 +90,7 @@ class StateFile {
     sqlite3_stmt* upsert_ = nullptr;
     sqlite3_stmt* remove_ = nullptr;
     sqlite3_stmt* set_generation_ = nullptr;
+    std::uint64_t meta_generation_ = 0; // what meta holds now
 };
 
 } // namespace cbd
