@@ -4,6 +4,10 @@
 #include "daemon/log.hpp"
 
 #include <boost/asio/post.hpp>
+#include <cerrno>
+#include <cstring>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 namespace cbd {
 
@@ -56,6 +60,9 @@ Persistence::~Persistence() {
         wake_.notify_one();
         writer_.join();
     }
+    done_signal_.reset();
+    if (done_fd_ >= 0)
+        ::close(done_fd_);
 }
 
 std::size_t Persistence::load() {
@@ -80,11 +87,20 @@ std::size_t Persistence::load() {
 
 void Persistence::start(asio::io_context& io) {
     io_ = &io;
+    if (options_.mode == SyncMode::Off)
+        return;
+    if (options_.mode == SyncMode::Always) {
+        done_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (done_fd_ < 0)
+            throw StateFileError(StateFileError::Kind::Unwritable,
+                                 std::string("cannot create an eventfd: ") + std::strerror(errno));
+        done_signal_.emplace(io, ::dup(done_fd_));
+    }
+    writer_ = std::thread([this] { writer_main(); });
     if (options_.mode != SyncMode::Batch)
         return;
-    writer_ = std::thread([this] { writer_main(); });
     timer_.emplace(io);
-    // Re-armed from its own handler until shut_down() cancels it.
+    // Re-armed from its own handler until stop_timer().
     struct Tick {
         Persistence* self;
         void operator()(const boost::system::error_code& ec) const {
@@ -107,18 +123,24 @@ void Persistence::before_change(std::string_view key) {
             dirty_.emplace(key);
         return;
     }
-    if (turn_.find(key) == turn_.end())
-        turn_.emplace(std::string(key), store_.stored(key));
-    if (!commit_posted_) {
+    if (forming_.before.find(key) == forming_.before.end())
+        forming_.before.emplace(std::string(key), store_.stored(key));
+    if (!commit_posted_ && !committing_active_) {
         commit_posted_ = true;
         // Runs after the handlers already queued in this turn of the loop
         // (the other sockets that were ready): they join this group.
-        asio::post(*io_, [this] { commit_turn(); });
+        asio::post(*io_, [this] { start_commit(); });
     }
 }
 
 void Persistence::when_durable(std::function<void(const KeySet*)> done) {
-    waiters_.push_back(std::move(done));
+    // Everything applied so far is durable once the forming group is (it
+    // commits after the running one), or, when nothing is forming, once the
+    // running one is.
+    if (!forming_.before.empty() || !committing_active_)
+        forming_.waiters.push_back(std::move(done));
+    else
+        committing_.waiters.push_back(std::move(done));
 }
 
 std::vector<StoredCircuit> Persistence::records_for(const KeySet& keys) const {
@@ -129,35 +151,103 @@ std::vector<StoredCircuit> Persistence::records_for(const KeySet& keys) const {
     return records;
 }
 
-void Persistence::commit_turn() {
+void Persistence::start_commit() {
     commit_posted_ = false;
+    if (committing_active_)
+        return;
+    if (forming_.before.empty()) {
+        // Nothing changed (a waiter may still have come for reads).
+        auto waiters = std::move(forming_.waiters);
+        forming_.waiters.clear();
+        for (auto& w : waiters)
+            w(nullptr);
+        return;
+    }
     std::vector<StoredCircuit> records;
-    records.reserve(turn_.size());
-    for (const auto& [key, before] : turn_)
+    records.reserve(forming_.before.size());
+    for (const auto& [key, before] : forming_.before)
         records.push_back(store_.stored(key));
-    auto waiters = std::move(waiters_);
-    waiters_.clear();
-    if (auto error = file_->write(records, store_.last_generation())) {
-        note_failure(*error, records.size());
-        // Undo in memory what did not reach the disk: nothing is answered
-        // as done that a crash could lose.
-        KeySet undone;
-        undoing_ = true;
-        for (auto& [key, before] : turn_) {
+    committing_ = std::move(forming_);
+    forming_ = Group{};
+    committing_active_ = true;
+    hand_to_writer(std::move(records));
+    wait_for_writer();
+}
+
+void Persistence::wait_for_writer() {
+    if (signal_armed_)
+        return;
+    signal_armed_ = true;
+    done_signal_->async_read_some(
+        asio::buffer(&done_count_, sizeof done_count_),
+        [this](const boost::system::error_code& ec, std::size_t) {
+            signal_armed_ = false;
+            if (ec)
+                return;
+            std::optional<std::string> error;
+            std::size_t rows = 0;
+            bool finished = false;
+            {
+                std::lock_guard lock(mutex_);
+                if (job_running_ && job_done_) {
+                    job_running_ = job_done_ = false;
+                    error = std::move(job_error_);
+                    job_error_.reset();
+                    rows = job_.size();
+                    job_.clear();
+                    finished = true;
+                }
+            }
+            if (finished)
+                on_commit_done(std::move(error), rows);
+            // While stopping, stop listening once idle, so the loop can end
+            // (start_commit() listens again should a late change come).
+            if (!(stopped_ && !committing_active_))
+                wait_for_writer();
+        });
+}
+
+void Persistence::on_commit_done(std::optional<std::string> error, std::size_t rows) {
+    committing_active_ = false;
+    if (!error) {
+        note_success(rows);
+        auto waiters = std::move(committing_.waiters);
+        committing_ = Group{};
+        for (auto& w : waiters)
+            w(nullptr);
+        if (!forming_.before.empty() || !forming_.waiters.empty())
+            start_commit();
+        return;
+    }
+    note_failure(*error, rows);
+    // Undo in memory what did not reach the disk, newest group first: the
+    // forming group's before-images were taken on top of the failed one's.
+    // Nothing is answered as done that a crash could lose.
+    KeySet undone;
+    undoing_ = true;
+    for (Group* g : {&forming_, &committing_})
+        for (auto& [key, before] : g->before) {
             store_.restore(before);
             undone.insert(key);
         }
-        undoing_ = false;
-        stats_.undone += turn_.size();
-        turn_.clear();
-        for (auto& w : waiters)
-            w(&undone);
-        return;
-    }
-    note_success(records.size());
-    turn_.clear();
+    undoing_ = false;
+    stats_.undone += undone.size();
+    auto waiters = std::move(committing_.waiters);
+    for (auto& w : forming_.waiters)
+        waiters.push_back(std::move(w));
+    committing_ = Group{};
+    forming_ = Group{};
     for (auto& w : waiters)
-        w(nullptr);
+        w(&undone);
+}
+
+void Persistence::hand_to_writer(std::vector<StoredCircuit> records) {
+    std::lock_guard lock(mutex_);
+    job_ = std::move(records);
+    job_generation_ = store_.last_generation();
+    job_ready_ = job_running_ = true;
+    job_done_ = false;
+    wake_.notify_one();
 }
 
 void Persistence::batch_tick() {
@@ -174,6 +264,10 @@ void Persistence::batch_tick() {
             job_.clear();
             collected = true;
         }
+        if (job_running_) {
+            stats_.pending = dirty_.size();
+            return; // still writing: the keys wait for the next tick
+        }
     }
     if (collected) {
         if (error) {
@@ -186,14 +280,11 @@ void Persistence::batch_tick() {
         }
     }
     stats_.pending = dirty_.size();
-    std::lock_guard lock(mutex_);
-    if (job_running_ || dirty_.empty())
+    if (dirty_.empty())
         return;
-    job_ = records_for(dirty_);
-    job_generation_ = store_.last_generation();
+    auto records = records_for(dirty_);
     dirty_.clear();
-    job_ready_ = job_running_ = true;
-    wake_.notify_one();
+    hand_to_writer(std::move(records));
 }
 
 void Persistence::writer_main() {
@@ -209,6 +300,10 @@ void Persistence::writer_main() {
         lock.lock();
         job_error_ = std::move(error);
         job_done_ = true;
+        if (done_fd_ >= 0) {
+            const std::uint64_t one = 1;
+            [[maybe_unused]] auto n = ::write(done_fd_, &one, sizeof one);
+        }
         if (stop_writer_)
             return;
     }
@@ -218,10 +313,16 @@ void Persistence::stop_timer() {
     stopped_ = true;
     if (timer_)
         timer_->cancel();
+    // Durable mode keeps committing while sessions flush their last
+    // replies; with nothing in flight it stops listening to the writer.
+    if (done_signal_ && !committing_active_ && !commit_posted_)
+        done_signal_->cancel();
 }
 
 bool Persistence::shut_down() {
     stop_timer();
+    if (done_signal_)
+        done_signal_->cancel();
     if (writer_.joinable()) {
         {
             std::lock_guard lock(mutex_);
@@ -229,7 +330,8 @@ bool Persistence::shut_down() {
         }
         wake_.notify_one();
         writer_.join();
-        // A job handed over but not collected: its keys are written below.
+        // A job handed over but not collected: if it did not commit, its
+        // keys are written below (with what they hold now).
         if (job_running_) {
             if (job_done_ && !job_error_)
                 note_success(job_.size());
@@ -239,9 +341,13 @@ bool Persistence::shut_down() {
             job_running_ = job_done_ = job_ready_ = false;
         }
     }
-    for (const auto& [key, before] : turn_)
-        dirty_.emplace(key);
-    turn_.clear();
+    for (Group* g : {&forming_, &committing_}) {
+        for (const auto& [key, before] : g->before)
+            dirty_.emplace(key);
+        g->before.clear();
+        g->waiters.clear(); // their sessions are gone with the loop
+    }
+    committing_active_ = false;
     store_.set_change_tracker(nullptr);
     auto records = records_for(dirty_);
     if (auto error = file_->write(records, store_.last_generation())) {

@@ -2,15 +2,16 @@
 // Redis's appendfsync. Memory stays the authority; the store tells us (as its
 // ChangeTracker) which keys change, and we write those keys' current records.
 //
-//   always  Group commit on the event loop. Every change made in one turn of
-//           the loop goes into one transaction, committed and synced at the
-//           end of that turn; sessions hold their replies until then (see
-//           CommitGate). Waiting on the disk here is the point: a reply means
-//           the change is durable. While the loop waits, new requests queue in
-//           the sockets and form the next group, so durable throughput grows
-//           with the number of clients. A failed commit undoes the group's
-//           changes in memory (from before-images taken at the first change
-//           of each key) and its replies become storage_unavailable.
+//   always  Group commit. Every change made while no commit is running goes
+//           into the next transaction; the writer thread commits and syncs
+//           it while the loop goes on serving and gathering the next group,
+//           so durable throughput grows with the number of clients and the
+//           loop never waits on the disk. Replies that may reflect changes
+//           not yet durable are held by their sessions until they are (see
+//           CommitGate). A failed commit undoes in memory the changes of its
+//           group and of the group gathered since (from before-images taken
+//           at each key's first change), and those replies become
+//           storage_unavailable errors.
 //   batch   Changed keys are collected and written every interval by a writer
 //           thread, off the loop. A crash loses at most about one interval.
 //           A failed write is retried at the next tick; the keys stay dirty.
@@ -25,6 +26,7 @@
 #include "daemon/stats.hpp"
 
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <chrono>
 #include <condition_variable>
@@ -62,21 +64,35 @@ class Persistence final : public ChangeTracker, public CommitGate {
     // Starts the batch timer and writer thread (batch mode), or the group
     // commits (always mode) on `io`.
     void start(boost::asio::io_context& io);
-    // Stops the batch timer, so the loop can finish (call on the loop).
+    // Called on the loop when the daemon starts stopping: the batch timer
+    // ends, and durable mode stops listening to its writer once idle, so the
+    // loop can finish.
     void stop_timer();
     // Stops the writer and writes out everything not yet written. Returns
     // false (after logging why) when that final write failed.
     bool shut_down();
 
     void before_change(std::string_view key) override;
-    bool pending() const override { return !turn_.empty(); }
+    bool pending() const override { return !forming_.before.empty() || committing_active_; }
     void when_durable(std::function<void(const KeySet* undone)> done) override;
 
   private:
-    // always: commit the turn's changes, then release the waiting sessions.
-    void commit_turn();
+    // A group of changes in durable mode: each key's record before the
+    // group's first change of it, and the sessions waiting on the group.
+    struct Group {
+        std::unordered_map<std::string, StoredCircuit, KeyHash, std::equal_to<>> before;
+        std::vector<std::function<void(const KeySet*)>> waiters;
+    };
+
+    // always: hand the forming group to the writer, unless one is running.
+    void start_commit();
+    // always: the writer finished the committing group.
+    void on_commit_done(std::optional<std::string> error, std::size_t rows);
+    void wait_for_writer(); // always: arm the read of the writer's eventfd
     // batch: collect the writer's last result, hand it the next batch.
     void batch_tick();
+    // Hands records to the writer thread (which must be idle).
+    void hand_to_writer(std::vector<StoredCircuit> records);
     void writer_main();
     std::vector<StoredCircuit> records_for(const KeySet& keys) const;
     void note_success(std::size_t rows);
@@ -88,18 +104,22 @@ class Persistence final : public ChangeTracker, public CommitGate {
     StorageStats& stats_;
     boost::asio::io_context* io_ = nullptr;
 
-    // always: the keys changed this turn and what they held before it.
-    std::unordered_map<std::string, StoredCircuit, KeyHash, std::equal_to<>> turn_;
+    // always: the group gathering changes, and the one being committed.
+    Group forming_;
+    Group committing_;
+    bool committing_active_ = false;
     bool commit_posted_ = false;
     bool undoing_ = false; // restores during an undo are not changes
-    std::vector<std::function<void(const KeySet*)>> waiters_;
 
     // batch and off: keys changed since they were last handed to the writer.
     KeySet dirty_;
-
-    // batch: the writer thread and the one job it may hold.
     std::optional<boost::asio::steady_timer> timer_;
     bool stopped_ = false;
+
+    // The writer thread and the one job it may hold. The loop never waits on
+    // it: in batch mode the tick polls, in always mode the writer signals an
+    // eventfd the loop reads (nothing else crosses threads, so the loop's
+    // io_context can stay unlocked).
     std::thread writer_;
     std::mutex mutex_;
     std::condition_variable wake_;
@@ -110,6 +130,10 @@ class Persistence final : public ChangeTracker, public CommitGate {
     std::vector<StoredCircuit> job_;
     std::uint64_t job_generation_ = 0;
     std::optional<std::string> job_error_;
+    int done_fd_ = -1; // eventfd, always mode
+    std::optional<boost::asio::posix::stream_descriptor> done_signal_;
+    std::uint64_t done_count_ = 0;
+    bool signal_armed_ = false;
 
     // Failure logging: the first failure, then at most one line a minute,
     // and one line when writes work again.

@@ -319,6 +319,14 @@ TEST_CASE("durable mode commits a turn's changes together and undoes them when t
     Persistence persistence(StateFile::open(options.file), options, store, stats);
     persistence.load();
     persistence.start(io);
+    // Runs the loop until `done` (the writer thread commits meanwhile).
+    auto run_until = [&](auto done) {
+        for (int i = 0; i < 1000 && !done(); ++i) {
+            io.restart();
+            io.run_for(std::chrono::milliseconds(5));
+        }
+        return done();
+    };
 
     // One turn: two keys change; the commit runs when the loop gets to it.
     store.record_failure("a");
@@ -329,9 +337,7 @@ TEST_CASE("durable mode commits a turn's changes together and undoes them when t
         CHECK(undone == nullptr);
         ++released;
     });
-    io.poll();
-    io.restart();
-    CHECK(released == 1);
+    REQUIRE(run_until([&] { return released == 1; }));
     CHECK_FALSE(persistence.pending());
     CHECK(stats.storage.commits == 1);
     CHECK(stats.storage.written == 2);
@@ -344,12 +350,13 @@ TEST_CASE("durable mode commits a turn's changes together and undoes them when t
     store.transition("a", State::Open, {});
     store.get("c"); // created in this turn: undone means gone
     KeySet undone_keys;
+    bool told = false;
     persistence.when_durable([&](const KeySet* undone) {
         REQUIRE(undone);
         undone_keys = *undone;
+        told = true;
     });
-    io.poll();
-    io.restart();
+    REQUIRE(run_until([&] { return told; }));
     CHECK(undone_keys == KeySet{"a", "c"});
     CHECK(store.stored("a") == before_a);
     CHECK_FALSE(store.stored("c").circuit);
@@ -361,8 +368,8 @@ TEST_CASE("durable mode commits a turn's changes together and undoes them when t
     // The disk is back: changes commit again and survive a reopen.
     fs::remove(trigger);
     store.record_failure("b");
-    io.poll();
-    CHECK(stats.storage.healthy);
+    CHECK(run_until([&] { return stats.storage.healthy && !persistence.pending(); }));
+    persistence.stop_timer();
     REQUIRE(persistence.shut_down());
 
     MemoryCircuitStore reloaded(clock, 100);
