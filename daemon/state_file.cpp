@@ -42,9 +42,16 @@ PRAGMA user_version = 1;
 )sql";
 static_assert(kApplicationId == 1667392561);
 
+// An upsert updates the row in place (INSERT OR REPLACE would delete and
+// re-insert it, touching more of the tree).
 constexpr const char* kUpsert =
-    "INSERT OR REPLACE INTO circuits VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, "
-    "?13)";
+    "INSERT INTO circuits VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) "
+    "ON CONFLICT (key) DO UPDATE SET state = excluded.state, failure_count = "
+    "excluded.failure_count, success_count = excluded.success_count, last_failure_time = "
+    "excluded.last_failure_time, last_state_change = excluded.last_state_change, generation = "
+    "excluded.generation, pin_state = excluded.pin_state, pin_until = excluded.pin_until, "
+    "pin_reason = excluded.pin_reason, pin_uid = excluded.pin_uid, pin_pid = excluded.pin_pid, "
+    "policy = excluded.policy";
 constexpr const char* kRemove = "DELETE FROM circuits WHERE key = ?1";
 constexpr const char* kSetGeneration =
     "UPDATE meta SET value = ?1 WHERE name = 'last_generation'";
