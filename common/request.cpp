@@ -142,8 +142,9 @@ FieldResult check_object_fields(const Json& v, std::string_view what,
     for (auto name : required)
         if (!v.contains(name))
             return invalid("field '" + std::string(what) + "' lacks '" + std::string(name) + "'");
-    for (const auto& [name, value] : v.items()) {
-        const auto known = [&](std::initializer_list<std::string_view> names) {
+    for (auto it = v.begin(); it != v.end(); ++it) {
+        const std::string& name = it.key();
+        const auto known = [&name](std::initializer_list<std::string_view> names) {
             for (auto n : names)
                 if (n == name)
                     return true;
