@@ -122,6 +122,24 @@ std::string render_metrics(const MetricsInput& in) {
     m.family("cbd_events_dropped_total", "counter", "Event lines lost to watchers that fell behind.");
     m.sample("cbd_events_dropped_total", "", s.events_dropped);
 
+    if (!s.storage.mode.empty()) {
+        const auto& st = s.storage;
+        m.family("cbd_storage_healthy", "gauge",
+                 "1 when the last commit to the state file succeeded, else 0.");
+        m.sample("cbd_storage_healthy", label("mode", st.mode), st.healthy ? 1 : 0);
+        m.family("cbd_storage_commits_total", "counter", "Transactions committed to the state file.");
+        m.sample("cbd_storage_commits_total", "", st.commits);
+        m.family("cbd_storage_failures_total", "counter", "Transactions that failed.");
+        m.sample("cbd_storage_failures_total", "", st.failures);
+        m.family("cbd_storage_written_total", "counter", "Circuit rows written.");
+        m.sample("cbd_storage_written_total", "", st.written);
+        m.family("cbd_storage_undone_total", "counter",
+                 "Durable mode: changes undone because their commit failed.");
+        m.sample("cbd_storage_undone_total", "", st.undone);
+        m.family("cbd_storage_pending", "gauge", "Batch mode: keys changed and not yet written.");
+        m.sample("cbd_storage_pending", "", st.pending);
+    }
+
     m.family("cbd_resident_memory_bytes", "gauge", "Resident memory of the cbd process.");
     m.sample("cbd_resident_memory_bytes", "", in.resident_bytes);
 

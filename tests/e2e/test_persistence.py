@@ -293,6 +293,12 @@ def test_injected_write_failures_in_batch_mode_keep_serving_and_retry(start_cbd,
     s = stats(d.sock)["storage"]
     assert s["healthy"] is False and s["failures"] >= 1 and "I/O" in s["lastError"]
     assert "retries every 50 ms" in d.log()
+    metrics = cbctl("metrics", sock=d.sock).stdout
+    assert 'cbd_storage_healthy{mode="batch"} 0' in metrics
+    assert "cbd_storage_failures_total " in metrics
+    check = subprocess.run(["promtool", "check", "metrics"], input=metrics, capture_output=True,
+                           text=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
 
     fault.unlink()
     deadline = time.monotonic() + 10
