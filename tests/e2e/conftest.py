@@ -33,6 +33,35 @@ def wait_for_socket(path, proc=None, timeout=10.0):
     raise TimeoutError(f"nothing listening on {path}")
 
 
+def wait_until_serving(path, proc, timeout=60.0):
+    """Waits for an answer to ping: the socket listens before cbd has loaded
+    its state file (connections wait in the backlog), and cbd may still
+    refuse to start then."""
+    import json
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(max(0.1, deadline - time.monotonic()))
+                s.connect(str(path))
+                s.sendall(b'{"op":"ping"}\n')
+                buf = b""
+                while b"\n" not in buf:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    buf += chunk
+                if b"\n" in buf and json.loads(buf.split(b"\n")[0]).get("ok"):
+                    return
+        except (OSError, ValueError):
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"cbd exited with {proc.returncode} before serving")
+        time.sleep(0.02)
+    raise TimeoutError(f"cbd at {path} did not answer a ping")
+
+
 class Daemon:
     def __init__(self, proc, sock, stderr_path):
         self.proc = proc
@@ -118,6 +147,7 @@ def start_cbd(workdir):
         started.append(d)
         if wait:
             wait_for_socket(sock, proc)
+            wait_until_serving(sock, proc)
         return d
 
     yield start
