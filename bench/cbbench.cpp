@@ -2,6 +2,7 @@
 // P pipelined operations and prints throughput, latency percentiles and
 // errors, in the manner of redis-benchmark.
 #include "bench/load.hpp"
+#include "daemon/redis_scripts.hpp"
 #include "common/socket_path.hpp"
 
 #include <CLI/CLI.hpp>
@@ -30,8 +31,8 @@ int main(int argc, char** argv) {
     app.add_flag("--sequential-keys", sequential, "Touch the keys in order (to fill a store)");
     app.add_option("--op", op_text, "get|success|failure|acquire-report|mix:get=80,failure=20")
         ->capture_default_str();
-    app.add_option("--target", target, "cbd, redis, redis-incr (HINCRBY) or floor")
-        ->capture_default_str()->check(CLI::IsMember({"cbd", "redis", "redis-incr", "floor"}));
+    app.add_option("--target", target, "cbd, redis, redis-incr (HINCRBY), redis-cbd (cbd's own Redis-backend scripts) or floor")
+        ->capture_default_str()->check(CLI::IsMember({"cbd", "redis", "redis-incr", "redis-cbd", "floor"}));
     app.add_option("--redis-socket", redis_socket, "Redis's Unix socket (targets redis*)");
     app.add_flag("--json", json, "One JSON object instead of text");
     try {
@@ -51,7 +52,7 @@ int main(int argc, char** argv) {
 
     std::unique_ptr<Protocol> protocol;
     try {
-        if (target == "redis" || target == "redis-incr") {
+        if (target == "redis" || target == "redis-incr" || target == "redis-cbd") {
             if (redis_socket.empty()) {
                 std::cerr << "cbbench: --target " << target << " needs --redis-socket\n";
                 return 2;
@@ -65,6 +66,13 @@ int main(int argc, char** argv) {
             if (target == "redis") {
                 auto [failure_sha, success_sha] = load_redis_scripts(redis_socket);
                 protocol = std::make_unique<RedisProtocol>(failure_sha, success_sha);
+            } else if (target == "redis-cbd") {
+                auto load = [&](cbd::RedisScript s) {
+                    return load_redis_script(redis_socket, cbd::redis_script_source(s));
+                };
+                protocol = std::make_unique<RedisCbdScriptProtocol>(
+                    load(cbd::RedisScript::Get), load(cbd::RedisScript::Success),
+                    load(cbd::RedisScript::Failure));
             } else {
                 protocol = std::make_unique<RedisIncrProtocol>();
             }

@@ -1,6 +1,8 @@
 // Request templates and reply framing per server (see protocols.hpp).
 #include "bench/protocols.hpp"
 
+#include "daemon/redis_scripts.hpp"
+
 #include <charconv>
 #include <cstring>
 #include <stdexcept>
@@ -228,7 +230,7 @@ std::size_t resp_value_length(std::string_view data) {
     }
 }
 
-std::pair<std::string, std::string> load_redis_scripts(const std::string& socket_path) {
+std::string load_redis_script(const std::string& socket_path, const std::string& script) {
     int fd = socket(AF_UNIX, SOCK_STREAM, 0);
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
@@ -237,28 +239,55 @@ std::pair<std::string, std::string> load_redis_scripts(const std::string& socket
         close(fd);
         throw std::runtime_error("cannot connect to Redis at " + socket_path);
     }
-    auto load = [&](const char* script) {
-        std::string req;
-        append_command(req, {"SCRIPT", "LOAD", script});
-        if (write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size()))
-            throw std::runtime_error("cannot send SCRIPT LOAD");
-        std::string reply;
-        char buf[512];
-        while (resp_value_length(reply) == 0) {
-            ssize_t n = read(fd, buf, sizeof buf);
-            if (n <= 0)
-                throw std::runtime_error("Redis closed the connection during SCRIPT LOAD");
-            reply.append(buf, static_cast<std::size_t>(n));
+    std::string req;
+    append_command(req, {"SCRIPT", "LOAD", script});
+    if (write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size())) {
+        close(fd);
+        throw std::runtime_error("cannot send SCRIPT LOAD");
+    }
+    std::string reply;
+    char buf[512];
+    while (resp_value_length(reply) == 0) {
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n <= 0) {
+            close(fd);
+            throw std::runtime_error("Redis closed the connection during SCRIPT LOAD");
         }
-        if (reply[0] != '$')
-            throw std::runtime_error("SCRIPT LOAD failed: " + reply);
-        auto start = reply.find("\r\n") + 2;
-        return reply.substr(start, 40);
-    };
-    auto failure = load(RedisProtocol::failure_script());
-    auto success = load(RedisProtocol::success_script());
+        reply.append(buf, static_cast<std::size_t>(n));
+    }
     close(fd);
-    return {failure, success};
+    if (reply[0] != '$')
+        throw std::runtime_error("SCRIPT LOAD failed: " + reply);
+    auto start = reply.find("\r\n") + 2;
+    return reply.substr(start, 40);
+}
+
+std::pair<std::string, std::string> load_redis_scripts(const std::string& socket_path) {
+    return {load_redis_script(socket_path, RedisProtocol::failure_script()),
+            load_redis_script(socket_path, RedisProtocol::success_script())};
+}
+
+RedisCbdScriptProtocol::RedisCbdScriptProtocol(std::string get_sha, std::string success_sha,
+                                               std::string failure_sha)
+    : get_sha_(std::move(get_sha)), success_sha_(std::move(success_sha)),
+      failure_sha_(std::move(failure_sha)) {}
+
+void RedisCbdScriptProtocol::first_request(OpKind op, std::uint64_t key, std::string& out) {
+    const std::string k = key_name(key);
+    const auto keys = cbd::redis_script_keys("cbd:", k);
+    const std::string& sha =
+        op == OpKind::Get ? get_sha_ : op == OpKind::Success ? success_sha_ : failure_sha_;
+    // The default policy, as cbd passes it.
+    append_command(out, {"EVALSHA", sha, "6", keys[0], keys[1], keys[2], keys[3], keys[4], keys[5],
+                         k, "5", "30000", "1", "1", "30000"});
+}
+
+std::size_t RedisCbdScriptProtocol::reply_length(std::string_view data) {
+    return resp_value_length(data);
+}
+
+bool RedisCbdScriptProtocol::is_error(std::string_view reply) {
+    return !reply.empty() && reply[0] == '-';
 }
 
 } // namespace cbbench

@@ -76,6 +76,25 @@ class RedisIncrProtocol final : public Protocol {
     bool is_error(std::string_view reply) override;
 };
 
+// cbd's own Redis-backend scripts (daemon/redis_scripts.cpp), driven
+// directly with the keys and arguments cbd passes: what `--backend redis`
+// costs Redis, without cbd in between.
+class RedisCbdScriptProtocol final : public Protocol {
+  public:
+    // SHAs of cbd's get, success and failure scripts.
+    RedisCbdScriptProtocol(std::string get_sha, std::string success_sha, std::string failure_sha);
+    void first_request(OpKind op, std::uint64_t key, std::string& out) override;
+    bool follow_up(OpKind, std::uint64_t, std::string_view, std::string&) override { return false; }
+    std::size_t reply_length(std::string_view data) override;
+    bool is_error(std::string_view reply) override;
+
+  private:
+    std::string get_sha_, success_sha_, failure_sha_;
+};
+
+// SCRIPT LOAD of `script` on Redis at `socket_path`; returns the SHA.
+std::string load_redis_script(const std::string& socket_path, const std::string& script);
+
 // Length of the first complete RESP value in `data`, 0 if incomplete.
 std::size_t resp_value_length(std::string_view data);
 

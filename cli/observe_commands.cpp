@@ -221,11 +221,32 @@ int run_stats(const GlobalOptions& g, bool json) {
     };
     const auto& c = r["circuits"];
     std::cout << "cbd " << r.value("version", "") << " (protocol " << r.value("protocol", 0)
-              << "), up " << r.value("uptimeMs", std::int64_t{0}) / 1000 << " s\n"
-              << "circuits:    " << c.value("total", 0) << " (closed " << c.value("closed", 0)
-              << ", open " << c.value("open", 0) << ", half-open " << c.value("halfOpen", 0)
-              << ", forced " << c.value("forced", 0) << ")\n"
-              << "connections: " << r["connections"].value("current", 0) << " now, "
+              << "), up " << r.value("uptimeMs", std::int64_t{0}) / 1000 << " s\n";
+    if (c.is_object())
+        std::cout << "circuits:    " << c.value("total", 0) << " (closed " << c.value("closed", 0)
+                  << ", open " << c.value("open", 0) << ", half-open " << c.value("halfOpen", 0)
+                  << ", forced " << c.value("forced", 0) << ")\n";
+    if (r.contains("backend") && r["backend"].is_object()) {
+        const auto& b = r["backend"];
+        std::cout << "backend:     " << b.value("kind", "") << " at " << b.value("address", "")
+                  << (b.value("up", false) ? ", up" : ", DOWN") << "; "
+                  << b.value("unavailable", 0) << " operations unavailable, "
+                  << b.value("disconnects", 0) << " disconnects";
+        if (b["lastError"].is_string())
+            std::cout << "; last error: " << b["lastError"].get<std::string>();
+        std::cout << "\n";
+    }
+    if (r.contains("storage") && r["storage"].is_object()) {
+        const auto& st = r["storage"];
+        std::cout << "storage:     " << st.value("path", "") << " (sync " << st.value("mode", "")
+                  << ")" << (st.value("healthy", true) ? ", healthy" : ", FAILING") << "; "
+                  << st.value("commits", 0) << " commits, " << st.value("failures", 0)
+                  << " failed";
+        if (st["lastError"].is_string())
+            std::cout << "; last error: " << st["lastError"].get<std::string>();
+        std::cout << "\n";
+    }
+    std::cout << "connections: " << r["connections"].value("current", 0) << " now, "
               << r["connections"].value("total", 0) << " in all, "
               << r["connections"].value("refused", 0) << " refused\n"
               << "requests:    " << nonzero(r["requests"]) << "\n"

@@ -184,7 +184,8 @@ int run_guarded(const GlobalOptions& global, const RunOptions& options) {
         const std::string message = acquired["error"].value("message", "");
         // A store that fails is treated as closed, as the reference does;
         // a request cbd refuses (a bad key) is the caller's mistake.
-        const bool store_failure = code == "too_many_circuits" || code == "internal_error";
+        const bool store_failure = code == "too_many_circuits" || code == "internal_error" ||
+                                   code == "backend_unavailable" || code == "storage_unavailable";
         if (!store_failure || options.fail_closed) {
             std::cerr << "cbctl: " << code << ": " << message << "\n";
             return kExitDaemonError;

@@ -55,6 +55,8 @@ std::string_view error_code_name(ErrorCode code) {
         return "too_many_connections";
     case ErrorCode::StorageUnavailable:
         return "storage_unavailable";
+    case ErrorCode::BackendUnavailable:
+        return "backend_unavailable";
     case ErrorCode::InternalError:
         return "internal_error";
     }

@@ -12,6 +12,8 @@
 //      permission_denied, too_many_connections.
 //   5  persistence: export, import; error storage_unavailable; `stats`
 //      gains "storage".
+//   6  the Redis backend: error backend_unavailable; `stats` gains
+//      "backend".
 #pragma once
 
 #include <cstddef>
@@ -21,7 +23,7 @@
 
 namespace cbd {
 
-inline constexpr int kProtocolVersion = 5;
+inline constexpr int kProtocolVersion = 6;
 inline constexpr std::string_view kVersion = CBD_VERSION;
 
 // Hard limits. The line and circuit limits have daemon flags; the rest are
@@ -73,9 +75,10 @@ enum class ErrorCode : std::uint8_t {
     PermissionDenied,
     TooManyConnections,
     StorageUnavailable, // durable mode: the change could not be committed, so it was undone
+    BackendUnavailable, // --backend redis: Redis did not answer in time
     InternalError,
 };
-inline constexpr std::size_t kErrorCodeCount = 14;
+inline constexpr std::size_t kErrorCodeCount = 15;
 static_assert(static_cast<std::size_t>(ErrorCode::InternalError) + 1 == kErrorCodeCount);
 
 std::string_view error_code_name(ErrorCode code);

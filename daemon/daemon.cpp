@@ -9,6 +9,7 @@
 #include "daemon/event_hub.hpp"
 #include "daemon/listener.hpp"
 #include "daemon/memory_store.hpp"
+#include "daemon/redis_store.hpp"
 #include "daemon/metrics_http.hpp"
 #include "daemon/server.hpp"
 #include "daemon/service_manager.hpp"
@@ -199,6 +200,22 @@ int run_daemon(const DaemonConfig& config) {
                                     ? persistence.get()
                                     : nullptr});
 
+    // --backend redis: circuit operations go to Redis; the memory store above
+    // still resolves policies from this daemon's configuration.
+    std::optional<RedisStore> redis;
+    if (!config.redis_url.empty()) {
+        RedisStoreOptions options;
+        if (auto error = RedisEndpoint::parse(config.redis_url, options.connection.endpoint)) {
+            log_error("cannot start: --redis " + config.redis_url + ": " + *error);
+            return 1;
+        }
+        options.connection.password = config.redis_password;
+        options.connection.timeout = config.backend_timeout;
+        options.prefix = config.redis_prefix;
+        redis.emplace(io, options, stats, &events);
+        dispatcher.set_remote(&*redis);
+    }
+
     std::optional<MetricsHttpServer> metrics_http;
     if (!config.metrics_listen.empty()) {
         try {
@@ -235,7 +252,11 @@ int run_daemon(const DaemonConfig& config) {
         if (metrics_http)
             metrics_http->stop();
         // run() returns once the sessions are gone and the timer is cancelled.
-        server.stop([&] { grace.cancel(); });
+        server.stop([&] {
+            grace.cancel();
+            if (redis)
+                redis->stop(); // the last replies are out: nothing waits on Redis
+        });
     };
 
     std::function<void()> wait_signal = [&] {
@@ -277,6 +298,11 @@ int run_daemon(const DaemonConfig& config) {
 
     if (persistence)
         persistence->start(io);
+    if (redis) {
+        redis->start();
+        log_info("circuits live in Redis at " + stats.backend.address + " (key prefix '" +
+                 config.redis_prefix + "')");
+    }
     server.start();
     if (metrics_http) {
         metrics_http->start();

@@ -40,6 +40,11 @@ struct DaemonConfig {
     std::chrono::milliseconds sync_interval{100};
     bool move_corrupt_state = false; // else refuse to start on an unreadable file
     std::string storage_fault_file;  // test hook, from $CBD_STORAGE_FAULT_FILE
+    // --backend redis: circuits live in Redis at this address (empty: in memory).
+    std::string redis_url;
+    std::string redis_password; // read from --redis-password-file
+    std::string redis_prefix = "cbd:";
+    std::chrono::milliseconds backend_timeout{1000};
 };
 
 // Serves until SIGTERM or SIGINT. Returns the process exit status: 0 after a

@@ -5,6 +5,7 @@
 #include "daemon/circuit_json.hpp"
 #include "daemon/log.hpp"
 #include "daemon/metrics.hpp"
+#include "daemon/redis_store.hpp"
 
 #include <array>
 #include <exception>
@@ -51,6 +52,39 @@ void circuit_reply(std::string& out, const Request& req, const StoreResult& r,
         return;
     }
     ReplyWriter w(out, req.id_json, true);
+    circuit_fields(w, r.circuit);
+    if (r.transition)
+        w.raw_field("transition", transition_json(*r.transition));
+    w.finish();
+}
+
+void acquire_reply(std::string& out, const Request& req, const AcquireResult& r,
+                   DaemonStats& stats) {
+    if (r.error) {
+        circuit_error(out, req, *r.error, r.circuit, stats);
+        return;
+    }
+    ReplyWriter w(out, req.id_json, true);
+    w.field("allowed", r.allowed);
+    if (r.allowed && !r.permit.empty())
+        w.string_field("permit", r.permit);
+    if (!r.allowed)
+        w.field("retryAfterMs", r.retry_after_ms);
+    circuit_fields(w, r.circuit);
+    if (r.transition)
+        w.raw_field("transition", transition_json(*r.transition));
+    w.finish();
+}
+
+void report_reply(std::string& out, const Request& req, const ReportResult& r,
+                  DaemonStats& stats) {
+    if (r.error) {
+        circuit_error(out, req, *r.error, r.circuit, stats);
+        return;
+    }
+    ReplyWriter w(out, req.id_json, true);
+    if (r.stale)
+        w.field("stale", true);
     circuit_fields(w, r.circuit);
     if (r.transition)
         w.raw_field("transition", transition_json(*r.transition));
@@ -162,6 +196,8 @@ void Dispatcher::handle_line(std::string_view line, RequestContext& ctx, std::st
             refuse(request_, ctx, spec, out);
             return;
         }
+        if (remote_ && handle_remote(request_, ctx, out))
+            return;
         (this->*handler_for(request_.op))(request_, ctx, out);
     } catch (const std::exception& e) {
         // Whatever happened, the client still gets exactly one line.
@@ -219,36 +255,12 @@ void Dispatcher::handle_ping(const Request& req, RequestContext&, std::string& o
 }
 
 void Dispatcher::handle_acquire(const Request& req, RequestContext&, std::string& out) {
-    auto r = store_.acquire(req.key);
-    if (r.error) {
-        circuit_error(out, req, *r.error, r.circuit, stats_);
-        return;
-    }
-    ReplyWriter w(out, req.id_json, true);
-    w.field("allowed", r.allowed);
-    if (r.allowed && !r.permit.empty())
-        w.string_field("permit", r.permit);
-    if (!r.allowed)
-        w.field("retryAfterMs", r.retry_after_ms);
-    circuit_fields(w, r.circuit);
-    if (r.transition)
-        w.raw_field("transition", transition_json(*r.transition));
-    w.finish();
+    acquire_reply(out, req, store_.acquire(req.key), stats_);
 }
 
 void Dispatcher::handle_report(const Request& req, RequestContext&, std::string& out) {
-    auto r = store_.report(req.key, req.outcome, req.generation, req.permit);
-    if (r.error) {
-        circuit_error(out, req, *r.error, r.circuit, stats_);
-        return;
-    }
-    ReplyWriter w(out, req.id_json, true);
-    if (r.stale)
-        w.field("stale", true);
-    circuit_fields(w, r.circuit);
-    if (r.transition)
-        w.raw_field("transition", transition_json(*r.transition));
-    w.finish();
+    report_reply(out, req, store_.report(req.key, req.outcome, req.generation, req.permit),
+                 stats_);
 }
 
 void Dispatcher::handle_force(const Request& req, RequestContext& ctx, std::string& out) {
@@ -366,11 +378,13 @@ void Dispatcher::handle_stats(const Request& req, RequestContext&, std::string& 
         .raw_field("errors",
                    object([](std::size_t i) { return error_code_name(static_cast<ErrorCode>(i)); },
                           stats_.errors, kErrorCodeCount))
-        .raw_field("circuits", "{\"total\":" + std::to_string(counts.total) +
-                                   ",\"closed\":" + std::to_string(counts.closed) +
-                                   ",\"open\":" + std::to_string(counts.open) +
-                                   ",\"halfOpen\":" + std::to_string(counts.half_open) +
-                                   ",\"forced\":" + std::to_string(counts.forced) + "}")
+        // With the Redis backend this daemon holds no circuits to count.
+        .raw_field("circuits", remote_ ? std::string("null")
+                                       : "{\"total\":" + std::to_string(counts.total) +
+                                             ",\"closed\":" + std::to_string(counts.closed) +
+                                             ",\"open\":" + std::to_string(counts.open) +
+                                             ",\"halfOpen\":" + std::to_string(counts.half_open) +
+                                             ",\"forced\":" + std::to_string(counts.forced) + "}")
         .field("watchers", stats_.watchers)
         .raw_field("events", "{\"emitted\":" + std::to_string(stats_.events_emitted) +
                                  ",\"dropped\":" + std::to_string(stats_.events_dropped) + "}")
@@ -387,6 +401,20 @@ void Dispatcher::handle_stats(const Request& req, RequestContext&, std::string& 
             {"lastError", st.last_error.empty() ? nlohmann::json(nullptr)
                                                 : nlohmann::json(st.last_error)}};
         w.raw_field("storage", storage.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+    }
+    const BackendStats& b = stats_.backend;
+    if (b.kind.empty()) {
+        w.raw_field("backend", "null");
+    } else {
+        nlohmann::json backend = {
+            {"kind", b.kind},
+            {"address", b.address},
+            {"up", b.up},
+            {"disconnects", b.disconnects},
+            {"unavailable", b.unavailable},
+            {"lastError", b.last_error.empty() ? nlohmann::json(nullptr) : nlohmann::json(b.last_error)}};
+        w.raw_field("backend",
+                    backend.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
     }
     w.finish();
 }
@@ -453,6 +481,118 @@ void Dispatcher::handle_import(const Request& req, RequestContext& ctx, std::str
 
 void Dispatcher::handle_metrics(const Request& req, RequestContext&, std::string& out) {
     ReplyWriter(out, req.id_json, true).string_field("text", metrics_text(req.per_circuit)).finish();
+}
+
+// --- the Redis backend ------------------------------------------------------------
+
+bool Dispatcher::handle_remote(const Request& req, RequestContext& ctx, std::string& out) {
+    RedisScript script;
+    std::vector<std::string> args;
+    auto generation_arg = [](const std::optional<std::uint64_t>& g) {
+        return g ? std::to_string(*g) : std::string();
+    };
+    switch (req.op) {
+    case Op::Get:
+        script = RedisScript::Get;
+        break;
+    case Op::Success:
+        script = RedisScript::Success;
+        break;
+    case Op::Failure:
+        script = RedisScript::Failure;
+        break;
+    case Op::Transition:
+        script = RedisScript::Transition;
+        args = {std::string(state_name(*req.to)),
+                req.expect ? std::string(state_name(*req.expect)) : std::string(),
+                generation_arg(req.expect_generation)};
+        break;
+    case Op::Reset:
+        script = RedisScript::Reset;
+        break;
+    case Op::Acquire:
+        script = RedisScript::Acquire;
+        break;
+    case Op::Report:
+        script = RedisScript::Report;
+        args = {req.outcome == Outcome::Failure ? "failure" : "success",
+                generation_arg(req.generation), req.permit};
+        break;
+    case Op::Force:
+        script = RedisScript::Force;
+        args = {std::string(state_name(req.state)), std::to_string(req.ttl_ms), req.reason,
+                std::to_string(ctx.peer.uid), std::to_string(ctx.peer.pid)};
+        break;
+    case Op::Unforce:
+        script = RedisScript::Unforce;
+        break;
+    case Op::Configure:
+    case Op::List:
+    case Op::Export:
+    case Op::Import:
+        stats_.errors[static_cast<std::size_t>(ErrorCode::InvalidRequest)] += 1;
+        append_error_reply(out, req.id_json, ErrorCode::InvalidRequest,
+                           "'" + std::string(op_spec(req.op).name) +
+                               "' is not available with the Redis backend yet");
+        return true;
+    default:
+        return false; // answered here, from this daemon (ping, policy, stats, watch...)
+    }
+    if (!ctx.deferral) {
+        stats_.errors[static_cast<std::size_t>(ErrorCode::InternalError)] += 1;
+        append_error_reply(out, req.id_json, ErrorCode::InternalError,
+                           "this connection cannot wait for the backend");
+        return true;
+    }
+    auto slot = ctx.deferral->take_slot();
+    const Policy policy = store_.policy(req.key).resolved.policy;
+    remote_->run(script, req.key, policy, args,
+                 [this, slot, req, peer = ctx.peer](RemoteResult r) {
+                     std::string& text = slot->text;
+                     if (r.error == ErrorCode::BackendUnavailable) {
+                         stats_.errors[static_cast<std::size_t>(ErrorCode::BackendUnavailable)] += 1;
+                         append_error_reply(text, req.id_json, ErrorCode::BackendUnavailable,
+                                            "the Redis backend is unavailable: " +
+                                                r.unavailable_reason);
+                         slot->complete();
+                         return;
+                     }
+                     switch (req.op) {
+                     case Op::Reset:
+                         audit(req, peer, r.extra1 ? "removed=true" : "removed=false");
+                         append_reset_reply(text, req.id_json, r.extra1 != 0);
+                         break;
+                     case Op::Acquire:
+                         acquire_reply(text, req,
+                                       AcquireResult{r.error, r.extra1 != 0, r.extra3, r.extra2,
+                                                     r.circuit, r.transition},
+                                       stats_);
+                         break;
+                     case Op::Report:
+                         report_reply(text, req,
+                                      ReportResult{r.error, r.stale, r.circuit, r.transition},
+                                      stats_);
+                         break;
+                     default:
+                         if (req.op == Op::Transition)
+                             audit(req, peer,
+                                   "to=" + std::string(state_name(*req.to)) +
+                                       (r.error ? " refused=" + std::string(error_code_name(*r.error))
+                                                : ""));
+                         else if (req.op == Op::Force)
+                             audit(req, peer,
+                                   "state=" + std::string(state_name(req.state)) +
+                                       " ttlMs=" + std::to_string(req.ttl_ms) + " reason=\"" +
+                                       req.reason + "\"");
+                         else if (req.op == Op::Unforce)
+                             audit(req, peer, r.transition ? "lifted=true" : "lifted=false");
+                         circuit_reply(text, req, StoreResult{r.error, r.circuit, r.transition},
+                                       stats_);
+                         break;
+                     }
+                     slot->complete();
+                 });
+    return true;
 }
 
 } // namespace cbd

@@ -11,11 +11,38 @@
 #include "daemon/peer.hpp"
 #include "daemon/stats.hpp"
 
+#include <functional>
+#include <memory>
 #include <optional>
+#include <utility>
 #include <string>
 #include <string_view>
 
 namespace cbd {
+
+class RedisStore;
+
+// A reply that is written later: a remote store's answer. The session keeps
+// its place among the connection's replies and sends it in order once it is
+// complete.
+struct DeferredReply {
+    std::string text;
+    std::function<void()> on_complete; // set by the session
+    void complete() {
+        if (on_complete)
+            std::exchange(on_complete, nullptr)();
+    }
+};
+
+// What a session offers the dispatcher for replies that come later.
+class ReplyDeferral {
+  public:
+    // A slot at the current end of the connection's replies.
+    virtual std::shared_ptr<DeferredReply> take_slot() = 0;
+
+  protected:
+    ~ReplyDeferral() = default;
+};
 
 // The connection a request came on, as the dispatcher sees it: who sent it,
 // and what the request asks of the connection beyond its reply.
@@ -27,11 +54,18 @@ struct RequestContext {
     // The request of the line just handled, when it parsed (valid until the
     // next line): sessions holding replies for a group commit note its key.
     const Request* request = nullptr;
+    // Where replies that come later go; nullptr where nothing can wait (then
+    // a remote operation is answered internal_error).
+    ReplyDeferral* deferral = nullptr;
 };
 
 class Dispatcher {
   public:
     Dispatcher(CircuitStore& store, DaemonStats& stats);
+
+    // --backend redis: circuit operations go to `remote` (their replies come
+    // later); `store` still resolves policies from the daemon's configuration.
+    void set_remote(RedisStore* remote) { remote_ = remote; }
 
     // Handles one line (without its "\n"). Appends exactly one reply line to
     // `out`, or nothing when the line is blank.
@@ -64,10 +98,13 @@ class Dispatcher {
     void handle_stats(const Request& req, RequestContext& ctx, std::string& out);
     void handle_metrics(const Request& req, RequestContext& ctx, std::string& out);
     void handle_export(const Request& req, RequestContext& ctx, std::string& out);
+    // A circuit operation on the remote store; false when the op is not one.
+    bool handle_remote(const Request& req, RequestContext& ctx, std::string& out);
     void handle_import(const Request& req, RequestContext& ctx, std::string& out);
 
     CircuitStore& store_;
     DaemonStats& stats_;
+    RedisStore* remote_ = nullptr;
     Request request_; // reused across lines to keep its buffers
 };
 

@@ -10,6 +10,7 @@
 #include <CLI/CLI.hpp>
 #include <array>
 #include <cstdlib>
+#include <fstream>
 #include <iostream>
 
 int main(int argc, char** argv) {
@@ -32,6 +33,8 @@ int main(int argc, char** argv) {
     std::string state_file, sync_mode = "batch";
     std::int64_t sync_interval_ms = 100;
     bool move_corrupt_state = false;
+    std::string backend = "memory", redis_url, redis_password_file, redis_prefix = "cbd:",
+                backend_timeout = "1s";
     // 0 = not given on the command line.
     std::array<std::int64_t, cbd::kPolicyFieldCount> policy_flags{};
     const std::array<std::string, cbd::kPolicyFieldCount> policy_flag_names = {
@@ -99,6 +102,26 @@ int main(int argc, char** argv) {
     app.add_flag("--move-corrupt-state", move_corrupt_state,
                  "If the state file cannot be read, move it aside (to FILE.corrupt-TIME) and "
                  "start empty instead of refusing to start");
+    app.add_option("--backend", backend,
+                   "memory: circuits in this daemon; redis: circuits in Redis (--redis), shared "
+                   "with every cbd that uses the same Redis and prefix")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"memory", "redis"}));
+    app.add_option("--redis", redis_url,
+                   "Redis address for --backend redis: unix:///path/redis.sock or "
+                   "tcp://HOST:PORT");
+    app.add_option("--redis-password-file", redis_password_file,
+                   "File holding the Redis password (AUTH), first line")
+        ->check(CLI::ExistingFile);
+    app.add_option("--redis-prefix", redis_prefix,
+                   "Start of every Redis key this cbd uses, so deployments can share a Redis")
+        ->capture_default_str();
+    app.add_option("--backend-timeout", backend_timeout,
+                   "How long an operation waits for Redis before backend_unavailable (300ms, 2s)")
+        ->capture_default_str()
+        ->check([](const std::string& v) {
+            return cbd::parse_duration(v) ? std::string() : "'" + v + "' is not a duration";
+        });
     for (std::size_t i = 0; i < cbd::kPolicyFieldCount; ++i)
         app.add_option(policy_flag_names[i], policy_flags[i], policy_flag_help[i])
             ->check(CLI::Range(std::int64_t{1}, cbd::kMaxPolicyValue));
@@ -122,6 +145,30 @@ int main(int argc, char** argv) {
     config.writer_group = writer_group;
     config.admin_group = admin_group;
     config.max_connections = max_connections;
+    if (backend == "redis") {
+        if (redis_url.empty()) {
+            std::cerr << "cbd: --backend redis needs --redis ADDRESS\n";
+            return 2;
+        }
+        if (!state_file.empty()) {
+            std::cerr << "cbd: --state-file is for the memory backend; with --backend redis the "
+                         "circuits persist in Redis\n";
+            return 2;
+        }
+        config.redis_url = redis_url;
+        config.redis_prefix = redis_prefix;
+        config.backend_timeout = *cbd::parse_duration(backend_timeout);
+        if (!redis_password_file.empty()) {
+            std::ifstream in(redis_password_file);
+            if (!in || !std::getline(in, config.redis_password)) {
+                std::cerr << "cbd: cannot read " << redis_password_file << "\n";
+                return 2;
+            }
+        }
+    } else if (!redis_url.empty()) {
+        std::cerr << "cbd: --redis needs --backend redis\n";
+        return 2;
+    }
     config.state_file = state_file;
     config.sync_mode = *cbd::parse_sync_mode(sync_mode);
     config.sync_interval = std::chrono::milliseconds(sync_interval_ms);

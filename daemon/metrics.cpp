@@ -140,6 +140,17 @@ std::string render_metrics(const MetricsInput& in) {
         m.sample("cbd_storage_pending", "", st.pending);
     }
 
+    if (!s.backend.kind.empty()) {
+        m.family("cbd_backend_up", "gauge", "1 while the connection to the backend is up.");
+        m.sample("cbd_backend_up", label("kind", s.backend.kind), s.backend.up ? 1 : 0);
+        m.family("cbd_backend_disconnects_total", "counter",
+                 "Times the backend connection was lost or could not be made.");
+        m.sample("cbd_backend_disconnects_total", "", s.backend.disconnects);
+        m.family("cbd_backend_unavailable_total", "counter",
+                 "Operations answered backend_unavailable.");
+        m.sample("cbd_backend_unavailable_total", "", s.backend.unavailable);
+    }
+
     m.family("cbd_resident_memory_bytes", "gauge", "Resident memory of the cbd process.");
     m.sample("cbd_resident_memory_bytes", "", in.resident_bytes);
 

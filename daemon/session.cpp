@@ -127,13 +127,57 @@ void Session::on_read(const boost::system::error_code& ec, std::size_t n) {
     }
     in_.commit(n);
     last_request_ = std::chrono::steady_clock::now();
+    in_batch_ = true;
     handle_complete_lines();
+    in_batch_ = false;
+    finish_batch();
+}
+
+void Session::finish_batch() {
+    if (deferred_open_ > 0) {
+        awaiting_deferred_ = true; // the last completion comes back here
+        return;
+    }
+    splice_deferred();
     if (out_.empty())
         read_more();
     else if (!held_.empty())
         await_commit();
     else
         write_out();
+}
+
+std::shared_ptr<DeferredReply> Session::take_slot() {
+    auto slot = std::make_shared<DeferredReply>();
+    deferred_.emplace_back(out_.size(), slot);
+    deferred_open_ += 1;
+    slot->on_complete = [self = shared_from_this()] {
+        self->deferred_open_ -= 1;
+        if (self->deferred_open_ == 0 && self->awaiting_deferred_ && !self->in_batch_) {
+            self->awaiting_deferred_ = false;
+            if (self->closed_) {
+                self->deferred_.clear();
+                return;
+            }
+            self->finish_batch();
+        }
+    };
+    return slot;
+}
+
+void Session::splice_deferred() {
+    if (deferred_.empty())
+        return;
+    std::string joined;
+    std::size_t copied = 0;
+    for (const auto& [pos, slot] : deferred_) {
+        joined.append(out_, copied, pos - copied);
+        joined += slot->text;
+        copied = pos;
+    }
+    joined.append(out_, copied);
+    out_ = std::move(joined);
+    deferred_.clear();
 }
 
 void Session::await_commit() {
@@ -165,7 +209,7 @@ void Session::on_durable(const KeySet* undone) {
 }
 
 void Session::handle_complete_lines() {
-    RequestContext ctx{peer_, level_, std::nullopt};
+    RequestContext ctx{peer_, level_, std::nullopt, nullptr, this};
     CommitGate* gate = shared_.commit_gate;
     const auto drained = in_.drain([&](std::string_view line) {
         const std::size_t begin = out_.size();

@@ -65,7 +65,9 @@ struct SessionShared {
     CommitGate* commit_gate = nullptr;
 };
 
-class Session final : public std::enable_shared_from_this<Session>, public Watcher {
+class Session final : public std::enable_shared_from_this<Session>,
+                      public Watcher,
+                      public ReplyDeferral {
   public:
     using Socket = boost::asio::local::stream_protocol::socket;
 
@@ -79,6 +81,7 @@ class Session final : public std::enable_shared_from_this<Session>, public Watch
     void stop();
 
     void push_event(const std::shared_ptr<const std::string>& line) override;
+    std::shared_ptr<DeferredReply> take_slot() override;
 
   private:
     void read_more();
@@ -89,6 +92,10 @@ class Session final : public std::enable_shared_from_this<Session>, public Watch
     // committed, turning those about undone changes into errors.
     void await_commit();
     void on_durable(const KeySet* undone);
+    // After a batch: send now, or wait for deferred replies and commits.
+    void finish_batch();
+    // Puts completed deferred replies in their places in out_.
+    void splice_deferred();
     void on_written(const boost::system::error_code& ec);
     // After a fatal protocol error: stop sending, read and discard what the
     // client still sends until it closes, so our last reply is not lost to a
@@ -122,6 +129,11 @@ class Session final : public std::enable_shared_from_this<Session>, public Watch
         std::string id_json;
     };
     std::vector<HeldReply> held_;
+    // Replies a remote store completes later, at their positions in out_.
+    std::vector<std::pair<std::size_t, std::shared_ptr<DeferredReply>>> deferred_;
+    std::size_t deferred_open_ = 0; // not yet complete
+    bool in_batch_ = false;         // dispatching: completions only count
+    bool awaiting_deferred_ = false;
 
     bool reading_ = false;
     bool writing_ = false;

@@ -28,6 +28,16 @@ struct StorageStats {
     std::string last_error;       // of the last failure, kept after recovery
 };
 
+// The Redis backend's connection (kind empty with the memory backend).
+struct BackendStats {
+    std::string kind;    // "redis"
+    std::string address; // unix:///… or tcp://…
+    bool up = false;
+    std::uint64_t disconnects = 0; // times the connection was lost or never came up
+    std::uint64_t unavailable = 0; // operations answered backend_unavailable
+    std::string last_error;
+};
+
 struct DaemonStats {
     std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
 
@@ -43,6 +53,7 @@ struct DaemonStats {
     std::uint64_t events_dropped = 0; // lost to overflowing watchers
 
     StorageStats storage;
+    BackendStats backend;
 
     // [from][to][cause]
     std::array<std::array<std::array<std::uint64_t, kTransitionCauseCount>, 3>, 3> transitions{};

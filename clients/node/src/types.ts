@@ -1,4 +1,4 @@
-// The cbd wire protocol (docs/PROTOCOL.md, version 5) as TypeScript types.
+// The cbd wire protocol (docs/PROTOCOL.md, version 6) as TypeScript types.
 
 /** The reference gateway's snapshot, field for field. */
 export type CircuitState = "closed" | "open" | "half-open";
@@ -38,6 +38,8 @@ export type ErrorCode =
   | "too_many_connections"
   /** Durable mode: the change could not be committed, so it was not applied. */
   | "storage_unavailable"
+  /** --backend redis: Redis did not answer within --backend-timeout. */
+  | "backend_unavailable"
   | "internal_error";
 
 /** Codes the client itself gives, when the daemon could not answer. */
@@ -134,12 +136,24 @@ export interface StatsReply {
   connections: { current: number; total: number; refused: number };
   requests: Record<string, number>;
   errors: Record<string, number>;
-  circuits: { total: number; closed: number; open: number; halfOpen: number; forced: number };
+  /** null with the Redis backend (the circuits are in Redis). */
+  circuits: { total: number; closed: number; open: number; halfOpen: number; forced: number } | null;
   watchers: number;
   events: { emitted: number; dropped: number };
   residentMemoryBytes: number;
   /** null when cbd runs without --state-file. */
   storage: StorageStats | null;
+  /** null with the memory backend. */
+  backend: BackendStats | null;
+}
+
+export interface BackendStats {
+  kind: "redis";
+  address: string;
+  up: boolean;
+  disconnects: number;
+  unavailable: number;
+  lastError: string | null;
 }
 
 export interface StorageStats {

@@ -1,0 +1,228 @@
+// The Redis backend's scripts (see redis_scripts.hpp and docs/REDIS.md).
+// Every script shares the prelude: the circuit as a Lua table, time from
+// Redis, settling of expired pins and leases, the reference's transition
+// rules with a new generation, events published, and one result shape.
+#include "daemon/redis_scripts.hpp"
+
+namespace cbd {
+
+namespace {
+
+// KEYS: 1 circuit hash, 2 probe permits (zset: permit -> lease end),
+// 3 generation counter, 4 the key's policy override (hash), 5 the events
+// channel, 6 the key index (zset, all scores 0, for listing).
+// ARGV: 1 the key, 2..6 the daemon's policy for the key before any key
+// override (failureThreshold, resetTimeoutMs, halfOpenMax, successThreshold,
+// probeLeaseMs), 7.. the operation's own.
+constexpr std::string_view kPrelude = R"lua(
+local C, PROBES, GEN, POL, EVENTS, INDEX = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local key = ARGV[1]
+local tm = redis.call('TIME')
+local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
+local c = nil
+local changed = false
+local tr = nil
+
+local function load(create)
+  local h = redis.call('HMGET', C, 'state', 'fc', 'sc', 'lft', 'lsc', 'gen', 'ps', 'pu', 'pr', 'puid', 'ppid')
+  if not h[1] then
+    if not create then return false end
+    c = {state = 'closed', fc = 0, sc = 0, lft = 0, lsc = now, gen = redis.call('INCR', GEN)}
+    redis.call('ZADD', INDEX, 0, key)
+    changed = true
+    return true
+  end
+  c = {state = h[1], fc = tonumber(h[2]), sc = tonumber(h[3]), lft = tonumber(h[4]),
+       lsc = tonumber(h[5]), gen = tonumber(h[6])}
+  if h[7] then
+    c.ps = h[7]; c.pu = tonumber(h[8]); c.pr = h[9]; c.puid = tonumber(h[10]); c.ppid = tonumber(h[11])
+    c.was_pinned = true
+  end
+  return true
+end
+
+local function publish(from, to, cause)
+  redis.call('PUBLISH', EVENTS, cjson.encode({'transition', key, from, to, now, cause, c.gen,
+    c.state, c.fc, c.sc, c.lft, c.lsc, c.ps or '', c.pu or 0, c.pr or '', c.puid or 0, c.ppid or 0}))
+end
+
+local function transition(to, cause)
+  local from = c.state
+  c.state = to
+  c.lsc = now
+  if to == 'closed' then c.fc = 0; c.sc = 0 elseif to == 'half-open' then c.sc = 0 end
+  c.gen = redis.call('INCR', GEN)
+  redis.call('DEL', PROBES)
+  changed = true
+  tr = {from, to, cause}
+  publish(from, to, cause)
+end
+
+local function lift_pin(cause)
+  c.ps = nil; c.pu = nil; c.pr = nil; c.puid = nil; c.ppid = nil
+  c.gen = redis.call('INCR', GEN)
+  changed = true
+  tr = {c.state, c.state, cause}
+  publish(c.state, c.state, cause)
+end
+
+-- What time alone decides: an expired pin lifts; an expired probe lease
+-- counts as a failed probe and re-opens the circuit.
+local function settle()
+  if c.ps and c.pu ~= 0 and now >= c.pu then lift_pin('force-expired') end
+  if redis.call('ZCOUNT', PROBES, '-inf', now) > 0 then
+    c.fc = c.fc + 1
+    c.lft = now
+    transition('open', 'lease-expired')
+  end
+end
+
+local function policy()
+  local o = redis.call('HMGET', POL, 'failureThreshold', 'resetTimeoutMs', 'halfOpenMax',
+                       'successThreshold', 'probeLeaseMs')
+  local p = {}
+  for i = 1, 5 do p[i] = tonumber(o[i] or ARGV[i + 1]) end
+  return p
+end
+
+local function save()
+  if not changed then return end
+  redis.call('HSET', C, 'state', c.state, 'fc', c.fc, 'sc', c.sc, 'lft', c.lft, 'lsc', c.lsc, 'gen', c.gen)
+  if c.ps then
+    redis.call('HSET', C, 'ps', c.ps, 'pu', c.pu, 'pr', c.pr, 'puid', c.puid, 'ppid', c.ppid)
+  elseif c.was_pinned then
+    redis.call('HDEL', C, 'ps', 'pu', 'pr', 'puid', 'ppid')
+  end
+end
+
+local function result(status, x1, x2, x3)
+  save()
+  return {status, c.state, c.fc, c.sc, c.lft, c.lsc, c.gen, c.ps or '', c.pu or 0, c.pr or '',
+          c.puid or 0, c.ppid or 0, tr and tr[1] or '', tr and tr[2] or '', tr and tr[3] or '',
+          x1 or 0, x2 or '', x3 or 0}
+end
+)lua";
+
+constexpr std::string_view kGet = R"lua(
+load(true); settle()
+return result('ok')
+)lua";
+
+constexpr std::string_view kSuccess = R"lua(
+load(true); settle()
+c.sc = c.sc + 1; changed = true
+return result('ok')
+)lua";
+
+constexpr std::string_view kFailure = R"lua(
+load(true); settle()
+c.fc = c.fc + 1; c.lft = now; changed = true
+return result('ok')
+)lua";
+
+// ARGV 7: to, 8: expected state or '', 9: expected generation or ''.
+constexpr std::string_view kTransition = R"lua(
+load(true); settle()
+if (ARGV[8] ~= '' and ARGV[8] ~= c.state) or (ARGV[9] ~= '' and tonumber(ARGV[9]) ~= c.gen) then
+  return result('conflict')
+end
+if c.ps then return result('forced') end
+transition(ARGV[7], 'manual')
+return result('ok')
+)lua";
+
+constexpr std::string_view kReset = R"lua(
+if redis.call('EXISTS', C) == 0 then return {'ok', 0} end
+redis.call('DEL', C, PROBES)
+redis.call('ZREM', INDEX, key)
+redis.call('PUBLISH', EVENTS, cjson.encode({'reset', key, now}))
+return {'ok', 1}
+)lua";
+
+constexpr std::string_view kAcquire = R"lua(
+load(true); settle()
+local p = policy()
+if c.ps then
+  if c.ps == 'closed' then return result('ok', 1, '', 0) end
+  return result('ok', 0, '', c.pu ~= 0 and c.pu - now or p[2])
+end
+if c.state == 'closed' then return result('ok', 1, '', 0) end
+if c.state == 'open' then
+  local elapsed = now - c.lsc
+  if elapsed < p[2] then return result('ok', 0, '', p[2] - elapsed) end
+  -- The first caller after the timeout moves it to half-open, once.
+  transition('half-open', 'timeout')
+end
+if redis.call('ZCARD', PROBES) >= p[3] then return result('ok', 0, '', p[2]) end
+local permit = string.format('%x%08x', c.gen, redis.call('INCR', GEN .. ':permits') % 4294967296)
+redis.call('ZADD', PROBES, now + p[5], permit)
+redis.call('PEXPIRE', PROBES, p[5] + 60000)
+return result('ok', 1, permit, 0)
+)lua";
+
+// ARGV 7: outcome, 8: generation or '', 9: permit or ''.
+constexpr std::string_view kReport = R"lua(
+load(true); settle()
+if ARGV[8] ~= '' and tonumber(ARGV[8]) ~= c.gen then return result('stale') end
+local failure = ARGV[7] == 'failure'
+local function record()
+  if failure then c.fc = c.fc + 1; c.lft = now else c.sc = c.sc + 1 end
+  changed = true
+end
+local p = policy()
+if not c.ps and c.state == 'half-open' then
+  if ARGV[9] == '' or not redis.call('ZSCORE', PROBES, ARGV[9]) then return result('no_permit') end
+  redis.call('ZREM', PROBES, ARGV[9])
+  record()
+  if failure then transition('open', 'probe-failure')
+  elseif c.sc >= p[4] then transition('closed', 'probe-success') end
+else
+  record()
+  if not c.ps and c.state == 'closed' and failure and c.fc >= p[1] then
+    transition('open', 'threshold')
+  end
+end
+return result('ok')
+)lua";
+
+// ARGV 7: state, 8: ttl ms (0 = none), 9: reason, 10: uid, 11: pid.
+constexpr std::string_view kForce = R"lua(
+load(true); settle()
+local ttl = tonumber(ARGV[8])
+c.ps = ARGV[7]; c.pu = ttl > 0 and now + ttl or 0; c.pr = ARGV[9]
+c.puid = tonumber(ARGV[10]); c.ppid = tonumber(ARGV[11])
+transition(ARGV[7], 'force')
+return result('ok')
+)lua";
+
+constexpr std::string_view kUnforce = R"lua(
+load(true); settle()
+if c.ps then lift_pin('unforce') end
+return result('ok')
+)lua";
+
+std::string compose(std::string_view body) {
+    std::string s(kPrelude);
+    s += body;
+    return s;
+}
+
+} // namespace
+
+const std::string& redis_script_source(RedisScript script) {
+    static const std::array<std::string, kRedisScriptCount> sources = {
+        compose(kGet),    compose(kSuccess), compose(kFailure),
+        compose(kTransition), compose(kReset), compose(kAcquire),
+        compose(kReport), compose(kForce),   compose(kUnforce),
+    };
+    return sources[static_cast<std::size_t>(script)];
+}
+
+std::array<std::string, 6> redis_script_keys(std::string_view prefix, std::string_view key) {
+    const std::string p(prefix);
+    const std::string k(key);
+    return {p + "c:" + k, p + "probes:" + k, p + "generation", p + "policy:" + k, p + "events",
+            p + "index"};
+}
+
+} // namespace cbd

@@ -1,0 +1,56 @@
+// The Lua scripts the Redis backend runs, one per operation, each atomic in
+// Redis (docs/REDIS.md has the key layout). They follow memory_store.cpp
+// rule for rule; time comes from Redis's TIME, so every host agrees.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace cbd {
+
+enum class RedisScript : std::uint8_t {
+    Get,
+    Success,
+    Failure,
+    Transition,
+    Reset,
+    Acquire,
+    Report,
+    Force,
+    Unforce,
+};
+inline constexpr std::size_t kRedisScriptCount = 9;
+
+// The full Lua source of a script (shared prelude included). Loaded with
+// SCRIPT LOAD on every new connection; its SHA-1 comes back from Redis.
+const std::string& redis_script_source(RedisScript script);
+
+// Keys a script is given, in order (KEYS[1..6]), for `key` under `prefix`.
+std::array<std::string, 6> redis_script_keys(std::string_view prefix, std::string_view key);
+
+// What every script returns (an array), by index.
+enum RedisResultField : std::size_t {
+    kResStatus,     // "ok", "conflict", "forced", "no_permit", "stale"
+    kResState,
+    kResFailures,
+    kResSuccesses,
+    kResLastFailure,
+    kResLastChange,
+    kResGeneration,
+    kResPinState,   // "" when not pinned
+    kResPinUntil,
+    kResPinReason,
+    kResPinUid,
+    kResPinPid,
+    kResFrom,       // "" when nothing changed
+    kResTo,
+    kResCause,
+    kResExtra1,     // acquire: allowed (0/1); reset: removed (0/1)
+    kResExtra2,     // acquire: permit
+    kResExtra3,     // acquire: retryAfterMs
+    kResFieldCount,
+};
+
+} // namespace cbd
