@@ -212,6 +212,7 @@ int run_daemon(const DaemonConfig& config) {
         options.connection.password = config.redis_password;
         options.connection.timeout = config.backend_timeout;
         options.prefix = config.redis_prefix;
+        options.max_circuits = config.max_circuits;
         redis.emplace(io, options, stats, &events);
         dispatcher.set_remote(&*redis);
     }
@@ -293,7 +294,11 @@ int run_daemon(const DaemonConfig& config) {
         notify_watchdog();
         run_every(watchdog, *interval, notify_watchdog);
     }
-    run_every(expiry, kExpiryTick, [&store] { store.expire_due(); });
+    run_every(expiry, kExpiryTick, [&store, &redis] {
+        store.expire_due();
+        if (redis)
+            redis->sweep();
+    });
     run_every(trim, kTrimInterval, [] { malloc_trim(0); });
 
     if (persistence)

@@ -101,6 +101,40 @@ void audit(const Request& req, const Peer& peer, std::string_view what) {
              " pid=" + std::to_string(peer.pid));
 }
 
+void list_reply(std::string& out, const Request& req, const ListPage& page) {
+    ReplyWriter w(out, req.id_json, true);
+    std::string circuits = "[";
+    for (const auto& e : page.circuits) {
+        if (circuits.size() > 1)
+            circuits += ',';
+        append_list_entry(circuits, e.key, e.circuit);
+    }
+    circuits += ']';
+    w.raw_field("circuits", circuits);
+    if (page.next.empty())
+        w.raw_field("next", "null");
+    else
+        w.string_field("next", page.next);
+    w.finish();
+}
+
+// What a configure request changes, for its audit line.
+std::string configure_audit_text(const Request& req) {
+    std::string what = req.policy_clear ? "clear=true " : "";
+    what += "set=";
+    std::string set_fields;
+    for (std::size_t i = 0; i < kPolicyFieldCount; ++i)
+        if (req.policy.values[i])
+            set_fields += (set_fields.empty() ? "" : ",") + std::string(kPolicyFieldNames[i]) +
+                          ":" + std::to_string(*req.policy.values[i]);
+    std::string unset_fields;
+    for (std::size_t i = 0; i < kPolicyFieldCount; ++i)
+        if (req.policy_removed.values[i])
+            unset_fields += (unset_fields.empty() ? "" : ",") + std::string(kPolicyFieldNames[i]);
+    return what + (set_fields.empty() ? "-" : set_fields) +
+           (unset_fields.empty() ? "" : " unset=" + unset_fields);
+}
+
 void policy_reply(std::string& out, const Request& req, const PolicyResult& r,
                   DaemonStats& stats) {
     if (r.error) {
@@ -279,20 +313,7 @@ void Dispatcher::handle_unforce(const Request& req, RequestContext& ctx, std::st
 
 void Dispatcher::handle_configure(const Request& req, RequestContext& ctx, std::string& out) {
     auto r = store_.configure(req.key, req.policy, req.policy_removed, req.policy_clear);
-    std::string what = req.policy_clear ? "clear=true " : "";
-    what += "set=";
-    std::string set_fields;
-    for (std::size_t i = 0; i < kPolicyFieldCount; ++i)
-        if (req.policy.values[i])
-            set_fields += (set_fields.empty() ? "" : ",") + std::string(kPolicyFieldNames[i]) +
-                          ":" + std::to_string(*req.policy.values[i]);
-    std::string unset_fields;
-    for (std::size_t i = 0; i < kPolicyFieldCount; ++i)
-        if (req.policy_removed.values[i])
-            unset_fields += (unset_fields.empty() ? "" : ",") + std::string(kPolicyFieldNames[i]);
-    audit(req, ctx.peer,
-          what + (set_fields.empty() ? "-" : set_fields) +
-              (unset_fields.empty() ? "" : " unset=" + unset_fields));
+    audit(req, ctx.peer, configure_audit_text(req));
     policy_reply(out, req, r, stats_);
 }
 
@@ -331,22 +352,7 @@ void Dispatcher::handle_watch(const Request& req, RequestContext& ctx, std::stri
 }
 
 void Dispatcher::handle_list(const Request& req, RequestContext&, std::string& out) {
-    ListQuery q{req.prefix, req.state_filter, req.limit, req.after};
-    const ListPage page = store_.list(q);
-    ReplyWriter w(out, req.id_json, true);
-    std::string circuits = "[";
-    for (const auto& e : page.circuits) {
-        if (circuits.size() > 1)
-            circuits += ',';
-        append_list_entry(circuits, e.key, e.circuit);
-    }
-    circuits += ']';
-    w.raw_field("circuits", circuits);
-    if (page.next.empty())
-        w.raw_field("next", "null");
-    else
-        w.string_field("next", page.next);
-    w.finish();
+    list_reply(out, req, store_.list(ListQuery{req.prefix, req.state_filter, req.limit, req.after}));
 }
 
 void Dispatcher::handle_stats(const Request& req, RequestContext&, std::string& out) {
@@ -527,7 +533,25 @@ bool Dispatcher::handle_remote(const Request& req, RequestContext& ctx, std::str
         script = RedisScript::Unforce;
         break;
     case Op::Configure:
+    case Op::Policy: {
+        // One script reads (and for configure first changes) the key's
+        // override in Redis: ARGV clear, then per field "" (keep), "-"
+        // (remove) or the new value.
+        script = RedisScript::Policy;
+        const bool configure = req.op == Op::Configure;
+        args.push_back(configure && req.policy_clear ? "1" : "0");
+        for (std::size_t i = 0; i < kPolicyFieldCount; ++i)
+            args.push_back(!configure                  ? std::string()
+                           : req.policy.values[i]      ? std::to_string(*req.policy.values[i])
+                           : req.policy_removed.values[i] ? std::string("-")
+                                                          : std::string());
+        break;
+    }
     case Op::List:
+        script = RedisScript::List;
+        args = {req.prefix, req.after, std::to_string(req.limit),
+                req.state_filter ? std::string(state_name(*req.state_filter)) : std::string()};
+        break;
     case Op::Export:
     case Op::Import:
         stats_.errors[static_cast<std::size_t>(ErrorCode::InvalidRequest)] += 1;
@@ -558,6 +582,23 @@ bool Dispatcher::handle_remote(const Request& req, RequestContext& ctx, std::str
                          return;
                      }
                      switch (req.op) {
+                     case Op::List:
+                         list_reply(text, req, r.page);
+                         break;
+                     case Op::Configure:
+                     case Op::Policy: {
+                         // The daemon's layers, then the key's own from Redis.
+                         PolicyResult p{std::nullopt, store_.policy(req.key).resolved};
+                         for (std::size_t i = 0; i < kPolicyFieldCount; ++i)
+                             if (const auto& v = r.policy_override.values[i]) {
+                                 p.resolved.policy.set(static_cast<PolicyField>(i), *v);
+                                 p.resolved.sources[i] = PolicySource::Key;
+                             }
+                         if (req.op == Op::Configure)
+                             audit(req, peer, configure_audit_text(req));
+                         policy_reply(text, req, p, stats_);
+                         break;
+                     }
                      case Op::Reset:
                          audit(req, peer, r.extra1 ? "removed=true" : "removed=false");
                          append_reset_reply(text, req.id_json, r.extra1 != 0);

@@ -17,6 +17,9 @@ namespace {
 constexpr std::string_view kPrelude = R"lua(
 local C, PROBES, GEN, POL, EVENTS, INDEX = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local key = ARGV[1]
+local P = string.sub(INDEX, 1, #INDEX - #'index')
+local DEADLINES = P .. 'deadlines'
+local max_circuits = tonumber(ARGV[#ARGV])
 local tm = redis.call('TIME')
 local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
 local c = nil
@@ -27,6 +30,9 @@ local function load(create)
   local h = redis.call('HMGET', C, 'state', 'fc', 'sc', 'lft', 'lsc', 'gen', 'ps', 'pu', 'pr', 'puid', 'ppid')
   if not h[1] then
     if not create then return false end
+    if redis.call('ZCARD', INDEX) >= max_circuits then
+      error({err = 'TOO_MANY_CIRCUITS the shared store holds its maximum number of circuits'})
+    end
     c = {state = 'closed', fc = 0, sc = 0, lft = 0, lsc = now, gen = redis.call('INCR', GEN)}
     redis.call('ZADD', INDEX, 0, key)
     changed = true
@@ -156,6 +162,7 @@ end
 if redis.call('ZCARD', PROBES) >= p[3] then return result('ok', 0, '', p[2]) end
 local permit = string.format('%x%08x', c.gen, redis.call('INCR', GEN .. ':permits') % 4294967296)
 redis.call('ZADD', PROBES, now + p[5], permit)
+redis.call('ZADD', DEADLINES, 'LT', now + p[5], key)
 redis.call('PEXPIRE', PROBES, p[5] + 60000)
 return result('ok', 1, permit, 0)
 )lua";
@@ -191,6 +198,7 @@ load(true); settle()
 local ttl = tonumber(ARGV[8])
 c.ps = ARGV[7]; c.pu = ttl > 0 and now + ttl or 0; c.pr = ARGV[9]
 c.puid = tonumber(ARGV[10]); c.ppid = tonumber(ARGV[11])
+if ttl > 0 then redis.call('ZADD', DEADLINES, 'LT', c.pu, key) end
 transition(ARGV[7], 'force')
 return result('ok')
 )lua";
@@ -199,6 +207,70 @@ constexpr std::string_view kUnforce = R"lua(
 load(true); settle()
 if c.ps then lift_pin('unforce') end
 return result('ok')
+)lua";
+
+// ARGV 7: "1" to drop the override first; 8..12: per policy field, "" to
+// keep, "-" to remove, or the new value. Answers the override after.
+constexpr std::string_view kPolicy = R"lua(
+local names = {'failureThreshold', 'resetTimeoutMs', 'halfOpenMax', 'successThreshold', 'probeLeaseMs'}
+if ARGV[7] == '1' then redis.call('DEL', POL) end
+for i = 1, 5 do
+  local v = ARGV[7 + i]
+  if v == '-' then redis.call('HDEL', POL, names[i])
+  elseif v ~= '' then redis.call('HSET', POL, names[i], v) end
+end
+local o = redis.call('HMGET', POL, unpack(names))
+return {'ok', o[1] or '', o[2] or '', o[3] or '', o[4] or '', o[5] or ''}
+)lua";
+
+// ARGV 7: prefix, 8: after ('' = from the start), 9: limit, 10: state
+// filter ('' = any). Answers {next or '', then 12 fields per circuit: key,
+// state, fc, sc, lft, lsc, gen, ps, pu, pr, puid, ppid}.
+constexpr std::string_view kList = R"lua(
+local prefix, after, limit, want = ARGV[7], ARGV[8], tonumber(ARGV[9]), ARGV[10]
+local P = string.sub(INDEX, 1, #INDEX - #'index')
+local start = (after ~= '' and after >= prefix) and ('(' .. after) or ('[' .. prefix)
+local out = {''}
+local found, examined, last = 0, 0, ''
+while true do
+  local keys = redis.call('ZRANGEBYLEX', INDEX, start, '+', 'LIMIT', 0, 256)
+  if #keys == 0 then return out end
+  for _, k in ipairs(keys) do
+    if string.sub(k, 1, #prefix) ~= prefix then return out end
+    if found == limit or examined == 10000 then out[1] = last; return out end -- kRedisMaxListScan
+    examined = examined + 1
+    last = k
+    local h = redis.call('HMGET', P .. 'c:' .. k, 'state', 'fc', 'sc', 'lft', 'lsc', 'gen', 'ps', 'pu', 'pr', 'puid', 'ppid')
+    if h[1] and (want == '' or h[1] == want) then
+      found = found + 1
+      out[#out + 1] = k
+      for i = 1, 11 do out[#out + 1] = h[i] or '' end
+    end
+  end
+  start = '(' .. keys[#keys]
+end
+)lua";
+
+// Applies what time alone decides to circuits nobody touches: every cbd
+// runs it every 100 ms (as the memory store's timer); at most 100 keys a run.
+constexpr std::string_view kSweep = R"lua(
+local due = redis.call('ZRANGEBYSCORE', DEADLINES, '-inf', now, 'LIMIT', 0, 100)
+for _, k in ipairs(due) do
+  key = k; C = P .. 'c:' .. k; PROBES = P .. 'probes:' .. k; POL = P .. 'policy:' .. k
+  tr = nil; changed = false
+  if load(false) then
+    settle()
+    save()
+    local next_at = nil
+    local first = redis.call('ZRANGE', PROBES, 0, 0, 'WITHSCORES')
+    if first[2] then next_at = tonumber(first[2]) end
+    if c.ps and c.pu ~= 0 and (not next_at or c.pu < next_at) then next_at = c.pu end
+    if next_at then redis.call('ZADD', DEADLINES, next_at, k) else redis.call('ZREM', DEADLINES, k) end
+  else
+    redis.call('ZREM', DEADLINES, k)
+  end
+end
+return {'ok', #due}
 )lua";
 
 std::string compose(std::string_view body) {
@@ -214,6 +286,7 @@ const std::string& redis_script_source(RedisScript script) {
         compose(kGet),    compose(kSuccess), compose(kFailure),
         compose(kTransition), compose(kReset), compose(kAcquire),
         compose(kReport), compose(kForce),   compose(kUnforce),
+        compose(kPolicy), compose(kList), compose(kSweep),
     };
     return sources[static_cast<std::size_t>(script)];
 }

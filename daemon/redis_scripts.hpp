@@ -20,14 +20,23 @@ enum class RedisScript : std::uint8_t {
     Report,
     Force,
     Unforce,
+    Policy, // configure (with changes) and policy (without)
+    List,
+    Sweep, // expired leases and pins of circuits nobody touches
 };
-inline constexpr std::size_t kRedisScriptCount = 9;
+inline constexpr std::size_t kRedisScriptCount = 12;
+
+// Most keys one `list` page examines in Redis: a script blocks Redis while
+// it runs, so pages are smaller there than in memory.
+inline constexpr std::size_t kRedisMaxListScan = 10'000;
 
 // The full Lua source of a script (shared prelude included). Loaded with
 // SCRIPT LOAD on every new connection; its SHA-1 comes back from Redis.
 const std::string& redis_script_source(RedisScript script);
 
 // Keys a script is given, in order (KEYS[1..6]), for `key` under `prefix`.
+// ARGV: the key, the five policy values, the operation's own, and last the
+// most circuits the shared store may hold.
 std::array<std::string, 6> redis_script_keys(std::string_view prefix, std::string_view key);
 
 // What every script returns (an array), by index.

@@ -90,6 +90,13 @@ void RedisStore::stop() {
     events_.stop();
 }
 
+void RedisStore::sweep() {
+    if (!commands_.up() || sweeping_)
+        return;
+    sweeping_ = true; // one at a time: a slow Redis must not pile them up
+    run(RedisScript::Sweep, "", Policy{}, {}, [this](RemoteResult) { sweeping_ = false; });
+}
+
 void RedisStore::run(RedisScript script, std::string_view key, const Policy& policy,
                      const std::vector<std::string>& args, std::function<void(RemoteResult)> done) {
     const auto idx = static_cast<std::size_t>(script);
@@ -111,10 +118,18 @@ void RedisStore::run(RedisScript script, std::string_view key, const Policy& pol
         argv.push_back(n);
     for (const auto& a : args)
         argv.push_back(a);
+    const std::string max_circuits = std::to_string(options_.max_circuits);
+    argv.push_back(max_circuits);
 
     commands_.command(argv, [this, script, done = std::move(done)](const redisReply* reply,
                                                                   const std::string& error) {
         RemoteResult r;
+        if (reply && reply->type == REDIS_REPLY_ERROR &&
+            str(reply).find("TOO_MANY_CIRCUITS") != std::string_view::npos) {
+            r.error = ErrorCode::TooManyCircuits;
+            done(std::move(r));
+            return;
+        }
         if (!reply || reply->type == REDIS_REPLY_ERROR) {
             r.error = ErrorCode::BackendUnavailable;
             r.unavailable_reason = reply ? "Redis answered: " + std::string(str(reply)) : error;
@@ -122,6 +137,50 @@ void RedisStore::run(RedisScript script, std::string_view key, const Policy& pol
             if (reply) {
                 stats_.backend.last_error = r.unavailable_reason;
                 log_error("Redis backend: " + r.unavailable_reason);
+            }
+            done(std::move(r));
+            return;
+        }
+        if (script == RedisScript::List) {
+            if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1 ||
+                (reply->elements - 1) % 12 != 0) {
+                r.error = ErrorCode::BackendUnavailable;
+                r.unavailable_reason = "an unexpected answer from Redis";
+                done(std::move(r));
+                return;
+            }
+            r.page.next = std::string(str(reply->element[0]));
+            for (std::size_t i = 1; i + 12 <= reply->elements; i += 12) {
+                // The same fields as a circuit result, shifted: the key first.
+                ListEntry e;
+                e.key = std::string(str(reply->element[i]));
+                auto field = [&](std::size_t f) { return reply->element[i + f]; };
+                auto as_int = [&](std::size_t f) {
+                    const auto v = str(field(f));
+                    return v.empty() ? std::int64_t{0} : std::stoll(std::string(v));
+                };
+                e.circuit.snapshot.state = parse_state(str(field(1))).value_or(State::Closed);
+                e.circuit.snapshot.failure_count = static_cast<std::uint64_t>(as_int(2));
+                e.circuit.snapshot.success_count = static_cast<std::uint64_t>(as_int(3));
+                e.circuit.snapshot.last_failure_time = as_int(4);
+                e.circuit.snapshot.last_state_change = as_int(5);
+                e.circuit.generation = static_cast<std::uint64_t>(as_int(6));
+                if (auto pin = parse_state(str(field(7)))) {
+                    ForcePin p{*pin, as_int(8), std::string(str(field(9))), Peer{}};
+                    p.by.uid = static_cast<uid_t>(as_int(10));
+                    p.by.pid = static_cast<pid_t>(as_int(11));
+                    e.circuit.forced = std::move(p);
+                }
+                r.page.circuits.push_back(std::move(e));
+            }
+            done(std::move(r));
+            return;
+        }
+        if (script == RedisScript::Policy) {
+            for (std::size_t i = 0; i < kPolicyFieldCount && i + 1 < reply->elements; ++i) {
+                const auto v = str(reply->element[i + 1]);
+                if (!v.empty())
+                    r.policy_override.values[i] = std::stoll(std::string(v));
             }
             done(std::move(r));
             return;

@@ -23,6 +23,7 @@ namespace cbd {
 struct RedisStoreOptions {
     RedisOptions connection;
     std::string prefix = "cbd:"; // every key this daemon uses starts so
+    std::size_t max_circuits = kDefaultMaxCircuits; // in the shared store
 };
 
 // One script's answer, in the memory store's terms.
@@ -35,6 +36,8 @@ struct RemoteResult {
     std::int64_t extra1 = 0;  // acquire: allowed; reset: removed
     std::string extra2;       // acquire: permit
     std::int64_t extra3 = 0;  // acquire: retryAfterMs
+    PolicyPatch policy_override; // policy script: the key's override in Redis
+    ListPage page;               // list script
 };
 
 class RedisStore {
@@ -44,6 +47,8 @@ class RedisStore {
 
     void start();
     void stop();
+    // Settles expired leases and pins in Redis (run from the expiry timer).
+    void sweep();
 
     // Runs `script` for `key` with the policy the daemon resolves for it
     // (its defaults and prefix rules; a key override in Redis wins) and the
@@ -59,6 +64,7 @@ class RedisStore {
     DaemonStats& stats_;
     CircuitObserver* observer_;
     std::array<std::string, kRedisScriptCount> shas_; // from SCRIPT LOAD; empty until known
+    bool sweeping_ = false;
     RedisConnection commands_;
     RedisConnection events_;
 };

@@ -141,6 +141,9 @@ def start_cbd(workdir):
         full_env.pop("NOTIFY_SOCKET", None)
         full_env.pop("LISTEN_FDS", None)
         full_env.update(env or {})
+        args = list(args)
+        if BACKEND == "redis" and "--backend" not in args and "--state-file" not in args:
+            args = ["--backend", "redis", "--redis", "unix://" + shared_redis(workdir)] + args
         with open(stderr_path, "wb") as err:
             proc = subprocess.Popen([CBD, "--socket", str(sock), *args], stderr=err, env=full_env)
         d = Daemon(proc, sock, stderr_path)
@@ -155,6 +158,35 @@ def start_cbd(workdir):
         if d.proc.poll() is None:
             d.proc.kill()
             d.proc.wait()
+    stop_shared_redis(workdir)
+
+
+# CBD_E2E_BACKEND=redis runs the suites against cbd on Redis: every daemon a
+# test starts (unless it asks for a backend or a state file itself) keeps its
+# circuits in a redis-server private to the test.
+BACKEND = os.environ.get("CBD_E2E_BACKEND", "memory")
+_redis_servers = {}
+
+
+def shared_redis(workdir):
+    if workdir not in _redis_servers:
+        sock = workdir / "redis.sock"
+        proc = subprocess.Popen(["redis-server", "--port", "0", "--unixsocket", str(sock),
+                                 "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
+                                 "--dir", str(workdir)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        _redis_servers[workdir] = (proc, str(sock))
+    return _redis_servers[workdir][1]
+
+
+def stop_shared_redis(workdir):
+    if workdir in _redis_servers:
+        proc, _ = _redis_servers.pop(workdir)
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture

@@ -242,3 +242,52 @@ def test_bad_backend_flags_are_refused(start_cbd, workdir):
                            text=True, timeout=10)
         assert p.returncode != 0, args
         assert needle in p.stderr, (args, p.stderr)
+
+
+def test_policies_in_redis_apply_on_every_daemon(start_cbd, workdir, redis):
+    a = on_redis(start_cbd, workdir, redis, "a")
+    b = on_redis(start_cbd, workdir, redis, "b")
+    r = Client(a.sock).call({"op": "configure", "key": "svc", "policy": {"failureThreshold": 2}})
+    assert r["policy"]["failureThreshold"] == 2 and r["source"]["failureThreshold"] == "key"
+    assert r["source"]["resetTimeoutMs"] == "default"
+    seen = Client(b.sock).call({"op": "policy", "key": "svc"})
+    assert seen["policy"]["failureThreshold"] == 2 and seen["source"]["failureThreshold"] == "key"
+    cb = Client(b.sock)
+    assert cb.call({"op": "report", "key": "svc", "outcome": "failure"})["snapshot"]["state"] == "closed"
+    opened = cb.call({"op": "report", "key": "svc", "outcome": "failure"})
+    assert opened["transition"]["cause"] == "threshold"
+    assert "audit: configure key=svc set=failureThreshold:2" in a.log()
+    # null drops the field; "policy": null the whole override.
+    r = Client(b.sock).call({"op": "configure", "key": "svc", "policy": {"failureThreshold": None,
+                                                                          "halfOpenMax": 3}})
+    assert r["source"]["failureThreshold"] == "default" and r["policy"]["halfOpenMax"] == 3
+    r = Client(a.sock).call({"op": "configure", "key": "svc", "policy": None})
+    assert r["source"]["halfOpenMax"] == "default"
+    assert redis.cli("EXISTS", "cbd:policy:svc") == "0"
+
+
+def test_list_pages_through_circuits_in_redis(start_cbd, workdir, redis):
+    a = on_redis(start_cbd, workdir, redis, "a")
+    b = on_redis(start_cbd, workdir, redis, "b")
+    c = Client(a.sock)
+    for i in range(25):
+        c.call({"op": "failure", "key": f"svc/{i:02d}"})
+    c.call({"op": "transition", "key": "svc/07", "to": "open"})
+    c.call({"op": "get", "key": "other"})
+    seen, after = [], None
+    while True:
+        req = {"op": "list", "prefix": "svc/", "limit": 10}
+        if after:
+            req["after"] = after
+        page = Client(b.sock).call(req)
+        seen += [e["key"] for e in page["circuits"]]
+        if page["next"] is None:
+            break
+        after = page["next"]
+    assert seen == [f"svc/{i:02d}" for i in range(25)]
+    opened = Client(b.sock).call({"op": "list", "state": "open"})
+    assert [e["key"] for e in opened["circuits"]] == ["svc/07"]
+    assert opened["circuits"][0]["snapshot"]["failureCount"] == 1
+    # cbctl list works the same.
+    r = cbctl("list", "--prefix", "svc/0", sock=b.sock)
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 10
