@@ -118,6 +118,23 @@ void list_reply(std::string& out, const Request& req, const ListPage& page) {
     w.finish();
 }
 
+void export_reply(std::string& out, const Request& req, const ExportPage& page) {
+    std::string circuits = "[";
+    for (const auto& record : page.circuits) {
+        if (circuits.size() > 1)
+            circuits += ',';
+        append_stored_circuit(circuits, record);
+    }
+    circuits += ']';
+    ReplyWriter w(out, req.id_json, true);
+    w.raw_field("circuits", circuits);
+    if (page.next.empty())
+        w.raw_field("next", "null");
+    else
+        w.string_field("next", page.next);
+    w.finish();
+}
+
 // What a configure request changes, for its audit line.
 std::string configure_audit_text(const Request& req) {
     std::string what = req.policy_clear ? "clear=true " : "";
@@ -437,21 +454,7 @@ std::string Dispatcher::metrics_text(bool per_circuit) {
 }
 
 void Dispatcher::handle_export(const Request& req, RequestContext&, std::string& out) {
-    const ExportPage page = store_.export_page(req.prefix, req.after, req.limit);
-    std::string circuits = "[";
-    for (const auto& record : page.circuits) {
-        if (circuits.size() > 1)
-            circuits += ',';
-        append_stored_circuit(circuits, record);
-    }
-    circuits += ']';
-    ReplyWriter w(out, req.id_json, true);
-    w.raw_field("circuits", circuits);
-    if (page.next.empty())
-        w.raw_field("next", "null");
-    else
-        w.string_field("next", page.next);
-    w.finish();
+    export_reply(out, req, store_.export_page(req.prefix, req.after, req.limit));
 }
 
 void Dispatcher::handle_import(const Request& req, RequestContext& ctx, std::string& out) {
@@ -553,12 +556,31 @@ bool Dispatcher::handle_remote(const Request& req, RequestContext& ctx, std::str
                 req.state_filter ? std::string(state_name(*req.state_filter)) : std::string()};
         break;
     case Op::Export:
+        script = RedisScript::Export;
+        args = {req.prefix, req.after, std::to_string(req.limit)};
+        break;
     case Op::Import:
-        stats_.errors[static_cast<std::size_t>(ErrorCode::InvalidRequest)] += 1;
-        append_error_reply(out, req.id_json, ErrorCode::InvalidRequest,
-                           "'" + std::string(op_spec(req.op).name) +
-                               "' is not available with the Redis backend yet");
-        return true;
+        script = RedisScript::Import;
+        args.push_back(req.snapshot ? "1" : "0");
+        if (req.snapshot) {
+            const Snapshot& sn = *req.snapshot;
+            args.insert(args.end(),
+                        {std::string(state_name(sn.state)), std::to_string(sn.failure_count),
+                         std::to_string(sn.success_count), std::to_string(sn.last_failure_time),
+                         std::to_string(sn.last_state_change), std::to_string(*req.generation)});
+            if (const auto& pin = req.forced)
+                args.insert(args.end(),
+                            {std::string(state_name(pin->state)), std::to_string(pin->until),
+                             pin->reason, std::to_string(pin->uid), std::to_string(pin->pid)});
+            else
+                args.insert(args.end(), 5, std::string());
+        } else {
+            args.insert(args.end(), 11, std::string());
+        }
+        for (std::size_t i = 0; i < kPolicyFieldCount; ++i)
+            args.push_back(req.policy.values[i] ? std::to_string(*req.policy.values[i])
+                                                : std::string());
+        break;
     default:
         return false; // answered here, from this daemon (ping, policy, stats, watch...)
     }
@@ -581,10 +603,40 @@ bool Dispatcher::handle_remote(const Request& req, RequestContext& ctx, std::str
                          slot->complete();
                          return;
                      }
+                     if (r.error == ErrorCode::TooManyCircuits) {
+                         stats_.errors[static_cast<std::size_t>(ErrorCode::TooManyCircuits)] += 1;
+                         append_error_reply(text, req.id_json, ErrorCode::TooManyCircuits,
+                                            "the shared store holds its maximum number of circuits");
+                         slot->complete();
+                         return;
+                     }
                      switch (req.op) {
                      case Op::List:
                          list_reply(text, req, r.page);
                          break;
+                     case Op::Export:
+                         export_reply(text, req, r.exported);
+                         break;
+                     case Op::Import: {
+                         audit(req, peer,
+                               req.snapshot ? "state=" + std::string(state_name(req.snapshot->state)) +
+                                                  " generation=" + std::to_string(*req.generation)
+                                            : std::string("policy only"));
+                         ReplyWriter w(text, req.id_json, true);
+                         w.string_field("key", req.key);
+                         if (req.snapshot) {
+                             CircuitView v{*req.snapshot, *req.generation, std::nullopt};
+                             if (const auto& pin = req.forced) {
+                                 Peer by;
+                                 by.uid = static_cast<uid_t>(pin->uid);
+                                 by.pid = static_cast<pid_t>(pin->pid);
+                                 v.forced = ForcePin{pin->state, pin->until, pin->reason, by};
+                             }
+                             circuit_fields(w, v);
+                         }
+                         w.finish();
+                         break;
+                     }
                      case Op::Configure:
                      case Op::Policy: {
                          // The daemon's layers, then the key's own from Redis.

@@ -19,6 +19,7 @@ local C, PROBES, GEN, POL, EVENTS, INDEX = KEYS[1], KEYS[2], KEYS[3], KEYS[4], K
 local key = ARGV[1]
 local P = string.sub(INDEX, 1, #INDEX - #'index')
 local DEADLINES = P .. 'deadlines'
+local POLICIES = P .. 'policies'
 local max_circuits = tonumber(ARGV[#ARGV])
 local tm = redis.call('TIME')
 local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
@@ -220,7 +221,75 @@ for i = 1, 5 do
   elseif v ~= '' then redis.call('HSET', POL, names[i], v) end
 end
 local o = redis.call('HMGET', POL, unpack(names))
+if redis.call('EXISTS', POL) == 1 then redis.call('ZADD', POLICIES, 0, key)
+else redis.call('ZREM', POLICIES, key) end
 return {'ok', o[1] or '', o[2] or '', o[3] or '', o[4] or '', o[5] or ''}
+)lua";
+
+// ARGV 7: prefix, 8: after, 9: limit. Every key with a circuit or a policy
+// override, in key order: {next or '', then 17 fields per key: key, the 11
+// circuit fields ('' state: no circuit), the 5 policy override fields}.
+constexpr std::string_view kExport = R"lua(
+local prefix, after, limit = ARGV[7], ARGV[8], tonumber(ARGV[9])
+local start = (after ~= '' and after >= prefix) and ('(' .. after) or ('[' .. prefix)
+local function take(set)
+  local keys = {}
+  for _, k in ipairs(redis.call('ZRANGEBYLEX', set, start, '+', 'LIMIT', 0, limit)) do
+    if string.sub(k, 1, #prefix) ~= prefix then break end
+    keys[#keys + 1] = k
+  end
+  return keys
+end
+local a, b = take(INDEX), take(POLICIES)
+local keys, i, j = {}, 1, 1
+while (i <= #a or j <= #b) and #keys < limit do
+  if j > #b or (i <= #a and a[i] < b[j]) then keys[#keys + 1] = a[i]; i = i + 1
+  elseif i > #a or b[j] < a[i] then keys[#keys + 1] = b[j]; j = j + 1
+  else keys[#keys + 1] = a[i]; i = i + 1; j = j + 1 end
+end
+local more = #a == limit or #b == limit or i <= #a or j <= #b
+local out = {(more and #keys > 0) and keys[#keys] or ''}
+local names = {'failureThreshold', 'resetTimeoutMs', 'halfOpenMax', 'successThreshold', 'probeLeaseMs'}
+for _, k in ipairs(keys) do
+  out[#out + 1] = k
+  local h = redis.call('HMGET', P .. 'c:' .. k, 'state', 'fc', 'sc', 'lft', 'lsc', 'gen', 'ps', 'pu', 'pr', 'puid', 'ppid')
+  for f = 1, 11 do out[#out + 1] = h[f] or '' end
+  local o = redis.call('HMGET', P .. 'policy:' .. k, unpack(names))
+  for f = 1, 5 do out[#out + 1] = o[f] or '' end
+end
+return out
+)lua";
+
+// ARGV 7: '1' with a circuit; 8..18: state, fc, sc, lft, lsc, gen, ps ('' =
+// not pinned), pu, pr, puid, ppid; 19..23: the policy override's fields
+// ('' = not set). Makes the key hold exactly that.
+constexpr std::string_view kImport = R"lua(
+local names = {'failureThreshold', 'resetTimeoutMs', 'halfOpenMax', 'successThreshold', 'probeLeaseMs'}
+if ARGV[7] == '1' then
+  if redis.call('EXISTS', C) == 0 and redis.call('ZCARD', INDEX) >= max_circuits then
+    error({err = 'TOO_MANY_CIRCUITS the shared store holds its maximum number of circuits'})
+  end
+  redis.call('DEL', C, PROBES)
+  redis.call('HSET', C, 'state', ARGV[8], 'fc', ARGV[9], 'sc', ARGV[10], 'lft', ARGV[11],
+             'lsc', ARGV[12], 'gen', ARGV[13])
+  if ARGV[14] ~= '' then
+    redis.call('HSET', C, 'ps', ARGV[14], 'pu', ARGV[15], 'pr', ARGV[16], 'puid', ARGV[17], 'ppid', ARGV[18])
+    if tonumber(ARGV[15]) ~= 0 then redis.call('ZADD', DEADLINES, ARGV[15], key) end
+  end
+  redis.call('ZADD', INDEX, 0, key)
+  -- Generations stay unique: the counter moves past the imported one.
+  if tonumber(redis.call('GET', GEN) or '0') < tonumber(ARGV[13]) then redis.call('SET', GEN, ARGV[13]) end
+else
+  redis.call('DEL', C, PROBES)
+  redis.call('ZREM', INDEX, key)
+end
+redis.call('DEL', POL)
+for f = 1, 5 do
+  if ARGV[18 + f] ~= '' then redis.call('HSET', POL, names[f], ARGV[18 + f]) end
+end
+if redis.call('EXISTS', POL) == 1 then redis.call('ZADD', POLICIES, 0, key)
+else redis.call('ZREM', POLICIES, key) end
+return {'ok'}
 )lua";
 
 // ARGV 7: prefix, 8: after ('' = from the start), 9: limit, 10: state
@@ -286,7 +355,8 @@ const std::string& redis_script_source(RedisScript script) {
         compose(kGet),    compose(kSuccess), compose(kFailure),
         compose(kTransition), compose(kReset), compose(kAcquire),
         compose(kReport), compose(kForce),   compose(kUnforce),
-        compose(kPolicy), compose(kList), compose(kSweep),
+        compose(kPolicy), compose(kList), compose(kSweep), compose(kExport),
+        compose(kImport),
     };
     return sources[static_cast<std::size_t>(script)];
 }

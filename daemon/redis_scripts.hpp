@@ -23,8 +23,10 @@ enum class RedisScript : std::uint8_t {
     Policy, // configure (with changes) and policy (without)
     List,
     Sweep, // expired leases and pins of circuits nobody touches
+    Export,
+    Import,
 };
-inline constexpr std::size_t kRedisScriptCount = 12;
+inline constexpr std::size_t kRedisScriptCount = 14;
 
 // Most keys one `list` page examines in Redis: a script blocks Redis while
 // it runs, so pages are smaller there than in memory.

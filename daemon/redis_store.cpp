@@ -49,6 +49,28 @@ CircuitView circuit_from(const redisReply& r) {
     return v;
 }
 
+// A circuit from the 11 hash fields as HMGET returns them (strings).
+CircuitView view_from_fields(redisReply* const* f) {
+    auto as_int = [&](std::size_t i) {
+        const auto v = str(f[i]);
+        return v.empty() ? std::int64_t{0} : std::stoll(std::string(v));
+    };
+    CircuitView v;
+    v.snapshot.state = parse_state(str(f[0])).value_or(State::Closed);
+    v.snapshot.failure_count = static_cast<std::uint64_t>(as_int(1));
+    v.snapshot.success_count = static_cast<std::uint64_t>(as_int(2));
+    v.snapshot.last_failure_time = as_int(3);
+    v.snapshot.last_state_change = as_int(4);
+    v.generation = static_cast<std::uint64_t>(as_int(5));
+    if (auto pin = parse_state(str(f[6]))) {
+        ForcePin p{*pin, as_int(7), std::string(str(f[8])), Peer{}};
+        p.by.uid = static_cast<uid_t>(as_int(9));
+        p.by.pid = static_cast<pid_t>(as_int(10));
+        v.forced = std::move(p);
+    }
+    return v;
+}
+
 } // namespace
 
 RedisStore::RedisStore(boost::asio::io_context& io, RedisStoreOptions options, DaemonStats& stats,
@@ -141,6 +163,35 @@ void RedisStore::run(RedisScript script, std::string_view key, const Policy& pol
             done(std::move(r));
             return;
         }
+        if (script == RedisScript::Import) {
+            done(std::move(r));
+            return;
+        }
+        if (script == RedisScript::Export) {
+            constexpr std::size_t kFields = 17;
+            if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1 ||
+                (reply->elements - 1) % kFields != 0) {
+                r.error = ErrorCode::BackendUnavailable;
+                r.unavailable_reason = "an unexpected answer from Redis";
+                done(std::move(r));
+                return;
+            }
+            r.exported.next = std::string(str(reply->element[0]));
+            for (std::size_t i = 1; i + kFields <= reply->elements; i += kFields) {
+                StoredCircuit record;
+                record.key = std::string(str(reply->element[i]));
+                if (!str(reply->element[i + 1]).empty())
+                    record.circuit = view_from_fields(reply->element + i + 1);
+                for (std::size_t f = 0; f < kPolicyFieldCount; ++f) {
+                    const auto v = str(reply->element[i + 12 + f]);
+                    if (!v.empty())
+                        record.policy.values[f] = std::stoll(std::string(v));
+                }
+                r.exported.circuits.push_back(std::move(record));
+            }
+            done(std::move(r));
+            return;
+        }
         if (script == RedisScript::List) {
             if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1 ||
                 (reply->elements - 1) % 12 != 0) {
@@ -154,23 +205,7 @@ void RedisStore::run(RedisScript script, std::string_view key, const Policy& pol
                 // The same fields as a circuit result, shifted: the key first.
                 ListEntry e;
                 e.key = std::string(str(reply->element[i]));
-                auto field = [&](std::size_t f) { return reply->element[i + f]; };
-                auto as_int = [&](std::size_t f) {
-                    const auto v = str(field(f));
-                    return v.empty() ? std::int64_t{0} : std::stoll(std::string(v));
-                };
-                e.circuit.snapshot.state = parse_state(str(field(1))).value_or(State::Closed);
-                e.circuit.snapshot.failure_count = static_cast<std::uint64_t>(as_int(2));
-                e.circuit.snapshot.success_count = static_cast<std::uint64_t>(as_int(3));
-                e.circuit.snapshot.last_failure_time = as_int(4);
-                e.circuit.snapshot.last_state_change = as_int(5);
-                e.circuit.generation = static_cast<std::uint64_t>(as_int(6));
-                if (auto pin = parse_state(str(field(7)))) {
-                    ForcePin p{*pin, as_int(8), std::string(str(field(9))), Peer{}};
-                    p.by.uid = static_cast<uid_t>(as_int(10));
-                    p.by.pid = static_cast<pid_t>(as_int(11));
-                    e.circuit.forced = std::move(p);
-                }
+                e.circuit = view_from_fields(reply->element + i + 1);
                 r.page.circuits.push_back(std::move(e));
             }
             done(std::move(r));

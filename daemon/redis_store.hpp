@@ -38,6 +38,7 @@ struct RemoteResult {
     std::int64_t extra3 = 0;  // acquire: retryAfterMs
     PolicyPatch policy_override; // policy script: the key's override in Redis
     ListPage page;               // list script
+    ExportPage exported;         // export script
 };
 
 class RedisStore {
