@@ -135,6 +135,49 @@ void export_reply(std::string& out, const Request& req, const ExportPage& page) 
     w.finish();
 }
 
+// The audit texts of operator actions, shared by both backends.
+std::string transition_audit_text(const Request& req, const std::optional<ErrorCode>& error) {
+    return "to=" + std::string(state_name(*req.to)) +
+           (error ? " refused=" + std::string(error_code_name(*error)) : "");
+}
+
+std::string force_audit_text(const Request& req) {
+    return "state=" + std::string(state_name(req.state)) + " ttlMs=" + std::to_string(req.ttl_ms) +
+           " reason=\"" + req.reason + "\"";
+}
+
+// What an `import` request asks the key to hold.
+StoredCircuit imported_record(const Request& req) {
+    StoredCircuit record;
+    record.key = req.key;
+    if (req.snapshot) {
+        CircuitView v{*req.snapshot, *req.generation, std::nullopt};
+        if (const auto& pin = req.forced) {
+            Peer by;
+            by.uid = static_cast<uid_t>(pin->uid);
+            by.pid = static_cast<pid_t>(pin->pid);
+            v.forced = ForcePin{pin->state, pin->until, pin->reason, by};
+        }
+        record.circuit = std::move(v);
+    }
+    record.policy = req.policy;
+    return record;
+}
+
+std::string import_audit_text(const StoredCircuit& record) {
+    return record.circuit ? "state=" + std::string(state_name(record.circuit->snapshot.state)) +
+                                " generation=" + std::to_string(record.circuit->generation)
+                          : std::string("policy only");
+}
+
+void import_reply(std::string& out, const Request& req, const StoredCircuit& record) {
+    ReplyWriter w(out, req.id_json, true);
+    w.string_field("key", req.key);
+    if (record.circuit)
+        circuit_fields(w, *record.circuit);
+    w.finish();
+}
+
 // What a configure request changes, for its audit line.
 std::string configure_audit_text(const Request& req) {
     std::string what = req.policy_clear ? "clear=true " : "";
@@ -289,9 +332,7 @@ void Dispatcher::handle_failure(const Request& req, RequestContext&, std::string
 
 void Dispatcher::handle_transition(const Request& req, RequestContext& ctx, std::string& out) {
     auto result = store_.transition(req.key, *req.to, {req.expect, req.expect_generation});
-    audit(req, ctx.peer,
-          "to=" + std::string(state_name(*req.to)) +
-              (result.error ? " refused=" + std::string(error_code_name(*result.error)) : ""));
+    audit(req, ctx.peer, transition_audit_text(req, result.error));
     circuit_reply(out, req, result, stats_);
 }
 
@@ -316,9 +357,7 @@ void Dispatcher::handle_report(const Request& req, RequestContext&, std::string&
 
 void Dispatcher::handle_force(const Request& req, RequestContext& ctx, std::string& out) {
     auto r = store_.force(req.key, req.state, req.ttl_ms, req.reason, ctx.peer);
-    audit(req, ctx.peer,
-          "state=" + std::string(state_name(req.state)) +
-              " ttlMs=" + std::to_string(req.ttl_ms) + " reason=\"" + req.reason + "\"");
+    audit(req, ctx.peer, force_audit_text(req));
     circuit_reply(out, req, r, stats_);
 }
 
@@ -458,34 +497,15 @@ void Dispatcher::handle_export(const Request& req, RequestContext&, std::string&
 }
 
 void Dispatcher::handle_import(const Request& req, RequestContext& ctx, std::string& out) {
-    StoredCircuit record;
-    record.key = req.key;
-    if (req.snapshot) {
-        CircuitView v{*req.snapshot, *req.generation, std::nullopt};
-        if (const auto& pin = req.forced) {
-            Peer by;
-            by.uid = static_cast<uid_t>(pin->uid);
-            by.pid = static_cast<pid_t>(pin->pid);
-            v.forced = ForcePin{pin->state, pin->until, pin->reason, by};
-        }
-        record.circuit = std::move(v);
-    }
-    record.policy = req.policy;
+    const StoredCircuit record = imported_record(req);
     if (auto error = store_.restore(record)) {
         stats_.errors[static_cast<std::size_t>(*error)] += 1;
         append_error_reply(out, req.id_json, *error,
                            "the daemon holds its maximum number of circuits");
         return;
     }
-    audit(req, ctx.peer,
-          record.circuit ? "state=" + std::string(state_name(record.circuit->snapshot.state)) +
-                               " generation=" + std::to_string(record.circuit->generation)
-                         : std::string("policy only"));
-    ReplyWriter w(out, req.id_json, true);
-    w.string_field("key", req.key);
-    if (record.circuit)
-        circuit_fields(w, *record.circuit);
-    w.finish();
+    audit(req, ctx.peer, import_audit_text(record));
+    import_reply(out, req, record);
 }
 
 void Dispatcher::handle_metrics(const Request& req, RequestContext&, std::string& out) {
@@ -594,98 +614,79 @@ bool Dispatcher::handle_remote(const Request& req, RequestContext& ctx, std::str
     const Policy policy = store_.policy(req.key).resolved.policy;
     remote_->run(script, req.key, policy, args,
                  [this, slot, req, peer = ctx.peer](RemoteResult r) {
-                     std::string& text = slot->text;
-                     if (r.error == ErrorCode::BackendUnavailable) {
-                         stats_.errors[static_cast<std::size_t>(ErrorCode::BackendUnavailable)] += 1;
-                         append_error_reply(text, req.id_json, ErrorCode::BackendUnavailable,
-                                            "the Redis backend is unavailable: " +
-                                                r.unavailable_reason);
-                         slot->complete();
-                         return;
-                     }
-                     if (r.error == ErrorCode::TooManyCircuits) {
-                         stats_.errors[static_cast<std::size_t>(ErrorCode::TooManyCircuits)] += 1;
-                         append_error_reply(text, req.id_json, ErrorCode::TooManyCircuits,
-                                            "the shared store holds its maximum number of circuits");
-                         slot->complete();
-                         return;
-                     }
-                     switch (req.op) {
-                     case Op::List:
-                         list_reply(text, req, r.page);
-                         break;
-                     case Op::Export:
-                         export_reply(text, req, r.exported);
-                         break;
-                     case Op::Import: {
-                         audit(req, peer,
-                               req.snapshot ? "state=" + std::string(state_name(req.snapshot->state)) +
-                                                  " generation=" + std::to_string(*req.generation)
-                                            : std::string("policy only"));
-                         ReplyWriter w(text, req.id_json, true);
-                         w.string_field("key", req.key);
-                         if (req.snapshot) {
-                             CircuitView v{*req.snapshot, *req.generation, std::nullopt};
-                             if (const auto& pin = req.forced) {
-                                 Peer by;
-                                 by.uid = static_cast<uid_t>(pin->uid);
-                                 by.pid = static_cast<pid_t>(pin->pid);
-                                 v.forced = ForcePin{pin->state, pin->until, pin->reason, by};
-                             }
-                             circuit_fields(w, v);
-                         }
-                         w.finish();
-                         break;
-                     }
-                     case Op::Configure:
-                     case Op::Policy: {
-                         // The daemon's layers, then the key's own from Redis.
-                         PolicyResult p{std::nullopt, store_.policy(req.key).resolved};
-                         for (std::size_t i = 0; i < kPolicyFieldCount; ++i)
-                             if (const auto& v = r.policy_override.values[i]) {
-                                 p.resolved.policy.set(static_cast<PolicyField>(i), *v);
-                                 p.resolved.sources[i] = PolicySource::Key;
-                             }
-                         if (req.op == Op::Configure)
-                             audit(req, peer, configure_audit_text(req));
-                         policy_reply(text, req, p, stats_);
-                         break;
-                     }
-                     case Op::Reset:
-                         audit(req, peer, r.extra1 ? "removed=true" : "removed=false");
-                         append_reset_reply(text, req.id_json, r.extra1 != 0);
-                         break;
-                     case Op::Acquire:
-                         acquire_reply(text, req,
-                                       AcquireResult{r.error, r.extra1 != 0, r.extra3, r.extra2,
-                                                     r.circuit, r.transition},
-                                       stats_);
-                         break;
-                     case Op::Report:
-                         report_reply(text, req,
-                                      ReportResult{r.error, r.stale, r.circuit, r.transition},
-                                      stats_);
-                         break;
-                     default:
-                         if (req.op == Op::Transition)
-                             audit(req, peer,
-                                   "to=" + std::string(state_name(*req.to)) +
-                                       (r.error ? " refused=" + std::string(error_code_name(*r.error))
-                                                : ""));
-                         else if (req.op == Op::Force)
-                             audit(req, peer,
-                                   "state=" + std::string(state_name(req.state)) +
-                                       " ttlMs=" + std::to_string(req.ttl_ms) + " reason=\"" +
-                                       req.reason + "\"");
-                         else if (req.op == Op::Unforce)
-                             audit(req, peer, r.transition ? "lifted=true" : "lifted=false");
-                         circuit_reply(text, req, StoreResult{r.error, r.circuit, r.transition},
-                                       stats_);
-                         break;
-                     }
+                     remote_reply(req, peer, r, slot->text);
                      slot->complete();
                  });
     return true;
+}
+
+void Dispatcher::remote_reply(const Request& req, const Peer& peer, const RemoteResult& r,
+                              std::string& out) {
+    if (r.error == ErrorCode::BackendUnavailable) {
+        stats_.errors[static_cast<std::size_t>(ErrorCode::BackendUnavailable)] += 1;
+        append_error_reply(out, req.id_json, ErrorCode::BackendUnavailable,
+                           "the Redis backend is unavailable: " + r.unavailable_reason);
+        return;
+    }
+    if (r.error == ErrorCode::TooManyCircuits) {
+        stats_.errors[static_cast<std::size_t>(ErrorCode::TooManyCircuits)] += 1;
+        append_error_reply(out, req.id_json, ErrorCode::TooManyCircuits,
+                           "the shared store holds its maximum number of circuits");
+        return;
+    }
+    switch (req.op) {
+    case Op::List:
+        list_reply(out, req, r.page);
+        return;
+    case Op::Export:
+        export_reply(out, req, r.exported);
+        return;
+    case Op::Import: {
+        const StoredCircuit record = imported_record(req);
+        audit(req, peer, import_audit_text(record));
+        import_reply(out, req, record);
+        return;
+    }
+    case Op::Configure:
+    case Op::Policy: {
+        // The daemon's layers, then the key's own from Redis.
+        PolicyResult p{std::nullopt, store_.policy(req.key).resolved};
+        for (std::size_t i = 0; i < kPolicyFieldCount; ++i)
+            if (const auto& v = r.policy_override.values[i]) {
+                p.resolved.policy.set(static_cast<PolicyField>(i), *v);
+                p.resolved.sources[i] = PolicySource::Key;
+            }
+        if (req.op == Op::Configure)
+            audit(req, peer, configure_audit_text(req));
+        policy_reply(out, req, p, stats_);
+        return;
+    }
+    case Op::Reset:
+        audit(req, peer, r.extra1 ? "removed=true" : "removed=false");
+        append_reset_reply(out, req.id_json, r.extra1 != 0);
+        return;
+    case Op::Acquire:
+        acquire_reply(out, req,
+                      AcquireResult{r.error, r.extra1 != 0, r.extra3, r.extra2, r.circuit,
+                                    r.transition},
+                      stats_);
+        return;
+    case Op::Report:
+        report_reply(out, req, ReportResult{r.error, r.stale, r.circuit, r.transition}, stats_);
+        return;
+    case Op::Transition:
+        audit(req, peer, transition_audit_text(req, r.error));
+        break;
+    case Op::Force:
+        audit(req, peer, force_audit_text(req));
+        break;
+    case Op::Unforce:
+        audit(req, peer, r.transition ? "lifted=true" : "lifted=false");
+        break;
+    default:
+        break; // get, success, failure
+    }
+    circuit_reply(out, req, StoreResult{r.error, r.circuit, r.transition}, stats_);
 }
 
 } // namespace cbd

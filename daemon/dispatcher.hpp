@@ -21,6 +21,7 @@
 namespace cbd {
 
 class RedisStore;
+struct RemoteResult;
 
 // A reply that is written later: a remote store's answer. The session keeps
 // its place among the connection's replies and sends it in order once it is
@@ -100,6 +101,9 @@ class Dispatcher {
     void handle_export(const Request& req, RequestContext& ctx, std::string& out);
     // A circuit operation on the remote store; false when the op is not one.
     bool handle_remote(const Request& req, RequestContext& ctx, std::string& out);
+    // The reply to a remote operation, once the backend has answered.
+    void remote_reply(const Request& req, const Peer& peer, const RemoteResult& r,
+                      std::string& out);
     void handle_import(const Request& req, RequestContext& ctx, std::string& out);
 
     CircuitStore& store_;

@@ -63,5 +63,8 @@ enum RedisResultField : std::size_t {
     kResExtra3,     // acquire: retryAfterMs
     kResFieldCount,
 };
+// The circuit fields come in the hash's own field order (redis_store.cpp
+// reads them and HMGET answers alike).
+static_assert(kResPinPid - kResState == 10);
 
 } // namespace cbd

@@ -3,6 +3,7 @@
 
 #include "daemon/log.hpp"
 
+#include <charconv>
 #include <hiredis/hiredis.h>
 #include <nlohmann/json.hpp>
 
@@ -17,8 +18,16 @@ std::string_view str(const redisReply* r) {
                : std::string_view();
 }
 
+// An integer reply, or a string holding one (HMGET answers strings). Never
+// throws: what Redis holds may have been edited by hand, and a bad value
+// reads as 0 rather than taking the daemon down.
 std::int64_t num(const redisReply* r) {
-    return r && r->type == REDIS_REPLY_INTEGER ? static_cast<std::int64_t>(r->integer) : 0;
+    if (r && r->type == REDIS_REPLY_INTEGER)
+        return static_cast<std::int64_t>(r->integer);
+    const auto text = str(r);
+    std::int64_t value = 0;
+    std::from_chars(text.data(), text.data() + text.size(), value);
+    return value;
 }
 
 std::optional<TransitionCause> cause_named(std::string_view name) {
@@ -30,31 +39,11 @@ std::optional<TransitionCause> cause_named(std::string_view name) {
     return std::nullopt;
 }
 
-// The circuit fields of a script's result array.
-CircuitView circuit_from(const redisReply& r) {
-    CircuitView v;
-    v.snapshot.state = parse_state(str(r.element[kResState])).value_or(State::Closed);
-    v.snapshot.failure_count = static_cast<std::uint64_t>(num(r.element[kResFailures]));
-    v.snapshot.success_count = static_cast<std::uint64_t>(num(r.element[kResSuccesses]));
-    v.snapshot.last_failure_time = num(r.element[kResLastFailure]);
-    v.snapshot.last_state_change = num(r.element[kResLastChange]);
-    v.generation = static_cast<std::uint64_t>(num(r.element[kResGeneration]));
-    if (auto pin = parse_state(str(r.element[kResPinState]))) {
-        ForcePin p{*pin, num(r.element[kResPinUntil]), std::string(str(r.element[kResPinReason])),
-                   Peer{}};
-        p.by.uid = static_cast<uid_t>(num(r.element[kResPinUid]));
-        p.by.pid = static_cast<pid_t>(num(r.element[kResPinPid]));
-        v.forced = std::move(p);
-    }
-    return v;
-}
-
-// A circuit from the 11 hash fields as HMGET returns them (strings).
+// A circuit from 11 consecutive replies in the hash's field order: state,
+// fc, sc, lft, lsc, gen, ps, pu, pr, puid, ppid (a script's result from
+// kResState on, or HMGET of the hash).
 CircuitView view_from_fields(redisReply* const* f) {
-    auto as_int = [&](std::size_t i) {
-        const auto v = str(f[i]);
-        return v.empty() ? std::int64_t{0} : std::stoll(std::string(v));
-    };
+    auto as_int = [&](std::size_t i) { return num(f[i]); };
     CircuitView v;
     v.snapshot.state = parse_state(str(f[0])).value_or(State::Closed);
     v.snapshot.failure_count = static_cast<std::uint64_t>(as_int(1));
@@ -163,7 +152,7 @@ void RedisStore::run(RedisScript script, std::string_view key, const Policy& pol
             done(std::move(r));
             return;
         }
-        if (script == RedisScript::Import) {
+        if (script == RedisScript::Import || script == RedisScript::Sweep) {
             done(std::move(r));
             return;
         }
@@ -185,7 +174,7 @@ void RedisStore::run(RedisScript script, std::string_view key, const Policy& pol
                 for (std::size_t f = 0; f < kPolicyFieldCount; ++f) {
                     const auto v = str(reply->element[i + 12 + f]);
                     if (!v.empty())
-                        record.policy.values[f] = std::stoll(std::string(v));
+                        record.policy.values[f] = num(reply->element[i + 12 + f]);
                 }
                 r.exported.circuits.push_back(std::move(record));
             }
@@ -215,7 +204,7 @@ void RedisStore::run(RedisScript script, std::string_view key, const Policy& pol
             for (std::size_t i = 0; i < kPolicyFieldCount && i + 1 < reply->elements; ++i) {
                 const auto v = str(reply->element[i + 1]);
                 if (!v.empty())
-                    r.policy_override.values[i] = std::stoll(std::string(v));
+                    r.policy_override.values[i] = num(reply->element[i + 1]);
             }
             done(std::move(r));
             return;
@@ -232,7 +221,7 @@ void RedisStore::run(RedisScript script, std::string_view key, const Policy& pol
             return;
         }
         const auto status = str(reply->element[kResStatus]);
-        r.circuit = circuit_from(*reply);
+        r.circuit = view_from_fields(reply->element + kResState);
         if (status == "conflict")
             r.error = ErrorCode::Conflict;
         else if (status == "forced")

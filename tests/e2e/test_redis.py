@@ -327,3 +327,16 @@ def test_export_and_import_move_state_between_backends(start_cbd, workdir, redis
     last = max(json.loads(l).get("generation", 0) for l in dump.splitlines())
     assert Client(other.sock).call({"op": "acquire", "key": "pinned"})["allowed"] is False
     assert Client(other.sock).call({"op": "transition", "key": "x", "to": "open"})["generation"] > last
+
+
+def test_values_edited_by_hand_in_redis_do_not_take_cbd_down(start_cbd, workdir, redis):
+    d = on_redis(start_cbd, workdir, redis, "a")
+    c = Client(d.sock)
+    c.call({"op": "failure", "key": "k"})
+    c.call({"op": "configure", "key": "k", "policy": {"halfOpenMax": 2}})
+    redis.cli("HSET", "cbd:c:k", "lft", "not-a-number")
+    redis.cli("HSET", "cbd:policy:k", "failureThreshold", "many")
+    r = c.call({"op": "export", "prefix": "k"})
+    assert r["ok"] and r["circuits"][0]["snapshot"]["lastFailureTime"] == 0
+    assert c.call({"op": "list"})["ok"]
+    assert c.call({"op": "ping"})["ok"] and d.proc.poll() is None

@@ -306,27 +306,48 @@ TEST_CASE("an injected write failure fails the whole transaction; writes resume 
 
 // --- durable mode ----------------------------------------------------------------
 
-TEST_CASE("durable mode commits a turn's changes together and undoes them when that fails",
-          "[persistence]") {
+namespace {
+// A store with persistence on a state file in a temporary directory, with
+// the fault trigger beside it, and a loop to run.
+struct Rig {
     TempDir dir;
-    const auto path = dir.file("state.db");
-    const auto trigger = dir.file("fault");
-    ManualClock clock(kStart);
-    MemoryCircuitStore store(clock, 100);
+    std::string path = dir.file("state.db");
+    std::string trigger = dir.file("fault");
+    ManualClock clock{kStart};
+    MemoryCircuitStore store{clock, 100};
     DaemonStats stats;
-    boost::asio::io_context io;
-    PersistenceOptions options{{path, trigger}, SyncMode::Always, std::chrono::milliseconds(100)};
-    Persistence persistence(StateFile::open(options.file), options, store, stats);
-    persistence.load();
-    persistence.start(io);
-    // Runs the loop until `done` (the writer thread commits meanwhile).
-    auto run_until = [&](auto done) {
+    boost::asio::io_context io; // before persistence: its timers go first
+    PersistenceOptions options;
+    Persistence persistence;
+
+    Rig(SyncMode mode, std::chrono::milliseconds interval)
+        : options{{path, trigger}, mode, interval},
+          persistence(StateFile::open(options.file), options, store, stats) {
+        persistence.load();
+        persistence.start(io);
+    }
+    // Runs the loop until `done` (the writer thread works meanwhile).
+    template <typename Done> bool run_until(Done done) {
         for (int i = 0; i < 1000 && !done(); ++i) {
             io.restart();
             io.run_for(std::chrono::milliseconds(5));
         }
         return done();
-    };
+    }
+};
+} // namespace
+
+TEST_CASE("durable mode commits a turn's changes together and undoes them when that fails",
+          "[persistence]") {
+    Rig rig(SyncMode::Always, std::chrono::milliseconds(100));
+    const std::string& path = rig.path;
+    const std::string& trigger = rig.trigger;
+    ManualClock& clock = rig.clock;
+    MemoryCircuitStore& store = rig.store;
+    DaemonStats& stats = rig.stats;
+    const PersistenceOptions& options = rig.options;
+    Persistence& persistence = rig.persistence;
+    auto run_until = [&](auto done) { return rig.run_until(done); };
 
     // One turn: two keys change; the commit runs when the loop gets to it.
     store.record_failure("a");
@@ -383,23 +404,13 @@ TEST_CASE("durable mode commits a turn's changes together and undoes them when t
 
 TEST_CASE("batch mode writes changed circuits off the loop and retries after a failure",
           "[persistence]") {
-    TempDir dir;
-    const auto path = dir.file("state.db");
-    const auto trigger = dir.file("fault");
-    ManualClock clock(kStart);
-    MemoryCircuitStore store(clock, 100);
-    DaemonStats stats;
-    boost::asio::io_context io;
-    PersistenceOptions options{{path, trigger}, SyncMode::Batch, std::chrono::milliseconds(5)};
-    Persistence persistence(StateFile::open(options.file), options, store, stats);
-    persistence.load();
-    persistence.start(io);
-
-    auto run_until = [&](auto done) {
-        for (int i = 0; i < 400 && !done(); ++i)
-            io.run_for(std::chrono::milliseconds(5));
-        return done();
-    };
+    Rig rig(SyncMode::Batch, std::chrono::milliseconds(5));
+    const std::string& path = rig.path;
+    const std::string& trigger = rig.trigger;
+    MemoryCircuitStore& store = rig.store;
+    DaemonStats& stats = rig.stats;
+    Persistence& persistence = rig.persistence;
+    auto run_until = [&](auto done) { return rig.run_until(done); };
     write_text(trigger, "io\n");
     store.record_failure("a");
     CHECK(run_until([&] { return stats.storage.failures >= 1; }));
