@@ -59,6 +59,8 @@ std::string_view error_code_name(ErrorCode code) {
         return "backend_unavailable";
     case ErrorCode::InternalError:
         return "internal_error";
+    case ErrorCode::BackendError:
+        return "backend_error";
     }
     return "internal_error";
 }

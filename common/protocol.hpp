@@ -14,6 +14,11 @@
 //      gains "storage".
 //   6  the Redis backend: error backend_unavailable; `stats` gains
 //      "backend".
+//   7  one request path: error backend_error (the backend answered, but with
+//      an error that is not an outage: a value of the wrong type or out of
+//      range); a NUL anywhere in a line is parse_error; generations, counts
+//      and times are at most 2^53-1 everywhere; replies past a per-connection
+//      output bound wait for the client to read.
 #pragma once
 
 #include <cstddef>
@@ -23,7 +28,7 @@
 
 namespace cbd {
 
-inline constexpr int kProtocolVersion = 6;
+inline constexpr int kProtocolVersion = 7;
 inline constexpr std::string_view kVersion = CBD_VERSION;
 
 // Hard limits. The line and circuit limits have daemon flags; the rest are
@@ -77,9 +82,10 @@ enum class ErrorCode : std::uint8_t {
     StorageUnavailable, // durable mode: the change could not be committed, so it was undone
     BackendUnavailable, // --backend redis: Redis did not answer in time
     InternalError,
+    BackendError, // the backend answered with an error that is not an outage (bad data)
 };
-inline constexpr std::size_t kErrorCodeCount = 15;
-static_assert(static_cast<std::size_t>(ErrorCode::InternalError) + 1 == kErrorCodeCount);
+inline constexpr std::size_t kErrorCodeCount = 16;
+static_assert(static_cast<std::size_t>(ErrorCode::BackendError) + 1 == kErrorCodeCount);
 
 std::string_view error_code_name(ErrorCode code);
 

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <string>
 
 namespace cbd {
 
@@ -31,6 +32,22 @@ class ManualClock final : public Clock {
 
   private:
     std::int64_t now_;
+};
+
+// cbd --test-clock FILE: the time is whatever FILE says (decimal epoch ms),
+// read afresh each time it is asked, so a test can step a real daemon's
+// clock (and, through it, the time Redis scripts use) without sleeping. It
+// keeps the last good reading when the file is missing or malformed. Tests
+// only: it costs a file read per reading, and anyone who can write FILE
+// decides every timeout.
+class FileClock final : public Clock {
+  public:
+    explicit FileClock(std::string path);
+    std::int64_t now_ms() const override;
+
+  private:
+    std::string path_;
+    mutable std::int64_t last_;
 };
 
 } // namespace cbd

@@ -156,7 +156,15 @@ int run_daemon(const DaemonConfig& config) {
         return 1;
     }
 
-    SystemClock clock;
+    std::unique_ptr<Clock> clock_owner;
+    if (config.test_clock_file.empty()) {
+        clock_owner = std::make_unique<SystemClock>();
+    } else {
+        clock_owner = std::make_unique<FileClock>(config.test_clock_file);
+        log_warn("--test-clock: the time comes from " + config.test_clock_file +
+                 "; for tests only");
+    }
+    const Clock& clock = *clock_owner;
     DaemonStats stats;
     EventHub events(stats); // outlives io: sessions unsubscribe as they go
     auto make_store = [&] {

@@ -45,6 +45,8 @@ struct DaemonConfig {
     std::string redis_password; // read from --redis-password-file
     std::string redis_prefix = "cbd:";
     std::chrono::milliseconds backend_timeout{1000};
+    // --test-clock FILE: the time comes from FILE (tests only; FileClock).
+    std::string test_clock_file;
 };
 
 // Serves until SIGTERM or SIGINT. Returns the process exit status: 0 after a

@@ -35,6 +35,7 @@ int main(int argc, char** argv) {
     bool move_corrupt_state = false;
     std::string backend = "memory", redis_url, redis_password_file, redis_prefix = "cbd:",
                 backend_timeout = "1s";
+    std::string test_clock_file;
     // 0 = not given on the command line.
     std::array<std::int64_t, cbd::kPolicyFieldCount> policy_flags{};
     const std::array<std::string, cbd::kPolicyFieldCount> policy_flag_names = {
@@ -116,6 +117,9 @@ int main(int argc, char** argv) {
     app.add_option("--redis-prefix", redis_prefix,
                    "Start of every Redis key this cbd uses, so deployments can share a Redis")
         ->capture_default_str();
+    app.add_option("--test-clock", test_clock_file,
+                   "Tests only: read the time (epoch ms) from FILE instead of the system clock")
+        ->group("Testing");
     app.add_option("--backend-timeout", backend_timeout,
                    "How long an operation waits for Redis before backend_unavailable (300ms, 2s)")
         ->capture_default_str()
@@ -173,6 +177,7 @@ int main(int argc, char** argv) {
     config.sync_mode = *cbd::parse_sync_mode(sync_mode);
     config.sync_interval = std::chrono::milliseconds(sync_interval_ms);
     config.move_corrupt_state = move_corrupt_state;
+    config.test_clock_file = test_clock_file;
     // The storage fault-injection hook (tests only; see daemon/fault_vfs.hpp).
     if (const char* fault = std::getenv("CBD_STORAGE_FAULT_FILE"))
         config.storage_fault_file = fault;
