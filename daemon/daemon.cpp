@@ -8,8 +8,9 @@
 #include "daemon/dispatcher.hpp"
 #include "daemon/event_hub.hpp"
 #include "daemon/listener.hpp"
+#include "daemon/memory_backend.hpp"
 #include "daemon/memory_store.hpp"
-#include "daemon/redis_store.hpp"
+#include "daemon/redis_backend.hpp"
 #include "daemon/metrics_http.hpp"
 #include "daemon/server.hpp"
 #include "daemon/service_manager.hpp"
@@ -185,32 +186,23 @@ int run_daemon(const DaemonConfig& config) {
         }
     }
     MemoryCircuitStore& store = *store_owner;
-    AccessConfig access;
+    Settings settings;
     try {
-        auto settings = load_settings(config);
-        store.set_policy_config(std::move(settings.policy));
-        access = settings.access;
+        settings = load_settings(config);
     } catch (const ConfigError& e) {
         log_error(std::string("cannot start: ") + e.what());
         return 1;
     }
+    AccessConfig access = settings.access;
     log_info("access: " + describe(access));
-    Dispatcher dispatcher(store, stats);
-    SessionSet sessions(stats); // outlives io, see SessionSet
     // One thread, and nothing is posted from another (signals arrive through
     // Asio's own pipe): the scheduler and reactor need no locks.
     asio::io_context io(BOOST_ASIO_CONCURRENCY_HINT_UNSAFE);
-    Server server(io, listener->release_fd(),
-                  SessionShared{dispatcher, sessions, events, stats, access,
-                                config.max_line_bytes, config.watch_queue,
-                                config.max_connections, config.idle_timeout,
-                                persistence && config.sync_mode == SyncMode::Always
-                                    ? persistence.get()
-                                    : nullptr});
 
-    // --backend redis: circuit operations go to Redis; the memory store above
-    // still resolves policies from this daemon's configuration.
+    // The one backend the dispatcher sees: Redis (--backend redis), memory
+    // with answers held for the commit (--sync always), or memory.
     std::optional<RedisStore> redis;
+    std::unique_ptr<CircuitBackend> backend;
     if (!config.redis_url.empty()) {
         RedisStoreOptions options;
         if (auto error = RedisEndpoint::parse(config.redis_url, options.connection.endpoint)) {
@@ -222,8 +214,20 @@ int run_daemon(const DaemonConfig& config) {
         options.prefix = config.redis_prefix;
         options.max_circuits = config.max_circuits;
         redis.emplace(io, options, stats, &events);
-        dispatcher.set_remote(&*redis);
+        backend = std::make_unique<RedisBackend>(*redis);
+    } else if (persistence && config.sync_mode == SyncMode::Always) {
+        backend = std::make_unique<DurableBackend>(store, *persistence);
+    } else {
+        backend = std::make_unique<MemoryBackend>(store);
     }
+    backend->set_policy_config(std::move(settings.policy));
+
+    Dispatcher dispatcher(*backend, stats);
+    SessionSet sessions(stats); // outlives io, see SessionSet
+    Server server(io, listener->release_fd(),
+                  SessionShared{dispatcher, sessions, events, stats, access,
+                                config.max_line_bytes, config.watch_queue,
+                                config.max_connections, config.idle_timeout});
 
     std::optional<MetricsHttpServer> metrics_http;
     if (!config.metrics_listen.empty()) {
@@ -277,10 +281,10 @@ int run_daemon(const DaemonConfig& config) {
                     log_info("SIGHUP: no --config file to reload");
                 } else {
                     try {
-                        auto settings = load_settings(config);
-                        const auto rules = settings.policy.rules.size();
-                        store.set_policy_config(std::move(settings.policy));
-                        access = settings.access; // applies to new connections
+                        auto reloaded = load_settings(config);
+                        const auto rules = reloaded.policy.rules.size();
+                        backend->set_policy_config(std::move(reloaded.policy));
+                        access = reloaded.access; // applies to new connections
                         log_info("SIGHUP: reloaded " + config.config_path + " (" +
                                  std::to_string(rules) + " prefix rules; " + describe(access) +
                                  ")");
@@ -302,11 +306,7 @@ int run_daemon(const DaemonConfig& config) {
         notify_watchdog();
         run_every(watchdog, *interval, notify_watchdog);
     }
-    run_every(expiry, kExpiryTick, [&store, &redis] {
-        store.expire_due();
-        if (redis)
-            redis->sweep();
-    });
+    run_every(expiry, kExpiryTick, [&backend] { backend->tick(); });
     run_every(trim, kTrimInterval, [] { malloc_trim(0); });
 
     if (persistence)

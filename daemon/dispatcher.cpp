@@ -5,10 +5,10 @@
 #include "daemon/circuit_json.hpp"
 #include "daemon/log.hpp"
 #include "daemon/metrics.hpp"
-#include "daemon/redis_store.hpp"
 
 #include <array>
 #include <exception>
+#include <utility>
 #include <nlohmann/json.hpp>
 
 namespace cbd {
@@ -146,24 +146,6 @@ std::string force_audit_text(const Request& req) {
            " reason=\"" + req.reason + "\"";
 }
 
-// What an `import` request asks the key to hold.
-StoredCircuit imported_record(const Request& req) {
-    StoredCircuit record;
-    record.key = req.key;
-    if (req.snapshot) {
-        CircuitView v{*req.snapshot, *req.generation, std::nullopt};
-        if (const auto& pin = req.forced) {
-            Peer by;
-            by.uid = static_cast<uid_t>(pin->uid);
-            by.pid = static_cast<pid_t>(pin->pid);
-            v.forced = ForcePin{pin->state, pin->until, pin->reason, by};
-        }
-        record.circuit = std::move(v);
-    }
-    record.policy = req.policy;
-    return record;
-}
-
 std::string import_audit_text(const StoredCircuit& record) {
     return record.circuit ? "state=" + std::string(state_name(record.circuit->snapshot.state)) +
                                 " generation=" + std::to_string(record.circuit->generation)
@@ -195,14 +177,7 @@ std::string configure_audit_text(const Request& req) {
            (unset_fields.empty() ? "" : " unset=" + unset_fields);
 }
 
-void policy_reply(std::string& out, const Request& req, const PolicyResult& r,
-                  DaemonStats& stats) {
-    if (r.error) {
-        stats.errors[static_cast<std::size_t>(*r.error)] += 1;
-        append_error_reply(out, req.id_json, *r.error,
-                           "the daemon holds its maximum number of key policies");
-        return;
-    }
+void policy_reply(std::string& out, const Request& req, const PolicyResult& r) {
     std::string sources = "{";
     for (std::size_t i = 0; i < kPolicyFieldCount; ++i) {
         if (i)
@@ -227,56 +202,59 @@ void policy_reply(std::string& out, const Request& req, const PolicyResult& r,
 
 } // namespace
 
-Dispatcher::Dispatcher(CircuitStore& store, DaemonStats& stats) : store_(store), stats_(stats) {}
+Dispatcher::Dispatcher(CircuitBackend& backend, DaemonStats& stats)
+    : backend_(backend), stats_(stats) {}
 
 Dispatcher::Handler Dispatcher::handler_for(Op op) {
-    // A switch, so that an op without a handler does not compile (-Wswitch).
+    // The daemon's own ops; every other op is a circuit operation and goes
+    // to the backend (is_circuit_op). A switch, so that an op without a
+    // decision does not compile (-Wswitch).
     switch (op) {
-    case Op::Get:
-        return &Dispatcher::handle_get;
-    case Op::Success:
-        return &Dispatcher::handle_success;
-    case Op::Failure:
-        return &Dispatcher::handle_failure;
-    case Op::Transition:
-        return &Dispatcher::handle_transition;
-    case Op::Reset:
-        return &Dispatcher::handle_reset;
     case Op::Ping:
         return &Dispatcher::handle_ping;
-    case Op::Acquire:
-        return &Dispatcher::handle_acquire;
-    case Op::Report:
-        return &Dispatcher::handle_report;
-    case Op::Force:
-        return &Dispatcher::handle_force;
-    case Op::Unforce:
-        return &Dispatcher::handle_unforce;
-    case Op::Configure:
-        return &Dispatcher::handle_configure;
-    case Op::Policy:
-        return &Dispatcher::handle_policy;
     case Op::Watch:
         return &Dispatcher::handle_watch;
-    case Op::List:
-        return &Dispatcher::handle_list;
     case Op::Stats:
         return &Dispatcher::handle_stats;
     case Op::Metrics:
         return &Dispatcher::handle_metrics;
+    case Op::Get:
+    case Op::Success:
+    case Op::Failure:
+    case Op::Transition:
+    case Op::Reset:
+    case Op::Acquire:
+    case Op::Report:
+    case Op::Force:
+    case Op::Unforce:
+    case Op::Configure:
+    case Op::Policy:
+    case Op::List:
     case Op::Export:
-        return &Dispatcher::handle_export;
     case Op::Import:
-        return &Dispatcher::handle_import;
+        break;
     }
-    return &Dispatcher::handle_ping;
+    return nullptr;
 }
 
 void Dispatcher::handle_line(std::string_view line, RequestContext& ctx, std::string& out) {
+    auto replies = std::exchange(ctx.replies, std::make_shared<ReplyQueue>());
+    handle_line(line, ctx);
+    ctx.replies->take_ready(out);
+    if (!ctx.replies->empty()) {
+        // A backend that answers later has nowhere to go here.
+        log_error("a reply was deferred on a connection that cannot wait for it");
+        append_error_reply(out, request_.id_json, ErrorCode::InternalError,
+                           "this connection cannot wait for the backend");
+    }
+    ctx.replies = std::move(replies);
+}
+
+void Dispatcher::handle_line(std::string_view line, RequestContext& ctx) {
     if (is_blank_line(line))
         return;
+    std::string& out = ctx.replies->ready_tail();
     const std::size_t reply_start = out.size();
-    ctx.request = nullptr;
     try {
         if (auto err = parse_request(line, request_)) {
             stats_.errors[static_cast<std::size_t>(err->code)] += 1;
@@ -284,22 +262,125 @@ void Dispatcher::handle_line(std::string_view line, RequestContext& ctx, std::st
             return;
         }
         stats_.requests[static_cast<std::size_t>(request_.op)] += 1;
-        ctx.request = &request_;
         const OpSpec& spec = op_spec(request_.op);
         if (spec.level > ctx.level) {
             refuse(request_, ctx, spec, out);
             return;
         }
-        if (remote_ && handle_remote(request_, ctx, out))
+        if (Handler handler = handler_for(request_.op)) {
+            (this->*handler)(request_, ctx, out);
             return;
-        (this->*handler_for(request_.op))(request_, ctx, out);
+        }
+        run_circuit_op(request_, ctx);
     } catch (const std::exception& e) {
-        // Whatever happened, the client still gets exactly one line.
-        out.resize(reply_start);
+        // Whatever happened, the client still gets exactly one line (a
+        // backend that threw took no slot: it answers or throws, not both).
+        std::string& tail = ctx.replies->ready_tail();
+        if (&tail == &out)
+            out.resize(reply_start);
         ctx.start_watch.reset();
         log_error(std::string("internal error while handling a request: ") + e.what());
         stats_.errors[static_cast<std::size_t>(ErrorCode::InternalError)] += 1;
-        append_error_reply(out, request_.id_json, ErrorCode::InternalError, "internal error");
+        append_error_reply(tail, request_.id_json, ErrorCode::InternalError, "internal error");
+    }
+}
+
+void Dispatcher::run_circuit_op(const Request& req, RequestContext& ctx) {
+    // Where an answer that comes later goes: a slot reserved now, in request
+    // order, filled by the completion. Only a backend that defers asks.
+    struct SlotDeferral final : Deferral {
+        Dispatcher& d;
+        const Request& req;
+        RequestContext& ctx;
+        SlotDeferral(Dispatcher& dd, const Request& r, RequestContext& c) : d(dd), req(r), ctx(c) {}
+        Completion later() override {
+            const auto ticket = ctx.replies->reserve();
+            return [&dispatcher = d, replies = ctx.replies, ticket,
+                    held = std::make_shared<const Request>(req),
+                    peer = ctx.peer](const OpOutcome& r) {
+                std::string text;
+                dispatcher.reply_for(*held, peer, r, text);
+                replies->fill(ticket, std::move(text));
+            };
+        }
+    } deferral(*this, req, ctx);
+    outcome_.clear();
+    if (backend_.run(req, ctx.peer, outcome_, deferral))
+        reply_for(req, ctx.peer, outcome_, ctx.replies->ready_tail());
+}
+
+void Dispatcher::reply_for(const Request& req, const Peer& peer, const OpOutcome& r,
+                           std::string& out) {
+    // Audit lines of operator actions, whether or not the backend agreed.
+    switch (req.op) {
+    case Op::Transition:
+        audit(req, peer, transition_audit_text(req, r.error));
+        break;
+    case Op::Force:
+        audit(req, peer, force_audit_text(req) + (r.error ? " refused=" + std::string(error_code_name(*r.error)) : ""));
+        break;
+    case Op::Unforce:
+        audit(req, peer, r.transition ? "lifted=true" : "lifted=false");
+        break;
+    case Op::Reset:
+        if (!r.error)
+            audit(req, peer, r.removed ? "removed=true" : "removed=false");
+        break;
+    case Op::Configure:
+        if (!r.error)
+            audit(req, peer, configure_audit_text(req));
+        break;
+    case Op::Import:
+        if (!r.error)
+            audit(req, peer, import_audit_text(imported_record(req)));
+        break;
+    default:
+        break;
+    }
+    if (r.error && *r.error != ErrorCode::Conflict && *r.error != ErrorCode::Forced &&
+        *r.error != ErrorCode::NoPermit) {
+        // Errors about the operation as a whole, not the circuit's state.
+        const ErrorCode code = *r.error;
+        stats_.errors[static_cast<std::size_t>(code)] += 1;
+        std::string message = r.error_message;
+        if (message.empty())
+            message = code == ErrorCode::TooManyCircuits
+                          ? (req.op == Op::Configure
+                                 ? "the daemon holds its maximum number of key policies"
+                                 : "the daemon holds its maximum number of circuits")
+                          : "the operation failed";
+        append_error_reply(out, req.id_json, code, message);
+        return;
+    }
+    switch (req.op) {
+    case Op::List:
+        list_reply(out, req, r.page);
+        return;
+    case Op::Export:
+        export_reply(out, req, r.exported);
+        return;
+    case Op::Import:
+        import_reply(out, req, imported_record(req));
+        return;
+    case Op::Configure:
+    case Op::Policy:
+        policy_reply(out, req, PolicyResult{std::nullopt, r.policy});
+        return;
+    case Op::Reset:
+        append_reset_reply(out, req.id_json, r.removed);
+        return;
+    case Op::Acquire:
+        acquire_reply(out, req,
+                      AcquireResult{r.error, r.allowed, r.retry_after_ms, r.permit, r.circuit,
+                                    r.transition},
+                      stats_);
+        return;
+    case Op::Report:
+        report_reply(out, req, ReportResult{r.error, r.stale, r.circuit, r.transition}, stats_);
+        return;
+    default:
+        circuit_reply(out, req, StoreResult{r.error, r.circuit, r.transition}, stats_);
+        return;
     }
 }
 
@@ -318,68 +399,9 @@ void Dispatcher::refuse(const Request& req, const RequestContext& ctx, const OpS
                            ") has " + std::string(access_level_name(ctx.level)));
 }
 
-void Dispatcher::handle_get(const Request& req, RequestContext&, std::string& out) {
-    circuit_reply(out, req, store_.get(req.key), stats_);
-}
-
-void Dispatcher::handle_success(const Request& req, RequestContext&, std::string& out) {
-    circuit_reply(out, req, store_.record_success(req.key), stats_);
-}
-
-void Dispatcher::handle_failure(const Request& req, RequestContext&, std::string& out) {
-    circuit_reply(out, req, store_.record_failure(req.key), stats_);
-}
-
-void Dispatcher::handle_transition(const Request& req, RequestContext& ctx, std::string& out) {
-    auto result = store_.transition(req.key, *req.to, {req.expect, req.expect_generation});
-    audit(req, ctx.peer, transition_audit_text(req, result.error));
-    circuit_reply(out, req, result, stats_);
-}
-
-void Dispatcher::handle_reset(const Request& req, RequestContext& ctx, std::string& out) {
-    const bool removed = store_.reset(req.key);
-    audit(req, ctx.peer, removed ? "removed=true" : "removed=false");
-    append_reset_reply(out, req.id_json, removed);
-}
-
 void Dispatcher::handle_ping(const Request& req, RequestContext&, std::string& out) {
     append_ping_reply(out, req.id_json);
 }
-
-void Dispatcher::handle_acquire(const Request& req, RequestContext&, std::string& out) {
-    acquire_reply(out, req, store_.acquire(req.key), stats_);
-}
-
-void Dispatcher::handle_report(const Request& req, RequestContext&, std::string& out) {
-    report_reply(out, req, store_.report(req.key, req.outcome, req.generation, req.permit),
-                 stats_);
-}
-
-void Dispatcher::handle_force(const Request& req, RequestContext& ctx, std::string& out) {
-    auto r = store_.force(req.key, req.state, req.ttl_ms, req.reason, ctx.peer);
-    audit(req, ctx.peer, force_audit_text(req));
-    circuit_reply(out, req, r, stats_);
-}
-
-void Dispatcher::handle_unforce(const Request& req, RequestContext& ctx, std::string& out) {
-    auto r = store_.unforce(req.key);
-    audit(req, ctx.peer, r.transition ? "lifted=true" : "lifted=false");
-    circuit_reply(out, req, r, stats_);
-}
-
-void Dispatcher::handle_configure(const Request& req, RequestContext& ctx, std::string& out) {
-    auto r = store_.configure(req.key, req.policy, req.policy_removed, req.policy_clear);
-    audit(req, ctx.peer, configure_audit_text(req));
-    policy_reply(out, req, r, stats_);
-}
-
-void Dispatcher::handle_policy(const Request& req, RequestContext&, std::string& out) {
-    policy_reply(out, req, store_.policy(req.key), stats_);
-}
-
-} // namespace cbd
-
-namespace cbd {
 
 void Dispatcher::handle_watch(const Request& req, RequestContext& ctx, std::string& out) {
     WatchFilter filter;
@@ -407,12 +429,8 @@ void Dispatcher::handle_watch(const Request& req, RequestContext& ctx, std::stri
     ctx.start_watch = std::move(filter);
 }
 
-void Dispatcher::handle_list(const Request& req, RequestContext&, std::string& out) {
-    list_reply(out, req, store_.list(ListQuery{req.prefix, req.state_filter, req.limit, req.after}));
-}
-
 void Dispatcher::handle_stats(const Request& req, RequestContext&, std::string& out) {
-    const auto counts = store_.counts();
+    const auto counts = backend_.counts();
     const auto uptime = std::chrono::duration_cast<std::chrono::milliseconds>(
         std::chrono::steady_clock::now() - stats_.started);
     auto object = [](auto&& name_of, const auto& values, std::size_t n) {
@@ -440,13 +458,13 @@ void Dispatcher::handle_stats(const Request& req, RequestContext&, std::string& 
         .raw_field("errors",
                    object([](std::size_t i) { return error_code_name(static_cast<ErrorCode>(i)); },
                           stats_.errors, kErrorCodeCount))
-        // With the Redis backend this daemon holds no circuits to count.
-        .raw_field("circuits", remote_ ? std::string("null")
-                                       : "{\"total\":" + std::to_string(counts.total) +
-                                             ",\"closed\":" + std::to_string(counts.closed) +
-                                             ",\"open\":" + std::to_string(counts.open) +
-                                             ",\"halfOpen\":" + std::to_string(counts.half_open) +
-                                             ",\"forced\":" + std::to_string(counts.forced) + "}")
+        // null until a backend that counts elsewhere (Redis) has a count.
+        .raw_field("circuits", !counts ? std::string("null")
+                                       : "{\"total\":" + std::to_string(counts->total) +
+                                             ",\"closed\":" + std::to_string(counts->closed) +
+                                             ",\"open\":" + std::to_string(counts->open) +
+                                             ",\"halfOpen\":" + std::to_string(counts->half_open) +
+                                             ",\"forced\":" + std::to_string(counts->forced) + "}")
         .field("watchers", stats_.watchers)
         .raw_field("events", "{\"emitted\":" + std::to_string(stats_.events_emitted) +
                                  ",\"dropped\":" + std::to_string(stats_.events_dropped) + "}")
@@ -482,211 +500,20 @@ void Dispatcher::handle_stats(const Request& req, RequestContext&, std::string& 
 }
 
 std::string Dispatcher::metrics_text(bool per_circuit) {
-    MetricsInput in{stats_, store_.counts(), resident_memory_bytes()};
+    const auto counts = backend_.counts();
+    MetricsInput in{stats_, counts.value_or(CircuitCounts{}), resident_memory_bytes()};
+    in.circuits_known = counts.has_value();
     ListPage page;
-    if (per_circuit) {
-        page = store_.list(ListQuery{"", std::nullopt, kMaxPerCircuitSeries, ""});
+    if (per_circuit &&
+        backend_.list_now(ListQuery{"", std::nullopt, kMaxPerCircuitSeries, ""}, page)) {
         in.per_circuit = &page.circuits;
         in.per_circuit_truncated = !page.next.empty();
     }
     return render_metrics(in);
 }
 
-void Dispatcher::handle_export(const Request& req, RequestContext&, std::string& out) {
-    export_reply(out, req, store_.export_page(req.prefix, req.after, req.limit));
-}
-
-void Dispatcher::handle_import(const Request& req, RequestContext& ctx, std::string& out) {
-    const StoredCircuit record = imported_record(req);
-    if (auto error = store_.restore(record)) {
-        stats_.errors[static_cast<std::size_t>(*error)] += 1;
-        append_error_reply(out, req.id_json, *error,
-                           "the daemon holds its maximum number of circuits");
-        return;
-    }
-    audit(req, ctx.peer, import_audit_text(record));
-    import_reply(out, req, record);
-}
-
 void Dispatcher::handle_metrics(const Request& req, RequestContext&, std::string& out) {
     ReplyWriter(out, req.id_json, true).string_field("text", metrics_text(req.per_circuit)).finish();
-}
-
-// --- the Redis backend ------------------------------------------------------------
-
-bool Dispatcher::handle_remote(const Request& req, RequestContext& ctx, std::string& out) {
-    RedisScript script;
-    std::vector<std::string> args;
-    auto generation_arg = [](const std::optional<std::uint64_t>& g) {
-        return g ? std::to_string(*g) : std::string();
-    };
-    switch (req.op) {
-    case Op::Get:
-        script = RedisScript::Get;
-        break;
-    case Op::Success:
-        script = RedisScript::Success;
-        break;
-    case Op::Failure:
-        script = RedisScript::Failure;
-        break;
-    case Op::Transition:
-        script = RedisScript::Transition;
-        args = {std::string(state_name(*req.to)),
-                req.expect ? std::string(state_name(*req.expect)) : std::string(),
-                generation_arg(req.expect_generation)};
-        break;
-    case Op::Reset:
-        script = RedisScript::Reset;
-        break;
-    case Op::Acquire:
-        script = RedisScript::Acquire;
-        break;
-    case Op::Report:
-        script = RedisScript::Report;
-        args = {req.outcome == Outcome::Failure ? "failure" : "success",
-                generation_arg(req.generation), req.permit};
-        break;
-    case Op::Force:
-        script = RedisScript::Force;
-        args = {std::string(state_name(req.state)), std::to_string(req.ttl_ms), req.reason,
-                std::to_string(ctx.peer.uid), std::to_string(ctx.peer.pid)};
-        break;
-    case Op::Unforce:
-        script = RedisScript::Unforce;
-        break;
-    case Op::Configure:
-    case Op::Policy: {
-        // One script reads (and for configure first changes) the key's
-        // override in Redis: ARGV clear, then per field "" (keep), "-"
-        // (remove) or the new value.
-        script = RedisScript::Policy;
-        const bool configure = req.op == Op::Configure;
-        args.push_back(configure && req.policy_clear ? "1" : "0");
-        for (std::size_t i = 0; i < kPolicyFieldCount; ++i)
-            args.push_back(!configure                  ? std::string()
-                           : req.policy.values[i]      ? std::to_string(*req.policy.values[i])
-                           : req.policy_removed.values[i] ? std::string("-")
-                                                          : std::string());
-        break;
-    }
-    case Op::List:
-        script = RedisScript::List;
-        args = {req.prefix, req.after, std::to_string(req.limit),
-                req.state_filter ? std::string(state_name(*req.state_filter)) : std::string()};
-        break;
-    case Op::Export:
-        script = RedisScript::Export;
-        args = {req.prefix, req.after, std::to_string(req.limit)};
-        break;
-    case Op::Import:
-        script = RedisScript::Import;
-        args.push_back(req.snapshot ? "1" : "0");
-        if (req.snapshot) {
-            const Snapshot& sn = *req.snapshot;
-            args.insert(args.end(),
-                        {std::string(state_name(sn.state)), std::to_string(sn.failure_count),
-                         std::to_string(sn.success_count), std::to_string(sn.last_failure_time),
-                         std::to_string(sn.last_state_change), std::to_string(*req.generation)});
-            if (const auto& pin = req.forced)
-                args.insert(args.end(),
-                            {std::string(state_name(pin->state)), std::to_string(pin->until),
-                             pin->reason, std::to_string(pin->uid), std::to_string(pin->pid)});
-            else
-                args.insert(args.end(), 5, std::string());
-        } else {
-            args.insert(args.end(), 11, std::string());
-        }
-        for (std::size_t i = 0; i < kPolicyFieldCount; ++i)
-            args.push_back(req.policy.values[i] ? std::to_string(*req.policy.values[i])
-                                                : std::string());
-        break;
-    default:
-        return false; // answered here, from this daemon (ping, policy, stats, watch...)
-    }
-    if (!ctx.deferral) {
-        stats_.errors[static_cast<std::size_t>(ErrorCode::InternalError)] += 1;
-        append_error_reply(out, req.id_json, ErrorCode::InternalError,
-                           "this connection cannot wait for the backend");
-        return true;
-    }
-    auto slot = ctx.deferral->take_slot();
-    const Policy policy = store_.policy(req.key).resolved.policy;
-    remote_->run(script, req.key, policy, args,
-                 [this, slot, req, peer = ctx.peer](RemoteResult r) {
-                     remote_reply(req, peer, r, slot->text);
-                     slot->complete();
-                 });
-    return true;
-}
-
-void Dispatcher::remote_reply(const Request& req, const Peer& peer, const RemoteResult& r,
-                              std::string& out) {
-    if (r.error == ErrorCode::BackendUnavailable) {
-        stats_.errors[static_cast<std::size_t>(ErrorCode::BackendUnavailable)] += 1;
-        append_error_reply(out, req.id_json, ErrorCode::BackendUnavailable,
-                           "the Redis backend is unavailable: " + r.unavailable_reason);
-        return;
-    }
-    if (r.error == ErrorCode::TooManyCircuits) {
-        stats_.errors[static_cast<std::size_t>(ErrorCode::TooManyCircuits)] += 1;
-        append_error_reply(out, req.id_json, ErrorCode::TooManyCircuits,
-                           "the shared store holds its maximum number of circuits");
-        return;
-    }
-    switch (req.op) {
-    case Op::List:
-        list_reply(out, req, r.page);
-        return;
-    case Op::Export:
-        export_reply(out, req, r.exported);
-        return;
-    case Op::Import: {
-        const StoredCircuit record = imported_record(req);
-        audit(req, peer, import_audit_text(record));
-        import_reply(out, req, record);
-        return;
-    }
-    case Op::Configure:
-    case Op::Policy: {
-        // The daemon's layers, then the key's own from Redis.
-        PolicyResult p{std::nullopt, store_.policy(req.key).resolved};
-        for (std::size_t i = 0; i < kPolicyFieldCount; ++i)
-            if (const auto& v = r.policy_override.values[i]) {
-                p.resolved.policy.set(static_cast<PolicyField>(i), *v);
-                p.resolved.sources[i] = PolicySource::Key;
-            }
-        if (req.op == Op::Configure)
-            audit(req, peer, configure_audit_text(req));
-        policy_reply(out, req, p, stats_);
-        return;
-    }
-    case Op::Reset:
-        audit(req, peer, r.extra1 ? "removed=true" : "removed=false");
-        append_reset_reply(out, req.id_json, r.extra1 != 0);
-        return;
-    case Op::Acquire:
-        acquire_reply(out, req,
-                      AcquireResult{r.error, r.extra1 != 0, r.extra3, r.extra2, r.circuit,
-                                    r.transition},
-                      stats_);
-        return;
-    case Op::Report:
-        report_reply(out, req, ReportResult{r.error, r.stale, r.circuit, r.transition}, stats_);
-        return;
-    case Op::Transition:
-        audit(req, peer, transition_audit_text(req, r.error));
-        break;
-    case Op::Force:
-        audit(req, peer, force_audit_text(req));
-        break;
-    case Op::Unforce:
-        audit(req, peer, r.transition ? "lifted=true" : "lifted=false");
-        break;
-    default:
-        break; // get, success, failure
-    }
-    circuit_reply(out, req, StoreResult{r.error, r.circuit, r.transition}, stats_);
 }
 
 } // namespace cbd

@@ -101,12 +101,15 @@ std::string render_metrics(const MetricsInput& in) {
                                                     static_cast<TransitionCause>(cause))),
                              n);
 
-    m.family("cbd_circuits", "gauge", "Circuits held, by state.");
-    m.sample("cbd_circuits", label("state", "closed"), in.circuits.closed);
-    m.sample("cbd_circuits", label("state", "open"), in.circuits.open);
-    m.sample("cbd_circuits", label("state", "half-open"), in.circuits.half_open);
-    m.family("cbd_circuits_forced", "gauge", "Circuits pinned by force.");
-    m.sample("cbd_circuits_forced", "", in.circuits.forced);
+    // Absent, not zero, while a backend that counts elsewhere has no count.
+    if (in.circuits_known) {
+        m.family("cbd_circuits", "gauge", "Circuits held, by state.");
+        m.sample("cbd_circuits", label("state", "closed"), in.circuits.closed);
+        m.sample("cbd_circuits", label("state", "open"), in.circuits.open);
+        m.sample("cbd_circuits", label("state", "half-open"), in.circuits.half_open);
+        m.family("cbd_circuits_forced", "gauge", "Circuits pinned by force.");
+        m.sample("cbd_circuits_forced", "", in.circuits.forced);
+    }
 
     m.family("cbd_connections", "gauge", "Client connections open now.");
     m.sample("cbd_connections", "", s.connections_current);

@@ -19,6 +19,7 @@ struct MetricsInput {
     const DaemonStats& stats;
     CircuitCounts circuits;
     std::uint64_t resident_bytes = 0;
+    bool circuits_known = true; // false: the backend has no count yet
     // When per-circuit series were asked for: the circuits, and whether
     // there were more than the cap.
     const std::vector<ListEntry>* per_circuit = nullptr;

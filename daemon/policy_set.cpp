@@ -17,9 +17,9 @@ std::string_view policy_source_name(PolicySource s) {
 
 void PolicySet::set_config(PolicyConfig config) { config_ = std::move(config); }
 
-ResolvedPolicy PolicySet::resolve(std::string_view key) const {
+ResolvedPolicy PolicySet::resolve_with(std::string_view key, const PolicyPatch* own) const {
     ResolvedPolicy r;
-    bool lease_set = false;
+    bool& lease_set = r.lease_set;
     auto apply = [&](const PolicyPatch& patch, PolicySource source) {
         for (std::size_t i = 0; i < kPolicyFieldCount; ++i) {
             if (!patch.values[i])
@@ -40,7 +40,7 @@ ResolvedPolicy PolicySet::resolve(std::string_view key) const {
         apply(best->patch, PolicySource::Prefix);
         r.prefix = best->prefix;
     }
-    if (const PolicyPatch* own = key_override(key))
+    if (own)
         apply(*own, PolicySource::Key);
 
     // Unless some layer sets it, a probe's lease is the reset timeout.

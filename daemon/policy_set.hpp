@@ -31,6 +31,9 @@ struct ResolvedPolicy {
     Policy policy;
     std::array<PolicySource, kPolicyFieldCount> sources{};
     std::string prefix; // the matching rule's prefix, empty when none matched
+    // Whether some layer set probeLeaseMs; when none does, the lease is the
+    // resolved resetTimeoutMs (and takes its source).
+    bool lease_set = false;
 };
 
 class PolicySet {
@@ -38,7 +41,10 @@ class PolicySet {
     void set_config(PolicyConfig config);
 
     Policy effective(std::string_view key) const { return resolve(key).policy; }
-    ResolvedPolicy resolve(std::string_view key) const;
+    ResolvedPolicy resolve(std::string_view key) const { return resolve_with(key, key_override(key)); }
+    // The same with `own` as the key's override (nullptr: none), for a
+    // backend that keeps overrides elsewhere (Redis).
+    ResolvedPolicy resolve_with(std::string_view key, const PolicyPatch* own) const;
 
     // Per-key overrides (the `configure` op). An empty patch removes the entry.
     const PolicyPatch* key_override(std::string_view key) const;

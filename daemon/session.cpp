@@ -6,6 +6,7 @@
 #include "daemon/log.hpp"
 
 #include <algorithm>
+#include <boost/asio/post.hpp>
 #include <boost/asio/write.hpp>
 #include <cstring>
 #include <unistd.h>
@@ -48,28 +49,33 @@ void SessionSet::stop_all(std::function<void()> on_empty) {
 }
 
 Session::Session(Socket socket, const SessionShared& shared)
-    : socket_(std::move(socket)), shared_(shared),
-      in_(shared.max_line_bytes),
+    : socket_(std::move(socket)), shared_(shared), in_(shared.max_line_bytes),
+      replies_(std::make_shared<ReplyQueue>()),
       overflow_deadline_(socket_.get_executor()), idle_timer_(socket_.get_executor()),
       last_request_(std::chrono::steady_clock::now()) {
-    peer_ = peer_of(socket_.native_handle());
+    ctx_.peer = peer_of(socket_.native_handle());
     boost::system::error_code ignored;
     socket_.non_blocking(true, ignored); // write_out() tries a write, never waits on it
-    level_ = access_level_for(peer_, peer_groups(socket_.native_handle(), peer_), shared_.access,
-                              geteuid());
+    ctx_.level = access_level_for(ctx_.peer, peer_groups(socket_.native_handle(), ctx_.peer),
+                                  shared_.access, geteuid());
+    ctx_.replies = replies_;
     shared_.sessions.add(this);
 }
 
 Session::~Session() {
+    replies_->on_front_ready = nullptr;
     if (watching_)
         shared_.events.remove(this);
     shared_.sessions.remove(this);
 }
 
 void Session::start() {
+    // While the connection is open, an answer still to come keeps it alive
+    // (it may have no read or write pending while it waits); close() lets go.
+    replies_->on_front_ready = [self = shared_from_this()] { self->post_pump(); };
     if (shared_.idle_timeout.count() > 0)
         arm_idle_timer();
-    read_more();
+    pump();
 }
 
 void Session::arm_idle_timer() {
@@ -82,7 +88,7 @@ void Session::arm_idle_timer() {
         if (std::chrono::steady_clock::now() - self->last_request_ >= self->shared_.idle_timeout) {
             log_debug("closing a connection idle for " +
                       std::to_string(self->shared_.idle_timeout.count()) + " ms (pid " +
-                      std::to_string(self->peer_.pid) + ")");
+                      std::to_string(self->ctx_.peer.pid) + ")");
             self->close();
             return;
         }
@@ -94,17 +100,82 @@ void Session::stop() {
     stopping_ = true;
     if (reading_) {
         boost::system::error_code ignored;
-        socket_.cancel(ignored);
+        socket_.cancel(ignored); // also cancels a pending write: on_written closes
     }
+    pump();
+}
+
+void Session::post_pump() {
+    if (pump_posted_ || closed_)
+        return;
+    pump_posted_ = true;
+    asio::post(socket_.get_executor(), [self = shared_from_this()] {
+        self->pump_posted_ = false;
+        self->pump();
+    });
 }
 
 // --- request/reply mode -----------------------------------------------------
 
-void Session::read_more() {
-    if (stopping_) {
-        close();
+bool Session::over_bound() const {
+    return replies_->ready_bytes() + out_.size() >= kMaxUnsentReplyBytes ||
+           replies_->waiting() >= kMaxWaitingReplies;
+}
+
+void Session::pump() {
+    if (closed_)
+        return;
+    dispatch_lines();
+    write_ready();
+    if (closed_ || writing_)
+        return; // on_written() comes back here
+    if (replies_->empty() && events_.empty()) {
+        // Everything owed is out.
+        if (close_after_write_) {
+            drain_then_close();
+            return;
+        }
+        if (stopping_ || (peer_done_ && !in_.has_line())) {
+            close();
+            return;
+        }
+    }
+    if (watching_) {
+        if (!reading_)
+            watch_read();
         return;
     }
+    if (!reading_ && !stopping_ && !peer_done_ && !close_after_write_ && !over_bound() &&
+        !in_.has_line())
+        read_more();
+}
+
+void Session::dispatch_lines() {
+    if (watching_ || stopping_ || close_after_write_ || over_bound())
+        return;
+    const auto drained = in_.drain([&](std::string_view line) {
+        shared_.dispatcher.handle_line(line, ctx_);
+        // After `watch` the connection is an event stream; anything the
+        // client sent after it is not a request.
+        if (ctx_.start_watch)
+            return false;
+        return !over_bound();
+    });
+    if (ctx_.start_watch) {
+        start_watching(std::move(*ctx_.start_watch));
+        ctx_.start_watch.reset();
+        return;
+    }
+    if (drained == LineBuffer::Drained::LineTooLong) {
+        shared_.stats.errors[static_cast<std::size_t>(ErrorCode::LineTooLong)] += 1;
+        append_error_reply(replies_->ready_tail(), {}, ErrorCode::LineTooLong,
+                           "request line longer than " + std::to_string(shared_.max_line_bytes) +
+                               " bytes; closing the connection");
+        close_after_write_ = true;
+    }
+}
+
+void Session::read_more() {
     reading_ = true;
     // async_read_some, not async_wait + read: Asio re-arms epoll for every
     // async_wait, while a read op waits on the edge-triggered registration it
@@ -120,121 +191,39 @@ void Session::read_more() {
 
 void Session::on_read(const boost::system::error_code& ec, std::size_t n) {
     reading_ = false;
+    if (ec == asio::error::eof) {
+        // The client is done sending (it may still read): answer the
+        // complete lines it sent, then close. An unfinished line is dropped.
+        peer_done_ = true;
+        pump();
+        return;
+    }
     if (ec) {
-        // EOF, reset, or cancelled by stop(): an unfinished line is dropped.
-        close();
+        // A reset, or cancelled by stop(): stop() goes on in pump().
+        if (ec == asio::error::operation_aborted && stopping_)
+            pump();
+        else
+            close();
         return;
     }
     in_.commit(n);
     last_request_ = std::chrono::steady_clock::now();
-    in_batch_ = true;
-    handle_complete_lines();
-    in_batch_ = false;
-    finish_batch();
+    pump();
 }
 
-void Session::finish_batch() {
-    if (deferred_open_ > 0) {
-        awaiting_deferred_ = true; // the last completion comes back here
+void Session::write_ready() {
+    if (writing_ || closed_)
         return;
-    }
-    splice_deferred();
-    if (out_.empty())
-        read_more();
-    else if (!held_.empty())
-        await_commit();
-    else
-        write_out();
-}
-
-std::shared_ptr<DeferredReply> Session::take_slot() {
-    auto slot = std::make_shared<DeferredReply>();
-    deferred_.emplace_back(out_.size(), slot);
-    deferred_open_ += 1;
-    slot->on_complete = [self = shared_from_this()] {
-        self->deferred_open_ -= 1;
-        if (self->deferred_open_ == 0 && self->awaiting_deferred_ && !self->in_batch_) {
-            self->awaiting_deferred_ = false;
-            if (self->closed_) {
-                self->deferred_.clear();
-                return;
-            }
-            self->finish_batch();
+    if (replies_->front_ready()) {
+        replies_->take_ready(out_);
+        if (!out_.empty()) {
+            write_out();
+            return;
         }
-    };
-    return slot;
-}
-
-void Session::splice_deferred() {
-    if (deferred_.empty())
-        return;
-    std::string joined;
-    std::size_t copied = 0;
-    for (const auto& [pos, slot] : deferred_) {
-        joined.append(out_, copied, pos - copied);
-        joined += slot->text;
-        copied = pos;
     }
-    joined.append(out_, copied);
-    out_ = std::move(joined);
-    deferred_.clear();
-}
-
-void Session::await_commit() {
-    shared_.commit_gate->when_durable(
-        [self = shared_from_this()](const KeySet* undone) { self->on_durable(undone); });
-}
-
-void Session::on_durable(const KeySet* undone) {
-    if (undone) {
-        std::string rebuilt;
-        std::size_t copied = 0;
-        for (const auto& h : held_) {
-            if (undone->find(h.key) == undone->end())
-                continue;
-            rebuilt.append(out_, copied, h.begin - copied);
-            shared_.stats.errors[static_cast<std::size_t>(ErrorCode::StorageUnavailable)] += 1;
-            append_error_reply(rebuilt, h.id_json, ErrorCode::StorageUnavailable,
-                               "the state file could not be written, so this change was not "
-                               "applied (see the daemon's log and stats)");
-            copied = h.end;
-        }
-        rebuilt.append(out_, copied);
-        out_ = std::move(rebuilt);
-    }
-    held_.clear();
-    if (closed_)
-        return;
-    write_out();
-}
-
-void Session::handle_complete_lines() {
-    RequestContext ctx{peer_, level_, std::nullopt, nullptr, this};
-    CommitGate* gate = shared_.commit_gate;
-    const auto drained = in_.drain([&](std::string_view line) {
-        const std::size_t begin = out_.size();
-        shared_.dispatcher.handle_line(line, ctx, out_);
-        // A reply given while a change is uncommitted may report it (or one
-        // it saw): it waits for the commit, and is rewritten if that fails.
-        if (gate && gate->pending())
-            held_.push_back(HeldReply{begin, out_.size(),
-                                      ctx.request ? ctx.request->key : std::string(),
-                                      ctx.request ? ctx.request->id_json : std::string()});
-        // After `watch` the connection is an event stream; anything the
-        // client sent after it is not a request.
-        return !ctx.start_watch;
-    });
-    if (ctx.start_watch) {
-        start_watching(std::move(*ctx.start_watch));
-        return;
-    }
-    if (drained == LineBuffer::Drained::LineTooLong) {
-        shared_.stats.errors[static_cast<std::size_t>(ErrorCode::LineTooLong)] += 1;
-        append_error_reply(out_, {}, ErrorCode::LineTooLong,
-                           "request line longer than " + std::to_string(shared_.max_line_bytes) +
-                               " bytes; closing the connection");
-        close_after_write_ = true;
-    }
+    // Events go out only behind every earlier reply.
+    if (watching_ && replies_->empty())
+        flush_events();
 }
 
 void Session::write_out() {
@@ -243,11 +232,11 @@ void Session::write_out() {
     boost::system::error_code ec;
     const std::size_t n = socket_.write_some(asio::buffer(out_), ec);
     if (!ec && n == out_.size()) {
-        on_written(ec);
+        out_.clear(); // the caller, in pump(), goes on
         return;
     }
     if (ec && ec != asio::error::would_block && ec != asio::error::try_again) {
-        on_written(ec);
+        close();
         return;
     }
     out_.erase(0, ec ? 0 : n);
@@ -264,26 +253,16 @@ void Session::on_written(const boost::system::error_code& ec) {
         close();
         return;
     }
-    if (close_after_write_) {
-        drain_then_close();
-        return;
-    }
-    if (watching_) {
-        if (!reading_)
-            watch_read();
-        flush_events();
-        return;
-    }
-    read_more();
+    pump();
 }
 
 void Session::drain_then_close() {
     boost::system::error_code ignored;
     socket_.shutdown(Socket::shutdown_send, ignored);
-    if (stopping_ || drained_bytes_ > kMaxDrainBytes || reading_) {
+    if (stopping_ || peer_done_ || drained_bytes_ > kMaxDrainBytes || reading_) {
         if (!reading_)
             close();
-        return; // a watcher's pending read sees the close
+        return; // a pending read sees the close
     }
     reading_ = true;
     socket_.async_read_some(
@@ -307,6 +286,9 @@ void Session::close() {
         shared_.events.remove(this);
         watching_ = false;
     }
+    // Answers still to come fill a queue nobody reads; they no longer keep
+    // this session alive.
+    replies_->on_front_ready = nullptr;
     overflow_deadline_.cancel();
     idle_timer_.cancel();
     boost::system::error_code ignored;
@@ -318,7 +300,8 @@ void Session::close() {
 void Session::start_watching(WatchFilter filter) {
     watching_ = true;
     shared_.events.add(this, std::move(filter));
-    // The watch reply is in out_; on_written() starts the event flow.
+    // The watch reply is in the queue behind every earlier reply; events
+    // follow it (write_ready()).
 }
 
 void Session::watch_read() {
@@ -346,18 +329,21 @@ void Session::push_event(const std::shared_ptr<const std::string>& line) {
         dropped_ = events_.size() + 1;
         events_.clear();
         overflow();
-        return;
+    } else {
+        events_.push_back(line);
+        shared_.stats.events_emitted += 1;
     }
-    events_.push_back(line);
-    shared_.stats.events_emitted += 1;
     if (!writing_)
-        flush_events();
+        pump(); // a watcher dispatches nothing: this only writes
 }
 
 void Session::flush_events() {
-    if (writing_ || closed_)
+    // Only behind every earlier reply: the queue must be empty.
+    if (writing_ || closed_ || !replies_->empty())
         return;
     if (overflowed_) {
+        if (close_after_write_)
+            return; // the overflow line is written or being written
         out_ = overflow_event_line(dropped_);
         close_after_write_ = true;
         write_out();
@@ -375,7 +361,7 @@ void Session::overflow() {
     overflowed_ = true;
     shared_.stats.events_dropped += dropped_;
     shared_.events.remove(this);
-    log_warn("watcher pid " + std::to_string(peer_.pid) + " fell " +
+    log_warn("watcher pid " + std::to_string(ctx_.peer.pid) + " fell " +
              std::to_string(shared_.watch_queue) + " events behind; dropping it");
     // A client that reads nothing would never take its overflow line: give
     // it a few seconds, then close regardless.
@@ -384,7 +370,6 @@ void Session::overflow() {
         if (!ec)
             self->close();
     });
-    flush_events();
 }
 
 } // namespace cbd

@@ -1,17 +1,21 @@
-// One client connection: owns its input buffer (bounded by the line limit)
-// and its output batch. It reads, hands every complete line to the
-// dispatcher, writes all the replies in one go, and only then reads again, so
-// a client that never reads cannot make us buffer without bound. After a
-// `watch` request the connection turns into an event stream: the session
-// queues event lines (up to a bound) and only reads to notice the client
-// leaving. I/O only: the dispatcher decides every reply.
+// One client connection: owns its input buffer (bounded by the line limit),
+// its ReplyQueue (replies in request order, some still to come from the
+// backend), and the batch being written. It reads, hands complete lines to
+// the dispatcher while its unsent replies stay under a bound, and writes the
+// ready front of the queue. A client that pipelines without reading fills
+// the bound, and then nothing more is dispatched or read until it reads: a
+// connection costs at most the bound plus one reply, whatever it sends.
+// After a `watch` request the connection turns into an event stream: event
+// lines queue (up to a bound) behind every earlier reply, and input is only
+// read to notice the client leaving. I/O only: the dispatcher decides every
+// reply.
 #pragma once
 
 #include "daemon/access.hpp"
-#include "daemon/commit_gate.hpp"
 #include "daemon/dispatcher.hpp"
 #include "daemon/event_hub.hpp"
 #include "daemon/line_buffer.hpp"
+#include "daemon/reply_queue.hpp"
 #include "daemon/peer.hpp"
 #include "daemon/stats.hpp"
 
@@ -49,6 +53,13 @@ class SessionSet {
     std::function<void()> on_empty_;
 };
 
+// Most bytes of replies a connection may have unsent (ready, or being
+// written) before it stops dispatching its further requests; it goes on as
+// the client reads. One reply may take it past the bound (a `list` page).
+inline constexpr std::size_t kMaxUnsentReplyBytes = 1024 * 1024;
+// Most replies a connection may have waiting for the backend at once.
+inline constexpr std::size_t kMaxWaitingReplies = 1024;
+
 // What every session shares.
 struct SessionShared {
     Dispatcher& dispatcher;
@@ -60,14 +71,9 @@ struct SessionShared {
     std::size_t watch_queue;     // most event lines a watcher may have unsent
     std::size_t max_connections; // the server refuses more
     std::chrono::milliseconds idle_timeout; // 0 = never
-    // Durable mode (--sync always): replies wait for the group commit.
-    // nullptr otherwise.
-    CommitGate* commit_gate = nullptr;
 };
 
-class Session final : public std::enable_shared_from_this<Session>,
-                      public Watcher,
-                      public ReplyDeferral {
+class Session final : public std::enable_shared_from_this<Session>, public Watcher {
   public:
     using Socket = boost::asio::local::stream_protocol::socket;
 
@@ -81,22 +87,23 @@ class Session final : public std::enable_shared_from_this<Session>,
     void stop();
 
     void push_event(const std::shared_ptr<const std::string>& line) override;
-    std::shared_ptr<DeferredReply> take_slot() override;
 
   private:
+    // Moves the connection along: dispatches what it may, writes what is
+    // ready, reads when it has room, and closes when it is done. Every event
+    // (a read, a write, an answer from the backend) ends here.
+    void pump();
+    void dispatch_lines();
+    // Over the output bound: dispatch nothing more until the client reads.
+    bool over_bound() const;
+    void write_ready();
+    void write_out();
+    void on_written(const boost::system::error_code& ec);
     void read_more();
     void on_read(const boost::system::error_code& ec, std::size_t n);
-    void handle_complete_lines();
-    void write_out();
-    // Durable mode: send the replies once the changes they report are
-    // committed, turning those about undone changes into errors.
-    void await_commit();
-    void on_durable(const KeySet* undone);
-    // After a batch: send now, or wait for deferred replies and commits.
-    void finish_batch();
-    // Puts completed deferred replies in their places in out_.
-    void splice_deferred();
-    void on_written(const boost::system::error_code& ec);
+    // pump() later, from the loop: for answers that arrive inside someone
+    // else's call stack (a commit, a Redis reply).
+    void post_pump();
     // After a fatal protocol error: stop sending, read and discard what the
     // client still sends until it closes, so our last reply is not lost to a
     // reset caused by unread input.
@@ -113,31 +120,19 @@ class Session final : public std::enable_shared_from_this<Session>,
 
     Socket socket_;
     SessionShared shared_;
-    Peer peer_;
-    AccessLevel level_;
+    RequestContext ctx_; // the peer, its level, and the reply queue
 
     LineBuffer in_;
     // Where input we ignore goes (after a fatal error, or on a watch).
     std::array<char, 4096> discard_;
-    std::string out_; // the batch being written, or being built
-    // Durable mode: replies in out_ given while changes were uncommitted,
-    // with the key each concerns, so a failed commit can rewrite them.
-    struct HeldReply {
-        std::size_t begin;
-        std::size_t end;
-        std::string key;
-        std::string id_json;
-    };
-    std::vector<HeldReply> held_;
-    // Replies a remote store completes later, at their positions in out_.
-    std::vector<std::pair<std::size_t, std::shared_ptr<DeferredReply>>> deferred_;
-    std::size_t deferred_open_ = 0; // not yet complete
-    bool in_batch_ = false;         // dispatching: completions only count
-    bool awaiting_deferred_ = false;
+    std::shared_ptr<ReplyQueue> replies_; // also in ctx_
+    std::string out_;                     // the batch being written
 
     bool reading_ = false;
     bool writing_ = false;
     bool stopping_ = false;
+    bool peer_done_ = false; // the client sent EOF: answer what it sent, then close
+    bool pump_posted_ = false;
     bool close_after_write_ = false;
     bool closed_ = false;
     std::size_t drained_bytes_ = 0;

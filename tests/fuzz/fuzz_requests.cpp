@@ -5,6 +5,7 @@
 // linked with replay_main.cpp otherwise, so the corpus replays as a test.
 #include "daemon/clock.hpp"
 #include "daemon/dispatcher.hpp"
+#include "daemon/memory_backend.hpp"
 #include "daemon/event_hub.hpp"
 #include "daemon/line_buffer.hpp"
 #include "daemon/log.hpp"
@@ -64,9 +65,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     cbd::DaemonStats stats;
     cbd::EventHub events(stats);
     cbd::MemoryCircuitStore store(clock, 64, &events); // a small store hits its limit
-    cbd::Dispatcher dispatcher(store, stats);
+    cbd::MemoryBackend backend(store);
+    cbd::Dispatcher dispatcher(backend, stats);
     cbd::LineBuffer input(512); // a small line limit is reached often
-    cbd::RequestContext ctx{cbd::Peer{1000, 1000, 42}, cbd::AccessLevel::Admin, std::nullopt};
+    cbd::RequestContext ctx{cbd::Peer{1000, 1000, 42}, cbd::AccessLevel::Admin, std::nullopt, nullptr};
 
     // The first byte picks how the input arrives: in reads of 1..256 bytes,
     // as a socket would split it. Time moves on between reads.

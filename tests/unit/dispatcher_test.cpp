@@ -1,6 +1,7 @@
 // The dispatcher: lines in, reply lines out, no sockets.
 #include "daemon/dispatcher.hpp"
 #include "daemon/log.hpp"
+#include "daemon/memory_backend.hpp"
 #include "daemon/memory_store.hpp"
 
 #include <catch2/catch.hpp>
@@ -17,12 +18,13 @@ struct Fixture {
     DaemonStats stats;
     EventHub events{stats}; // counts transitions, as in the daemon
     MemoryCircuitStore store{clock, 3, &events};
-    Dispatcher dispatcher{store, stats};
+    MemoryBackend backend{store};
+    Dispatcher dispatcher{backend, stats};
     Peer peer{};
 
     json call(std::string_view line) {
         std::string out;
-        RequestContext ctx{peer, AccessLevel::Admin, std::nullopt};
+        RequestContext ctx{peer, AccessLevel::Admin, std::nullopt, nullptr};
         dispatcher.handle_line(line, ctx, out);
         REQUIRE(!out.empty());
         REQUIRE(out.back() == '\n');
@@ -66,7 +68,7 @@ TEST_CASE("each op is routed to its store operation", "[dispatcher]") {
 TEST_CASE("blank lines get no reply", "[dispatcher]") {
     Fixture f;
     std::string out;
-    RequestContext ctx{f.peer, AccessLevel::Admin, std::nullopt};
+    RequestContext ctx{f.peer, AccessLevel::Admin, std::nullopt, nullptr};
     f.dispatcher.handle_line("", ctx, out);
     f.dispatcher.handle_line("  \r", ctx, out);
     CHECK(out.empty());
@@ -184,7 +186,7 @@ TEST_CASE("policy replies say where each value came from", "[dispatcher]") {
 TEST_CASE("watch asks the connection to become an event stream", "[dispatcher]") {
     Fixture f;
     std::string out;
-    RequestContext ctx{f.peer, AccessLevel::Admin, std::nullopt};
+    RequestContext ctx{f.peer, AccessLevel::Admin, std::nullopt, nullptr};
     f.dispatcher.handle_line(R"({"op":"watch","prefix":"pay","id":1})", ctx, out);
     CHECK(json::parse(out) == json::parse(R"({"id":1,"ok":true,"watching":{"prefix":"pay"}})"));
     REQUIRE(ctx.start_watch);
@@ -192,14 +194,14 @@ TEST_CASE("watch asks the connection to become an event stream", "[dispatcher]")
     CHECK(ctx.start_watch->matches("payments"));
     CHECK_FALSE(ctx.start_watch->matches("search"));
 
-    RequestContext all{f.peer, AccessLevel::Admin, std::nullopt};
+    RequestContext all{f.peer, AccessLevel::Admin, std::nullopt, nullptr};
     out.clear();
     f.dispatcher.handle_line(R"({"op":"watch"})", all, out);
     CHECK(json::parse(out)["watching"] == "all");
     REQUIRE(all.start_watch);
     CHECK(all.start_watch->matches("anything"));
 
-    RequestContext both{f.peer, AccessLevel::Admin, std::nullopt};
+    RequestContext both{f.peer, AccessLevel::Admin, std::nullopt, nullptr};
     out.clear();
     f.dispatcher.handle_line(R"({"op":"watch","key":"a","prefix":"b"})", both, out);
     CHECK(json::parse(out)["error"]["code"] == "invalid_request");
@@ -210,7 +212,8 @@ TEST_CASE("list pages through circuits in key order", "[dispatcher]") {
     ManualClock clock{1'764'201'600'000};
     MemoryCircuitStore store{clock, 100};
     DaemonStats stats;
-    Dispatcher d{store, stats};
+    MemoryBackend backend{store};
+    Dispatcher d{backend, stats};
     for (const char* k : {"b", "a/2", "c", "a/1", "a/3"})
         store.get(k);
     store.transition("c", State::Open, {});
@@ -285,7 +288,7 @@ TEST_CASE("each op is allowed from its access level up", "[dispatcher]") {
     Fixture f;
     auto as = [&](AccessLevel level, std::string_view line) {
         std::string out;
-        RequestContext ctx{Peer{1000, 1000, 7}, level, std::nullopt};
+        RequestContext ctx{Peer{1000, 1000, 7}, level, std::nullopt, nullptr};
         f.dispatcher.handle_line(line, ctx, out);
         return json::parse(out);
     };
