@@ -518,8 +518,11 @@ def report_failure(case, failures, out):
         print(f"  step {f.index} ({action})" + (f": {f.step['note']}" if "note" in f.step else ""),
               file=out)
         if f.request is not None:
-            req = f.request if isinstance(f.request, str) else json.dumps(f.request)
-            print(f"    request:  {req}", file=out)
+            if isinstance(f.request, str):
+                # Escaped, so that control bytes in a raw line stay visible.
+                print(f"    raw line: {json.dumps(f.request, ensure_ascii=False)}", file=out)
+            else:
+                print(f"    request:  {json.dumps(f.request, ensure_ascii=False)}", file=out)
         if f.expected is not None:
             print(f"    expected: {json.dumps(f.expected, ensure_ascii=False)}", file=out)
         if f.actual is not None:
