@@ -114,6 +114,7 @@ def check_case(case, where):
     steps = case.get("steps")
     if not isinstance(steps, list) or not steps:
         raise CorpusError(f"{where}: 'steps' must be a non-empty array")
+    saved_so_far = set()
     for j, step in enumerate(steps):
         if not isinstance(step, dict):
             raise CorpusError(f"{where} step {j}: a step must be an object")
@@ -132,6 +133,11 @@ def check_case(case, where):
         if "save" in step and not (isinstance(step["save"], dict) and
                                    all(isinstance(v, str) for v in step["save"].values())):
             raise CorpusError(f"{where} step {j}: save maps names to field paths")
+        used = variables_in({k: v for k, v in step.items() if k != "save"})
+        if used - saved_so_far:
+            raise CorpusError(f"{where} step {j}: uses {sorted(used - saved_so_far)} before "
+                              "any step saves them")
+        saved_so_far |= set(step.get("save", {}))
 
 
 # --- expectations -----------------------------------------------------------
@@ -150,6 +156,7 @@ def check_case(case, where):
 #   {"$keys": [..]}       an object with exactly these keys, in this order
 
 _VAR = re.compile(r"^\$\{([A-Za-z0-9_]+)\}$")
+_VAR_ANYWHERE = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
 _TYPES = {
     "string": lambda v: isinstance(v, str),
     "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
@@ -167,13 +174,28 @@ _COMPARE = {
 _MISSING = object()
 
 
+class Unsaved(Exception):
+    """A step needs a value that an earlier, failed step did not save."""
+
+
+def variables_in(value):
+    """The ${name} references anywhere in a step (raw lines included)."""
+    if isinstance(value, str):
+        return set(_VAR_ANYWHERE.findall(value))
+    if isinstance(value, list):
+        return set().union(*(variables_in(v) for v in value)) if value else set()
+    if isinstance(value, dict):
+        return set().union(*(variables_in(v) for v in value.values())) if value else set()
+    return set()
+
+
 def resolve(value, saved):
     """Replaces every "${name}" string (a whole value) with the saved value."""
     if isinstance(value, str):
         m = _VAR.match(value)
         if m:
             if m.group(1) not in saved:
-                raise CorpusError(f"${{{m.group(1)}}} is used before it is saved")
+                raise Unsaved(m.group(1))
             return saved[m.group(1)]
         return value
     if isinstance(value, list):
@@ -187,7 +209,7 @@ def resolve_raw(line, saved):
     """A raw request line with each ${name} replaced by its JSON text."""
     def sub(m):
         if m.group(1) not in saved:
-            raise CorpusError(f"${{{m.group(1)}}} is used before it is saved")
+            raise Unsaved(m.group(1))
         return json.dumps(saved[m.group(1)])
     return re.sub(r"\$\{([A-Za-z0-9_]+)\}", sub, line)
 
@@ -440,7 +462,14 @@ def run_case(case, backend, cbd, workdir, case_number):
     try:
         connections["main"] = Connection(daemon.sock)
         for index, step in enumerate(case["steps"]):
-            failures += run_step(index, step, clock, connections, daemon, saved)
+            try:
+                failures += run_step(index, step, clock, connections, daemon, saved)
+            except Unsaved as e:
+                # What follows depends on a value an earlier failure did not
+                # give: running on would only report that failure again.
+                failures.append(StepFailure(index, step, None, None, None, [
+                    f"not run: ${{{e}}} was not saved (an earlier step failed)"]))
+                break
             if daemon.proc.poll() is not None:
                 failures.append(StepFailure(index, step, None, None, None, [
                     f"cbd exited with {daemon.proc.returncode}:\n{daemon.log_tail()}"]))
