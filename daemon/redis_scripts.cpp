@@ -159,7 +159,7 @@ local function fail(what)
 end
 
 local function too_many(what)
-  error({err = ERR_TOO_MANY .. ' the shared store holds its maximum number of ' .. what})
+  error({err = ERR_TOO_MANY .. ' ' .. what})
 end
 
 -- Redis's own errors on cbd's keys (a key of the wrong type, edited by
@@ -304,7 +304,7 @@ local function load(create)
     -- A hash without a state is not a circuit nobody made yet.
     if rcall('EXISTS', ck) == 1 then bad(redis_key(ck), F_STATE, h[I_STATE], 'a state') end
     if not create then return false end
-    if rcall('ZCARD', index_key) >= max_circuits then too_many('circuits') end
+    if rcall('ZCARD', index_key) >= max_circuits then too_many('the shared store holds its maximum number of circuits') end
     c = {state = CLOSED, fc = 0, sc = 0, lft = 0, lsc = now, gen = next_generation()}
     rcall('ZADD', index_key, 0, key)
     changed = true
@@ -518,7 +518,7 @@ for i = 1, POLICY_FIELD_COUNT do
 end
 if writes then
   -- Key overrides count against --max-circuits, as in memory.
-  if any and not had and rcall('ZCARD', policies_key) >= max_circuits then too_many('key policies') end
+  if any and not had and rcall('ZCARD', policies_key) >= max_circuits then too_many('the shared store holds its maximum number of key policies') end
   rcall('DEL', pol_key)
   for i = 1, POLICY_FIELD_COUNT do
     if o[i] then rcall('HSET', pol_key, POLICY_FIELDS[i], decimal(o[i])) end
@@ -643,9 +643,9 @@ for f = 1, POLICY_FIELD_COUNT do
 end
 local current_gen = rcall('GET', gen_key)
 if current_gen then current_gen = int_field(redis_key(gen_key), nil, current_gen, 0, MAX_INT) end
-if r and rcall('EXISTS', ck) == 0 and rcall('ZCARD', index_key) >= max_circuits then too_many('circuits') end
+if r and rcall('EXISTS', ck) == 0 and rcall('ZCARD', index_key) >= max_circuits then too_many('the shared store holds its maximum number of circuits') end
 if any and rcall('EXISTS', pol_key) == 0 and rcall('ZCARD', policies_key) >= max_circuits then
-  too_many('key policies')
+  too_many('the shared store holds its maximum number of key policies')
 end
 uncount(ck)
 rcall('DEL', ck, probes_key)
@@ -707,7 +707,7 @@ end
 local counts = redis.pcall('HMGET', counts_key, CLOSED, OPEN, HALF_OPEN, COUNT_PINNED)
 if type(counts) ~= 'table' or counts.err then counts = {} end
 local out = {ST_OK, #due, rcall('ZCARD', index_key)}
-for f = 1, 4 do out[#out + 1] = counts[f] or '0' end
+for f = 1, 4 do out[#out + 1] = counts[f] or 0 end
 out[#out + 1] = first_error
 return out
 )lua";
