@@ -1,6 +1,14 @@
 // The Lua scripts the Redis backend runs, one per operation, each atomic in
 // Redis (docs/REDIS.md has the key layout). They follow memory_store.cpp
-// rule for rule; time comes from Redis's TIME, so every host agrees.
+// rule for rule; time comes from Redis's TIME (or, under --test-clock, from
+// the daemon), so every host agrees.
+//
+// Every constant a script needs (limits, state, cause and status names,
+// hash field names, policy field names, key name parts) is generated from
+// the C++ definitions below and in common/ into a prelude of Lua `local`s
+// (redis_script_constants()), so a rename in C++ cannot leave Lua behind;
+// the scripts' own text names them and holds no such literal
+// (tests/unit/redis_test.cpp checks).
 #pragma once
 
 #include <array>
@@ -28,22 +36,88 @@ enum class RedisScript : std::uint8_t {
 };
 inline constexpr std::size_t kRedisScriptCount = 14;
 
-// Most keys one `list` page examines in Redis: a script blocks Redis while
-// it runs, so pages are smaller there than in memory.
-inline constexpr std::size_t kRedisMaxListScan = 10'000;
+// The largest count, time or generation anything reads from Redis or
+// writes to it (what a JSON number holds exactly everywhere). A count
+// stops there; a generation past it is an error.
+inline constexpr std::int64_t kRedisMaxInteger = (std::int64_t{1} << 53) - 1;
 
-// The full Lua source of a script (shared prelude included). Loaded with
+// Most index keys one script call of `list` or `export` examines: a script
+// blocks Redis while it runs, so a page is gathered by several calls, each
+// well under a millisecond, with other clients' commands between them.
+inline constexpr std::size_t kRedisScanPerCall = 64;
+// Most keys one `list` page examines in all (the memory store's bound, so
+// the two backends cut pages alike; redis_store.cpp checks they agree).
+inline constexpr std::size_t kRedisMaxListScan = 100'000;
+// Most circuits one sweep call settles.
+inline constexpr std::size_t kRedisSweepPerCall = 100;
+// Most bytes of a bad value quoted back in an error message.
+inline constexpr std::size_t kRedisShownValueBytes = 64;
+
+// A circuit hash's fields, in the order scripts read and answer them.
+inline constexpr std::size_t kRedisCircuitFieldCount = 11;
+inline constexpr std::array<std::string_view, kRedisCircuitFieldCount> kRedisCircuitFields = {
+    "state", "fc", "sc", "lft", "lsc", "gen", "ps", "pu", "pr", "puid", "ppid"};
+
+// Key names under the prefix (docs/REDIS.md): per key K, `P c:K` etc.
+inline constexpr std::string_view kRedisCircuitPart = "c:";
+inline constexpr std::string_view kRedisProbesPart = "probes:";
+inline constexpr std::string_view kRedisPolicyPart = "policy:";
+inline constexpr std::string_view kRedisGenerationKey = "generation";
+inline constexpr std::string_view kRedisPermitCounterKey = "generation:permits";
+inline constexpr std::string_view kRedisEventsKey = "events";
+inline constexpr std::string_view kRedisIndexKey = "index";
+inline constexpr std::string_view kRedisPoliciesKey = "policies";
+inline constexpr std::string_view kRedisDeadlinesKey = "deadlines";
+// Circuits by state (fields: the state names, and kRedisPinnedCountField).
+inline constexpr std::string_view kRedisCountsKey = "counts";
+inline constexpr std::string_view kRedisPinnedCountField = "pinned";
+
+// Error replies a script raises on purpose, by their first word.
+inline constexpr std::string_view kRedisErrTooMany = "TOO_MANY_CIRCUITS";
+// A value in Redis out of range or of the wrong type, a generation past
+// kRedisMaxInteger: not an outage (backend_error); the rest of the reply
+// says what and where.
+inline constexpr std::string_view kRedisErrBackend = "CBD_BACKEND_ERROR";
+
+// A circuit script's first answer field.
+inline constexpr std::array<std::string_view, 5> kRedisStatusNames = {"ok", "conflict", "forced",
+                                                                      "no_permit", "stale"};
+// Markers in the operations' arguments (the callers build them): a flag
+// set, a policy field to remove, a report's failed outcome.
+inline constexpr std::string_view kRedisArgTrue = "1";
+inline constexpr std::string_view kRedisArgRemove = "-";
+inline constexpr std::string_view kRedisOutcomeFailure = "failure";
+// The first element of each message on the events channel.
+inline constexpr std::string_view kRedisEventTransition = "transition";
+inline constexpr std::string_view kRedisEventReset = "reset";
+// A probe permits set outlives its last lease by this much, then expires
+// on its own (nothing else cleans up a circuit nobody touches again).
+inline constexpr std::int64_t kRedisProbesGraceMs = 60'000;
+// A paged script's first answer field: the range is done, or call again.
+inline constexpr std::string_view kRedisPageEnd = "end";
+inline constexpr std::string_view kRedisPageMore = "more";
+
+// The generated Lua constants (`local NAME = value` lines), the same for
+// every script.
+const std::string& redis_script_constants();
+// The shared, hand-written part of every script (after the constants).
+std::string_view redis_script_prelude();
+// A script's own part.
+std::string_view redis_script_body(RedisScript script);
+// The full Lua source of a script: constants, prelude, body. Loaded with
 // SCRIPT LOAD on every new connection; its SHA-1 comes back from Redis.
 const std::string& redis_script_source(RedisScript script);
 
 // Keys a script is given, in order (KEYS[1..6]), for `key` under `prefix`.
-// ARGV: the key, the five policy values, the operation's own, and last the
-// most circuits the shared store may hold.
+// ARGV: the key, the five policy values (probeLeaseMs 0: no layer of the
+// daemon sets it, so the lease is the resolved resetTimeoutMs, as in
+// PolicySet), the operation's own, then the most circuits the shared store
+// may hold, and last the time in epoch ms ('' = Redis's TIME).
 std::array<std::string, 6> redis_script_keys(std::string_view prefix, std::string_view key);
 
-// What every script returns (an array), by index.
+// What every circuit script returns (an array), by index.
 enum RedisResultField : std::size_t {
-    kResStatus,     // "ok", "conflict", "forced", "no_permit", "stale"
+    kResStatus,     // one of kRedisStatusNames
     kResState,
     kResFailures,
     kResSuccesses,
@@ -65,6 +139,18 @@ enum RedisResultField : std::size_t {
 };
 // The circuit fields come in the hash's own field order (redis_store.cpp
 // reads them and HMGET answers alike).
-static_assert(kResPinPid - kResState == 10);
+static_assert(kResPinPid - kResState + 1 == kRedisCircuitFieldCount);
+
+// How the Redis backend treats an error reply.
+enum class RedisErrorKind : std::uint8_t {
+    NoScript, // the script cache lost the script: load it again and retry once
+    TooMany,  // the store's limit (too_many_circuits)
+    Outage,   // Redis cannot serve now (loading, busy, read-only replica, ...)
+    Data,     // what Redis holds is not usable, or a script refused a value
+};
+RedisErrorKind classify_redis_error(std::string_view reply);
+// The part of an error reply worth showing a client: without the tag and
+// without Redis's "script: SHA, on @user_script:N." trailer.
+std::string redis_error_text(std::string_view reply);
 
 } // namespace cbd

@@ -2,12 +2,17 @@
 #include "daemon/redis_store.hpp"
 
 #include "daemon/log.hpp"
+#include "daemon/memory_store.hpp"
 
+#include <algorithm>
 #include <charconv>
 #include <hiredis/hiredis.h>
 #include <nlohmann/json.hpp>
 
 namespace cbd {
+
+// Both backends cut `list` pages alike.
+static_assert(kRedisMaxListScan == MemoryCircuitStore::kMaxListScan);
 
 namespace {
 
@@ -18,9 +23,9 @@ std::string_view str(const redisReply* r) {
                : std::string_view();
 }
 
-// An integer reply, or a string holding one (HMGET answers strings). Never
-// throws: what Redis holds may have been edited by hand, and a bad value
-// reads as 0 rather than taking the daemon down.
+// An integer reply, or a string holding one. The scripts check every value
+// they read from Redis before answering it (redis_scripts.cpp), so what
+// comes here is in range; this only never throws.
 std::int64_t num(const redisReply* r) {
     if (r && r->type == REDIS_REPLY_INTEGER)
         return static_cast<std::int64_t>(r->integer);
@@ -39,9 +44,9 @@ std::optional<TransitionCause> cause_named(std::string_view name) {
     return std::nullopt;
 }
 
-// A circuit from 11 consecutive replies in the hash's field order: state,
-// fc, sc, lft, lsc, gen, ps, pu, pr, puid, ppid (a script's result from
-// kResState on, or HMGET of the hash).
+// A circuit from kRedisCircuitFieldCount consecutive replies in the hash's
+// field order (a circuit script's result from kResState on, or a paged
+// script's entry after its key).
 CircuitView view_from_fields(redisReply* const* f) {
     auto as_int = [&](std::size_t i) { return num(f[i]); };
     CircuitView v;
@@ -60,7 +65,55 @@ CircuitView view_from_fields(redisReply* const* f) {
     return v;
 }
 
+RemoteResult unexpected_answer() {
+    RemoteResult r;
+    r.error = ErrorCode::BackendError;
+    r.message = "Redis answered in a shape cbd does not know (a script of another cbd version?)";
+    return r;
+}
+
+// An event's number: the scripts send decimal strings (cjson would round
+// past 14 digits); older ones sent numbers.
+std::int64_t event_int(const nlohmann::json& v) {
+    if (v.is_number_integer())
+        return v.get<std::int64_t>();
+    if (v.is_string()) {
+        const auto& s = v.get_ref<const std::string&>();
+        std::int64_t value = 0;
+        auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), value);
+        if (ec == std::errc() && end == s.data() + s.size())
+            return value;
+    }
+    throw nlohmann::json::type_error::create(302, "an event's number is not an integer", &v);
+}
+
 } // namespace
+
+// One script call, kept whole so that it can be sent again (NOSCRIPT).
+struct RedisStore::Call {
+    RedisScript script;
+    std::string key;
+    std::vector<std::string> args; // numkeys, KEYS, ARGV
+    bool retried = false;
+};
+
+struct RedisStore::ListJob {
+    std::string prefix;
+    std::string state; // '' = any
+    std::size_t limit = 0;
+    std::string after;
+    std::size_t examined = 0;
+    ListPage page;
+    std::function<void(RemoteResult)> done;
+};
+
+struct RedisStore::ExportJob {
+    std::string prefix;
+    std::size_t limit = 0;
+    std::string after;
+    ExportPage page;
+    std::function<void(RemoteResult)> done;
+};
 
 RedisStore::RedisStore(boost::asio::io_context& io, RedisStoreOptions options, DaemonStats& stats,
                        CircuitObserver* observer)
@@ -74,7 +127,8 @@ RedisStore::RedisStore(boost::asio::io_context& io, RedisStoreOptions options, D
                     }
                 }),
       events_(io, options_.connection,
-              {RedisConnection::SetupCommand{{"SUBSCRIBE", options_.prefix + "events"}, nullptr}},
+              {RedisConnection::SetupCommand{
+                  {"SUBSCRIBE", options_.prefix + std::string(kRedisEventsKey)}, nullptr}},
               nullptr) {
     stats_.backend.kind = "redis";
     stats_.backend.address = options_.connection.endpoint.describe();
@@ -101,111 +155,188 @@ void RedisStore::stop() {
     events_.stop();
 }
 
+void RedisStore::note_backend_error(const std::string& message) {
+    if (message == last_logged_error_)
+        return;
+    last_logged_error_ = message;
+    log_warn("Redis backend: " + message);
+}
+
 void RedisStore::sweep() {
     if (!commands_.up() || sweeping_)
         return;
     sweeping_ = true; // one at a time: a slow Redis must not pile them up
-    run(RedisScript::Sweep, "", Policy{}, {}, [this](RemoteResult) { sweeping_ = false; });
+    send(make_call(RedisScript::Sweep, "", Policy{}, {}),
+         [this](const redisReply* reply, RemoteResult failure) {
+             sweeping_ = false;
+             if (!reply) {
+                 if (failure.error == ErrorCode::BackendError)
+                     note_backend_error(failure.message);
+                 return;
+             }
+             // {ok, settled, total, closed, open, half-open, pinned, first error}
+             if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 8)
+                 return;
+             auto count = [&](std::size_t i) {
+                 return static_cast<std::size_t>(std::max<std::int64_t>(0, num(reply->element[i])));
+             };
+             counts_ = CircuitCounts{count(2), count(3), count(4), count(5), count(6)};
+             if (const auto error = str(reply->element[7]); !error.empty())
+                 note_backend_error("the sweep skipped a circuit: " + redis_error_text(error));
+         });
+}
+
+std::shared_ptr<RedisStore::Call> RedisStore::make_call(RedisScript script, std::string_view key,
+                                                        const Policy& policy,
+                                                        const std::vector<std::string>& args) const {
+    auto call = std::make_shared<Call>();
+    call->script = script;
+    call->key = std::string(key);
+    const auto keys = redis_script_keys(options_.prefix, key);
+    auto& a = call->args;
+    a.reserve(1 + keys.size() + 1 + kPolicyFieldCount + args.size() + 2);
+    a.push_back(std::to_string(keys.size()));
+    a.insert(a.end(), keys.begin(), keys.end());
+    a.emplace_back(key);
+    for (std::size_t i = 0; i < kPolicyFieldCount; ++i)
+        a.push_back(std::to_string(policy.get(static_cast<PolicyField>(i))));
+    a.insert(a.end(), args.begin(), args.end());
+    a.push_back(std::to_string(options_.max_circuits));
+    a.push_back(options_.test_clock ? std::to_string(options_.test_clock->now_ms()) : std::string());
+    return call;
+}
+
+void RedisStore::send(std::shared_ptr<Call> call, ReplyHandler then) {
+    const auto idx = static_cast<std::size_t>(call->script);
+    // Until SCRIPT LOAD has answered (the first connection), and once after
+    // a NOSCRIPT, send the source: EVAL also puts it in Redis's cache.
+    const bool by_sha = !shas_[idx].empty() && !call->retried;
+    std::vector<std::string_view> argv;
+    argv.reserve(2 + call->args.size());
+    argv.push_back(by_sha ? "EVALSHA" : "EVAL");
+    argv.push_back(by_sha ? std::string_view(shas_[idx]) : redis_script_source(call->script));
+    for (const auto& a : call->args)
+        argv.push_back(a);
+
+    commands_.command(argv, [this, call, then = std::move(then)](const redisReply* reply,
+                                                                 const std::string& error) {
+        RemoteResult r;
+        auto unavailable = [&](std::string why, bool log) {
+            r.error = ErrorCode::BackendUnavailable;
+            r.unavailable_reason = std::move(why);
+            stats_.backend.unavailable += 1;
+            if (log) {
+                stats_.backend.last_error = r.unavailable_reason;
+                log_error("Redis backend: " + r.unavailable_reason);
+            }
+            then(nullptr, std::move(r));
+        };
+        if (!reply) {
+            unavailable(error, false);
+            return;
+        }
+        if (reply->type != REDIS_REPLY_ERROR) {
+            then(reply, std::move(r));
+            return;
+        }
+        const auto text = str(reply);
+        switch (classify_redis_error(text)) {
+        case RedisErrorKind::NoScript:
+            if (!call->retried) {
+                call->retried = true;
+                send(call, then);
+                return;
+            }
+            unavailable("Redis does not keep cbd's scripts: " + std::string(text), true);
+            return;
+        case RedisErrorKind::TooMany:
+            r.error = ErrorCode::TooManyCircuits;
+            r.message = redis_error_text(text);
+            then(nullptr, std::move(r));
+            return;
+        case RedisErrorKind::Outage:
+            unavailable("Redis answered: " + std::string(text), true);
+            return;
+        case RedisErrorKind::Data:
+            r.error = ErrorCode::BackendError;
+            // The scripts' own errors name the Redis key (and field); an
+            // error Redis raised outside them gets the circuit's key here.
+            r.message = text.starts_with(kRedisErrBackend) || call->key.empty()
+                            ? redis_error_text(text)
+                            : "for key '" + call->key + "' Redis answered: " + redis_error_text(text);
+            note_backend_error(r.message);
+            then(nullptr, std::move(r));
+            return;
+        }
+    });
 }
 
 void RedisStore::run(RedisScript script, std::string_view key, const Policy& policy,
                      const std::vector<std::string>& args, std::function<void(RemoteResult)> done) {
-    const auto idx = static_cast<std::size_t>(script);
-    const auto keys = redis_script_keys(options_.prefix, key);
-    std::array<std::string, 5> numbers;
-    for (std::size_t i = 0; i < kPolicyFieldCount; ++i)
-        numbers[i] = std::to_string(policy.get(static_cast<PolicyField>(i)));
-    // Until SCRIPT LOAD has answered (the first connection), send the source.
-    const bool by_sha = !shas_[idx].empty();
-    std::vector<std::string_view> argv;
-    argv.reserve(3 + keys.size() + 1 + numbers.size() + args.size());
-    argv.push_back(by_sha ? "EVALSHA" : "EVAL");
-    argv.push_back(by_sha ? std::string_view(shas_[idx]) : redis_script_source(script));
-    argv.push_back("6");
-    for (const auto& k : keys)
-        argv.push_back(k);
-    argv.push_back(key);
-    for (const auto& n : numbers)
-        argv.push_back(n);
-    for (const auto& a : args)
-        argv.push_back(a);
-    const std::string max_circuits = std::to_string(options_.max_circuits);
-    argv.push_back(max_circuits);
+    // A completion handler must never throw: whatever goes wrong here is an
+    // answer, not an exception on the event loop.
+    auto safely = [done = std::move(done)](RemoteResult r) mutable {
+        try {
+            done(std::move(r));
+        } catch (const std::exception& e) {
+            log_error(std::string("Redis backend: answering a request failed: ") + e.what());
+        }
+    };
 
-    commands_.command(argv, [this, script, done = std::move(done)](const redisReply* reply,
-                                                                  const std::string& error) {
+    if (script == RedisScript::List) {
+        // args: prefix, after, limit, state filter ('' = any).
+        auto job = std::make_shared<ListJob>();
+        if (args.size() != 4) {
+            safely(unexpected_answer());
+            return;
+        }
+        job->prefix = args[0];
+        job->after = args[1];
+        std::from_chars(args[2].data(), args[2].data() + args[2].size(), job->limit);
+        job->state = args[3];
+        job->done = std::move(safely);
+        list_step(std::move(job));
+        return;
+    }
+    if (script == RedisScript::Export) {
+        // args: prefix, after, limit.
+        auto job = std::make_shared<ExportJob>();
+        if (args.size() != 3) {
+            safely(unexpected_answer());
+            return;
+        }
+        job->prefix = args[0];
+        job->after = args[1];
+        std::from_chars(args[2].data(), args[2].data() + args[2].size(), job->limit);
+        job->done = std::move(safely);
+        export_step(std::move(job));
+        return;
+    }
+
+    send(make_call(script, key, policy, args), [script, done = std::move(safely)](
+                                                   const redisReply* reply,
+                                                   RemoteResult failure) mutable {
+        if (!reply) {
+            done(std::move(failure));
+            return;
+        }
         RemoteResult r;
-        if (reply && reply->type == REDIS_REPLY_ERROR &&
-            str(reply).find("TOO_MANY_CIRCUITS") != std::string_view::npos) {
-            r.error = ErrorCode::TooManyCircuits;
-            done(std::move(r));
-            return;
-        }
-        if (!reply || reply->type == REDIS_REPLY_ERROR) {
-            r.error = ErrorCode::BackendUnavailable;
-            r.unavailable_reason = reply ? "Redis answered: " + std::string(str(reply)) : error;
-            stats_.backend.unavailable += 1;
-            if (reply) {
-                stats_.backend.last_error = r.unavailable_reason;
-                log_error("Redis backend: " + r.unavailable_reason);
-            }
-            done(std::move(r));
-            return;
-        }
         if (script == RedisScript::Import || script == RedisScript::Sweep) {
             done(std::move(r));
             return;
         }
-        if (script == RedisScript::Export) {
-            constexpr std::size_t kFields = 17;
-            if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1 ||
-                (reply->elements - 1) % kFields != 0) {
-                r.error = ErrorCode::BackendUnavailable;
-                r.unavailable_reason = "an unexpected answer from Redis";
-                done(std::move(r));
-                return;
-            }
-            r.exported.next = std::string(str(reply->element[0]));
-            for (std::size_t i = 1; i + kFields <= reply->elements; i += kFields) {
-                StoredCircuit record;
-                record.key = std::string(str(reply->element[i]));
-                if (!str(reply->element[i + 1]).empty())
-                    record.circuit = view_from_fields(reply->element + i + 1);
-                for (std::size_t f = 0; f < kPolicyFieldCount; ++f) {
-                    const auto v = str(reply->element[i + 12 + f]);
-                    if (!v.empty())
-                        record.policy.values[f] = num(reply->element[i + 12 + f]);
-                }
-                r.exported.circuits.push_back(std::move(record));
-            }
-            done(std::move(r));
-            return;
-        }
-        if (script == RedisScript::List) {
-            if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1 ||
-                (reply->elements - 1) % 12 != 0) {
-                r.error = ErrorCode::BackendUnavailable;
-                r.unavailable_reason = "an unexpected answer from Redis";
-                done(std::move(r));
-                return;
-            }
-            r.page.next = std::string(str(reply->element[0]));
-            for (std::size_t i = 1; i + 12 <= reply->elements; i += 12) {
-                // The same fields as a circuit result, shifted: the key first.
-                ListEntry e;
-                e.key = std::string(str(reply->element[i]));
-                e.circuit = view_from_fields(reply->element + i + 1);
-                r.page.circuits.push_back(std::move(e));
-            }
-            done(std::move(r));
+        if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1) {
+            done(unexpected_answer());
             return;
         }
         if (script == RedisScript::Policy) {
-            for (std::size_t i = 0; i < kPolicyFieldCount && i + 1 < reply->elements; ++i) {
-                const auto v = str(reply->element[i + 1]);
-                if (!v.empty())
-                    r.policy_override.values[i] = num(reply->element[i + 1]);
+            if (reply->elements != 1 + kPolicyFieldCount) {
+                done(unexpected_answer());
+                return;
             }
+            for (std::size_t i = 0; i < kPolicyFieldCount; ++i)
+                if (!str(reply->element[i + 1]).empty())
+                    r.policy_override.values[i] = num(reply->element[i + 1]);
             done(std::move(r));
             return;
         }
@@ -214,21 +345,19 @@ void RedisStore::run(RedisScript script, std::string_view key, const Policy& pol
             done(std::move(r));
             return;
         }
-        if (reply->type != REDIS_REPLY_ARRAY || reply->elements != kResFieldCount) {
-            r.error = ErrorCode::BackendUnavailable;
-            r.unavailable_reason = "an unexpected answer from Redis";
-            done(std::move(r));
+        if (reply->elements != kResFieldCount) {
+            done(unexpected_answer());
             return;
         }
         const auto status = str(reply->element[kResStatus]);
         r.circuit = view_from_fields(reply->element + kResState);
-        if (status == "conflict")
+        if (status == kRedisStatusNames[1])
             r.error = ErrorCode::Conflict;
-        else if (status == "forced")
+        else if (status == kRedisStatusNames[2])
             r.error = ErrorCode::Forced;
-        else if (status == "no_permit")
+        else if (status == kRedisStatusNames[3])
             r.error = ErrorCode::NoPermit;
-        else if (status == "stale")
+        else if (status == kRedisStatusNames[4])
             r.stale = true;
         if (auto to = parse_state(str(reply->element[kResTo]))) {
             auto from = parse_state(str(reply->element[kResFrom]));
@@ -245,6 +374,102 @@ void RedisStore::run(RedisScript script, std::string_view key, const Policy& pol
     });
 }
 
+// A list page: calls of at most kRedisScanPerCall keys each, asking for one
+// match more than the page holds, so that a page that ends exactly at the
+// last match has no `next` (as in memory).
+void RedisStore::list_step(std::shared_ptr<ListJob> job) {
+    if (job->limit == 0) {
+        job->done(RemoteResult{});
+        return;
+    }
+    const std::size_t want = job->limit + 1 - job->page.circuits.size();
+    const std::size_t budget = std::min(kRedisScanPerCall, kRedisMaxListScan - job->examined);
+    send(make_call(RedisScript::List, "", Policy{},
+                   {job->prefix, job->after, std::to_string(want), job->state,
+                    std::to_string(budget)}),
+         [this, job](const redisReply* reply, RemoteResult failure) {
+             if (!reply) {
+                 job->done(std::move(failure));
+                 return;
+             }
+             constexpr std::size_t kEntry = 1 + kRedisCircuitFieldCount;
+             if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 3 ||
+                 (reply->elements - 3) % kEntry != 0) {
+                 job->done(unexpected_answer());
+                 return;
+             }
+             const bool more = str(reply->element[0]) == kRedisPageMore;
+             const std::string last(str(reply->element[1]));
+             job->examined += static_cast<std::size_t>(std::max<std::int64_t>(0, num(reply->element[2])));
+             for (std::size_t i = 3; i + kEntry <= reply->elements; i += kEntry)
+                 job->page.circuits.push_back(
+                     ListEntry{std::string(str(reply->element[i])),
+                               view_from_fields(reply->element + i + 1)});
+             auto& page = job->page;
+             if (page.circuits.size() > job->limit) {
+                 page.circuits.resize(job->limit); // the look-ahead match
+                 page.next = page.circuits.back().key;
+             } else if (more && job->examined >= kRedisMaxListScan) {
+                 page.next = page.circuits.size() == job->limit ? page.circuits.back().key : last;
+             } else if (more && !last.empty() && last > job->after) {
+                 job->after = last;
+                 list_step(job);
+                 return;
+             }
+             RemoteResult r;
+             r.page = std::move(page);
+             job->done(std::move(r));
+         });
+}
+
+void RedisStore::export_step(std::shared_ptr<ExportJob> job) {
+    if (job->limit == 0) {
+        job->done(RemoteResult{});
+        return;
+    }
+    const std::size_t want = job->limit + 1 - job->page.circuits.size();
+    send(make_call(RedisScript::Export, "", Policy{},
+                   {job->prefix, job->after, std::to_string(want)}),
+         [this, job](const redisReply* reply, RemoteResult failure) {
+             if (!reply) {
+                 job->done(std::move(failure));
+                 return;
+             }
+             constexpr std::size_t kEntry = 1 + kRedisCircuitFieldCount + kPolicyFieldCount;
+             if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 2 ||
+                 (reply->elements - 2) % kEntry != 0) {
+                 job->done(unexpected_answer());
+                 return;
+             }
+             const bool more = str(reply->element[0]) == kRedisPageMore;
+             const std::string last(str(reply->element[1]));
+             for (std::size_t i = 2; i + kEntry <= reply->elements; i += kEntry) {
+                 StoredCircuit record;
+                 record.key = std::string(str(reply->element[i]));
+                 if (!str(reply->element[i + 1]).empty())
+                     record.circuit = view_from_fields(reply->element + i + 1);
+                 for (std::size_t f = 0; f < kPolicyFieldCount; ++f) {
+                     const auto* v = reply->element[i + 1 + kRedisCircuitFieldCount + f];
+                     if (!str(v).empty())
+                         record.policy.values[f] = num(v);
+                 }
+                 job->page.circuits.push_back(std::move(record));
+             }
+             auto& page = job->page;
+             if (page.circuits.size() > job->limit) {
+                 page.circuits.resize(job->limit);
+                 page.next = page.circuits.back().key;
+             } else if (more && !last.empty() && last > job->after) {
+                 job->after = last;
+                 export_step(job);
+                 return;
+             }
+             RemoteResult r;
+             r.exported = std::move(page);
+             job->done(std::move(r));
+         });
+}
+
 void RedisStore::on_event(const redisReply* reply) {
     // ["message", channel, payload]
     if (!observer_ || reply->type != REDIS_REPLY_ARRAY || reply->elements != 3 ||
@@ -256,31 +481,54 @@ void RedisStore::on_event(const redisReply* reply) {
     try {
         const auto kind = event[0].get<std::string>();
         const auto key = event.at(1).get<std::string>();
-        if (kind == "reset") {
-            observer_->on_reset(key, event.at(2).get<std::int64_t>());
+        if (kind == kRedisEventReset) {
+            observer_->on_reset(key, event_int(event.at(2)));
             return;
         }
-        if (kind != "transition" || event.size() != 17)
+        if (kind != kRedisEventTransition || event.size() != 17)
             return;
         TransitionRecord t{parse_state(event[2].get<std::string>()).value_or(State::Closed),
                            parse_state(event[3].get<std::string>()).value_or(State::Closed),
                            cause_named(event[5].get<std::string>()).value_or(TransitionCause::Manual),
-                           event[4].get<std::int64_t>(), event[6].get<std::uint64_t>()};
+                           event_int(event[4]), static_cast<std::uint64_t>(event_int(event[6]))};
         CircuitView v;
         v.snapshot = Snapshot{parse_state(event[7].get<std::string>()).value_or(State::Closed),
-                              event[8].get<std::uint64_t>(), event[9].get<std::uint64_t>(),
-                              event[10].get<std::int64_t>(), event[11].get<std::int64_t>()};
+                              static_cast<std::uint64_t>(event_int(event[8])),
+                              static_cast<std::uint64_t>(event_int(event[9])), event_int(event[10]),
+                              event_int(event[11])};
         v.generation = t.generation;
         if (auto pin = parse_state(event[12].get<std::string>())) {
-            ForcePin p{*pin, event[13].get<std::int64_t>(), event[14].get<std::string>(), Peer{}};
-            p.by.uid = static_cast<uid_t>(event[15].get<std::int64_t>());
-            p.by.pid = static_cast<pid_t>(event[16].get<std::int64_t>());
+            ForcePin p{*pin, event_int(event[13]), event[14].get<std::string>(), Peer{}};
+            p.by.uid = static_cast<uid_t>(event_int(event[15]));
+            p.by.pid = static_cast<pid_t>(event_int(event[16]));
             v.forced = std::move(p);
         }
         observer_->on_transition(key, t, v);
     } catch (const nlohmann::json::exception& e) {
         log_warn(std::string("Redis backend: an event that does not parse: ") + e.what());
     }
+}
+
+Policy redis_policy_numbers(const ResolvedPolicy& daemon, bool lease_from_timeout) {
+    Policy p = daemon.policy;
+    if (lease_from_timeout)
+        p.probe_lease_ms = 0; // not a valid lease (1..): the scripts' sign to derive it
+    return p;
+}
+
+ResolvedPolicy redis_resolved_policy(ResolvedPolicy daemon, bool lease_from_timeout,
+                                     const PolicyPatch& key_override) {
+    for (std::size_t i = 0; i < kPolicyFieldCount; ++i)
+        if (const auto& v = key_override.values[i]) {
+            daemon.policy.set(static_cast<PolicyField>(i), *v);
+            daemon.sources[i] = PolicySource::Key;
+        }
+    if (lease_from_timeout && !key_override[PolicyField::ProbeLeaseMs]) {
+        const auto timeout = static_cast<std::size_t>(PolicyField::ResetTimeoutMs);
+        daemon.policy.probe_lease_ms = daemon.policy.reset_timeout_ms;
+        daemon.sources[static_cast<std::size_t>(PolicyField::ProbeLeaseMs)] = daemon.sources[timeout];
+    }
+    return daemon;
 }
 
 } // namespace cbd

@@ -8,12 +8,14 @@
 #pragma once
 
 #include "daemon/circuit_store.hpp"
+#include "daemon/clock.hpp"
 #include "daemon/redis_connection.hpp"
 #include "daemon/redis_scripts.hpp"
 #include "daemon/stats.hpp"
 
 #include <array>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -24,19 +26,32 @@ struct RedisStoreOptions {
     RedisOptions connection;
     std::string prefix = "cbd:"; // every key this daemon uses starts so
     std::size_t max_circuits = kDefaultMaxCircuits; // in the shared store
+    // cbd --test-clock: every script (the sweep too) takes its time from
+    // this clock instead of Redis's TIME, so tests can step time. Null in
+    // production.
+    const Clock* test_clock = nullptr;
 };
 
 // One script's answer, in the memory store's terms.
 struct RemoteResult {
-    std::optional<ErrorCode> error; // BackendUnavailable, or the script's own
-    std::string unavailable_reason;
+    // BackendUnavailable (an outage: Redis unreachable, slow, loading...),
+    // BackendError (Redis answered, but what it holds for the key cannot be
+    // used, or a limit such as the generation counter's is reached: not an
+    // outage, not retried), TooManyCircuits, or the circuit script's own
+    // (Conflict, Forced, NoPermit).
+    std::optional<ErrorCode> error;
+    std::string unavailable_reason; // BackendUnavailable: why
+    // BackendError: what is wrong and where, naming the Redis key (and the
+    // field when one is bad), for the client's error message.
+    // TooManyCircuits: which limit ("circuits" or "key policies").
+    std::string message;
     CircuitView circuit;
     std::optional<TransitionRecord> transition;
     bool stale = false;
     std::int64_t extra1 = 0;  // acquire: allowed; reset: removed
     std::string extra2;       // acquire: permit
     std::int64_t extra3 = 0;  // acquire: retryAfterMs
-    PolicyPatch policy_override; // policy script: the key's override in Redis
+    PolicyPatch policy_override; // policy script: the key's override in Redis (checked)
     ListPage page;               // list script
     ExportPage exported;         // export script
 };
@@ -53,21 +68,59 @@ class RedisStore {
 
     // Runs `script` for `key` with the policy the daemon resolves for it
     // (its defaults and prefix rules; a key override in Redis wins) and the
-    // operation's own arguments.
+    // operation's own arguments. `policy` as redis_policy_numbers() makes
+    // it: probe_lease_ms 0 means no layer of the daemon sets probeLeaseMs.
+    // `list` and `export` run as several script calls, each examining at
+    // most kRedisScanPerCall keys, joined before `done` runs. `done` runs
+    // exactly once, on the event loop, and never throws out of here.
     void run(RedisScript script, std::string_view key, const Policy& policy,
              const std::vector<std::string>& args, std::function<void(RemoteResult)> done);
 
+    // Circuits in the shared store as of the last sweep (every 100 ms):
+    // total from the index; by state and pinned from counters the scripts
+    // keep (exact while only cbd writes the keys).
+    CircuitCounts counts() const { return counts_; }
+
   private:
+    struct Call;
+    struct ListJob;
+    struct ExportJob;
+    using ReplyHandler = std::function<void(const redisReply* reply, RemoteResult failure)>;
+
     void on_event(const redisReply* reply);
     RedisConnection::Setup script_setup();
+    std::shared_ptr<Call> make_call(RedisScript script, std::string_view key, const Policy& policy,
+                                    const std::vector<std::string>& args) const;
+    // Sends a call; `then` gets the reply, or nullptr and the failure. A
+    // NOSCRIPT answer (a flushed script cache, a failover) sends the script
+    // itself once, which also loads it again.
+    void send(std::shared_ptr<Call> call, ReplyHandler then);
+    void list_step(std::shared_ptr<ListJob> job);
+    void export_step(std::shared_ptr<ExportJob> job);
+    void note_backend_error(const std::string& message);
 
     RedisStoreOptions options_;
     DaemonStats& stats_;
     CircuitObserver* observer_;
     std::array<std::string, kRedisScriptCount> shas_; // from SCRIPT LOAD; empty until known
     bool sweeping_ = false;
+    CircuitCounts counts_;
+    std::string last_logged_error_; // a bad key is logged once, not per request
     RedisConnection commands_;
     RedisConnection events_;
 };
+
+// The policy numbers to pass to run() for a key whose daemon-side policy
+// (defaults, prefix rules) is `daemon`: as resolved, except probeLeaseMs 0
+// when `lease_from_timeout` (no layer sets probeLeaseMs), so that the script
+// derives the lease from the reset timeout after the key's own override,
+// as PolicySet does.
+Policy redis_policy_numbers(const ResolvedPolicy& daemon, bool lease_from_timeout);
+
+// What the `policy` and `configure` replies show on Redis: the daemon's
+// layers, the key's override from Redis over them (source "key"), and the
+// lease derived as PolicySet derives it.
+ResolvedPolicy redis_resolved_policy(ResolvedPolicy daemon, bool lease_from_timeout,
+                                     const PolicyPatch& key_override);
 
 } // namespace cbd

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -107,7 +108,7 @@ def test_reference_semantics_through_redis(start_cbd, workdir, redis):
     assert redis.cli("HGET", "cbd:c:p", "fc") == "50"
     s = c.call({"op": "stats"})
     assert s["backend"]["kind"] == "redis" and s["backend"]["up"] is True
-    assert s["circuits"] is None
+    assert s["backend"]["unavailable"] == 0
 
 
 def test_two_daemons_count_every_failure_exactly(start_cbd, workdir, redis):
@@ -329,14 +330,365 @@ def test_export_and_import_move_state_between_backends(start_cbd, workdir, redis
     assert Client(other.sock).call({"op": "transition", "key": "x", "to": "open"})["generation"] > last
 
 
-def test_values_edited_by_hand_in_redis_do_not_take_cbd_down(start_cbd, workdir, redis):
+class Resp:
+    """A raw Redis client (RESP over the unix socket): pipelines of commands
+    for bulk loading, and structured replies (SLOWLOG GET)."""
+
+    def __init__(self, path):
+        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.s.connect(path)
+        self.f = self.s.makefile("rb")
+
+    def send(self, *commands):
+        out = []
+        for cmd in commands:
+            out.append(b"*%d\r\n" % len(cmd))
+            for a in cmd:
+                a = a if isinstance(a, bytes) else str(a).encode()
+                out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+        self.s.sendall(b"".join(out))
+
+    def read(self):
+        line = self.f.readline()
+        kind, rest = line[:1], line[1:-2]
+        if kind == b"+":
+            return rest.decode()
+        if kind == b"-":
+            return RuntimeError(rest.decode())
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            data = self.f.read(n + 2)[:-2]
+            return data.decode(errors="replace")
+        if kind == b"*":
+            n = int(rest)
+            return None if n < 0 else [self.read() for _ in range(n)]
+        raise ValueError(f"unexpected RESP {line!r}")
+
+    def call(self, *cmd):
+        self.send(cmd)
+        return self.read()
+
+    def pipeline(self, commands, batch=2000):
+        for i in range(0, len(commands), batch):
+            part = commands[i:i + batch]
+            self.send(*part)
+            for _ in part:
+                r = self.read()
+                assert not isinstance(r, RuntimeError), r
+
+    def close(self):
+        self.s.close()
+
+
+def backend_error(reply, *names):
+    """The reply is backend_error and its message names every one of `names`."""
+    assert reply["ok"] is False and reply["error"]["code"] == "backend_error", reply
+    for n in names:
+        assert n in reply["error"]["message"], (n, reply)
+
+
+def test_a_flushed_script_cache_is_not_an_outage(start_cbd, workdir, redis):
+    d = on_redis(start_cbd, workdir, redis, "a")
+    c = Client(d.sock)
+    assert c.call({"op": "failure", "key": "k"})["ok"]
+    # As after a failover to a Redis whose script cache is empty.
+    assert redis.cli("SCRIPT", "FLUSH") == "OK"
+    started = time.monotonic()
+    # Pipelined: every one finds the script gone, and every one is retried.
+    c.send(b"".join(json.dumps({"op": "failure", "key": "k", "id": i}).encode() + b"\n"
+                    for i in range(20)))
+    replies = [c.json() for _ in range(20)]
+    assert all(r["ok"] for r in replies), [r for r in replies if not r["ok"]][:1]
+    assert [r["snapshot"]["failureCount"] for r in replies] == list(range(2, 22))
+    for op in ("get", "acquire", "success", "policy"):
+        assert c.call({"op": op, "key": "k"})["ok"], op
+    assert c.call({"op": "list"})["ok"] and c.call({"op": "export"})["ok"]
+    assert time.monotonic() - started < 1.0
+    # And again: the scripts are reloaded each time they are lost.
+    redis.cli("SCRIPT", "FLUSH")
+    assert c.call({"op": "get", "key": "k"})["ok"]
+    s = c.call({"op": "stats"})
+    assert s["backend"]["unavailable"] == 0 and s["backend"]["up"] is True
+    assert s["errors"]["backend_unavailable"] == 0
+
+
+def test_a_key_of_the_wrong_type_is_a_backend_error_not_an_outage(start_cbd, workdir, redis):
+    d = on_redis(start_cbd, workdir, redis, "a", "--backend-timeout", "500ms")
+    c = Client(d.sock)
+    redis.cli("SET", "cbd:c:k", "x")
+    for _ in range(3):  # answered at once every time: no retry, no wait
+        started = time.monotonic()
+        backend_error(c.call({"op": "get", "key": "k"}), "cbd:c:k", "WRONGTYPE")
+        assert time.monotonic() - started < 0.4
+    backend_error(c.call({"op": "failure", "key": "k"}), "cbd:c:k")
+    # A policy of the wrong type, and the generation counter.
+    redis.cli("SET", "cbd:policy:p", "x")
+    backend_error(c.call({"op": "acquire", "key": "p"}), "cbd:policy:p")
+    backend_error(c.call({"op": "policy", "key": "p"}), "cbd:policy:p")
+    # Other keys are served; the backend is up and no outage is counted.
+    assert c.call({"op": "failure", "key": "fine"})["ok"]
+    s = c.call({"op": "stats"})
+    assert s["backend"]["up"] is True and s["backend"]["unavailable"] == 0
+    assert s["errors"]["backend_unavailable"] == 0 and s["errors"]["backend_error"] >= 6
+    # cbctl run does not treat it as an outage either way: it says what is wrong.
+    # reset and clearing the override are how an operator repairs the keys.
+    assert c.call({"op": "reset", "key": "k"})["removed"] is True
+    assert c.call({"op": "get", "key": "k"})["ok"]
+    assert c.call({"op": "configure", "key": "p", "policy": None})["ok"]
+    assert c.call({"op": "acquire", "key": "p"})["ok"]
+    redis.cli("SET", "cbd:generation", "lots")
+    backend_error(c.call({"op": "get", "key": "new"}), "cbd:generation")
+    assert "Redis backend: " in d.log() and d.proc.poll() is None
+
+
+def test_values_in_redis_are_checked_like_imported_ones(start_cbd, workdir, redis):
     d = on_redis(start_cbd, workdir, redis, "a")
     c = Client(d.sock)
     c.call({"op": "failure", "key": "k"})
+    cases = [("sc", "-5"), ("fc", "9007199254740992"), ("lft", "not-a-number"), ("gen", "1.5"),
+             ("state", "ajar"), ("lsc", "")]
+    for field, value in cases:
+        good = redis.cli("HGET", "cbd:c:k", field)
+        redis.cli("HSET", "cbd:c:k", field, value)
+        backend_error(c.call({"op": "get", "key": "k"}), "cbd:c:k", f"field {field}")
+        redis.cli("HSET", "cbd:c:k", field, good)
+    # The largest count there is reads back exactly, and stops there.
+    redis.cli("HSET", "cbd:c:k", "sc", "9007199254740991")
+    assert c.call({"op": "get", "key": "k"})["snapshot"]["successCount"] == 9007199254740991
+    assert c.call({"op": "success", "key": "k"})["snapshot"]["successCount"] == 9007199254740991
+    # Pin fields.
+    c.call({"op": "force", "key": "pin", "state": "open", "reason": "r"})
+    for field, value in [("ps", "half-open"), ("puid", "-1"), ("ppid", "4294967296"),
+                         ("pr", "x" * 300)]:
+        good = redis.cli("HGET", "cbd:c:pin", field)
+        redis.cli("HSET", "cbd:c:pin", field, value)
+        backend_error(c.call({"op": "get", "key": "pin"}), "cbd:c:pin", f"field {field}")
+        redis.cli("HSET", "cbd:c:pin", field, good)
+    assert c.call({"op": "get", "key": "pin"})["ok"]
+    # Policy override fields: never applied out of range.
     c.call({"op": "configure", "key": "k", "policy": {"halfOpenMax": 2}})
-    redis.cli("HSET", "cbd:c:k", "lft", "not-a-number")
-    redis.cli("HSET", "cbd:policy:k", "failureThreshold", "many")
-    r = c.call({"op": "export", "prefix": "k"})
-    assert r["ok"] and r["circuits"][0]["snapshot"]["lastFailureTime"] == 0
-    assert c.call({"op": "list"})["ok"]
+    for value in ("-3", "0", "many", "9007199254740993"):
+        redis.cli("HSET", "cbd:policy:k", "failureThreshold", value)
+        for op in ({"op": "report", "key": "k", "outcome": "failure"}, {"op": "policy", "key": "k"},
+                   {"op": "acquire", "key": "k"}):
+            backend_error(c.call(op), "cbd:policy:k", "failureThreshold", value)
+    # Reading many: list and export say which key is bad; nothing wraps.
+    backend_error(c.call({"op": "export"}), "cbd:policy:k", "failureThreshold")
+    redis.cli("HSET", "cbd:policy:k", "failureThreshold", "3")
+    redis.cli("HSET", "cbd:c:k", "fc", "-1")
+    backend_error(c.call({"op": "list"}), "cbd:c:k", "field fc")
+    backend_error(c.call({"op": "export"}), "cbd:c:k", "field fc")
     assert c.call({"op": "ping"})["ok"] and d.proc.poll() is None
+
+
+def test_generation_counter_never_passes_2_53_minus_1(start_cbd, workdir, redis):
+    d = on_redis(start_cbd, workdir, redis, "a")
+    c = Client(d.sock)
+    top = 2**53 - 1
+    snap = {"state": "closed", "failureCount": 0, "successCount": 0, "lastFailureTime": 0,
+            "lastStateChange": 1}
+    assert c.call({"op": "import", "key": "big", "snapshot": snap, "generation": top})["ok"]
+    assert redis.cli("GET", "cbd:generation") == str(top)
+    assert c.call({"op": "get", "key": "big"})["generation"] == top
+    # Every new generation would pass it: refused, naming the counter.
+    backend_error(c.call({"op": "transition", "key": "big", "to": "open"}), "cbd:generation")
+    backend_error(c.call({"op": "get", "key": "new"}), "cbd:generation")
+    assert redis.cli("GET", "cbd:generation") == str(top)
+    assert c.call({"op": "get", "key": "big"})["snapshot"]["state"] == "closed"
+    # A generation past it is never stored (the protocol refuses it, or Redis does).
+    r = c.call({"op": "import", "key": "bigger", "snapshot": snap, "generation": 2**53})
+    assert r["ok"] is False, r
+    assert redis.cli("GET", "cbd:generation") == str(top)
+    assert redis.cli("EXISTS", "cbd:c:bigger") == "0"
+
+
+def set_clock(path, ms):
+    tmp = str(path) + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(str(ms))
+    os.replace(tmp, path)
+
+
+def test_a_key_override_of_reset_timeout_sets_the_probe_lease_as_in_memory(start_cbd, workdir, redis):
+    clock = workdir / "clock"
+    t0 = 1_700_000_000_000
+    set_clock(clock, t0)
+    d = on_redis(start_cbd, workdir, redis, "a", "--test-clock", str(clock))
+    c = Client(d.sock)
+    r = c.call({"op": "configure", "key": "svc", "policy": {"resetTimeoutMs": 600}})
+    assert r["policy"]["probeLeaseMs"] == 600 and r["source"]["probeLeaseMs"] == "key", r
+    p = c.call({"op": "policy", "key": "svc"})
+    assert p["policy"]["probeLeaseMs"] == 600 and p["source"]["probeLeaseMs"] == "key"
+    assert c.call({"op": "transition", "key": "svc", "to": "open"})["ok"]
+    set_clock(clock, t0 + 600)
+    a = c.call({"op": "acquire", "key": "svc"})
+    assert a["allowed"] is True and a["snapshot"]["state"] == "half-open"
+    # The lease is the key's reset timeout, not the daemon's 30 s.
+    set_clock(clock, t0 + 1201)
+    g = c.call({"op": "get", "key": "svc"})
+    assert g["snapshot"]["state"] == "open" and g["snapshot"]["failureCount"] == 1, g
+    # An explicit lease anywhere wins over the derivation.
+    r = c.call({"op": "configure", "key": "svc", "policy": {"probeLeaseMs": 5000}})
+    assert r["policy"]["probeLeaseMs"] == 5000
+
+
+def test_list_has_no_next_after_an_exactly_full_last_page(start_cbd, workdir, redis):
+    d = on_redis(start_cbd, workdir, redis, "a")
+    c = Client(d.sock)
+    for i in range(10):
+        c.call({"op": "failure", "key": f"svc/{i}"})
+    c.call({"op": "get", "key": "zzz"})
+    r = c.call({"op": "list", "prefix": "svc/", "limit": 10})
+    assert len(r["circuits"]) == 10 and r["next"] is None
+    r = c.call({"op": "list", "prefix": "svc/", "limit": 5})
+    assert r["next"] == "svc/4"
+    r = c.call({"op": "list", "prefix": "svc/", "limit": 5, "after": "svc/4"})
+    assert [e["key"] for e in r["circuits"]] == [f"svc/{i}" for i in range(5, 10)]
+    assert r["next"] is None
+    c.call({"op": "transition", "key": "svc/3", "to": "open"})
+    r = c.call({"op": "list", "state": "open", "limit": 1})
+    assert [e["key"] for e in r["circuits"]] == ["svc/3"] and r["next"] is None
+
+
+def test_key_policies_are_capped_at_max_circuits(start_cbd, workdir, redis):
+    d = on_redis(start_cbd, workdir, redis, "a", "--max-circuits", "3")
+    c = Client(d.sock)
+    for k in ("a", "b", "c"):
+        assert c.call({"op": "configure", "key": k, "policy": {"halfOpenMax": 2}})["ok"]
+    r = c.call({"op": "configure", "key": "d", "policy": {"halfOpenMax": 2}})
+    assert r["ok"] is False and r["error"]["code"] == "too_many_circuits", r
+    assert redis.cli("EXISTS", "cbd:policy:d") == "0"
+    # Changing an existing one, or reading, is not a new one.
+    assert c.call({"op": "configure", "key": "a", "policy": {"halfOpenMax": 3}})["ok"]
+    assert c.call({"op": "policy", "key": "d"})["ok"]
+    assert c.call({"op": "configure", "key": "a", "policy": None})["ok"]
+    assert c.call({"op": "configure", "key": "d", "policy": {"halfOpenMax": 2}})["ok"]
+    # import counts them the same way.
+    r = c.call({"op": "import", "key": "e", "policy": {"halfOpenMax": 2}})
+    assert r["ok"] is False and r["error"]["code"] == "too_many_circuits", r
+
+
+def test_the_test_clock_drives_every_script_and_the_sweep(start_cbd, workdir, redis):
+    clock = workdir / "clock"
+    t0 = 1_600_000_000_000  # far from now: Redis's TIME would show
+    set_clock(clock, t0)
+    d = on_redis(start_cbd, workdir, redis, "a", "--test-clock", str(clock),
+                 "--reset-timeout-ms", "1000", "--probe-lease-ms", "500")
+    c = Client(d.sock)
+    assert c.call({"op": "get", "key": "k"})["snapshot"]["lastStateChange"] == t0
+    assert c.call({"op": "failure", "key": "k"})["snapshot"]["lastFailureTime"] == t0
+    f = c.call({"op": "force", "key": "pin", "state": "open", "ttlMs": 1000})
+    assert f["forced"]["until"] == t0 + 1000
+    c.call({"op": "transition", "key": "k", "to": "open"})
+    set_clock(clock, t0 + 999)
+    assert c.call({"op": "acquire", "key": "k"})["retryAfterMs"] == 1
+    set_clock(clock, t0 + 1000)
+    a = c.call({"op": "acquire", "key": "k"})
+    assert a["allowed"] is True and a["snapshot"]["lastStateChange"] == t0 + 1000
+    # Nobody touches either circuit: the sweep settles both, on the test clock.
+    set_clock(clock, t0 + 1500)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if redis.cli("HGET", "cbd:c:k", "state") == "open" and \
+                redis.cli("HEXISTS", "cbd:c:pin", "ps") == "0":
+            break
+        time.sleep(0.05)
+    assert redis.cli("HGET", "cbd:c:k", "state") == "open"
+    assert redis.cli("HGET", "cbd:c:k", "lsc") == str(t0 + 1500)
+    assert redis.cli("HEXISTS", "cbd:c:pin", "ps") == "0"
+
+
+def test_stats_count_the_circuits_in_redis(start_cbd, workdir, redis):
+    a = on_redis(start_cbd, workdir, redis, "a")
+    b = on_redis(start_cbd, workdir, redis, "b")
+    ca = Client(a.sock)
+    for i in range(5):
+        ca.call({"op": "get", "key": f"k{i}"})
+    ca.call({"op": "transition", "key": "k0", "to": "open"})
+    ca.call({"op": "transition", "key": "k1", "to": "half-open"})
+    ca.call({"op": "force", "key": "k2", "state": "open"})
+    ca.call({"op": "reset", "key": "k4"})
+    want = {"total": 4, "closed": 1, "open": 2, "halfOpen": 1, "forced": 1}
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:  # refreshed by the sweep, every 100 ms
+        s = Client(b.sock).call({"op": "stats"})
+        if s["circuits"] == want:
+            break
+        time.sleep(0.05)
+    assert s["circuits"] == want
+    m = Client(b.sock).call({"op": "metrics"})["text"]
+    assert "cbd_circuits" in m
+
+
+def test_list_and_export_never_block_redis_at_100k_circuits(start_cbd, workdir, redis):
+    n = 100_000
+    r = Resp(redis.sock)
+    cmds, members = [], []
+    for i in range(n):
+        k = f"svc/{i:06d}"
+        cmds.append(("HSET", "cbd:c:" + k, "state", "open" if i % 1000 == 0 else "closed",
+                     "fc", 0, "sc", 0, "lft", 0, "lsc", 1, "gen", i + 1))
+        members += [0, k]
+        if len(members) == 2000:
+            cmds.append(("ZADD", "cbd:index", *members))
+            members = []
+    cmds.append(("SET", "cbd:generation", n))
+    cmds.append(("HSET", "cbd:counts", "closed", n - n // 1000, "open", n // 1000))
+    r.pipeline(cmds)
+    assert r.call("ZCARD", "cbd:index") == n
+    a = on_redis(start_cbd, workdir, redis, "a")
+    b = on_redis(start_cbd, workdir, redis, "b", "--backend-timeout", "100ms")
+    r.call("CONFIG", "SET", "slowlog-log-slower-than", "10000")
+    r.call("SLOWLOG", "RESET")
+
+    ca = Client(a.sock, timeout=30)
+    seen, after = 0, None
+    for _ in range(3):
+        req = {"op": "list", "limit": 10000}
+        if after:
+            req["after"] = after
+        page = ca.call(req)
+        assert page["ok"] and len(page["circuits"]) == 10000, page.get("error")
+        seen += len(page["circuits"])
+        after = page["next"]
+    assert after == "svc/029999"
+    # A filter that matches one key in 1000 examines the whole index, in steps.
+    opened = ca.call({"op": "list", "state": "open", "limit": 10000})
+    assert len(opened["circuits"]) == 100 and opened["next"] is None
+    exported = ca.call({"op": "export", "limit": 10000, "after": "svc/050000"})
+    assert len(exported["circuits"]) == 10000 and exported["next"] == "svc/060000"
+    slow = [e for e in r.call("SLOWLOG", "GET", "1000")
+            if e[3] and str(e[3][0]).upper() in ("EVAL", "EVALSHA")]
+    assert slow == [], [(e[2], e[3][9:]) for e in slow][:8]
+
+    # While one daemon runs 100 such lists, the other's operations go on.
+    lister_errors = []
+
+    def lister():
+        try:
+            cl = Client(a.sock, timeout=30)
+            for i in range(100):
+                page = cl.call({"op": "list", "limit": 10000, "after": f"svc/{(i % 9) * 10000:06d}"})
+                if not page["ok"]:
+                    lister_errors.append(page["error"])
+        except Exception as e:  # noqa: BLE001 - reported below
+            lister_errors.append(repr(e))
+
+    t = threading.Thread(target=lister)
+    t.start()
+    cb = Client(b.sock)
+    served, unavailable = 0, []
+    while t.is_alive():
+        reply = cb.call({"op": "failure", "key": "other"})
+        if not reply["ok"]:
+            unavailable.append(reply["error"])
+        served += 1
+    t.join()
+    assert lister_errors == []
+    assert unavailable == [] and served > 100, (served, unavailable[:3])
+    assert Client(b.sock).call({"op": "stats"})["backend"]["unavailable"] == 0
+    r.close()

@@ -35,3 +35,173 @@ TEST_CASE("every script's keys sit under the prefix, as docs/REDIS.md lays them 
         CHECK(src.find("return") != std::string::npos);
     }
 }
+
+#include "daemon/redis_store.hpp"
+
+#include <regex>
+#include <set>
+
+namespace {
+
+// The scripts' own text (prelude and bodies) with comments and string
+// literals taken out, and the literals collected.
+struct LuaText {
+    std::string code;
+    std::vector<std::string> literals;
+};
+
+LuaText split_lua(std::string_view src) {
+    LuaText t;
+    for (std::size_t i = 0; i < src.size(); ++i) {
+        if (src.substr(i, 2) == "--") {
+            while (i < src.size() && src[i] != '\n')
+                ++i;
+            t.code += '\n';
+            continue;
+        }
+        if (src[i] == '\'' || src[i] == '"') {
+            const char quote = src[i];
+            const auto end = src.find(quote, i + 1);
+            REQUIRE(end != std::string_view::npos);
+            t.literals.emplace_back(src.substr(i + 1, end - i - 1));
+            t.code += " _lit_ ";
+            i = end;
+            continue;
+        }
+        t.code += src[i];
+    }
+    return t;
+}
+
+std::set<std::string> generated_names() {
+    std::set<std::string> names;
+    const std::regex def(R"(^local ([A-Z][A-Z0-9_]*) = )");
+    const auto& constants = cbd::redis_script_constants();
+    std::size_t at = 0;
+    while (at < constants.size()) {
+        auto end = constants.find('\n', at);
+        const std::string line = constants.substr(at, end - at);
+        std::smatch m;
+        if (std::regex_search(line, m, def))
+            names.insert(m[1]);
+        at = end == std::string::npos ? constants.size() : end + 1;
+    }
+    return names;
+}
+
+} // namespace
+
+TEST_CASE("every constant the scripts use comes from the generated prelude", "[redis]") {
+    const auto names = generated_names();
+    REQUIRE(names.count("MAX_INT"));
+    std::vector<std::string_view> parts{cbd::redis_script_prelude()};
+    for (std::size_t i = 0; i < cbd::kRedisScriptCount; ++i)
+        parts.push_back(cbd::redis_script_body(static_cast<cbd::RedisScript>(i)));
+
+    // Redis command words and Lua's own patterns and type names are not
+    // cbd's constants; prose (error text) holds a space.
+    const std::set<std::string> syntax = {"",      "(",      "[",        "+",     "-inf",
+                                          "table", "string", "^0*(%d+)$", "%d",    "%q",
+                                          "%c",    "^(%u+)", "%x%08x",   ")"};
+    const std::regex upper_word(R"(^[A-Z]+$)");
+    const std::regex identifier(R"(\b[A-Z][A-Z0-9_]+\b)");
+    const std::regex number(R"((^|[^A-Za-z0-9_.])(\d+)\b)");
+    for (auto part : parts) {
+        const LuaText t = split_lua(part);
+        for (const auto& lit : t.literals) {
+            INFO("literal '" << lit << "'");
+            CHECK((syntax.count(lit) || std::regex_match(lit, upper_word) ||
+                   lit.find(' ') != std::string::npos));
+        }
+        for (std::sregex_iterator it(t.code.begin(), t.code.end(), identifier), end; it != end;
+             ++it) {
+            const std::string name = (*it)[0];
+            INFO("identifier " << name);
+            CHECK((names.count(name) || name == "KEYS" || name == "ARGV"));
+        }
+        // Indices and small offsets only; limits have names. 1000: TIME's
+        // microseconds to milliseconds.
+        for (std::sregex_iterator it(t.code.begin(), t.code.end(), number), end; it != end; ++it) {
+            const std::string n = (*it)[2];
+            INFO("number " << n);
+            CHECK((n.size() == 1 || n == "1000"));
+        }
+    }
+}
+
+TEST_CASE("the generated prelude holds the C++ names and limits", "[redis]") {
+    const auto& k = cbd::redis_script_constants();
+    for (auto name : cbd::kPolicyFieldNames)
+        CHECK(k.find("'" + std::string(name) + "'") != std::string::npos);
+    for (auto name : cbd::kRedisCircuitFields)
+        CHECK(k.find("'" + std::string(name) + "'") != std::string::npos);
+    for (auto s : {cbd::State::Closed, cbd::State::Open, cbd::State::HalfOpen})
+        CHECK(k.find("'" + std::string(cbd::state_name(s)) + "'") != std::string::npos);
+    for (std::size_t i = 0; i < cbd::kTransitionCauseCount; ++i)
+        CHECK(k.find("'" +
+                     std::string(cbd::transition_cause_name(static_cast<cbd::TransitionCause>(i))) +
+                     "'") != std::string::npos);
+    CHECK(k.find("local MAX_INT = 9007199254740991\n") != std::string::npos);
+    CHECK(k.find("local MAX_POLICY = " + std::to_string(cbd::kMaxPolicyValue) + "\n") !=
+          std::string::npos);
+    CHECK(k.find("local SCAN_PER_CALL = " + std::to_string(cbd::kRedisScanPerCall) + "\n") !=
+          std::string::npos);
+    // Every script starts with them.
+    for (std::size_t i = 0; i < cbd::kRedisScriptCount; ++i)
+        CHECK(cbd::redis_script_source(static_cast<cbd::RedisScript>(i)).starts_with(k));
+}
+
+TEST_CASE("Redis error replies: reload, limit, outage or bad data", "[redis]") {
+    using cbd::RedisErrorKind;
+    CHECK(cbd::classify_redis_error("NOSCRIPT No matching script. Please use EVAL.") ==
+          RedisErrorKind::NoScript);
+    CHECK(cbd::classify_redis_error("TOO_MANY_CIRCUITS the shared store holds ...") ==
+          RedisErrorKind::TooMany);
+    CHECK(cbd::classify_redis_error("WRONGTYPE Operation against a key") == RedisErrorKind::Data);
+    CHECK(cbd::classify_redis_error("CBD_BACKEND_ERROR Redis key x field y holds") ==
+          RedisErrorKind::Data);
+    CHECK(cbd::classify_redis_error("ERR user_script:1: attempt to index") == RedisErrorKind::Data);
+    for (auto outage : {"LOADING Redis is loading the dataset in memory",
+                        "BUSY Redis is busy running a script", "READONLY You can't write",
+                        "MASTERDOWN Link with MASTER is down", "OOM command not allowed",
+                        "NOAUTH Authentication required."})
+        CHECK(cbd::classify_redis_error(outage) == RedisErrorKind::Outage);
+    CHECK(cbd::redis_error_text("CBD_BACKEND_ERROR Redis key cbd:c:k field sc holds \"-5\", not "
+                                "an integer script: 70ec2f28, on @user_script:1.") ==
+          "Redis key cbd:c:k field sc holds \"-5\", not an integer");
+    CHECK(cbd::redis_error_text("WRONGTYPE Operation against a key holding the wrong kind of "
+                                "value") ==
+          "WRONGTYPE Operation against a key holding the wrong kind of value");
+}
+
+TEST_CASE("the lease is derived on Redis as PolicySet derives it", "[redis]") {
+    cbd::PolicySet set;
+    cbd::PolicyConfig config;
+    config.defaults[cbd::PolicyField::ResetTimeoutMs] = 2000;
+    set.set_config(config);
+    const cbd::ResolvedPolicy daemon = set.resolve("svc");
+    REQUIRE(daemon.policy.probe_lease_ms == 2000);
+
+    // No layer sets the lease: the script is told (0) and derives it.
+    CHECK(cbd::redis_policy_numbers(daemon, true).probe_lease_ms == 0);
+    CHECK(cbd::redis_policy_numbers(daemon, false).probe_lease_ms == 2000);
+    cbd::PolicyPatch own;
+    own[cbd::PolicyField::ResetTimeoutMs] = 600;
+    auto shown = cbd::redis_resolved_policy(daemon, true, own);
+    CHECK(shown.policy.reset_timeout_ms == 600);
+    CHECK(shown.policy.probe_lease_ms == 600);
+    CHECK(shown.sources[static_cast<std::size_t>(cbd::PolicyField::ProbeLeaseMs)] ==
+          cbd::PolicySource::Key);
+
+    // The same as memory, where the override lives in the PolicySet.
+    set.set_key_override("svc", own);
+    const auto memory = set.resolve("svc");
+    CHECK(memory.policy.probe_lease_ms == shown.policy.probe_lease_ms);
+    CHECK(memory.sources == shown.sources);
+
+    // A lease some layer sets stays.
+    shown = cbd::redis_resolved_policy(daemon, false, own);
+    CHECK(shown.policy.probe_lease_ms == 2000);
+    own[cbd::PolicyField::ProbeLeaseMs] = 50;
+    CHECK(cbd::redis_resolved_policy(daemon, true, own).policy.probe_lease_ms == 50);
+}
