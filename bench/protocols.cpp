@@ -1,6 +1,8 @@
 // Request templates and reply framing per server (see protocols.hpp).
 #include "bench/protocols.hpp"
 
+#include "common/protocol.hpp"
+
 #include "daemon/redis_scripts.hpp"
 
 #include <charconv>
@@ -279,7 +281,8 @@ void RedisCbdScriptProtocol::first_request(OpKind op, std::uint64_t key, std::st
         op == OpKind::Get ? get_sha_ : op == OpKind::Success ? success_sha_ : failure_sha_;
     // The default policy, as cbd passes it.
     append_command(out, {"EVALSHA", sha, "6", keys[0], keys[1], keys[2], keys[3], keys[4], keys[5],
-                         k, "5", "30000", "1", "1", "30000"});
+                         k, "5", "30000", "1", "1", "30000",
+                         std::to_string(cbd::kDefaultMaxCircuits), ""});
 }
 
 std::size_t RedisCbdScriptProtocol::reply_length(std::string_view data) {

@@ -213,6 +213,7 @@ int run_daemon(const DaemonConfig& config) {
         options.connection.timeout = config.backend_timeout;
         options.prefix = config.redis_prefix;
         options.max_circuits = config.max_circuits;
+        options.test_clock = config.test_clock_file.empty() ? nullptr : &clock;
         redis.emplace(io, options, stats, &events);
         backend = std::make_unique<RedisBackend>(*redis);
     } else if (persistence && config.sync_mode == SyncMode::Always) {

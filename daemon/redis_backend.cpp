@@ -37,7 +37,7 @@ bool script_call(const Request& req, const Peer& peer, RedisScript& script,
         return true;
     case Op::Report:
         script = RedisScript::Report;
-        args = {req.outcome == Outcome::Failure ? "failure" : "success",
+        args = {req.outcome == Outcome::Failure ? std::string(kRedisOutcomeFailure) : "success",
                 generation_arg(req.generation), req.permit};
         return true;
     case Op::Force:
@@ -55,11 +55,11 @@ bool script_call(const Request& req, const Peer& peer, RedisScript& script,
         // (remove) or the new value.
         script = RedisScript::Policy;
         const bool configure = req.op == Op::Configure;
-        args.push_back(configure && req.policy_clear ? "1" : "0");
+        args.push_back(configure && req.policy_clear ? std::string(kRedisArgTrue) : "0");
         for (std::size_t i = 0; i < kPolicyFieldCount; ++i)
             args.push_back(!configure                     ? std::string()
                            : req.policy.values[i]         ? std::to_string(*req.policy.values[i])
-                           : req.policy_removed.values[i] ? std::string("-")
+                           : req.policy_removed.values[i] ? std::string(kRedisArgRemove)
                                                           : std::string());
         return true;
     }
@@ -74,7 +74,7 @@ bool script_call(const Request& req, const Peer& peer, RedisScript& script,
         return true;
     case Op::Import: {
         script = RedisScript::Import;
-        args.push_back(req.snapshot ? "1" : "0");
+        args.push_back(req.snapshot ? std::string(kRedisArgTrue) : "0");
         if (req.snapshot) {
             const Snapshot& sn = *req.snapshot;
             args.insert(args.end(),
@@ -114,16 +114,22 @@ bool RedisBackend::run(const Request& req, const Peer& peer, OpOutcome& now, Def
         now.error_message = "not a circuit operation";
         return true;
     }
-    const ResolvedPolicy layers = policies_.resolve_with(req.key, nullptr);
-    redis_.run(script, req.key, layers.policy, args,
-               [this, done = deferral.later(), op = req.op,
-                key = req.key](RemoteResult r) {
+    // The daemon's layers; the script lays the key's override from Redis
+    // over them (and derives the lease after it, as PolicySet does).
+    ResolvedPolicy layers = policies_.resolve_with(req.key, nullptr);
+    const Policy numbers = redis_policy_numbers(layers, !layers.lease_set);
+    redis_.run(script, req.key, numbers, args,
+               [done = deferral.later(), op = req.op,
+                layers = std::move(layers)](RemoteResult r) {
                    OpOutcome out;
                    out.error = r.error;
                    if (r.error == ErrorCode::BackendUnavailable)
                        out.error_message = "the Redis backend is unavailable: " + r.unavailable_reason;
                    else if (r.error == ErrorCode::TooManyCircuits)
-                       out.error_message = "the shared store holds its maximum number of circuits";
+                       out.error_message = "the shared store holds its maximum number of " +
+                                           (r.message.empty() ? std::string("circuits") : r.message);
+                   else if (r.error == ErrorCode::BackendError)
+                       out.error_message = std::move(r.message);
                    out.circuit = std::move(r.circuit);
                    out.transition = r.transition;
                    out.stale = r.stale;
@@ -134,12 +140,13 @@ bool RedisBackend::run(const Request& req, const Peer& peer, OpOutcome& now, Def
                    out.page = std::move(r.page);
                    out.exported = std::move(r.exported);
                    if (op == Op::Policy || op == Op::Configure)
-                       out.policy = policies_.resolve_with(key, &r.policy_override);
+                       out.policy = redis_resolved_policy(layers, !layers.lease_set,
+                                                          r.policy_override);
                    done(out);
                });
     return false;
 }
 
-std::optional<CircuitCounts> RedisBackend::counts() const { return std::nullopt; }
+std::optional<CircuitCounts> RedisBackend::counts() const { return redis_.counts(); }
 
 } // namespace cbd
