@@ -182,10 +182,13 @@ int run_guarded(const GlobalOptions& global, const RunOptions& options) {
     if (reachable && !acquired["ok"].get<bool>()) {
         const std::string code = acquired["error"].value("code", "error");
         const std::string message = acquired["error"].value("message", "");
-        // A store that fails is treated as closed, as the reference does;
-        // a request cbd refuses (a bad key) is the caller's mistake.
+        // A store that fails is treated as closed, as the reference does
+        // (backend_error too: a record broken in Redis; the warning names
+        // the key to repair); a request cbd refuses (a bad key) is the
+        // caller's mistake.
         const bool store_failure = code == "too_many_circuits" || code == "internal_error" ||
-                                   code == "backend_unavailable" || code == "storage_unavailable";
+                                   code == "backend_unavailable" || code == "backend_error" ||
+                                   code == "storage_unavailable";
         if (!store_failure || options.fail_closed) {
             std::cerr << "cbctl: " << code << ": " << message << "\n";
             return kExitDaemonError;

@@ -3,7 +3,8 @@
 #
 #   scripts/dev.sh run [CBD FLAGS...]  install what is missing, build, run cbd in the foreground
 #   scripts/dev.sh test                install, build, run every test (what CI runs): the suite,
-#                                      the suite again under ASan+UBSan, and the fuzzer
+#                                      the suite again under ASan+UBSan, everything that starts
+#                                      the persistence writer thread under TSan, and the fuzzers
 #   scripts/dev.sh test --quick        the suite once, no sanitizers, no fuzzing
 #   scripts/dev.sh build               install what is missing, build
 #   scripts/dev.sh deps                install the Debian packages only
@@ -66,6 +67,18 @@ case "$cmd" in
       cmake --build "$BUILD_DIR-asan"
       ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
         ctest --test-dir "$BUILD_DIR-asan" --output-on-failure --timeout 1800
+      # The writer thread (--state-file) is the one place two threads meet:
+      # the unit suite and every end-to-end suite that starts it, under TSan.
+      echo "dev.sh: the persistence writer thread under ThreadSanitizer" >&2
+      cmake -S . -B "$BUILD_DIR-tsan" -G Ninja -DCBD_TSAN=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+        -DCBD_WERROR="${CBD_WERROR:-OFF}" >/dev/null
+      cmake --build "$BUILD_DIR-tsan" --target cbd cbctl unit_tests
+      TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+        ctest --test-dir "$BUILD_DIR-tsan" --output-on-failure --timeout 1800 \
+        -E '^(e2e\.|conformance\.|node\.|fuzz\.)' -R '.'
+      TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+        ctest --test-dir "$BUILD_DIR-tsan" --output-on-failure --timeout 1800 \
+        -R '^(e2e\.test_(persistence|reply_queue|lifecycle)|conformance\.durable)$'
       echo "dev.sh: fuzzing the request path for ${FUZZ_SECONDS:-60} s" >&2
       CC=clang-14 CXX=clang++-14 cmake -S . -B "$BUILD_DIR-fuzz" -G Ninja -DCBD_FUZZ=ON \
         -DCBD_FUZZ_SECONDS="${FUZZ_SECONDS:-60}" >/dev/null

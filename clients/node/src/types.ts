@@ -1,4 +1,4 @@
-// The cbd wire protocol (docs/PROTOCOL.md, version 6) as TypeScript types.
+// The cbd wire protocol (docs/PROTOCOL.md, version 7) as TypeScript types.
 
 /** The reference gateway's snapshot, field for field. */
 export type CircuitState = "closed" | "open" | "half-open";
@@ -40,6 +40,8 @@ export type ErrorCode =
   | "storage_unavailable"
   /** --backend redis: Redis did not answer within --backend-timeout. */
   | "backend_unavailable"
+  /** --backend redis: Redis answered with data cbd cannot use (not an outage). */
+  | "backend_error"
   | "internal_error";
 
 /** Codes the client itself gives, when the daemon could not answer. */
