@@ -98,9 +98,12 @@ void Session::arm_idle_timer() {
 
 void Session::stop() {
     stopping_ = true;
-    if (reading_) {
+    // cancel() would also cancel a pending write and lose its replies: while
+    // one is pending, on_written() comes back to pump(), which closes once
+    // everything owed is out (and close() ends the read).
+    if (reading_ && !writing_) {
         boost::system::error_code ignored;
-        socket_.cancel(ignored); // also cancels a pending write: on_written closes
+        socket_.cancel(ignored);
     }
     pump();
 }
@@ -123,12 +126,19 @@ bool Session::over_bound() const {
 }
 
 void Session::pump() {
-    if (closed_)
-        return;
-    dispatch_lines();
-    write_ready();
-    if (closed_ || writing_)
-        return; // on_written() comes back here
+    // Dispatch and write until neither moves: a write that completes at once
+    // may bring the unsent replies back under the bound (dispatch more) or
+    // empty the queue (events may go).
+    for (;;) {
+        if (closed_)
+            return;
+        dispatch_lines();
+        const bool wrote = write_ready();
+        if (closed_ || writing_)
+            return; // on_written() comes back here
+        if (!wrote)
+            break;
+    }
     if (replies_->empty() && events_.empty()) {
         // Everything owed is out.
         if (close_after_write_) {
@@ -211,19 +221,20 @@ void Session::on_read(const boost::system::error_code& ec, std::size_t n) {
     pump();
 }
 
-void Session::write_ready() {
+bool Session::write_ready() {
     if (writing_ || closed_)
-        return;
+        return false;
     if (replies_->front_ready()) {
         replies_->take_ready(out_);
         if (!out_.empty()) {
             write_out();
-            return;
+            return true;
         }
     }
     // Events go out only behind every earlier reply.
     if (watching_ && replies_->empty())
-        flush_events();
+        return flush_events();
+    return false;
 }
 
 void Session::write_out() {
@@ -337,24 +348,25 @@ void Session::push_event(const std::shared_ptr<const std::string>& line) {
         pump(); // a watcher dispatches nothing: this only writes
 }
 
-void Session::flush_events() {
+bool Session::flush_events() {
     // Only behind every earlier reply: the queue must be empty.
     if (writing_ || closed_ || !replies_->empty())
-        return;
+        return false;
     if (overflowed_) {
         if (close_after_write_)
-            return; // the overflow line is written or being written
+            return false; // the overflow line is written or being written
         out_ = overflow_event_line(dropped_);
         close_after_write_ = true;
         write_out();
-        return;
+        return true;
     }
     if (events_.empty())
-        return;
+        return false;
     for (const auto& e : events_)
         out_ += *e;
     events_.clear();
     write_out();
+    return true;
 }
 
 void Session::overflow() {

@@ -96,7 +96,9 @@ class Session final : public std::enable_shared_from_this<Session>, public Watch
     void dispatch_lines();
     // Over the output bound: dispatch nothing more until the client reads.
     bool over_bound() const;
-    void write_ready();
+    // Starts writing what is ready (replies, or events behind them); true
+    // when it wrote something (at once, or started an async write).
+    bool write_ready();
     void write_out();
     void on_written(const boost::system::error_code& ec);
     void read_more();
@@ -115,7 +117,7 @@ class Session final : public std::enable_shared_from_this<Session>, public Watch
     // Watch mode.
     void start_watching(WatchFilter filter);
     void watch_read();
-    void flush_events();
+    bool flush_events();
     void overflow();
 
     Socket socket_;
