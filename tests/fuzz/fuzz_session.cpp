@@ -246,11 +246,11 @@ class Run {
     void dispatch_lines();
     void dispatch(std::size_t i);
     void read_more();
-    void write_ready();
+    bool write_ready();
     void write_out();
     void client_reads(std::size_t n);
     void push_event();
-    void flush_events();
+    bool flush_events();
     // Runs the pumps the loop would have run (after a reply filled the front).
     void run_loop();
     void finish();
@@ -625,12 +625,16 @@ void Run::run_loop() {
 }
 
 void Run::pump() {
-    if (closed_)
-        return;
-    dispatch_lines();
-    write_ready();
-    if (closed_ || writing_)
-        return;
+    for (;;) {
+        if (closed_)
+            return;
+        dispatch_lines();
+        const bool wrote = write_ready();
+        if (closed_ || writing_)
+            return;
+        if (!wrote)
+            break;
+    }
     if (replies_->empty() && events_.empty() && close_after_write_) {
         closed_ = true; // drain_then_close: nothing more is written
         return;
@@ -704,19 +708,20 @@ void Run::dispatch(std::size_t i) {
         fail("line %zu waited for a commit when none was pending", i);
 }
 
-void Run::write_ready() {
+bool Run::write_ready() {
     if (writing_ || closed_)
-        return;
+        return false;
     if (replies_->front_ready()) {
         replies_->take_ready(out_);
         if (!out_.empty()) {
             write_out();
-            return;
+            return true;
         }
     }
     // Events go out only behind every earlier reply.
     if (watching_ && replies_->empty())
-        flush_events();
+        return flush_events();
+    return false;
 }
 
 void Run::write_out() {
@@ -764,23 +769,24 @@ void Run::push_event() {
         pump();
 }
 
-void Run::flush_events() {
+bool Run::flush_events() {
     if (writing_ || closed_ || !replies_->empty())
-        return;
+        return false;
     if (overflowed_) {
         if (close_after_write_)
-            return;
+            return false;
         out_ = cbd::overflow_event_line(dropped_);
         close_after_write_ = true;
         write_out();
-        return;
+        return true;
     }
     if (events_.empty())
-        return;
+        return false;
     for (const auto& e : events_)
         out_ += e;
     events_.clear();
     write_out();
+    return true;
 }
 
 // --- the checks -------------------------------------------------------------
