@@ -18,7 +18,7 @@ BUILD_DIR=${BUILD_DIR:-build}
 
 # Debian 12 packages: build tools, libraries, and what the tests drive.
 PACKAGES=(
-  cmake ninja-build g++ pkg-config
+  cmake ninja-build g++ pkg-config golang-go python3-venv python3-pip
   libcli11-dev nlohmann-json3-dev libboost-dev catch2 libsystemd-dev libsqlite3-dev sqlite3 libhiredis-dev redis-server
   python3 python3-pytest systemd
   prometheus curl util-linux
