@@ -292,9 +292,11 @@ void Dispatcher::run_circuit_op(const Request& req, RequestContext& ctx) {
         Dispatcher& d;
         const Request& req;
         RequestContext& ctx;
+        std::optional<ReplyQueue::Ticket> taken;
         SlotDeferral(Dispatcher& dd, const Request& r, RequestContext& c) : d(dd), req(r), ctx(c) {}
         Completion later() override {
             const auto ticket = ctx.replies->reserve();
+            taken = ticket;
             return [&dispatcher = d, replies = ctx.replies, ticket,
                     held = std::make_shared<const Request>(req),
                     peer = ctx.peer](const OpOutcome& r) {
@@ -305,8 +307,20 @@ void Dispatcher::run_circuit_op(const Request& req, RequestContext& ctx) {
         }
     } deferral(*this, req, ctx);
     outcome_.clear();
-    if (backend_.run(req, ctx.peer, outcome_, deferral))
-        reply_for(req, ctx.peer, outcome_, ctx.replies->ready_tail());
+    try {
+        if (backend_.run(req, ctx.peer, outcome_, deferral))
+            reply_for(req, ctx.peer, outcome_, ctx.replies->ready_tail());
+    } catch (const std::exception& e) {
+        if (!deferral.taken)
+            throw; // handle_line() answers internal_error in the ready tail
+        // The backend took a slot and then failed: answer in the slot, so the
+        // connection's later replies are not stuck behind it forever.
+        log_error(std::string("internal error while handling a request: ") + e.what());
+        stats_.errors[static_cast<std::size_t>(ErrorCode::InternalError)] += 1;
+        std::string text;
+        append_error_reply(text, req.id_json, ErrorCode::InternalError, "internal error");
+        ctx.replies->fill(*deferral.taken, std::move(text));
+    }
 }
 
 void Dispatcher::reply_for(const Request& req, const Peer& peer, const OpOutcome& r,

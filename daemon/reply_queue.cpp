@@ -37,8 +37,13 @@ ReplyQueue::Slot& ReplyQueue::slot_of(Ticket ticket) {
 }
 
 void ReplyQueue::fill(Ticket ticket, std::string text) {
+    // A slot is filled once; a second answer (a backend that answered after
+    // its call failed and the slot was answered for it) is dropped.
+    if (ticket < front_ticket_ || ticket - front_ticket_ >= slots_.size())
+        return;
     Slot& s = slot_of(ticket);
-    assert(!s.ready);
+    if (s.ready)
+        return;
     s.text = std::move(text);
     s.ready = true;
     sealed_bytes_ += s.text.size();

@@ -33,8 +33,8 @@ class ReplyQueue {
     std::string& ready_tail();
     // A slot for a reply that comes later, at the current end of the queue.
     Ticket reserve();
-    // Completes a reserved slot (exactly once). Runs on_front_ready when this
-    // makes the front of the queue writable.
+    // Completes a reserved slot. Runs on_front_ready when this makes the
+    // front of the queue writable. A second fill of a slot is ignored.
     void fill(Ticket ticket, std::string text);
 
     // Moves every ready reply at the front into `out` (appended), stopping at
