@@ -535,6 +535,17 @@ std::optional<ErrorCode> MemoryCircuitStore::restore(const StoredCircuit& record
     return std::nullopt;
 }
 
+void MemoryCircuitStore::start_over() {
+    for (const auto& key : policies_.override_keys("", "", policies_.override_count()))
+        policies_.set_key_override(key, PolicyPatch{});
+    ordered_keys_ = KeyIndex{};
+    circuits_.clear();
+    by_state_ = {};
+    pinned_ = 0;
+    last_generation_ = 0;
+    deadlines_ = {};
+}
+
 ExportPage MemoryCircuitStore::export_page(std::string_view prefix, std::string_view after,
                                            std::size_t limit) {
     const std::int64_t now = clock_.now_ms();

@@ -84,6 +84,13 @@ class MemoryCircuitStore final : public CircuitStore {
     // True when `n` more generations can be given out.
     bool generations_left(std::uint64_t n) const { return last_generation_ <= kMaxGeneration - n; }
 
+    // Forgets every circuit, pin, probe, key override and the generation
+    // counter, silently: the store is as constructed (its limit, policy
+    // configuration, observer and tracker stay). For the fuzzer, which runs
+    // every input on a store as new without paying for building one. A
+    // daemon never calls it: generations are never reused in one history.
+    void start_over();
+
     // Most keys one list page examines (see ListPage::next).
     static constexpr std::size_t kMaxListScan = 100'000;
 

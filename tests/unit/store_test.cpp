@@ -281,3 +281,29 @@ TEST_CASE("retryAfterMs stays within 2^53-1 when the state change lies in the fu
     CHECK_FALSE(r.allowed);
     CHECK(r.retry_after_ms == kMaxSafeInteger);
 }
+
+TEST_CASE("start_over leaves the store as constructed", "[store]") {
+    ManualClock clock(kStart);
+    MemoryCircuitStore store(clock, 2);
+    store.record_failure("a");
+    store.force("b", State::Open, 1000, "why", Peer{});
+    PolicyPatch patch;
+    patch[PolicyField::HalfOpenMax] = 3;
+    REQUIRE_FALSE(store.configure("c", patch, PolicyPatch{}, false).error);
+    REQUIRE(store.size() == 2);
+
+    store.start_over();
+    CHECK(store.size() == 0);
+    CHECK(store.last_generation() == 0);
+    CHECK(store.counts().total == 0);
+    CHECK(store.counts().forced == 0);
+    CHECK(store.list(ListQuery{}).circuits.empty());
+    CHECK(store.export_page("", "", 10).circuits.empty());
+    CHECK(store.policy("c").resolved.policy.half_open_max == 1);
+    clock.advance(5000);
+    CHECK(store.expire_due() == 0); // the pin's deadline went too
+    // As new: the first circuit takes generation 1, and the limit counts afresh.
+    CHECK(store.get("x").circuit.generation == 1);
+    CHECK_FALSE(store.get("y").error);
+    CHECK(store.get("z").error == ErrorCode::TooManyCircuits);
+}
