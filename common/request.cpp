@@ -87,14 +87,51 @@ FieldResult read_state(const Json& v, std::string_view field, std::optional<Stat
     return std::nullopt;
 }
 
+// An integer in min..max (max at most kMaxSafeInteger, what JSON numbers
+// hold exactly everywhere), whatever nlohmann stored it as; false otherwise
+// (a fraction, a string, out of range). Never converts before comparing, so
+// 18446744073709551615 is out of range, not -1.
+template <typename Int>
+bool read_bounded_int(const Json& v, std::int64_t min, std::int64_t max, Int& out) {
+    if (!v.is_number_integer())
+        return false;
+    std::int64_t value = 0;
+    if (v.is_number_unsigned()) {
+        const auto u = v.get<std::uint64_t>();
+        if (u > static_cast<std::uint64_t>(max))
+            return false;
+        value = static_cast<std::int64_t>(u);
+    } else {
+        value = v.get<std::int64_t>();
+    }
+    if (value < min || value > max)
+        return false;
+    out = static_cast<Int>(value);
+    return true;
+}
+
+// The error for a number outside its range, naming the field and the range.
+RequestError out_of_range(std::string_view field, std::int64_t min, std::int64_t max) {
+    return invalid("field '" + std::string(field) + "' must be an integer from " +
+                   std::to_string(min) + " to " + std::to_string(max));
+}
+
+FieldResult read_integer_field(const Json& v, std::string_view field, std::int64_t min,
+                               std::int64_t max, auto& out) {
+    if (!read_bounded_int(v, min, max, out))
+        return out_of_range(field, min, max);
+    return std::nullopt;
+}
+
+// A generation: 0..2^53-1. A larger one is no generation cbd ever gave out,
+// and accepting it on import would move the counter past what clients can
+// read exactly.
 FieldResult read_generation(const Json& v, std::string_view field,
                             std::optional<std::uint64_t>& out) {
-    if (v.is_number_unsigned())
-        out = v.get<std::uint64_t>();
-    else if (v.is_number_integer() && v.get<std::int64_t>() >= 0)
-        out = static_cast<std::uint64_t>(v.get<std::int64_t>());
-    else
-        return invalid("field '" + std::string(field) + "' must be a non-negative integer");
+    std::uint64_t g = 0;
+    if (auto err = read_integer_field(v, field, 0, kMaxSafeInteger, g))
+        return err;
+    out = g;
     return std::nullopt;
 }
 
@@ -111,25 +148,6 @@ FieldResult read_bounded_string(const Json& v, std::string_view field, std::size
             return invalid("field '" + std::string(field) + "' contains a control character");
     out = s;
     return std::nullopt;
-}
-
-// An integer in 0..2^53 (what JSON numbers hold exactly everywhere).
-template <typename Int>
-bool read_bounded_int(const Json& v, Int& out) {
-    if (!v.is_number_integer())
-        return false;
-    if (v.is_number_unsigned()) {
-        const auto u = v.get<std::uint64_t>();
-        if (u > (std::uint64_t{1} << 53))
-            return false;
-        out = static_cast<Int>(u);
-        return true;
-    }
-    const auto i = v.get<std::int64_t>();
-    if (i < 0 || i > (std::int64_t{1} << 53))
-        return false;
-    out = static_cast<Int>(i);
-    return true;
 }
 
 // Fields of an object, each known and present exactly as `names` says; an
@@ -167,11 +185,18 @@ FieldResult read_snapshot(const Json& v, Request& out) {
     if (auto err = read_state(v["state"], "snapshot.state", state))
         return err;
     s.state = *state;
-    if (!read_bounded_int(v["failureCount"], s.failure_count) ||
-        !read_bounded_int(v["successCount"], s.success_count) ||
-        !read_bounded_int(v["lastFailureTime"], s.last_failure_time) ||
-        !read_bounded_int(v["lastStateChange"], s.last_state_change))
-        return invalid("the counts and times of 'snapshot' must be integers from 0 to 2^53");
+    if (auto err = read_integer_field(v["failureCount"], "snapshot.failureCount", 0,
+                                      kMaxSafeInteger, s.failure_count))
+        return err;
+    if (auto err = read_integer_field(v["successCount"], "snapshot.successCount", 0,
+                                      kMaxSafeInteger, s.success_count))
+        return err;
+    if (auto err = read_integer_field(v["lastFailureTime"], "snapshot.lastFailureTime", 0,
+                                      kMaxSafeInteger, s.last_failure_time))
+        return err;
+    if (auto err = read_integer_field(v["lastStateChange"], "snapshot.lastStateChange", 0,
+                                      kMaxSafeInteger, s.last_state_change))
+        return err;
     out.snapshot = s;
     return std::nullopt;
 }
@@ -188,21 +213,24 @@ FieldResult read_forced(const Json& v, Request& out) {
                             "a circuit can be forced open or closed, not half-open"};
     pin.state = *state;
     if (auto it = v.find("until"); it != v.end() && !it->is_null() &&
-                                   (!read_bounded_int(*it, pin.until) || pin.until == 0))
-        return invalid("field 'forced.until' must be null or a positive integer");
+                                   !read_bounded_int(*it, 1, kMaxSafeInteger, pin.until))
+        return invalid("field 'forced.until' must be null or an integer from 1 to " +
+                       std::to_string(kMaxSafeInteger));
     if (auto it = v.find("reason"); it != v.end())
         if (auto err = read_bounded_string(*it, "forced.reason", kMaxReasonBytes, pin.reason))
             return err;
     if (auto it = v.find("by"); it != v.end()) {
         if (auto err = check_object_fields(*it, "forced.by", {}, {"uid", "pid"}))
             return err;
+        // A uid_t is 32 bits (4294967295 is "nobody set it"); a pid_t is a
+        // positive int, 0 when unknown.
         std::int64_t uid = pin.uid, pid = 0;
-        if (auto u = it->find("uid"); u != it->end() &&
-                                      (!read_bounded_int(*u, uid) || uid > 0xffffffffLL))
-            return invalid("field 'forced.by.uid' must be a uid");
-        if (auto p = it->find("pid"); p != it->end() &&
-                                      (!read_bounded_int(*p, pid) || pid > 0x7fffffffLL))
-            return invalid("field 'forced.by.pid' must be a pid");
+        if (auto u = it->find("uid"); u != it->end())
+            if (auto err = read_integer_field(*u, "forced.by.uid", 0, 0xffffffffLL, uid))
+                return err;
+        if (auto p = it->find("pid"); p != it->end())
+            if (auto err = read_integer_field(*p, "forced.by.pid", 0, 0x7fffffffLL, pid))
+                return err;
         pin.uid = static_cast<std::uint32_t>(uid);
         pin.pid = static_cast<std::int32_t>(pid);
     }
@@ -267,12 +295,7 @@ FieldResult read_field(RequestField field, const Json& v, Request& out) {
         return std::nullopt;
     }
     case kFieldTtlMs:
-        if (!v.is_number_integer() || v.get<std::int64_t>() < 1 ||
-            v.get<std::int64_t>() > kMaxForceTtlMs)
-            return invalid("field 'ttlMs' must be a positive integer of at most " +
-                           std::to_string(kMaxForceTtlMs));
-        out.ttl_ms = v.get<std::int64_t>();
-        return std::nullopt;
+        return read_integer_field(v, "ttlMs", 1, kMaxForceTtlMs, out.ttl_ms);
     case kFieldReason:
         return read_bounded_string(v, "reason", kMaxReasonBytes, out.reason);
     case kFieldPrefix:
@@ -281,12 +304,8 @@ FieldResult read_field(RequestField field, const Json& v, Request& out) {
     case kFieldAfter:
         return read_bounded_string(v, "after", kMaxKeyBytes, out.after);
     case kFieldLimit:
-        if (!v.is_number_integer() || v.get<std::int64_t>() < 1 ||
-            v.get<std::int64_t>() > static_cast<std::int64_t>(kMaxListLimit))
-            return invalid("field 'limit' must be an integer from 1 to " +
-                           std::to_string(kMaxListLimit));
-        out.limit = static_cast<std::size_t>(v.get<std::int64_t>());
-        return std::nullopt;
+        return read_integer_field(v, "limit", 1, static_cast<std::int64_t>(kMaxListLimit),
+                                  out.limit);
     case kFieldStateFilter:
         return read_state(v, "state", out.state_filter);
     case kFieldPerCircuit:
@@ -348,6 +367,12 @@ std::optional<RequestError> parse_request_dom(std::string_view line, Request& ou
     if (nesting_exceeds(line, kMaxNestingDepth))
         return invalid("nesting deeper than 16 levels");
 
+    // nlohmann's lexer takes a NUL byte for the end of its input, so without
+    // this check `{...}\0junk` would parse as the object before the NUL and
+    // be applied. No JSON text holds a raw NUL: the line is not JSON.
+    if (line.find('\0') != std::string_view::npos)
+        return RequestError{ErrorCode::ParseError, "request contains a NUL byte"};
+
     auto doc = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
     if (doc.is_discarded())
         return RequestError{ErrorCode::ParseError, "request is not valid JSON"};
@@ -393,6 +418,12 @@ std::optional<RequestError> parse_request_dom(std::string_view line, Request& ou
 // goes to the DOM parser, which alone writes error replies. So the fast path
 // can change speed, never answers: the fuzz target checks that both paths
 // agree on every request the fast one accepts.
+//
+// A NUL byte is never accepted here: every byte of an accepted line is
+// consumed by a rule that excludes it (strings take only printable ASCII,
+// numbers only digits, whitespace only space, tab, CR, LF), and the line
+// must be used up to its last byte. So a line with a NUL always goes to the
+// DOM path, which answers parse_error.
 
 namespace {
 
@@ -560,8 +591,9 @@ bool parse_request_flat(std::string_view line, Request& out) {
     auto state_of = [](const std::optional<FlatValue>& v) -> std::optional<State> {
         return v && v->is_string ? parse_state(v->text) : std::nullopt;
     };
+    // As read_generation: 0..2^53-1; anything else is the DOM path's to refuse.
     auto generation_of = [](const FlatValue& v) -> std::optional<std::uint64_t> {
-        if (v.is_string || v.number < 0)
+        if (v.is_string || v.number < 0 || v.number > kMaxSafeInteger)
             return std::nullopt;
         return static_cast<std::uint64_t>(v.number);
     };

@@ -15,7 +15,27 @@ void take(OpOutcome& out, StoreResult r) {
 
 } // namespace
 
+namespace {
+
+// The store answers codes; these say why where the code alone does not.
+void explain(OpOutcome& now) {
+    if (!now.error || !now.error_message.empty())
+        return;
+    if (*now.error == ErrorCode::BackendError)
+        now.error_message = "no generation is left for this change (the counter is at "
+                            "2^53-1, as an import or a state file left it); nothing was changed";
+    else if (*now.error == ErrorCode::InvalidRequest)
+        now.error_message = "the record holds a number out of range";
+}
+
+} // namespace
+
 void MemoryBackend::apply(const Request& req, const Peer& peer, OpOutcome& now) {
+    apply_to_store(req, peer, now);
+    explain(now);
+}
+
+void MemoryBackend::apply_to_store(const Request& req, const Peer& peer, OpOutcome& now) {
     switch (req.op) {
     case Op::Get:
         take(now, store_.get(req.key));
@@ -88,6 +108,8 @@ bool MemoryBackend::run(const Request& req, const Peer& peer, OpOutcome& now, De
     apply(req, peer, now);
     return true;
 }
+
+
 
 bool MemoryBackend::list_now(const ListQuery& query, ListPage& page) {
     page = store_.list(query);

@@ -26,6 +26,8 @@ class MemoryBackend : public CircuitBackend {
     void apply(const Request& req, const Peer& peer, OpOutcome& now);
 
   private:
+    void apply_to_store(const Request& req, const Peer& peer, OpOutcome& now);
+
     CircuitStore& store_;
 };
 

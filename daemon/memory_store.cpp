@@ -64,6 +64,10 @@ CircuitView MemoryCircuitStore::view_of(const Circuit& c) const {
 }
 
 void MemoryCircuitStore::settle(std::string_view key, Circuit& c, std::int64_t now) {
+    // With no generations left nothing can change (see kMaxGeneration); the
+    // operations check first, so only expire_due(), list and export get here.
+    if (!generations_left(2))
+        return;
     Extras& x = *c.extras;
     if (x.pin && x.pin->until != 0 && now >= x.pin->until)
         lift_pin(key, c, TransitionCause::ForceExpired, now);
@@ -73,7 +77,7 @@ void MemoryCircuitStore::settle(std::string_view key, Circuit& c, std::int64_t n
                                            [&](const Probe& p) { return p.expires_at <= now; });
     if (lease_expired) {
         will_change(key);
-        c.snapshot.failure_count += 1;
+        count_one(c.snapshot.failure_count);
         c.snapshot.last_failure_time = now;
         apply_transition(key, c, State::Open, TransitionCause::LeaseExpired, now);
     }
@@ -142,6 +146,14 @@ void MemoryCircuitStore::add_deadline(std::int64_t at, std::string_view key) {
 // --- the reference store ----------------------------------------------------
 
 StoreResult MemoryCircuitStore::get(std::string_view key) {
+    if (!generations_left(kGenerationsPerOperation)) {
+        // A read of a circuit that exists needs no generation (nothing is
+        // settled: time no longer changes circuits here); creating one does.
+        auto it = circuits_.find(key);
+        if (it == circuits_.end())
+            return {ErrorCode::BackendError, {}, std::nullopt};
+        return {std::nullopt, view_of(it->second), std::nullopt};
+    }
     Circuit* c = find_or_create(key, clock_.now_ms());
     if (!c)
         return {ErrorCode::TooManyCircuits, {}, std::nullopt};
@@ -149,27 +161,33 @@ StoreResult MemoryCircuitStore::get(std::string_view key) {
 }
 
 StoreResult MemoryCircuitStore::record_success(std::string_view key) {
+    if (!generations_left(kGenerationsPerOperation))
+        return {ErrorCode::BackendError, {}, std::nullopt};
     Circuit* c = find_or_create(key, clock_.now_ms());
     if (!c)
         return {ErrorCode::TooManyCircuits, {}, std::nullopt};
     will_change(key);
-    c->snapshot.success_count += 1;
+    count_one(c->snapshot.success_count);
     return {std::nullopt, view_of(*c), std::nullopt};
 }
 
 StoreResult MemoryCircuitStore::record_failure(std::string_view key) {
+    if (!generations_left(kGenerationsPerOperation))
+        return {ErrorCode::BackendError, {}, std::nullopt};
     const std::int64_t now = clock_.now_ms();
     Circuit* c = find_or_create(key, now);
     if (!c)
         return {ErrorCode::TooManyCircuits, {}, std::nullopt};
     will_change(key);
-    c->snapshot.failure_count += 1;
+    count_one(c->snapshot.failure_count);
     c->snapshot.last_failure_time = now;
     return {std::nullopt, view_of(*c), std::nullopt};
 }
 
 StoreResult MemoryCircuitStore::transition(std::string_view key, State to,
                                            const TransitionCondition& condition) {
+    if (!generations_left(kGenerationsPerOperation))
+        return {ErrorCode::BackendError, {}, std::nullopt};
     const std::int64_t now = clock_.now_ms();
     Circuit* c = find_or_create(key, now);
     if (!c)
@@ -197,9 +215,13 @@ bool MemoryCircuitStore::reset(std::string_view key) {
 // --- the breaker --------------------------------------------------------------
 
 AcquireResult MemoryCircuitStore::acquire(std::string_view key) {
+    AcquireResult r;
+    if (!generations_left(kGenerationsPerOperation)) {
+        r.error = ErrorCode::BackendError;
+        return r;
+    }
     const std::int64_t now = clock_.now_ms();
     Circuit* c = find_or_create(key, now);
-    AcquireResult r;
     if (!c) {
         r.error = ErrorCode::TooManyCircuits;
         return r;
@@ -222,7 +244,10 @@ AcquireResult MemoryCircuitStore::acquire(std::string_view key) {
     case State::Open: {
         const std::int64_t elapsed = now - c->snapshot.last_state_change;
         if (elapsed < policy.reset_timeout_ms) {
-            r.retry_after_ms = policy.reset_timeout_ms - elapsed;
+            // An imported lastStateChange may lie in the future (up to
+            // 2^53-1): the wait is then longer than the timeout, but still
+            // a number clients can read.
+            r.retry_after_ms = std::min(policy.reset_timeout_ms - elapsed, kMaxSafeInteger);
             break;
         }
         // The first caller after the timeout moves it to half-open, once; it
@@ -254,9 +279,13 @@ AcquireResult MemoryCircuitStore::acquire(std::string_view key) {
 ReportResult MemoryCircuitStore::report(std::string_view key, Outcome outcome,
                                         std::optional<std::uint64_t> generation,
                                         std::string_view permit) {
+    ReportResult r;
+    if (!generations_left(kGenerationsPerOperation)) {
+        r.error = ErrorCode::BackendError;
+        return r;
+    }
     const std::int64_t now = clock_.now_ms();
     Circuit* c = find_or_create(key, now);
-    ReportResult r;
     if (!c) {
         r.error = ErrorCode::TooManyCircuits;
         return r;
@@ -272,10 +301,10 @@ ReportResult MemoryCircuitStore::report(std::string_view key, Outcome outcome,
     auto record = [&] {
         will_change(key);
         if (outcome == Outcome::Failure) {
-            c->snapshot.failure_count += 1;
+            count_one(c->snapshot.failure_count);
             c->snapshot.last_failure_time = now;
         } else {
-            c->snapshot.success_count += 1;
+            count_one(c->snapshot.success_count);
         }
     };
 
@@ -317,6 +346,8 @@ ReportResult MemoryCircuitStore::report(std::string_view key, Outcome outcome,
 
 StoreResult MemoryCircuitStore::force(std::string_view key, State state, std::int64_t ttl_ms,
                                       std::string reason, const Peer& by) {
+    if (!generations_left(kGenerationsPerOperation))
+        return {ErrorCode::BackendError, {}, std::nullopt};
     const std::int64_t now = clock_.now_ms();
     Circuit* c = find_or_create(key, now);
     if (!c)
@@ -334,6 +365,8 @@ StoreResult MemoryCircuitStore::force(std::string_view key, State state, std::in
 }
 
 StoreResult MemoryCircuitStore::unforce(std::string_view key) {
+    if (!generations_left(kGenerationsPerOperation))
+        return {ErrorCode::BackendError, {}, std::nullopt};
     const std::int64_t now = clock_.now_ms();
     Circuit* c = find_or_create(key, now);
     if (!c)
@@ -448,7 +481,26 @@ StoredCircuit MemoryCircuitStore::stored(std::string_view key) const {
     return record;
 }
 
+bool MemoryCircuitStore::in_range(const StoredCircuit& record) {
+    for (const auto& value : record.policy.values)
+        if (value && (*value < 1 || *value > kMaxPolicyValue))
+            return false;
+    if (!record.circuit)
+        return true;
+    const CircuitView& v = *record.circuit;
+    const auto max = static_cast<std::uint64_t>(kMaxSafeInteger);
+    const auto time_ok = [](std::int64_t t) { return t >= 0 && t <= kMaxSafeInteger; };
+    return v.generation <= kMaxGeneration && v.snapshot.failure_count <= max &&
+           v.snapshot.success_count <= max && time_ok(v.snapshot.last_failure_time) &&
+           time_ok(v.snapshot.last_state_change) && (!v.forced || time_ok(v.forced->until));
+}
+
 std::optional<ErrorCode> MemoryCircuitStore::restore(const StoredCircuit& record) {
+    // The protocol and the state file check these numbers already; this is
+    // the last door, so a caller that did not cannot push the generation
+    // counter past kMaxGeneration or store what clients cannot read.
+    if (!in_range(record))
+        return ErrorCode::InvalidRequest;
     auto it = circuits_.find(record.key);
     // Check both limits before changing anything: a restore is all or nothing.
     if (record.circuit && it == circuits_.end() && circuits_.size() >= max_circuits_)
@@ -487,6 +539,17 @@ std::optional<ErrorCode> MemoryCircuitStore::restore(const StoredCircuit& record
     }
     policies_.set_key_override(record.key, record.policy);
     return std::nullopt;
+}
+
+void MemoryCircuitStore::start_over() {
+    for (const auto& key : policies_.override_keys("", "", policies_.override_count()))
+        policies_.set_key_override(key, PolicyPatch{});
+    ordered_keys_ = KeyIndex{};
+    circuits_.clear();
+    by_state_ = {};
+    pinned_ = 0;
+    last_generation_ = 0;
+    deadlines_ = {};
 }
 
 ExportPage MemoryCircuitStore::export_page(std::string_view prefix, std::string_view after,

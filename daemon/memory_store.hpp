@@ -57,9 +57,40 @@ class MemoryCircuitStore final : public CircuitStore {
     ExportPage export_page(std::string_view prefix, std::string_view after,
                            std::size_t limit) override;
     std::uint64_t last_generation() const override { return last_generation_; }
+    // Never past kMaxGeneration: a larger `at_least` (which no checked input
+    // path lets through) stops the counter there, so generations run out
+    // rather than wrap or repeat.
     void advance_generation(std::uint64_t at_least) override {
-        last_generation_ = std::max(last_generation_, at_least);
+        last_generation_ = std::max(last_generation_, std::min(at_least, kMaxGeneration));
     }
+
+    // Generations are JSON numbers on the wire: at most 2^53-1, so every
+    // client reads the one cbd sent. The counter only ever gets near it by
+    // an import or state file that carries a generation close to it (at a
+    // million changes a second the counter takes 285 years to get there).
+    //
+    // When a new generation would be needed past it, nothing is reused and
+    // nothing wraps: every operation that may change a circuit (success,
+    // failure, transition, acquire, report, force, unforce, and a get that
+    // would create one) is refused with BackendError before it changes
+    // anything; reads (get of an existing circuit, list, export, stats,
+    // policy), reset, configure and import keep working, and
+    // pins and leases that run out are no longer applied. Only a fresh
+    // store (a new state file) makes circuits change again.
+    static constexpr std::uint64_t kMaxGeneration = static_cast<std::uint64_t>(kMaxSafeInteger);
+    // The most generations one operation takes: creating the circuit (1) or
+    // settling it (a pin that ran out and a probe lease that ran out: 2),
+    // then the operation's own change (1).
+    static constexpr std::uint64_t kGenerationsPerOperation = 3;
+    // True when `n` more generations can be given out.
+    bool generations_left(std::uint64_t n) const { return last_generation_ <= kMaxGeneration - n; }
+
+    // Forgets every circuit, pin, probe, key override and the generation
+    // counter, silently: the store is as constructed (its limit, policy
+    // configuration, observer and tracker stay). For the fuzzer, which runs
+    // every input on a store as new without paying for building one. A
+    // daemon never calls it: generations are never reused in one history.
+    void start_over();
 
     // Most keys one list page examines (see ListPage::next).
     static constexpr std::size_t kMaxListScan = 100'000;
@@ -111,6 +142,14 @@ class MemoryCircuitStore final : public CircuitStore {
     }
     // Removes the circuit from the map and every index (no event).
     void erase_circuit(Map::iterator it);
+
+    // Counts stop at kMaxSafeInteger rather than pass what clients can read.
+    static void count_one(std::uint64_t& count) {
+        if (count < static_cast<std::uint64_t>(kMaxSafeInteger))
+            count += 1;
+    }
+    // The record's numbers are all within what the protocol allows.
+    static bool in_range(const StoredCircuit& record);
 
     std::string new_permit();
     void add_deadline(std::int64_t at, std::string_view key);

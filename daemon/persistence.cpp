@@ -69,10 +69,13 @@ std::size_t Persistence::load() {
     std::size_t loaded = 0;
     const auto started = std::chrono::steady_clock::now();
     const std::uint64_t last_generation = file_->load([&](const StoredCircuit& record) {
-        if (store_.restore(record))
-            throw StateFileError(StateFileError::Kind::Unreadable,
-                                 "state file " + file_->path() +
-                                     " holds more circuits than --max-circuits allows");
+        if (auto error = store_.restore(record))
+            throw StateFileError(
+                StateFileError::Kind::Unreadable,
+                "state file " + file_->path() +
+                    (*error == ErrorCode::TooManyCircuits
+                         ? " holds more circuits than --max-circuits allows"
+                         : ": row '" + record.key + "' holds a number out of range"));
         ++loaded;
     });
     store_.advance_generation(last_generation);

@@ -235,11 +235,22 @@ std::uint64_t StateFile::load(const std::function<void(const StoredCircuit&)>& v
     std::uint64_t last_generation = 0;
     rc = sqlite3_prepare_v2(db_, "SELECT value FROM meta WHERE name = 'last_generation'", -1,
                             &meta, nullptr);
-    if (rc == SQLITE_OK && sqlite3_step(meta) == SQLITE_ROW)
+    bool counter_in_range = true;
+    if (rc == SQLITE_OK && sqlite3_step(meta) == SQLITE_ROW) {
+        // The counter is a generation: 0..2^53-1. A larger one (or a value
+        // of another type) would make the store refuse every change, or
+        // give out generations clients cannot read, so the file is refused.
+        counter_in_range = sqlite3_column_type(meta, 0) == SQLITE_INTEGER &&
+                           sqlite3_column_int64(meta, 0) >= 0 &&
+                           sqlite3_column_int64(meta, 0) <= kMaxSafeInteger;
         last_generation = static_cast<std::uint64_t>(sqlite3_column_int64(meta, 0));
+    }
     sqlite3_finalize(meta);
     if (rc != SQLITE_OK)
         throw bad("cannot be read: " + error_text());
+    if (!counter_in_range)
+        throw bad("the generation counter (meta 'last_generation') is not an integer from 0 to " +
+                  std::to_string(kMaxSafeInteger));
     meta_generation_ = last_generation;
 
     sqlite3_stmt* stmt = nullptr;
@@ -261,11 +272,19 @@ std::uint64_t StateFile::load(const std::function<void(const StoredCircuit&)>& v
             if (!state)
                 throw row_error("'" + column_string(stmt, 1) + "' is not a state");
             v.snapshot.state = *state;
-            for (int col = 2; col <= 6; ++col)
+            // Counts, times and the generation: what the protocol allows.
+            auto integer_column = [&](int col, const char* name, std::int64_t max) {
                 if (sqlite3_column_type(stmt, col) != SQLITE_INTEGER ||
-                    sqlite3_column_int64(stmt, col) < 0)
-                    throw row_error("column " + std::to_string(col) +
-                                    " is not a non-negative integer");
+                    sqlite3_column_int64(stmt, col) < 0 || sqlite3_column_int64(stmt, col) > max)
+                    throw row_error(std::string("column ") + name +
+                                    " is not an integer from 0 to " + std::to_string(max));
+                return sqlite3_column_int64(stmt, col);
+            };
+            static constexpr const char* kNumberColumns[] = {
+                "failure_count", "success_count", "last_failure_time", "last_state_change",
+                "generation"};
+            for (int col = 2; col <= 6; ++col)
+                integer_column(col, kNumberColumns[col - 2], kMaxSafeInteger);
             v.snapshot.failure_count = static_cast<std::uint64_t>(sqlite3_column_int64(stmt, 2));
             v.snapshot.success_count = static_cast<std::uint64_t>(sqlite3_column_int64(stmt, 3));
             v.snapshot.last_failure_time = sqlite3_column_int64(stmt, 4);
@@ -275,12 +294,12 @@ std::uint64_t StateFile::load(const std::function<void(const StoredCircuit&)>& v
                 auto pin_state = column_state(stmt, 7);
                 if (!pin_state || *pin_state == State::HalfOpen)
                     throw row_error("'" + column_string(stmt, 7) + "' is not a forced state");
-                ForcePin pin{*pin_state, sqlite3_column_int64(stmt, 8), column_string(stmt, 9),
-                             Peer{}};
-                pin.by.uid = static_cast<uid_t>(sqlite3_column_int64(stmt, 10));
-                pin.by.pid = static_cast<pid_t>(sqlite3_column_int64(stmt, 11));
-                if (pin.until < 0)
-                    throw row_error("the pin's expiry is negative");
+                // until: 0 for no TTL, else epoch ms; uid a 32-bit uid_t;
+                // pid a positive pid_t, 0 when unknown.
+                ForcePin pin{*pin_state, integer_column(8, "pin_until", kMaxSafeInteger),
+                             column_string(stmt, 9), Peer{}};
+                pin.by.uid = static_cast<uid_t>(integer_column(10, "pin_uid", 0xffffffffLL));
+                pin.by.pid = static_cast<pid_t>(integer_column(11, "pin_pid", 0x7fffffffLL));
                 v.forced = std::move(pin);
             }
             record.circuit = std::move(v);

@@ -365,3 +365,42 @@ def test_import_needs_the_admin_level(start_cbd, workdir):
 
 def test_stats_storage_is_null_without_a_state_file(cbd):
     assert stats(cbd.sock)["storage"] is None
+
+
+@pytest.mark.parametrize(
+    "sql,named",
+    [
+        ("UPDATE meta SET value = 18446744073709551615 WHERE name = 'last_generation'",
+         "last_generation"),
+        ("UPDATE meta SET value = 9007199254740992 WHERE name = 'last_generation'",
+         "last_generation"),
+        ("UPDATE circuits SET generation = 9007199254740992", "row 'api': column generation"),
+        ("UPDATE circuits SET failure_count = 9223372036854775807",
+         "row 'api': column failure_count"),
+    ],
+    ids=["counter-u64", "counter-2^53", "row-generation", "row-count"],
+)
+def test_a_state_file_with_numbers_out_of_range_is_refused(start_cbd, workdir, sql, named):
+    state = workdir / "state.db"
+    d = start_cbd("--state-file", str(state))
+    Client(d.sock).call({"op": "failure", "key": "api"})
+    assert d.stop() == 0
+    subprocess.run(["sqlite3", str(state), sql], check=True)
+    before = state.read_bytes()
+
+    d = start_cbd("--state-file", str(state), wait=False)
+    assert d.proc.wait(timeout=10) == 1
+    log = d.log()
+    assert f"cannot start: state file {state}" in log
+    assert named in log
+    assert "--move-corrupt-state" in log
+    assert state.read_bytes() == before
+
+    # As for any unreadable file: moved aside, and the daemon starts empty
+    # with generations that clients can read.
+    d = start_cbd("--state-file", str(state), "--move-corrupt-state")
+    assert "moved it to" in d.log()
+    assert export(d.sock) == []
+    r = Client(d.sock).call({"op": "failure", "key": "k"})
+    assert r["ok"] and 0 < r["generation"] <= 2**53 - 1
+    assert d.stop() == 0

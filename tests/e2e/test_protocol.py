@@ -134,3 +134,104 @@ def test_too_many_circuits(start_cbd):
     assert c.call({"op": "failure", "key": "c"})["error"]["code"] == "too_many_circuits"
     assert c.call({"op": "reset", "key": "a"})["removed"] is True
     assert c.call({"op": "failure", "key": "c"})["ok"]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"op":"failure","key":"nul"}\x00junk',
+        b'{"op":"failure","key":"nul"}\x00',
+        b'{"op":"transition","key":"nul","to":"open"} \x00 ',
+        b'{"op":"import","key":"nul","snapshot":{"state":"open","failureCount":9,"successCount":0,'
+        b'"lastFailureTime":1,"lastStateChange":1},"generation":5}\x00',
+    ],
+    ids=["after-object", "last-byte", "amid-whitespace", "import"],
+)
+def test_a_nul_after_a_valid_object_is_parse_error_and_nothing_is_applied(cbd, line):
+    c = Client(cbd.sock)
+    before = c.call({"op": "list", "prefix": "nul"})
+    assert before["circuits"] == []
+    c.send(line + b"\n")
+    reply = c.json()
+    assert reply["ok"] is False
+    assert reply["error"]["code"] == "parse_error"
+    # Nothing was applied: no circuit was created, and the connection still works.
+    assert c.call({"op": "list", "prefix": "nul"})["circuits"] == []
+    assert c.call({"op": "list"})["circuits"] == []
+
+
+def test_a_nul_after_a_valid_object_does_not_change_an_existing_circuit(cbd):
+    c = Client(cbd.sock)
+    first = c.call({"op": "failure", "key": "nul-existing"})
+    c.send(b'{"op":"failure","key":"nul-existing"}\x00junk\n')
+    assert c.json()["error"]["code"] == "parse_error"
+    after = c.call({"op": "get", "key": "nul-existing"})
+    assert after["snapshot"] == first["snapshot"]
+    assert after["generation"] == first["generation"]
+
+
+MAX_SAFE = 2**53 - 1
+OUT_OF_RANGE = [2**53, 2**64 - 1, 10**18 - 1]
+
+
+def test_an_imported_generation_past_2_53_is_refused_and_generations_stay_unique(cbd):
+    c = Client(cbd.sock)
+    held = c.call({"op": "failure", "key": "gen-a"})["generation"]
+    for g in OUT_OF_RANGE:
+        r = c.call({"op": "import", "key": "gen-huge", "generation": g,
+                    "snapshot": {"state": "closed", "failureCount": 0, "successCount": 0,
+                                 "lastFailureTime": 0, "lastStateChange": 1}})
+        assert r["ok"] is False
+        assert r["error"]["code"] == "invalid_request"
+        assert "'generation'" in r["error"]["message"]
+    assert c.call({"op": "list", "prefix": "gen-huge"})["circuits"] == []
+    # New circuits take generations no other circuit holds, so a report from
+    # one circuit's generation is stale on another.
+    fresh = c.call({"op": "failure", "key": "gen-b"})["generation"]
+    assert fresh > held
+    r = c.call({"op": "report", "key": "gen-a", "outcome": "success", "generation": fresh})
+    assert r["stale"] is True
+
+
+@pytest.mark.parametrize("n", OUT_OF_RANGE)
+@pytest.mark.parametrize(
+    "request_of,field",
+    [
+        (lambda n: {"op": "report", "key": "r", "outcome": "success", "generation": n}, "'generation'"),
+        (lambda n: {"op": "transition", "key": "r", "to": "open", "expectGeneration": n}, "'expectGeneration'"),
+        (lambda n: {"op": "import", "key": "r", "generation": 1,
+                    "snapshot": {"state": "open", "failureCount": n, "successCount": 0,
+                                 "lastFailureTime": 0, "lastStateChange": 1}}, "snapshot.failureCount"),
+        (lambda n: {"op": "import", "key": "r", "generation": 1,
+                    "snapshot": {"state": "open", "failureCount": 0, "successCount": 0,
+                                 "lastFailureTime": 0, "lastStateChange": 1},
+                    "forced": {"state": "open", "until": n}}, "forced.until"),
+        (lambda n: {"op": "configure", "key": "r", "policy": {"probeLeaseMs": n}}, "probeLeaseMs"),
+        (lambda n: {"op": "force", "key": "r", "state": "open", "ttlMs": n}, "ttlMs"),
+    ],
+    ids=["report", "expectGeneration", "snapshot", "until", "policy", "ttlMs"],
+)
+def test_numbers_past_their_range_are_invalid_request_naming_the_field(cbd, request_of, field, n):
+    c = Client(cbd.sock)
+    r = c.call(request_of(n))
+    assert r["ok"] is False
+    assert r["error"]["code"] == "invalid_request"
+    assert field in r["error"]["message"]
+    assert c.call({"op": "list", "prefix": "r"})["circuits"] == []
+
+
+def test_the_largest_generation_is_accepted_and_then_changes_are_refused(start_cbd):
+    # The memory store's own rule (Redis keeps its counter in Redis).
+    d = start_cbd("--backend", "memory")
+    c = Client(d.sock)
+    r = c.call({"op": "import", "key": "top", "generation": MAX_SAFE,
+                "snapshot": {"state": "closed", "failureCount": 0, "successCount": 0,
+                             "lastFailureTime": 0, "lastStateChange": 1}})
+    assert r["ok"] is True and r["generation"] == MAX_SAFE
+    # No generation is left: a change is refused, never given a reused or wrapped one.
+    for op in ({"op": "failure", "key": "next"}, {"op": "transition", "key": "top", "to": "open"}):
+        r = c.call(op)
+        assert r["ok"] is False
+        assert r["error"]["code"] == "backend_error"
+    assert [e["key"] for e in c.call({"op": "list"})["circuits"]] == ["top"]
+    assert c.call({"op": "ping"})["ok"] is True

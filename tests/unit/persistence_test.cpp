@@ -425,3 +425,71 @@ TEST_CASE("batch mode writes changed circuits off the loop and retries after a f
     REQUIRE(loaded.size() == 1);
     CHECK(loaded[0].circuit->snapshot.failure_count == 1);
 }
+
+// --- numbers out of range in the state file --------------------------------------
+
+namespace {
+
+// Writes a good file with one circuit (pinned, so the pin columns are set),
+// runs `sql` on it, and returns what loading it throws.
+std::string load_error_after(const TempDir& dir, const std::string& sql) {
+    const auto path = dir.file("range.db");
+    std::filesystem::remove(path);
+    {
+        auto file = StateFile::open({path, {}});
+        StoredCircuit r = sample("api", State::Open, 2);
+        r.circuit->forced = ForcePin{State::Open, kStart + 1000, "why", Peer{}};
+        r.circuit->forced->by.uid = 1000;
+        r.circuit->forced->by.pid = 42;
+        REQUIRE_FALSE(file->write({r}, 9));
+    }
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(db);
+    auto file = StateFile::open({path, {}});
+    try {
+        load_all(*file);
+    } catch (const StateFileError& e) {
+        CHECK(e.kind() == StateFileError::Kind::Unreadable);
+        return e.what();
+    }
+    return "";
+}
+
+} // namespace
+
+TEST_CASE("a state file with numbers past 2^53-1 is refused at load", "[persistence]") {
+    TempDir dir;
+    // The file as written loads.
+    CHECK(load_error_after(dir, "SELECT 1") == "");
+    // 2^53-1 itself is fine.
+    CHECK(load_error_after(dir, "UPDATE circuits SET generation = 9007199254740991") == "");
+
+    const struct {
+        const char* sql;
+        const char* named;
+    } cases[] = {
+        {"UPDATE meta SET value = 9007199254740992 WHERE name = 'last_generation'",
+         "last_generation"},
+        {"UPDATE meta SET value = -1 WHERE name = 'last_generation'", "last_generation"},
+        {"UPDATE meta SET value = 'many' WHERE name = 'last_generation'", "last_generation"},
+        {"UPDATE circuits SET generation = 9007199254740992", "generation"},
+        {"UPDATE circuits SET generation = 9223372036854775807", "generation"},
+        {"UPDATE circuits SET failure_count = 9007199254740992", "failure_count"},
+        {"UPDATE circuits SET success_count = 9007199254740992", "success_count"},
+        {"UPDATE circuits SET last_failure_time = 9007199254740992", "last_failure_time"},
+        {"UPDATE circuits SET last_state_change = 9007199254740992", "last_state_change"},
+        {"UPDATE circuits SET pin_until = 9007199254740992", "pin_until"},
+        {"UPDATE circuits SET pin_until = -5", "pin_until"},
+        {"UPDATE circuits SET pin_uid = 4294967296", "pin_uid"},
+        {"UPDATE circuits SET pin_pid = 2147483648", "pin_pid"},
+        {"UPDATE circuits SET policy = '{\"halfOpenMax\":9007199254740992}'", "halfOpenMax"},
+    };
+    for (const auto& c : cases) {
+        INFO(c.sql);
+        const auto error = load_error_after(dir, c.sql);
+        CHECK(error.find(c.named) != std::string::npos);
+        CHECK(error.find(dir.file("range.db")) != std::string::npos);
+    }
+}

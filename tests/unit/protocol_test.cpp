@@ -62,6 +62,31 @@ TEST_CASE("parse_error for anything that is not JSON", "[protocol]") {
     CHECK(code_of(R"({"op":"get"} trailing)") == ErrorCode::ParseError);
 }
 
+TEST_CASE("a NUL byte anywhere in a line is parse_error on both paths", "[protocol]") {
+    using namespace std::string_literals;
+    const std::string lines[] = {
+        "{\"op\":\"failure\",\"key\":\"a\"}\0junk"s, // after a valid object
+        "{\"op\":\"failure\",\"key\":\"a\"}\0"s,     // as the last byte
+        "\0{\"op\":\"failure\",\"key\":\"a\"}"s,     // before it
+        "{\"op\":\"failure\",\0\"key\":\"a\"}"s,     // between fields
+        "{\"op\":\"failure\",\"key\":\"a\"} \0 "s,   // amid trailing whitespace
+        "{\"op\":\"failure\",\"key\":\"a\"}\0\r"s,  // before a CR
+        "{\"op\":\"configure\",\"key\":\"a\",\"policy\":{}}\0x"s, // a DOM-only op
+    };
+    for (const auto& line : lines) {
+        INFO("line of " << line.size() << " bytes, NUL at " << line.find('\0'));
+        Request req;
+        CHECK_FALSE(parse_request_flat(line, req));
+        auto dom = parse_request_dom(line, req);
+        REQUIRE(dom);
+        CHECK(dom->code == ErrorCode::ParseError);
+        CHECK(dom->message.find("NUL") != std::string::npos);
+        auto err = parse_request(line, req);
+        REQUIRE(err);
+        CHECK(err->code == ErrorCode::ParseError);
+    }
+}
+
 TEST_CASE("invalid_request for the wrong shape", "[protocol]") {
     CHECK(code_of("[1,2]") == ErrorCode::InvalidRequest);
     CHECK(code_of(R"("op")") == ErrorCode::InvalidRequest);
@@ -246,4 +271,77 @@ TEST_CASE("the flat fast path accepts the hot shapes and agrees with the DOM par
     CHECK_FALSE(parse_request_flat(R"({"op":"get","key":""})", r));
     CHECK_FALSE(parse_request_flat(R"({"op":"ping","id":-0})", r));
     CHECK_FALSE(parse_request_flat(R"({"op":"list"})", r));
+}
+
+namespace {
+
+// The error for `line`, which must be invalid_request naming `field`.
+void check_out_of_range(const std::string& line, std::string_view field) {
+    INFO(line);
+    Request req;
+    auto err = parse_request(line, req);
+    REQUIRE(err);
+    CHECK(err->code == ErrorCode::InvalidRequest);
+    CHECK(err->message.find(field) != std::string::npos);
+    // The fast path never takes what the DOM path refuses.
+    Request flat;
+    CHECK_FALSE(parse_request_flat(line, flat));
+}
+
+const std::string kImportHead =
+    R"({"op":"import","key":"k","snapshot":{"state":"open","failureCount":1,"successCount":0,)"
+    R"("lastFailureTime":5,"lastStateChange":5},)";
+
+} // namespace
+
+TEST_CASE("generations, counts and times stop at 2^53-1 on every protocol field",
+          "[protocol]") {
+    const std::string max = "9007199254740991"; // 2^53-1
+    const std::string over = "9007199254740992";
+    const std::string u64 = "18446744073709551615";
+    const std::string big18 = "999999999999999999"; // short enough for the flat scanner
+
+    // The largest one is taken, by both paths where the op is a hot one.
+    Request req;
+    REQUIRE_FALSE(parse(R"({"op":"report","key":"k","outcome":"success","generation":)" + max + "}", req));
+    CHECK(req.generation == 9007199254740991ULL);
+    Request flat;
+    REQUIRE(parse_request_flat(R"({"op":"report","key":"k","outcome":"success","generation":)" + max + "}", flat));
+    CHECK(flat == req);
+    REQUIRE_FALSE(parse(kImportHead + R"("generation":)" + max + "}", req));
+    CHECK(req.generation == 9007199254740991ULL);
+
+    for (const auto& n : {over, u64, big18}) {
+        check_out_of_range(R"({"op":"report","key":"k","outcome":"success","generation":)" + n + "}",
+                           "'generation'");
+        check_out_of_range(R"({"op":"transition","key":"k","to":"open","expectGeneration":)" + n + "}",
+                           "'expectGeneration'");
+        check_out_of_range(kImportHead + R"("generation":)" + n + "}", "'generation'");
+        for (const char* field : {"failureCount", "successCount", "lastFailureTime", "lastStateChange"}) {
+            std::string snapshot = R"({"state":"open","failureCount":1,"successCount":0,"lastFailureTime":5,"lastStateChange":5})";
+            const std::string needle = std::string("\"") + field + "\":";
+            const auto at = snapshot.find(needle) + needle.size();
+            snapshot.replace(at, snapshot.find_first_of(",}", at) - at, n);
+            check_out_of_range(R"({"op":"import","key":"k","snapshot":)" + snapshot + R"(,"generation":1})",
+                               std::string("snapshot.") + field);
+        }
+        check_out_of_range(kImportHead + R"("generation":1,"forced":{"state":"open","until":)" + n + "}}",
+                           "forced.until");
+        check_out_of_range(R"({"op":"configure","key":"k","policy":{"resetTimeoutMs":)" + n + "}}",
+                           "resetTimeoutMs");
+        check_out_of_range(R"({"op":"import","key":"k","policy":{"halfOpenMax":)" + n + "}}",
+                           "halfOpenMax");
+        check_out_of_range(R"({"op":"force","key":"k","state":"open","ttlMs":)" + n + "}", "ttlMs");
+    }
+    check_out_of_range(kImportHead + R"("generation":1,"forced":{"state":"open","by":{"uid":4294967296}}})",
+                       "forced.by.uid");
+    check_out_of_range(kImportHead + R"("generation":1,"forced":{"state":"open","by":{"pid":2147483648}}})",
+                       "forced.by.pid");
+    check_out_of_range(kImportHead + R"("generation":1,"forced":{"state":"open","by":{"pid":-1}}})",
+                       "forced.by.pid");
+    check_out_of_range(R"({"op":"list","limit":)" + u64 + "}", "'limit'");
+
+    // Policy values: 2^53-1 is the largest.
+    REQUIRE_FALSE(parse(R"({"op":"configure","key":"k","policy":{"resetTimeoutMs":)" + max + "}}", req));
+    CHECK(req.policy[PolicyField::ResetTimeoutMs] == 9007199254740991LL);
 }
