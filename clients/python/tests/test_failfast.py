@@ -89,3 +89,14 @@ def test_a_call_in_flight_when_cbd_dies_is_connection_lost(tmp_path) -> None:  #
         assert caught.value.code == "connection_lost"
         assert time.monotonic() - started < 1
         client.close()
+
+
+def test_a_restarted_cbd_is_reached_without_an_error(cbd) -> None:  # type: ignore[no-untyped-def]
+    # cbd closed the idle connection; the next write finds it closed before
+    # sending a whole line, so the call goes out again on a new connection.
+    client = Client(cbd.socket)
+    assert client.failure("k")["snapshot"]["failureCount"] == 1
+    cbd.stop()
+    cbd.start()
+    assert client.failure("k")["snapshot"]["failureCount"] == 1
+    client.close()
