@@ -149,12 +149,16 @@ def watch(key: str | None, prefix: str | None) -> dict[str, Any]:
 
 # --- framing ----------------------------------------------------------------
 
+# Made once: json.dumps and json.loads build or look these up on every call.
+_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode
+_decode_json = json.JSONDecoder().decode
+
 
 def encode(body: Mapping[str, Any]) -> bytes:
     """One request line. ensure_ascii keeps it free of raw newlines and of
     anything that is not valid UTF-8 (a lone surrogate is sent escaped, and
     cbd answers it with parse_error, matched by position)."""
-    line = json.dumps(body, separators=(",", ":"), allow_nan=False).encode("ascii") + b"\n"
+    line = (_encode_json(body) + "\n").encode("ascii")
     if len(line) > MAX_REQUEST_BYTES:
         raise ValueError(f"request of {len(line)} bytes is longer than cbd's line limit ({MAX_REQUEST_BYTES})")
     return line
@@ -163,7 +167,7 @@ def encode(body: Mapping[str, Any]) -> bytes:
 def decode(line: bytes) -> dict[str, Any]:
     """A reply line as a dict; CbdError('bad_reply') when it is not one."""
     try:
-        reply = json.loads(line)
+        reply = _decode_json(line.decode("utf-8"))
     except ValueError as error:
         raise CbdError("bad_reply", f"cbd sent a line that is not JSON: {error}") from None
     if not isinstance(reply, dict) or not isinstance(reply.get("ok", reply.get("event")), (bool, str)):

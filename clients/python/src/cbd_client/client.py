@@ -266,7 +266,8 @@ class Client:
                 connection = self._connect()
                 request_id = self._next_id
                 self._next_id += 1
-                line = _wire.encode({**body, "id": request_id})
+                body["id"] = request_id
+                line = _wire.encode(body)
                 slot = _Slot(request_id)
                 connection.pending.append(slot)
                 try:
