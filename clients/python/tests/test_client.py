@@ -198,3 +198,27 @@ def test_a_forked_child_gets_its_own_connection(client: Client) -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     assert client.failure("fork")["snapshot"]["failureCount"] == 3
     assert client.stats()["connections"]["total"] == connections + 1
+
+
+def test_close_from_another_thread_ends_a_waiting_call(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = str(tmp_path / "silent.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as silent:
+        silent.bind(path)
+        silent.listen()
+        client = Client(path, timeout=5.0)
+        errors: list[str] = []
+
+        def call() -> None:
+            try:
+                client.get("x")
+            except CbdError as error:
+                errors.append(error.code)
+
+        waiting = threading.Thread(target=call)
+        started = time.monotonic()
+        waiting.start()
+        time.sleep(0.1)
+        client.close()
+        waiting.join(timeout=5)
+        assert errors == ["closed"]
+        assert time.monotonic() - started < 1

@@ -75,26 +75,32 @@ class _Connection:
         self.pid = os.getpid()
 
 
-def _wait(sock: socket_module.socket, events: int, deadline: float) -> bool:
-    """Polls until the socket is ready for ``events``; False at the deadline."""
+def _wait(connection: _Connection, events: int, deadline: float) -> bool:
+    """Polls until the socket is ready for ``events``; False at the deadline.
+
+    Polls in slices of at most 100 ms and gives up (True: the caller's next
+    recv or send fails and sees why) once the connection is dropped: another
+    thread may have closed the descriptor, and its number may already
+    belong to a new socket."""
     poller = select.poll()
-    poller.register(sock, events)
-    while True:
+    poller.register(connection.sock, events)
+    while connection.alive:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return False
-        if poller.poll(max(1, int(remaining * 1000 + 0.999))):
+        if poller.poll(max(1, min(100, int(remaining * 1000 + 0.999)))):
             return True
+    return True
 
 
-def _send_all(sock: socket_module.socket, data: bytes, deadline: float) -> None:
+def _send_all(connection: _Connection, data: bytes, deadline: float) -> None:
     view = memoryview(data)
     while view:
         try:
-            view = view[sock.send(view) :]
+            view = view[connection.sock.send(view) :]
         except BlockingIOError:
             # cbd is not reading (its reply bound is full): wait, bounded.
-            if not _wait(sock, select.POLLOUT, deadline):
+            if not _wait(connection, select.POLLOUT, deadline):
                 raise TimeoutError("cbd did not take the request") from None
 
 
@@ -271,7 +277,7 @@ class Client:
                 slot = _Slot(request_id)
                 connection.pending.append(slot)
                 try:
-                    _send_all(connection.sock, line, deadline)
+                    _send_all(connection, line, deadline)
                     return connection, slot
                 except TimeoutError:
                     self._drop(connection, CbdError("timeout", f"cbd at {self.socket_path} did not read the request"))
@@ -321,6 +327,11 @@ class Client:
             if not slot.done:
                 slot.error, slot.done = error, True
         connection.pending.clear()
+        try:
+            # Wakes a thread blocked in poll on it before the descriptor goes.
+            connection.sock.shutdown(socket_module.SHUT_RDWR)
+        except OSError:
+            pass
         connection.sock.close()
 
     def _receive(self, connection: _Connection, slot: _Slot, deadline: float) -> dict[str, Any]:
@@ -358,7 +369,7 @@ class Client:
             try:
                 chunk = connection.sock.recv(_READ_CHUNK)
             except BlockingIOError:
-                if not _wait(connection.sock, select.POLLIN, deadline):
+                if not _wait(connection, select.POLLIN, deadline):
                     return False
                 continue
             except OSError as error:
