@@ -134,8 +134,6 @@ type childProcess struct {
 	stdout *bufio.Reader
 }
 
-
-
 func startChild(t *testing.T, mode string, args ...string) *childProcess {
 	t.Helper()
 	cmd := child(t, mode, args...)
@@ -595,5 +593,29 @@ func TestClose(t *testing.T) {
 	c.Close()
 	if _, err := c.Ping(context.Background()); !errors.Is(err, ErrClosed) {
 		t.Fatalf("after Close: %v", err)
+	}
+}
+
+func TestParseHead(t *testing.T) {
+	for _, tc := range []struct {
+		line string
+		id   uint64 // 0: none
+		ok   bool
+		code string
+	}{
+		{`{"id":7,"ok":true,"removed":true}`, 7, true, ""},
+		{`{"id":18446744073709551615,"ok":true}`, 18446744073709551615, true, ""},
+		{`{"id":7,"ok":false,"error":{"code":"invalid_key","message":"m"}}`, 7, false, "invalid_key"},
+		{`{"ok":false,"error":{"code":"parse_error","message":"m"}}`, 0, false, "parse_error"},
+		{`{"ok":true,"id":9}`, 9, true, ""},
+	} {
+		head, err := parseHead([]byte(tc.line))
+		if err != nil || head.OK != tc.ok || (head.ID == nil) != (tc.id == 0) || (head.ID != nil && *head.ID != tc.id) ||
+			(tc.code != "" && (head.Error == nil || head.Error.Code != tc.code)) {
+			t.Fatalf("%s: %+v %v", tc.line, head, err)
+		}
+	}
+	if _, err := parseHead([]byte(`{"id":7,"ok":tru`)); err == nil {
+		t.Fatal("a broken line parsed")
 	}
 }

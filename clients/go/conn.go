@@ -1,19 +1,23 @@
 package cbd
 
 // The pipelined connection under a Client: requests are written in order
-// under one mutex and their waiters queued in that same order, and one reader
-// goroutine per connection hands each reply line to the waiter at the front.
+// under one mutex and their waiters queued in that same order; one waiter at
+// a time reads reply lines and hands each to the waiter at the front.
 // cbd answers in request order on a connection, so position is the match; the
 // id every request carries is checked against the reply's, and a reply
 // without one (a parse_error cbd could not read an id from) is still matched.
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -68,6 +72,11 @@ type pipe struct {
 	nc      net.Conn
 	waiting []*waiter
 	dead    bool
+	// readTurn holds one token: the waiter that takes it reads replies for
+	// every waiter until its own comes, then puts it back. There is no reader
+	// goroutine. Not guarded by mu.
+	readTurn chan struct{}
+	in       lineBuffer // touched only with the read turn
 }
 
 type waiter struct {
@@ -197,8 +206,8 @@ func (c *Client) connectLocked(ctx context.Context) (*pipe, error) {
 		}
 		c.backoff = c.opts.minBackoff
 		c.downCause = nil
-		c.conn = &pipe{nc: nc}
-		go c.read(c.conn)
+		c.conn = &pipe{nc: nc, readTurn: make(chan struct{}, 1)}
+		c.conn.readTurn <- struct{}{}
 	}
 	return c.conn, nil
 }
@@ -269,81 +278,209 @@ func (c *Client) roundTripLine(ctx context.Context, id uint64, line []byte) ([]b
 	}
 	c.mu.Unlock()
 
+	// Most often the read turn is free (a lone caller): take it without
+	// arming a timer, which the read's own deadline makes needless.
+	select {
+	case <-p.readTurn:
+		a := c.readReplies(ctx, p, w, deadline, ownDeadline)
+		p.readTurn <- struct{}{}
+		return a.line, a.err
+	default:
+	}
 	timer := time.NewTimer(time.Until(deadline))
 	defer timer.Stop()
 	select {
 	case a := <-w.done:
 		return a.line, a.err
+	case <-p.readTurn:
+		a := c.readReplies(ctx, p, w, deadline, ownDeadline)
+		p.readTurn <- struct{}{}
+		return a.line, a.err
 	case <-ctx.Done():
 		// The reply may still come: it stays queued so that later replies
-		// keep their positions, and the reader drops it.
+		// keep their positions, and whoever reads it drops it.
 		return nil, ctx.Err()
 	case <-timer.C:
-		if !ownDeadline {
-			return nil, context.DeadlineExceeded
-		}
-		err := clientError(CodeTimeout, fmt.Sprintf("no reply from cbd at %s within %v", c.path, c.opts.timeout), nil)
-		c.mu.Lock()
-		// A cbd that does not answer in time is treated as down, so that the
-		// calls after this one fail fast instead of each waiting as long.
-		if !p.dead {
-			c.markDownLocked(err)
-			c.dropLocked(p, err)
-		}
-		c.mu.Unlock()
-		return nil, err
+		return nil, c.timedOut(p, ownDeadline)
 	}
 }
 
-// read hands p's reply lines to its waiters, in order, until p closes.
-func (c *Client) read(p *pipe) {
-	r := bufio.NewReaderSize(p.nc, 64<<10)
+// timedOut is the error of a request whose deadline passed. The caller's
+// deadline is the caller's affair; the client's own means cbd did not
+// answer in time, and a cbd that does not answer is treated as down, so that
+// the calls after this one fail fast instead of each waiting as long.
+func (c *Client) timedOut(p *pipe, ownDeadline bool) error {
+	if !ownDeadline {
+		return context.DeadlineExceeded
+	}
+	err := clientError(CodeTimeout, fmt.Sprintf("no reply from cbd at %s within %v", c.path, c.opts.timeout), nil)
+	c.mu.Lock()
+	if !p.dead {
+		c.markDownLocked(err)
+		c.dropLocked(p, err)
+	}
+	c.mu.Unlock()
+	return err
+}
+
+// readReplies is the read turn of waiter w: it reads reply lines and hands
+// each to the request at the front of the queue, until w's own comes. The
+// goroutine that waits reads for itself, so a lone caller's reply is not
+// passed between goroutines (half the latency of a reader goroutine).
+func (c *Client) readReplies(ctx context.Context, p *pipe, w *waiter, deadline time.Time, ownDeadline bool) answer {
+	select {
+	case a := <-w.done: // answered by the previous reader
+		return a
+	default:
+	}
+	// A read in progress ends at its deadline; a cancelled context ends it by
+	// moving the deadline to now.
+	if done := ctx.Done(); done != nil {
+		stop := make(chan struct{})
+		defer close(stop)
+		go func() {
+			select {
+			case <-done:
+				_ = p.nc.SetReadDeadline(time.Now())
+			case <-stop:
+			}
+		}()
+	}
+	_ = p.nc.SetReadDeadline(deadline)
 	for {
-		line, err := readLine(r)
-		c.mu.Lock()
+		line, err := p.in.next(p.nc)
 		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				if ctx.Err() != nil {
+					return answer{err: ctx.Err()}
+				}
+				if time.Now().Before(deadline) {
+					// Moved by an earlier reader's cancelled context: not ours.
+					_ = p.nc.SetReadDeadline(deadline)
+					continue
+				}
+				return answer{err: c.timedOut(p, ownDeadline)}
+			}
+			c.mu.Lock()
 			c.dropLocked(p, clientError(CodeConnectionLost,
 				fmt.Sprintf("lost the connection to cbd at %s; a request sent may or may not have been applied", c.path), err))
 			c.mu.Unlock()
-			return
+			return <-w.done
 		}
-		var head replyHead
-		if err := json.Unmarshal(line, &head); err != nil {
-			c.dropLocked(p, clientError(CodeBadReply, fmt.Sprintf("the peer at %s sent a line that is not JSON", c.path), err))
-			c.mu.Unlock()
-			return
+		to, a := c.dispatch(p, line)
+		if to == nil { // p was dropped, w's answer with it
+			return <-w.done
 		}
-		if head.ID == nil && !head.OK && head.Error != nil && head.Error.Code == "too_many_connections" {
-			// Sent in place of any reply, then cbd closes: nothing was applied.
-			e := &Error{Code: head.Error.Code, Message: head.Error.Message, Reply: line}
-			c.markDownLocked(e)
-			c.dropLocked(p, e)
-			c.mu.Unlock()
-			return
+		if to == w {
+			return a
 		}
-		if len(p.waiting) == 0 || (head.ID != nil && *head.ID != p.waiting[0].id) {
-			c.dropLocked(p, clientError(CodeBadReply, fmt.Sprintf("the peer at %s answered out of order", c.path), nil))
-			c.mu.Unlock()
-			return
+		to.done <- a
+	}
+}
+
+// dispatch pops the request that line answers and makes its answer; nil
+// when the line cannot be matched and the connection was dropped for it.
+func (c *Client) dispatch(p *pipe, line []byte) (*waiter, answer) {
+	head, headErr := parseHead(line)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case p.dead:
+		return nil, answer{}
+	case headErr != nil:
+		c.dropLocked(p, clientError(CodeBadReply, fmt.Sprintf("the peer at %s sent a line that is not JSON", c.path), headErr))
+		return nil, answer{}
+	case head.ID == nil && !head.OK && head.Error != nil && head.Error.Code == "too_many_connections":
+		// Sent in place of any reply, then cbd closes: nothing was applied.
+		e := &Error{Code: head.Error.Code, Message: head.Error.Message, Reply: line}
+		c.markDownLocked(e)
+		c.dropLocked(p, e)
+		return nil, answer{}
+	case len(p.waiting) == 0 || (head.ID != nil && *head.ID != p.waiting[0].id):
+		c.dropLocked(p, clientError(CodeBadReply, fmt.Sprintf("the peer at %s answered out of order", c.path), nil))
+		return nil, answer{}
+	}
+	w := p.waiting[0]
+	p.waiting[0] = nil
+	p.waiting = p.waiting[1:]
+	if head.OK {
+		return w, answer{line: line}
+	}
+	e := &Error{Code: CodeBadReply, Message: "an error reply without an error", Reply: line}
+	if head.Error != nil {
+		e.Code, e.Message = head.Error.Code, head.Error.Message
+	}
+	return w, answer{err: e}
+}
+
+// successPrefix is how cbd begins a success reply to a request with an
+// integer id: {"id":N,"ok":true — read without a JSON decoder, since every
+// reply passes here. Anything else goes through encoding/json.
+var (
+	idPrefix = []byte(`{"id":`)
+	okTrue   = []byte(`,"ok":true`)
+)
+
+func parseHead(line []byte) (replyHead, error) {
+	if bytes.HasPrefix(line, idPrefix) {
+		rest := line[len(idPrefix):]
+		digits := 0
+		for digits < len(rest) && digits < 20 && rest[digits] >= '0' && rest[digits] <= '9' {
+			digits++
 		}
-		w := p.waiting[0]
-		p.waiting[0] = nil
-		p.waiting = p.waiting[1:]
-		c.mu.Unlock()
-		if head.OK {
-			w.done <- answer{line: line}
-		} else {
-			e := &Error{Code: CodeBadReply, Message: "an error reply without an error", Reply: line}
-			if head.Error != nil {
-				e.Code, e.Message = head.Error.Code, head.Error.Message
+		if digits > 0 && bytes.HasPrefix(rest[digits:], okTrue) {
+			if id, err := strconv.ParseUint(string(rest[:digits]), 10, 64); err == nil {
+				return replyHead{ID: &id, OK: true}, nil
 			}
-			w.done <- answer{err: e}
+		}
+	}
+	var head replyHead
+	err := json.Unmarshal(line, &head)
+	return head, err
+}
+
+// lineBuffer holds the bytes read from a connection and not yet handed out
+// as lines. Only the goroutine with the read turn touches it; what a read cut
+// short by a deadline got stays for the next turn.
+type lineBuffer struct {
+	buf     []byte
+	start   int // the next line starts here
+	scanned int // no newline in buf[start:scanned]
+}
+
+// next returns the next line (without its newline, in a slice of its own),
+// reading from r as needed; a line is at most maxReplyBytes.
+func (b *lineBuffer) next(r io.Reader) ([]byte, error) {
+	for {
+		if i := bytes.IndexByte(b.buf[b.scanned:], '\n'); i >= 0 {
+			end := b.scanned + i
+			line := append([]byte(nil), b.buf[b.start:end]...)
+			b.start, b.scanned = end+1, end+1
+			return line, nil
+		}
+		b.scanned = len(b.buf)
+		if len(b.buf)-b.start > maxReplyBytes {
+			return nil, fmt.Errorf("a reply line longer than %d bytes", maxReplyBytes)
+		}
+		if b.start > 0 {
+			n := copy(b.buf, b.buf[b.start:])
+			b.buf, b.scanned, b.start = b.buf[:n], b.scanned-b.start, 0
+		}
+		if len(b.buf) == cap(b.buf) {
+			grown := make([]byte, len(b.buf), 2*cap(b.buf)+64<<10)
+			copy(grown, b.buf)
+			b.buf = grown
+		}
+		n, err := r.Read(b.buf[len(b.buf):cap(b.buf)])
+		b.buf = b.buf[:len(b.buf)+n]
+		if n == 0 && err != nil {
+			return nil, err
 		}
 	}
 }
 
-// readLine reads one reply line (without its newline) of at most
-// maxReplyBytes, into a buffer of its own.
+// readLine reads one line (without its newline) of at most maxReplyBytes,
+// into a buffer of its own: the watch stream's reader.
 func readLine(r *bufio.Reader) ([]byte, error) {
 	chunk, err := r.ReadSlice('\n')
 	if err == nil {
@@ -352,7 +489,7 @@ func readLine(r *bufio.Reader) ([]byte, error) {
 	line := append([]byte(nil), chunk...)
 	for errors.Is(err, bufio.ErrBufferFull) {
 		if len(line) > maxReplyBytes {
-			return nil, fmt.Errorf("a reply line longer than %d bytes", maxReplyBytes)
+			return nil, fmt.Errorf("a line longer than %d bytes", maxReplyBytes)
 		}
 		chunk, err = r.ReadSlice('\n')
 		line = append(line, chunk...)
