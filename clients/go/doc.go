@@ -1,0 +1,19 @@
+// Package cbd is the Go client of cbd, the host-wide circuit-breaker daemon
+// (docs/PROTOCOL.md in the cbd repository, protocol version 7).
+//
+// One *Client holds one connection to cbd's Unix socket and pipelines the
+// requests of every goroutine over it: cbd answers in request order on each
+// connection, so replies are matched to requests by position (and checked
+// against the id each request carries).
+//
+// A client that fails open must fail fast. When the socket is missing or
+// refuses (ENOENT, ECONNREFUSED), or while the connection is known to be down,
+// calls return an error matching ErrUnavailable at once, without waiting for
+// a timeout; the next call after a backoff (50 ms, doubling to 2 s) tries to
+// connect again.
+//
+//	c, err := cbd.Dial(ctx, "") // "" follows the socket-path rule
+//	b := c.Breaker("payments")
+//	err = b.Execute(ctx, func(ctx context.Context) error { return charge(ctx) })
+//	if errors.Is(err, cbd.ErrOpen) { ... } // denied: the circuit is open
+package cbd

@@ -1,0 +1,3 @@
+module cbd.local/client
+
+go 1.19
