@@ -10,6 +10,8 @@
 #include <string>
 #include <string_view>
 
+#include "common/protocol.hpp"
+
 #include <nlohmann/json_fwd.hpp>
 
 namespace cbd {
@@ -26,14 +28,6 @@ inline constexpr std::size_t kPolicyFieldCount = 5;
 // The wire names, indexed by PolicyField.
 inline constexpr std::array<std::string_view, kPolicyFieldCount> kPolicyFieldNames = {
     "failureThreshold", "resetTimeoutMs", "halfOpenMax", "successThreshold", "probeLeaseMs"};
-
-// The largest integer that every JSON reader holds exactly (2^53-1, what
-// JavaScript calls Number.MAX_SAFE_INTEGER). Generations, counts, times and
-// policy values are never above it, on any input path (the protocol, the
-// state file, import), so a client never reads a number other than the one
-// cbd sent. It belongs beside the other limits in common/protocol.hpp; it
-// lives here because every user of it already includes this header.
-inline constexpr std::int64_t kMaxSafeInteger = (std::int64_t{1} << 53) - 1;
 
 // Largest accepted value of any field (about 285 years in ms): keeps every
 // time computation far from overflow.

@@ -43,6 +43,12 @@ inline constexpr std::size_t kMaxReasonBytes = 256;
 inline constexpr std::size_t kDefaultListLimit = 1000;
 inline constexpr std::size_t kMaxListLimit = 10'000;
 inline constexpr std::size_t kDefaultWatchQueue = 10'000;
+// The largest integer that every JSON reader holds exactly (2^53-1, what
+// JavaScript calls Number.MAX_SAFE_INTEGER). Generations, counts, times and
+// policy values are never above it, on any way in (the protocol, import, the
+// state file, values read from Redis), so a client never reads a number
+// other than the one cbd sent.
+inline constexpr std::int64_t kMaxSafeInteger = (std::int64_t{1} << 53) - 1;
 // A force pin's TTL: at most a year.
 inline constexpr std::int64_t kMaxForceTtlMs = 366LL * 24 * 3600 * 1000;
 

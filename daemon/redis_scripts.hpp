@@ -11,6 +11,8 @@
 // (tests/unit/redis_test.cpp checks).
 #pragma once
 
+#include "common/protocol.hpp"
+
 #include <array>
 #include <cstdint>
 #include <string>
@@ -39,7 +41,7 @@ inline constexpr std::size_t kRedisScriptCount = 14;
 // The largest count, time or generation anything reads from Redis or
 // writes to it (what a JSON number holds exactly everywhere). A count
 // stops there; a generation past it is an error.
-inline constexpr std::int64_t kRedisMaxInteger = (std::int64_t{1} << 53) - 1;
+inline constexpr std::int64_t kRedisMaxInteger = kMaxSafeInteger;
 
 // Most index keys one script call of `list` or `export` examines: a script
 // blocks Redis while it runs, so a page is gathered by several calls, each
