@@ -1,12 +1,12 @@
 // CbdClient: the whole cbd protocol from Node. CbdCircuitBreakerStore: the
 // stoma gateway's CircuitBreakerStore on top of it, so that
-//   store: new CbdCircuitBreakerStore({ socket })
+//   store: new CbdCircuitBreakerStore("/run/cbd/cbd.sock")
 // shares a gateway's circuits with every process on the host.
 import { createConnection } from "node:net";
 
 import { Connection } from "./connection.js";
 import { CbdError } from "./errors.js";
-import { resolveSocketPath } from "./socket-path.js";
+import { resolveClientOptions, type CbdClientOptions } from "./options.js";
 import type {
   AcquireReply,
   CircuitBreakerSnapshot,
@@ -22,16 +22,6 @@ import type {
   StatsReply,
   WatchEvent,
 } from "./types.js";
-
-export interface CbdClientOptions {
-  /** cbd's socket; default: $CBD_SOCKET, $XDG_RUNTIME_DIR/cbd/cbd.sock, /run/cbd/cbd.sock. */
-  socket?: string;
-  /** Per-request timeout in ms (default 5000). */
-  timeoutMs?: number;
-  /** Reconnect backoff bounds in ms (defaults 50 and 2000). */
-  minBackoffMs?: number;
-  maxBackoffMs?: number;
-}
 
 export interface ReportOptions {
   generation?: number;
@@ -58,15 +48,12 @@ export class CbdClient {
   private readonly connection: Connection;
   private readonly timeoutMs: number;
 
-  constructor(options: CbdClientOptions = {}) {
-    this.socketPath = resolveSocketPath(options.socket);
-    this.timeoutMs = options.timeoutMs ?? 5000;
-    this.connection = new Connection({
-      socket: this.socketPath,
-      timeoutMs: this.timeoutMs,
-      minBackoffMs: options.minBackoffMs,
-      maxBackoffMs: options.maxBackoffMs,
-    });
+  /** `socket` is the socket path, or options; none follows cbd's socket-path rule. */
+  constructor(socket?: string | CbdClientOptions) {
+    const resolved = resolveClientOptions(socket);
+    this.socketPath = resolved.socket;
+    this.timeoutMs = resolved.timeoutMs;
+    this.connection = new Connection(resolved);
   }
 
   // --- the reference store --------------------------------------------------
@@ -154,8 +141,9 @@ export class CbdClient {
 export class CbdCircuitBreakerStore implements CircuitBreakerStore {
   readonly client: CbdClient;
 
-  constructor(options: CbdClientOptions = {}) {
-    this.client = new CbdClient(options);
+  /** `socket` is the socket path, or options; none follows cbd's socket-path rule. */
+  constructor(socket?: string | CbdClientOptions) {
+    this.client = new CbdClient(socket);
   }
 
   async getState(key: string): Promise<CircuitBreakerSnapshot> {

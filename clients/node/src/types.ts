@@ -45,7 +45,17 @@ export type ErrorCode =
   | "internal_error";
 
 /** Codes the client itself gives, when the daemon could not answer. */
-export type ClientErrorCode = "timeout" | "connection_lost" | "unavailable" | "destroyed" | "bad_reply";
+export type ClientErrorCode =
+  /** cbd accepted the connection but did not answer within timeoutMs. */
+  | "timeout"
+  /** The connection closed after the request was sent: it may or may not have been applied. */
+  | "connection_lost"
+  /** cbd cannot be reached (the connect failed, or it did moments ago): not sent, rejected at once. */
+  | "unavailable"
+  /** destroy() was called. */
+  | "destroyed"
+  /** The peer broke the protocol (not JSON, a wrong id, an endless line). */
+  | "bad_reply";
 
 export interface ForcePin {
   state: "open" | "closed";

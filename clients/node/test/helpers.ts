@@ -39,9 +39,15 @@ export async function waitFor(pred: () => Promise<boolean> | boolean, timeoutMs 
   }
 }
 
-export async function startCbd(...args: string[]): Promise<Daemon> {
+/** A cbd on a socket in a fresh temporary directory (removed by cleanup()). */
+export function startCbd(...args: string[]): Promise<Daemon> {
   const dir = mkdtempSync(join(tmpdir(), "cbd-node-"));
-  const socket = join(dir, "cbd.sock");
+  return startCbdAt(join(dir, "cbd.sock"), ...args);
+}
+
+/** A cbd on the given socket path; cleanup() removes the socket's directory. */
+export async function startCbdAt(socket: string, ...args: string[]): Promise<Daemon> {
+  const dir = dirname(socket);
   const d: Daemon = {
     socket,
     dir,
@@ -52,7 +58,8 @@ export async function startCbd(...args: string[]): Promise<Daemon> {
     },
     stop(signal: NodeJS.Signals = "SIGTERM") {
       return new Promise((res) => {
-        if (d.proc.exitCode !== null) return res(d.proc.exitCode);
+        // A process killed by a signal has a signalCode and no exitCode.
+        if (d.proc.exitCode !== null || d.proc.signalCode !== null) return res(d.proc.exitCode);
         d.proc.once("exit", (code) => res(code));
         d.proc.kill(signal);
       });
