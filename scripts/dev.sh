@@ -79,11 +79,12 @@ case "$cmd" in
       TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
         ctest --test-dir "$BUILD_DIR-tsan" --output-on-failure --timeout 1800 \
         -R '^(e2e\.test_(persistence|reply_queue|lifecycle)|conformance\.durable)$'
-      echo "dev.sh: fuzzing the request path for ${FUZZ_SECONDS:-60} s" >&2
+      echo "dev.sh: fuzzing the request path and the reply queue for ${FUZZ_SECONDS:-60} s each" >&2
       CC=clang-14 CXX=clang++-14 cmake -S . -B "$BUILD_DIR-fuzz" -G Ninja -DCBD_FUZZ=ON \
         -DCBD_FUZZ_SECONDS="${FUZZ_SECONDS:-60}" >/dev/null
-      cmake --build "$BUILD_DIR-fuzz" --target fuzz_requests
-      ctest --test-dir "$BUILD_DIR-fuzz" -R '^fuzz\.run$' --output-on-failure --verbose --timeout 1800
+      cmake --build "$BUILD_DIR-fuzz" --target fuzz_requests fuzz_session
+      ctest --test-dir "$BUILD_DIR-fuzz" -R '^fuzz\.(run|session_run)$' --output-on-failure --verbose \
+        --timeout 1800
     fi
     ;;
   *)
