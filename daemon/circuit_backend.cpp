@@ -1,4 +1,4 @@
-// OpOutcome, is_circuit_op, imported_record (see circuit_backend.hpp).
+// OpOutcome and imported_record (see circuit_backend.hpp).
 #include "daemon/circuit_backend.hpp"
 
 namespace cbd {
@@ -18,32 +18,6 @@ void OpOutcome::clear() {
     page.next.clear();
     exported.circuits.clear();
     exported.next.clear();
-}
-
-bool is_circuit_op(Op op) {
-    switch (op) {
-    case Op::Ping:
-    case Op::Watch:
-    case Op::Stats:
-    case Op::Metrics:
-        return false;
-    case Op::Get:
-    case Op::Success:
-    case Op::Failure:
-    case Op::Transition:
-    case Op::Reset:
-    case Op::Acquire:
-    case Op::Report:
-    case Op::Force:
-    case Op::Unforce:
-    case Op::Configure:
-    case Op::Policy:
-    case Op::List:
-    case Op::Export:
-    case Op::Import:
-        return true;
-    }
-    return false;
 }
 
 StoredCircuit imported_record(const Request& req) {

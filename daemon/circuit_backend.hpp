@@ -55,10 +55,6 @@ class Deferral {
     ~Deferral() = default;
 };
 
-// Whether an op is a circuit operation (the backend's), or one the daemon
-// answers itself (ping, watch, stats, metrics).
-bool is_circuit_op(Op op);
-
 // What an `import` request asks its key to hold.
 StoredCircuit imported_record(const Request& req);
 

@@ -207,7 +207,7 @@ Dispatcher::Dispatcher(CircuitBackend& backend, DaemonStats& stats)
 
 Dispatcher::Handler Dispatcher::handler_for(Op op) {
     // The daemon's own ops; every other op is a circuit operation and goes
-    // to the backend (is_circuit_op). A switch, so that an op without a
+    // to the backend (nullptr here). A switch, so that an op without a
     // decision does not compile (-Wswitch).
     switch (op) {
     case Op::Ping:
