@@ -13,6 +13,7 @@
 
 #include <CLI/CLI.hpp>
 #include <array>
+#include <charconv>
 #include <iostream>
 #include <unistd.h>
 
@@ -25,7 +26,13 @@ constexpr const char* kExitCodesHelp = R"(Exit codes:
   3    cbd unreachable, connection lost, or timed out
   75   acquire/run: the circuit denied the call
   run: CMD's own status (128+N when killed by signal N), 124 when --timeout
-       killed it, 126/127 when it could not be run)";
+       ended it, 126/127 when it could not be run
+Numbers are plain decimals in the protocol's range, never clamped: anything
+else is a usage error naming the option.
+run: CMD runs in its own process group (given the terminal when cbctl is in
+its foreground). On --timeout, and on SIGINT/SIGTERM to cbctl, the whole
+group gets the signal (SIGTERM for --timeout), then SIGKILL if still alive
+--kill-after later (default 5s).)";
 
 // A CLI11 validator for durations ("300ms", "5s", "2m").
 struct DurationValidator : public CLI::Validator {
@@ -35,6 +42,30 @@ struct DurationValidator : public CLI::Validator {
             return cbd::parse_duration(text)
                        ? std::string()
                        : "'" + text + "' is not a duration such as 300ms, 5s or 2m";
+        };
+    }
+};
+
+// Every whole-number option: decimal digits only, from `min` to `max`, else
+// a usage error naming the option. Applied as a transform, so the option's
+// own conversion then sees a plain canonical number: left to itself CLI11
+// reads "-1" as 2^64-1, clamps "99999999999999999999" to 2^64-1 and takes
+// "010" for octal, and cbd would be sent a number nobody typed.
+struct WholeNumberRange : public CLI::Validator {
+    WholeNumberRange(std::uint64_t min, std::uint64_t max) {
+        name_ = "INTEGER";
+        func_ = [min, max](std::string& text) -> std::string {
+            std::uint64_t value = 0;
+            const char* end = text.data() + text.size();
+            const bool digits_only =
+                !text.empty() && text.find_first_not_of("0123456789") == std::string::npos;
+            const auto [stop, error] = std::from_chars(text.data(), end, value);
+            if (!digits_only || error != std::errc{} || stop != end || value < min ||
+                value > max)
+                return "'" + text + "' is not a whole number from " + std::to_string(min) +
+                       " to " + std::to_string(max);
+            text = std::to_string(value);
+            return {};
         };
     }
 };
@@ -56,9 +87,9 @@ int main(int argc, char** argv) {
     app.add_option("--socket", socket_flag,
                    "cbd's socket (default: $CBD_SOCKET, else $XDG_RUNTIME_DIR/cbd/cbd.sock for "
                    "non-root users, else /run/cbd/cbd.sock)");
-    app.add_option("--timeout", timeout_ms, "Milliseconds to wait for cbd")
+    app.add_option("--timeout", timeout_ms, "Milliseconds to wait for cbd (1 to 3600000)")
         ->capture_default_str()
-        ->check(CLI::Range(1L, 3'600'000L));
+        ->transform(WholeNumberRange(1, 3'600'000));
 
     const std::vector<std::string> snapshot_fields = {
         "state", "failureCount", "successCount", "lastFailureTime", "lastStateChange",
@@ -106,8 +137,12 @@ int main(int argc, char** argv) {
     transition->add_option("STATE", to, "closed, open or half-open")->required();
     auto* expect_opt =
         transition->add_option("--expect", expect, "Only if the circuit is in this state now");
-    auto* expect_gen_opt = transition->add_option(
-        "--expect-generation", expect_generation, "Only if the circuit is at this generation");
+    const auto generation_range =
+        WholeNumberRange(0, static_cast<std::uint64_t>(cbd::kMaxSafeInteger));
+    auto* expect_gen_opt = transition
+                               ->add_option("--expect-generation", expect_generation,
+                                            "Only if the circuit is at this generation")
+                               ->transform(generation_range);
     add_field_option(transition, snapshot_fields);
     transition->callback([&] {
         single([&] {
@@ -156,7 +191,8 @@ int main(int argc, char** argv) {
         ->required()
         ->check(CLI::IsMember({"success", "failure"}));
     auto* generation_opt =
-        report->add_option("--generation", generation, "The generation acquire returned");
+        report->add_option("--generation", generation, "The generation acquire returned")
+            ->transform(generation_range);
     auto* permit_opt = report->add_option("--permit", permit, "The permit acquire returned");
     add_field_option(report, {"stale", "generation", "state", "failureCount", "successCount",
                               "lastFailureTime", "lastStateChange"});
@@ -201,8 +237,14 @@ int main(int argc, char** argv) {
         "--probe-lease-ms"};
     std::array<CLI::Option*, cbd::kPolicyFieldCount> policy_opts{};
     for (std::size_t i = 0; i < cbd::kPolicyFieldCount; ++i)
-        policy_opts[i] = configure->add_option(policy_flags[i], policy_values[i],
-                                               std::string(cbd::kPolicyFieldNames[i]));
+        policy_opts[i] = configure
+                             ->add_option(policy_flags[i], policy_values[i],
+                                          std::string(cbd::kPolicyFieldNames[i]))
+                             // 0 is sent as typed and cbd refuses it, naming
+                             // the field (exit 1), as cbctl always did; only
+                             // what cannot be sent unchanged is refused here.
+                             ->transform(WholeNumberRange(
+                                 0, static_cast<std::uint64_t>(cbd::kMaxPolicyValue)));
     configure
         ->add_option("--unset", unset_fields, "Drop this field from the key's policy (repeatable)")
         ->check(CLI::IsMember(std::vector<std::string>(cbd::kPolicyFieldNames.begin(),
@@ -299,6 +341,11 @@ int main(int argc, char** argv) {
     run->add_option("KEY", key, "Circuit key")->required();
     run->add_option("--timeout", run_timeout, "Kill CMD after this long (300ms, 5s, 2m); exit 124")
         ->check(DurationValidator());
+    std::string kill_after;
+    run->add_option("--kill-after", kill_after,
+                    "After --timeout or a SIGINT/SIGTERM to cbctl, SIGKILL CMD's process group "
+                    "if it is still alive this much later (default 5s)")
+        ->check(DurationValidator());
     run->add_option("--success-codes", success_codes,
                     "Exit statuses that count as success (default 0), as 0,3");
     run->add_flag("--fail-closed", fail_closed, "If cbd is unreachable, exit 3 instead of running");
@@ -309,6 +356,8 @@ int main(int argc, char** argv) {
             o.key = key;
             if (!run_timeout.empty())
                 o.timeout = cbd::parse_duration(run_timeout);
+            if (!kill_after.empty())
+                o.kill_after = *cbd::parse_duration(kill_after);
             if (!success_codes.empty()) {
                 auto codes = parse_exit_codes(success_codes);
                 if (!codes) {

@@ -22,9 +22,6 @@ namespace {
 
 using Json = nlohmann::json;
 
-// After --timeout, CMD gets SIGTERM; if still alive this much later, SIGKILL.
-constexpr auto kKillGrace = std::chrono::seconds(2);
-
 std::string json_string(const std::string& s) {
     return Json(s).dump(-1, ' ', false, Json::error_handler_t::replace);
 }
@@ -46,6 +43,36 @@ struct ChildResult {
     int exec_errno = 0; // non-zero when CMD could not be started
 };
 
+// The terminal cbctl was started in the foreground of, if any: CMD's process
+// group is given the terminal so an interactive command can read it (a
+// background group that reads the terminal would be stopped by SIGTTIN).
+// -1 when stdin is not a terminal or cbctl runs in the background.
+int foreground_terminal() {
+    if (!isatty(STDIN_FILENO) || tcgetpgrp(STDIN_FILENO) != getpgrp())
+        return -1;
+    return STDIN_FILENO;
+}
+
+// Makes `group` the terminal's foreground process group. SIGTTOU is blocked
+// around the call: a process outside the foreground group (cbctl taking the
+// terminal back) would otherwise be stopped by it.
+void give_terminal(int terminal, pid_t group) {
+    if (terminal < 0)
+        return;
+    sigset_t ttou, previous;
+    sigemptyset(&ttou);
+    sigaddset(&ttou, SIGTTOU);
+    sigprocmask(SIG_BLOCK, &ttou, &previous);
+    tcsetpgrp(terminal, group);
+    sigprocmask(SIG_SETMASK, &previous, nullptr);
+}
+
+// Whether any process of the group is still alive (zombies count, which is
+// why the wait for it is bounded by the kill deadline).
+bool group_alive(pid_t group) {
+    return kill(-group, 0) == 0 || errno == EPERM;
+}
+
 ChildResult run_child(const RunOptions& options) {
     ChildResult result;
     sigset_t watched, previous;
@@ -64,6 +91,7 @@ ChildResult run_child(const RunOptions& options) {
         return result;
     }
 
+    const int terminal = foreground_terminal();
     const pid_t pid = fork();
     if (pid < 0) {
         result.exec_errno = errno;
@@ -73,6 +101,11 @@ ChildResult run_child(const RunOptions& options) {
         return result;
     }
     if (pid == 0) {
+        // CMD and everything it starts form one process group, so that a
+        // timeout or a signal to cbctl reaches all of them (a shell's
+        // background jobs included), not just CMD.
+        setpgid(0, 0);
+        give_terminal(terminal, getpid()); // before exec: CMD may read at once
         sigprocmask(SIG_SETMASK, &previous, nullptr);
         std::vector<char*> argv;
         for (const auto& a : options.command)
@@ -84,6 +117,10 @@ ChildResult run_child(const RunOptions& options) {
         (void)ignored;
         _exit(err == ENOENT ? kExitNotFound : kExitCannotExecute);
     }
+    // Also here, as shells do: whichever of the two runs first, the group
+    // exists before cbctl signals it.
+    setpgid(pid, pid);
+    give_terminal(terminal, pid);
     close(exec_pipe[1]);
     int err = 0;
     if (read(exec_pipe[0], &err, sizeof err) == static_cast<ssize_t>(sizeof err))
@@ -91,36 +128,69 @@ ChildResult run_child(const RunOptions& options) {
     close(exec_pipe[0]);
 
     const auto start = Clock::now();
+    // Set once the group was told to end (timeout or a signal to cbctl): the
+    // group gets SIGKILL then, and cbctl stops waiting for members other than
+    // CMD itself after it.
     std::optional<Clock::time_point> kill_at;
+    bool killed = false;
+    bool reaped = false;
+    auto end_group = [&](int sig, Clock::time_point now) {
+        kill(-pid, sig);
+        kill(-pid, SIGCONT); // a stopped member acts on the signal only once continued
+        if (!kill_at)
+            kill_at = now + options.kill_after;
+    };
     for (;;) {
         int status = 0;
-        if (waitpid(pid, &status, WNOHANG) == pid) {
-            result.wait_status = status;
-            break;
+        if (!reaped) {
+            const pid_t got = waitpid(pid, &status, WNOHANG | WUNTRACED);
+            if (got == pid && WIFSTOPPED(status) && terminal >= 0) {
+                // Ctrl-Z in CMD: stop cbctl too, so the shell sees the job
+                // stopped; on `fg`, hand the terminal back and continue CMD.
+                give_terminal(terminal, getpgrp());
+                raise(SIGSTOP);
+                give_terminal(terminal, pid);
+                kill(-pid, SIGCONT);
+            } else if (got == pid && !WIFSTOPPED(status)) {
+                result.wait_status = status;
+                reaped = true;
+            }
         }
+        // Done when CMD has ended and, if the group was told to end, all of
+        // it has (or it was killed: SIGKILL cannot be refused).
+        if (reaped && (!kill_at || killed || !group_alive(pid)))
+            break;
         timespec wait{0, 100'000'000}; // re-check at least every 100 ms
         const auto now = Clock::now();
         if (options.timeout && !result.timed_out) {
             const auto deadline = start + *options.timeout;
             if (now >= deadline) {
                 result.timed_out = true;
-                kill(pid, SIGTERM);
-                kill_at = now + kKillGrace;
+                end_group(SIGTERM, now);
                 continue;
             }
             const auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - now);
             if (left.count() < wait.tv_nsec)
                 wait.tv_nsec = static_cast<long>(left.count());
         }
-        if (kill_at && now >= *kill_at) {
-            kill(pid, SIGKILL);
-            kill_at.reset();
+        if (kill_at && !killed) {
+            if (now >= *kill_at) {
+                kill(-pid, SIGKILL);
+                killed = true;
+                continue;
+            }
+            const auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(*kill_at - now);
+            if (left.count() < wait.tv_nsec)
+                wait.tv_nsec = static_cast<long>(left.count());
         }
+        if (wait.tv_nsec < 1'000'000)
+            wait.tv_nsec = 1'000'000; // no busy loop on a deadline a hair away
         siginfo_t info{};
         const int sig = sigtimedwait(&watched, &info, &wait);
         if (sig == SIGINT || sig == SIGTERM)
-            kill(pid, sig); // forwarded; CMD decides how to end
+            end_group(sig, Clock::now()); // forwarded; the group decides how to end
     }
+    give_terminal(terminal, getpgrp());
     sigprocmask(SIG_SETMASK, &previous, nullptr);
     return result;
 }
