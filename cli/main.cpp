@@ -240,11 +240,9 @@ int main(int argc, char** argv) {
         policy_opts[i] = configure
                              ->add_option(policy_flags[i], policy_values[i],
                                           std::string(cbd::kPolicyFieldNames[i]))
-                             // 0 is sent as typed and cbd refuses it, naming
-                             // the field (exit 1), as cbctl always did; only
-                             // what cannot be sent unchanged is refused here.
+                             // The protocol's range for policy values.
                              ->transform(WholeNumberRange(
-                                 0, static_cast<std::uint64_t>(cbd::kMaxPolicyValue)));
+                                 1, static_cast<std::uint64_t>(cbd::kMaxPolicyValue)));
     configure
         ->add_option("--unset", unset_fields, "Drop this field from the key's policy (repeatable)")
         ->check(CLI::IsMember(std::vector<std::string>(cbd::kPolicyFieldNames.begin(),

@@ -237,7 +237,7 @@ def test_configure_and_policy_with_cbctl(cbd):
     r = cbctl("configure", "api", "--unset", "halfOpenMax", sock=cbd.sock)
     assert json.loads(r.stdout)["policy"]["halfOpenMax"] == 1
     r = cbctl("configure", "api", "--failure-threshold", "0", sock=cbd.sock)
-    assert r.returncode == 1 and "failureThreshold" in r.stderr
+    assert r.returncode == 2 and "--failure-threshold" in r.stderr
     r = cbctl("configure", "api", "--clear", sock=cbd.sock)
     assert json.loads(r.stdout)["source"]["failureThreshold"] == "default"
     r = cbctl("policy", "api", sock=cbd.sock)

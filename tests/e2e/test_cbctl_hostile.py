@@ -214,23 +214,13 @@ def test_report_generation_minus_one_is_no_longer_stale(cbd):
 
 @pytest.mark.parametrize("flag", ["--failure-threshold", "--reset-timeout-ms", "--half-open-max",
                                   "--success-threshold", "--probe-lease-ms"])
-@pytest.mark.parametrize("bad", ["-1", "1.5", str(MAX_SAFE + 1), "18446744073709551616",
+@pytest.mark.parametrize("bad", ["0", "-1", "1.5", str(MAX_SAFE + 1), "18446744073709551616",
                                  "ten", "0x10", "+1", ""])
 def test_policy_values_out_of_range_are_usage_errors(cbd, flag, bad):
     before = state_of(cbd.sock, "p")
     r = cbctl("configure", "p", flag, bad, sock=cbd.sock)
     assert r.returncode == 2, r
     assert flag in r.stderr
-    assert state_of(cbd.sock, "p") == before
-
-
-@pytest.mark.parametrize("flag", ["--failure-threshold", "--probe-lease-ms"])
-def test_policy_value_zero_is_sent_unchanged_and_refused_by_cbd(cbd, flag):
-    # In range for cbctl's parser, out of range for the protocol: cbd
-    # refuses it and names the field; nothing is changed.
-    before = state_of(cbd.sock, "p")
-    r = cbctl("configure", "p", flag, "0", sock=cbd.sock)
-    assert r.returncode == 1 and "invalid_request" in r.stderr, r
     assert state_of(cbd.sock, "p") == before
 
 
