@@ -9,9 +9,63 @@
 
 #include <CLI/CLI.hpp>
 #include <array>
+#include <cerrno>
 #include <cstdlib>
-#include <fstream>
+#include <cstring>
+#include <fcntl.h>
 #include <iostream>
+#include <optional>
+#include <unistd.h>
+
+namespace {
+
+// Far beyond any real password; a bound so that pointing the flag at a large
+// file (or /dev/zero) is an error, not memory spent.
+constexpr std::size_t kMaxPasswordFileBytes = 64 * 1024;
+
+// Reads the Redis password: the file's bytes, less exactly one trailing "\n"
+// or "\r\n" (editors add one; a file written on Windows ends in CRLF, and a
+// '\r' sent to AUTH is a wrong password). Nothing else is trimmed: a password
+// may hold any bytes, spaces included. Returns why it cannot be used.
+std::optional<std::string> read_password_file(const std::string& path, std::string& password) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return "cannot read " + path + ": " + std::strerror(errno);
+    std::string content;
+    char chunk[4096];
+    std::optional<std::string> problem;
+    for (;;) {
+        const ssize_t n = ::read(fd, chunk, sizeof chunk);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            problem = "cannot read " + path + ": " + std::strerror(errno);
+            break;
+        }
+        if (n == 0)
+            break;
+        content.append(chunk, static_cast<std::size_t>(n));
+        if (content.size() > kMaxPasswordFileBytes) {
+            problem = path + " is larger than " + std::to_string(kMaxPasswordFileBytes) +
+                      " bytes: not a password file";
+            break;
+        }
+    }
+    ::close(fd);
+    if (problem)
+        return problem;
+    if (content.ends_with("\r\n"))
+        content.resize(content.size() - 2);
+    else if (content.ends_with('\n'))
+        content.pop_back();
+    // An empty password would silently mean "no AUTH": say so instead.
+    if (content.empty())
+        return path + " is empty: it must hold the Redis password";
+    password = std::move(content);
+    return std::nullopt;
+}
+
+} // namespace
 
 int main(int argc, char** argv) {
     CLI::App app{"cbd: circuit-breaker state for every process on this machine, served as "
@@ -112,8 +166,8 @@ int main(int argc, char** argv) {
                    "Redis address for --backend redis: unix:///path/redis.sock or "
                    "tcp://HOST:PORT");
     app.add_option("--redis-password-file", redis_password_file,
-                   "File holding the Redis password (AUTH), first line")
-        ->check(CLI::ExistingFile);
+                   "File holding the Redis password (AUTH): the whole file, less one trailing "
+                   "newline (\\n or \\r\\n)");
     app.add_option("--redis-prefix", redis_prefix,
                    "Start of every Redis key this cbd uses, so deployments can share a Redis")
         ->capture_default_str();
@@ -163,9 +217,8 @@ int main(int argc, char** argv) {
         config.redis_prefix = redis_prefix;
         config.backend_timeout = *cbd::parse_duration(backend_timeout);
         if (!redis_password_file.empty()) {
-            std::ifstream in(redis_password_file);
-            if (!in || !std::getline(in, config.redis_password)) {
-                std::cerr << "cbd: cannot read " << redis_password_file << "\n";
+            if (auto problem = read_password_file(redis_password_file, config.redis_password)) {
+                std::cerr << "cbd: " << *problem << "\n";
                 return 2;
             }
         }

@@ -129,9 +129,14 @@ void RedisConnection::on_connected() {
         socket_.set_option(asio::detail::socket_option::boolean<IPPROTO_TCP, TCP_NODELAY>(true),
                            ignored);
     }
+    // Commands may be sent from now on: Redis answers in order, so they
+    // queue behind AUTH and the set-up, and fail with them if one is refused.
     state_ = State::Up;
-    auto checked = [this](std::function<void(const redisReply&)> then) {
-        return [this, then = std::move(then)](const redisReply* reply, const std::string&) {
+    ready_ = false;
+    setup_unanswered_ = setup_.size() + (options_.password.empty() ? 0 : 1);
+    const auto epoch = epoch_;
+    auto checked = [this, epoch](std::function<void(const redisReply&)> then) {
+        return [this, epoch, then = std::move(then)](const redisReply* reply, const std::string&) {
             if (!reply)
                 return; // the connection is already failing
             if (reply->type == REDIS_REPLY_ERROR) {
@@ -141,6 +146,8 @@ void RedisConnection::on_connected() {
             }
             if (then)
                 then(*reply);
+            if (epoch == epoch_ && --setup_unanswered_ == 0)
+                on_ready();
         };
     };
     if (!options_.password.empty())
@@ -150,6 +157,14 @@ void RedisConnection::on_connected() {
         send(argv, checked(cmd.on_reply), true);
     }
     read_more();
+    if (setup_unanswered_ == 0)
+        on_ready();
+}
+
+void RedisConnection::on_ready() {
+    // Only now is the connection known to work: a wrong password or a
+    // refused SCRIPT LOAD fails before this, and must not read as connected.
+    ready_ = true;
     backoff_ = std::chrono::milliseconds(100);
     log_info("connected to Redis at " + options_.endpoint.describe());
     if (on_state_)
@@ -271,7 +286,11 @@ void RedisConnection::arm_deadline() {
 void RedisConnection::fail(const std::string& why) {
     if (state_ == State::Stopped)
         return;
-    const bool was_up = state_ == State::Up;
+    // A connection refused at set-up (a wrong password) never was ready:
+    // the backoff grows and only its first failure is logged, not one line
+    // every 100 ms.
+    const bool was_ready = ready_;
+    ready_ = false;
     state_ = State::Down;
     ++epoch_;
     boost::system::error_code ignored;
@@ -281,7 +300,7 @@ void RedisConnection::fail(const std::string& why) {
     pending_.clear();
     for (auto& p : pending)
         p.done(nullptr, why);
-    if (was_up || backoff_ == std::chrono::milliseconds(100))
+    if (was_ready || backoff_ == std::chrono::milliseconds(100))
         log_warn("Redis at " + options_.endpoint.describe() + ": " + why + "; retrying");
     if (on_state_)
         on_state_(false, why);

@@ -58,7 +58,8 @@ class RedisConnection {
         std::function<void(const redisReply&)> on_reply;
     };
     using Setup = std::vector<SetupCommand>;
-    // Told when the connection comes up (true) or goes down (false).
+    // Told when the connection is ready (true: connected, AUTH and every
+    // set-up command succeeded) or goes down (false).
     using StateChange = std::function<void(bool up, const std::string& why)>;
 
     RedisConnection(boost::asio::io_context& io, RedisOptions options, Setup setup,
@@ -87,6 +88,8 @@ class RedisConnection {
 
     void connect();
     void on_connected();
+    // AUTH and every set-up command answered: logs "connected", tells on_state.
+    void on_ready();
     void send(const std::vector<std::string_view>& argv, Callback done, bool internal);
     void flush();
     void read_more();
@@ -111,6 +114,8 @@ class RedisConnection {
     std::string writing_; // what the socket is writing now
     bool write_busy_ = false;
     std::vector<char> in_;
+    bool ready_ = false;                 // Up, and AUTH and the set-up have succeeded
+    std::size_t setup_unanswered_ = 0;   // AUTH and set-up commands not yet answered
     std::uint64_t epoch_ = 0; // bumped on every (re)connect; stale handlers see the change
 };
 

@@ -110,6 +110,76 @@ std::string column_string(sqlite3_stmt* stmt, int col) {
 
 bool is_null(sqlite3_stmt* stmt, int col) { return sqlite3_column_type(stmt, col) == SQLITE_NULL; }
 
+// Whether `text` is well-formed UTF-8 (RFC 3629: no overlong forms, no
+// surrogates, nothing above U+10FFFF). The protocol's JSON parser refuses
+// anything else in a request, so a key that fails this could never be named
+// by a client; loaded, it would show as U+FFFD and export/import would change
+// it. common/ has no validator to share (replies replace bad bytes through the
+// JSON library), hence this one.
+bool is_valid_utf8(std::string_view text) {
+    std::size_t i = 0;
+    while (i < text.size()) {
+        const auto lead = static_cast<unsigned char>(text[i]);
+        std::size_t length = 0;
+        unsigned char low = 0x80, high = 0xBF; // the range of the second byte
+        if (lead < 0x80) {
+            ++i;
+            continue;
+        } else if (lead >= 0xC2 && lead <= 0xDF) {
+            length = 2;
+        } else if (lead >= 0xE0 && lead <= 0xEF) {
+            length = 3;
+            if (lead == 0xE0)
+                low = 0xA0; // shorter forms are overlong
+            else if (lead == 0xED)
+                high = 0x9F; // U+D800..U+DFFF are surrogates
+        } else if (lead >= 0xF0 && lead <= 0xF4) {
+            length = 4;
+            if (lead == 0xF0)
+                low = 0x90; // overlong
+            else if (lead == 0xF4)
+                high = 0x8F; // above U+10FFFF
+        } else {
+            return false; // a continuation byte, C0/C1 (overlong) or F5..FF
+        }
+        if (text.size() - i < length)
+            return false;
+        const auto second = static_cast<unsigned char>(text[i + 1]);
+        if (second < low || second > high)
+            return false;
+        for (std::size_t k = 2; k < length; ++k) {
+            const auto next = static_cast<unsigned char>(text[i + k]);
+            if (next < 0x80 || next > 0xBF)
+                return false;
+        }
+        i += length;
+    }
+    return true;
+}
+
+// A key as it can be shown in an error: printable ASCII as is, every other
+// byte as \xHH, and at most 64 bytes of it, so that a bad key cannot break
+// the log line or flood it.
+std::string printable_key(std::string_view key) {
+    constexpr std::size_t kShown = 64;
+    static constexpr char kHex[] = "0123456789ABCDEF";
+    std::string out = "'";
+    for (std::size_t i = 0; i < key.size() && i < kShown; ++i) {
+        const auto c = static_cast<unsigned char>(key[i]);
+        if (c >= 0x20 && c < 0x7f && c != '\\' && c != '\'') {
+            out += static_cast<char>(c);
+        } else {
+            out += "\\x";
+            out += kHex[c >> 4];
+            out += kHex[c & 0xF];
+        }
+    }
+    out += '\'';
+    if (key.size() > kShown)
+        out += "... (" + std::to_string(key.size()) + " bytes)";
+    return out;
+}
+
 } // namespace
 
 StateFile::StateFile(sqlite3* db, std::string path) : db_(db), path_(std::move(path)) {}
@@ -261,8 +331,12 @@ std::uint64_t StateFile::load(const std::function<void(const StoredCircuit&)>& v
     while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
         record = StoredCircuit{};
         record.key = column_string(stmt, 0);
+        // The key rules are the protocol's: a key no request could carry
+        // cannot be addressed, so the row is corruption, not a circuit.
         if (auto problem = key_problem(record.key))
-            throw bad("a row's key is not valid: " + std::string(*problem));
+            throw bad("row " + printable_key(record.key) + ": " + std::string(*problem));
+        if (!is_valid_utf8(record.key))
+            throw bad("row " + printable_key(record.key) + ": key is not valid UTF-8");
         auto row_error = [&](const std::string& why) {
             return bad("row '" + record.key + "': " + why);
         };

@@ -404,3 +404,39 @@ def test_a_state_file_with_numbers_out_of_range_is_refused(start_cbd, workdir, s
     r = Client(d.sock).call({"op": "failure", "key": "k"})
     assert r["ok"] and 0 < r["generation"] <= 2**53 - 1
     assert d.stop() == 0
+
+
+@pytest.mark.parametrize(
+    "key_sql,named",
+    [
+        ("CAST(X'41FF2042' AS TEXT)", r"row 'A\xFF B': key is not valid UTF-8"),
+        ("CAST(X'610962' AS TEXT)", r"row 'a\x09b': key contains a control character"),
+        ("''", "row '': key must not be empty"),
+        # Shown cut to 64 bytes, so a long bad key cannot flood the log.
+        ("substr(hex(zeroblob(513)), 1, 1025)",
+         "row '" + "0" * 64 + "'... (1025 bytes): key is longer than 1024 bytes"),
+    ],
+    ids=["not-utf8", "control", "empty", "1025-bytes"],
+)
+def test_a_row_whose_key_breaks_the_key_rules_is_refused(start_cbd, workdir, key_sql, named):
+    # Loaded, such a key could not be named by any request (the protocol
+    # refuses it), and a non-UTF-8 one would show as U+FFFD: corruption.
+    state = workdir / "state.db"
+    d = start_cbd("--state-file", str(state))
+    Client(d.sock).call({"op": "failure", "key": "api"})
+    assert d.stop() == 0
+    subprocess.run(["sqlite3", str(state), f"UPDATE circuits SET key = {key_sql}"], check=True)
+    before = state.read_bytes()
+
+    d = start_cbd("--state-file", str(state), wait=False)
+    assert d.proc.wait(timeout=10) == 1
+    log = d.log()
+    assert f"cannot start: state file {state}: {named}" in log, log
+    assert "--move-corrupt-state" in log
+    assert state.read_bytes() == before
+
+    d = start_cbd("--state-file", str(state), "--move-corrupt-state")
+    assert "moved it to" in d.log()
+    assert export(d.sock) == []
+    assert Client(d.sock).call({"op": "failure", "key": "k"})["ok"]
+    assert d.stop() == 0

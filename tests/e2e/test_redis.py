@@ -692,3 +692,115 @@ def test_list_and_export_never_block_redis_at_100k_circuits(start_cbd, workdir, 
     assert unavailable == [] and served > 100, (served, unavailable[:3])
     assert Client(b.sock).call({"op": "stats"})["backend"]["unavailable"] == 0
     r.close()
+
+
+# --- a Redis that needs a password ------------------------------------------
+
+# Inner spaces on purpose: only one trailing newline is stripped, nothing else.
+REDIS_PASSWORD = "s3cret with spaces"
+
+
+class RedisWithPassword(Redis):
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", "0", "--unixsocket", self.sock, "--unixsocketperm", "700",
+             "--save", "", "--appendonly", "no", "--dir", str(self.dir),
+             "--requirepass", REDIS_PASSWORD],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.cli("ping") == "PONG":
+                return
+            time.sleep(0.05)
+        raise TimeoutError("redis-server did not start")
+
+    def cli(self, *args):
+        return subprocess.run(["redis-cli", "-s", self.sock, "--no-auth-warning",
+                               "-a", REDIS_PASSWORD, *args],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+
+
+@pytest.fixture
+def redis_with_password(workdir):
+    if shutil.which("redis-server") is None:
+        raise RuntimeError("redis-server is missing: scripts/dev.sh deps installs it")
+    r = RedisWithPassword(workdir)
+    r.start()
+    yield r
+    if r.proc.poll() is None:
+        r.kill()
+
+
+def connected_lines(log):
+    # "connected to Redis at ..." as logged, not "not connected to Redis" in
+    # an error text.
+    return [line for line in log.splitlines() if "info: connected to Redis at" in line]
+
+
+@pytest.mark.parametrize("ending", ["\r\n", "\n"], ids=["crlf", "lf"])
+def test_a_password_file_with_a_trailing_newline_authenticates(start_cbd, workdir,
+                                                               redis_with_password, ending):
+    password_file = workdir / "redis-password"
+    password_file.write_bytes((REDIS_PASSWORD + ending).encode())
+    d = on_redis(start_cbd, workdir, redis_with_password, "a",
+                 "--redis-password-file", str(password_file))
+    c = Client(d.sock)
+    assert_service_resumes(c, within=5)
+    assert redis_with_password.cli("HGET", "cbd:c:k", "fc") == "1"
+    # The command and the event connections: each logged once, after AUTH
+    # (the event connection may still be on its way).
+    deadline = time.monotonic() + 5
+    while len(connected_lines(d.log())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(connected_lines(d.log())) == 2, d.log()
+    assert "WRONGPASS" not in d.log()
+
+
+@pytest.mark.parametrize("content", [b"", b"\n", b"\r\n"], ids=["empty", "lf", "crlf"])
+def test_an_empty_password_file_is_refused_as_empty(workdir, content):
+    from conftest import CBD
+    password_file = workdir / "redis-password"
+    password_file.write_bytes(content)
+    p = subprocess.run([CBD, "--socket", str(workdir / "x.sock"), "--backend", "redis",
+                        "--redis", "unix:///nonexistent/redis.sock",
+                        "--redis-password-file", str(password_file)],
+                       capture_output=True, text=True, timeout=10)
+    assert p.returncode == 2, p.stderr
+    assert f"cbd: {password_file} is empty" in p.stderr
+    assert "cannot read" not in p.stderr
+
+
+def test_a_missing_password_file_says_why_it_cannot_be_read(workdir):
+    from conftest import CBD
+    password_file = workdir / "no-such-file"
+    p = subprocess.run([CBD, "--socket", str(workdir / "x.sock"), "--backend", "redis",
+                        "--redis", "unix:///nonexistent/redis.sock",
+                        "--redis-password-file", str(password_file)],
+                       capture_output=True, text=True, timeout=10)
+    assert p.returncode == 2, p.stderr
+    assert f"cbd: cannot read {password_file}: No such file or directory" in p.stderr
+
+
+def test_a_wrong_password_is_never_connected_and_answers_backend_unavailable(
+        start_cbd, workdir, redis_with_password):
+    password_file = workdir / "redis-password"
+    password_file.write_bytes(b"not the password\n")
+    d = on_redis(start_cbd, workdir, redis_with_password, "a",
+                 "--redis-password-file", str(password_file), "--backend-timeout", "500ms")
+    c = Client(d.sock)
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        started = time.monotonic()
+        r = c.call({"op": "failure", "key": "k"})
+        assert time.monotonic() - started < 1.0
+        assert r["ok"] is False and r["error"]["code"] == "backend_unavailable", r
+        time.sleep(0.1)
+    assert c.call({"op": "stats"})["backend"]["up"] is False
+    log = d.log()
+    assert connected_lines(log) == [], log
+    assert "WRONGPASS" in log
+    # Retries back off: a refused AUTH is logged once per connection, not
+    # every 100 ms.
+    assert log.count("refused the connection's set-up") <= 2, log
+    assert redis_with_password.cli("EXISTS", "cbd:c:k") == "0"
+    assert d.proc.poll() is None

@@ -493,3 +493,39 @@ TEST_CASE("a state file with numbers past 2^53-1 is refused at load", "[persiste
         CHECK(error.find(dir.file("range.db")) != std::string::npos);
     }
 }
+
+TEST_CASE("a row whose key no request could carry is refused at load, naming it",
+          "[persistence]") {
+    TempDir dir;
+    // Keys at the edges of the rules load: multi-byte UTF-8, 1024 bytes.
+    CHECK(load_error_after(dir, "UPDATE circuits SET key = CAST(X'C3A9E282ACF09F9880' AS TEXT)") ==
+          "");
+    CHECK(load_error_after(dir, "UPDATE circuits SET key = substr(hex(zeroblob(512)), 1, 1024)") ==
+          "");
+
+    const struct {
+        const char* sql;
+        const char* named; // the row, as the error shows it
+        const char* why;
+    } cases[] = {
+        {"UPDATE circuits SET key = CAST(X'41FF2042' AS TEXT)", "row 'A\\xFF B'", "UTF-8"},
+        // Overlong '/', a lone surrogate, past U+10FFFF, a cut-off sequence.
+        {"UPDATE circuits SET key = CAST(X'61C0AF' AS TEXT)", "row 'a\\xC0\\xAF'", "UTF-8"},
+        {"UPDATE circuits SET key = CAST(X'61EDA080' AS TEXT)", "row 'a\\xED\\xA0\\x80'", "UTF-8"},
+        {"UPDATE circuits SET key = CAST(X'61F4908080' AS TEXT)", "row 'a\\xF4\\x90\\x80\\x80'",
+         "UTF-8"},
+        {"UPDATE circuits SET key = CAST(X'61E282' AS TEXT)", "row 'a\\xE2\\x82'", "UTF-8"},
+        {"UPDATE circuits SET key = CAST(X'610962' AS TEXT)", "row 'a\\x09b'",
+         "control character"},
+        {"UPDATE circuits SET key = ''", "row ''", "empty"},
+        {"UPDATE circuits SET key = substr(hex(zeroblob(513)), 1, 1025)", "(1025 bytes)",
+         "longer than 1024 bytes"},
+    };
+    for (const auto& c : cases) {
+        INFO(c.sql);
+        const auto error = load_error_after(dir, c.sql);
+        CHECK(error.find(dir.file("range.db")) != std::string::npos);
+        CHECK(error.find(c.named) != std::string::npos);
+        CHECK(error.find(c.why) != std::string::npos);
+    }
+}
