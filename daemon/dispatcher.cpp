@@ -238,7 +238,11 @@ Dispatcher::Handler Dispatcher::handler_for(Op op) {
 }
 
 void Dispatcher::handle_line(std::string_view line, RequestContext& ctx, std::string& out) {
-    auto replies = std::exchange(ctx.replies, std::make_shared<ReplyQueue>());
+    // One queue for every such call: these callers answer at once, so it is
+    // empty again by the end of each.
+    if (!scratch_replies_)
+        scratch_replies_ = std::make_shared<ReplyQueue>();
+    auto replies = std::exchange(ctx.replies, scratch_replies_);
     handle_line(line, ctx);
     ctx.replies->take_ready(out);
     if (!ctx.replies->empty()) {
@@ -246,6 +250,7 @@ void Dispatcher::handle_line(std::string_view line, RequestContext& ctx, std::st
         log_error("a reply was deferred on a connection that cannot wait for it");
         append_error_reply(out, request_.id_json, ErrorCode::InternalError,
                            "this connection cannot wait for the backend");
+        scratch_replies_.reset(); // its late answer fills a queue nobody reads
     }
     ctx.replies = std::move(replies);
 }

@@ -74,6 +74,7 @@ class Dispatcher {
     DaemonStats& stats_;
     Request request_;  // reused across lines to keep its buffers
     OpOutcome outcome_; // likewise, for answers given at once
+    std::shared_ptr<ReplyQueue> scratch_replies_; // for handle_line(..., out)
 };
 
 } // namespace cbd

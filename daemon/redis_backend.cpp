@@ -116,11 +116,9 @@ bool RedisBackend::run(const Request& req, const Peer& peer, OpOutcome& now, Def
     }
     // The daemon's layers; the script lays the key's override from Redis
     // over them (and derives the lease after it, as PolicySet does).
-    ResolvedPolicy layers = policies_.resolve_with(req.key, nullptr);
-    const Policy numbers = redis_policy_numbers(layers, !layers.lease_set);
+    const Policy numbers = redis_policy_numbers(policies_.resolve_with(req.key, nullptr));
     redis_.run(script, req.key, numbers, args,
-               [done = deferral.later(), op = req.op,
-                layers = std::move(layers)](RemoteResult r) {
+               [this, done = deferral.later(), op = req.op, key = req.key](RemoteResult r) {
                    OpOutcome out;
                    out.error = r.error;
                    if (r.error == ErrorCode::BackendUnavailable)
@@ -140,8 +138,7 @@ bool RedisBackend::run(const Request& req, const Peer& peer, OpOutcome& now, Def
                    out.page = std::move(r.page);
                    out.exported = std::move(r.exported);
                    if (op == Op::Policy || op == Op::Configure)
-                       out.policy = redis_resolved_policy(layers, !layers.lease_set,
-                                                          r.policy_override);
+                       out.policy = policies_.resolve_with(key, &r.policy_override);
                    done(out);
                });
     return false;

@@ -509,26 +509,11 @@ void RedisStore::on_event(const redisReply* reply) {
     }
 }
 
-Policy redis_policy_numbers(const ResolvedPolicy& daemon, bool lease_from_timeout) {
+Policy redis_policy_numbers(const ResolvedPolicy& daemon) {
     Policy p = daemon.policy;
-    if (lease_from_timeout)
+    if (!daemon.lease_set)
         p.probe_lease_ms = 0; // not a valid lease (1..): the scripts' sign to derive it
     return p;
-}
-
-ResolvedPolicy redis_resolved_policy(ResolvedPolicy daemon, bool lease_from_timeout,
-                                     const PolicyPatch& key_override) {
-    for (std::size_t i = 0; i < kPolicyFieldCount; ++i)
-        if (const auto& v = key_override.values[i]) {
-            daemon.policy.set(static_cast<PolicyField>(i), *v);
-            daemon.sources[i] = PolicySource::Key;
-        }
-    if (lease_from_timeout && !key_override[PolicyField::ProbeLeaseMs]) {
-        const auto timeout = static_cast<std::size_t>(PolicyField::ResetTimeoutMs);
-        daemon.policy.probe_lease_ms = daemon.policy.reset_timeout_ms;
-        daemon.sources[static_cast<std::size_t>(PolicyField::ProbeLeaseMs)] = daemon.sources[timeout];
-    }
-    return daemon;
 }
 
 } // namespace cbd

@@ -79,7 +79,7 @@ class RedisStore {
     // Circuits in the shared store as of the last sweep (every 100 ms):
     // total from the index; by state and pinned from counters the scripts
     // keep (exact while only cbd writes the keys).
-    CircuitCounts counts() const { return counts_; }
+    std::optional<CircuitCounts> counts() const { return counts_; }
 
   private:
     struct Call;
@@ -104,7 +104,7 @@ class RedisStore {
     CircuitObserver* observer_;
     std::array<std::string, kRedisScriptCount> shas_; // from SCRIPT LOAD; empty until known
     bool sweeping_ = false;
-    CircuitCounts counts_;
+    std::optional<CircuitCounts> counts_; // none until the first sweep answers
     std::string last_logged_error_; // a bad key is logged once, not per request
     RedisConnection commands_;
     RedisConnection events_;
@@ -112,15 +112,10 @@ class RedisStore {
 
 // The policy numbers to pass to run() for a key whose daemon-side policy
 // (defaults, prefix rules) is `daemon`: as resolved, except probeLeaseMs 0
-// when `lease_from_timeout` (no layer sets probeLeaseMs), so that the script
-// derives the lease from the reset timeout after the key's own override,
-// as PolicySet does.
-Policy redis_policy_numbers(const ResolvedPolicy& daemon, bool lease_from_timeout);
-
-// What the `policy` and `configure` replies show on Redis: the daemon's
-// layers, the key's override from Redis over them (source "key"), and the
-// lease derived as PolicySet derives it.
-ResolvedPolicy redis_resolved_policy(ResolvedPolicy daemon, bool lease_from_timeout,
-                                     const PolicyPatch& key_override);
+// when no layer sets it, so that the script derives the lease from the reset
+// timeout after the key's own override, as PolicySet does. (The `policy`
+// reply lays the override over the same layers with
+// PolicySet::resolve_with(), the one place that rule lives in C++.)
+Policy redis_policy_numbers(const ResolvedPolicy& daemon);
 
 } // namespace cbd

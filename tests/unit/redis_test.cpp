@@ -183,11 +183,18 @@ TEST_CASE("the lease is derived on Redis as PolicySet derives it", "[redis]") {
     REQUIRE(daemon.policy.probe_lease_ms == 2000);
 
     // No layer sets the lease: the script is told (0) and derives it.
-    CHECK(cbd::redis_policy_numbers(daemon, true).probe_lease_ms == 0);
-    CHECK(cbd::redis_policy_numbers(daemon, false).probe_lease_ms == 2000);
+    CHECK(cbd::redis_policy_numbers(daemon).probe_lease_ms == 0);
+    cbd::PolicySet leased;
+    cbd::PolicyConfig leased_config = config;
+    leased_config.defaults[cbd::PolicyField::ProbeLeaseMs] = 2000;
+    leased.set_config(leased_config);
+    CHECK(cbd::redis_policy_numbers(leased.resolve("svc")).probe_lease_ms == 2000);
+
+    // What the policy reply shows on Redis: the key's override from Redis
+    // over the daemon's layers, through PolicySet's own resolution.
     cbd::PolicyPatch own;
     own[cbd::PolicyField::ResetTimeoutMs] = 600;
-    auto shown = cbd::redis_resolved_policy(daemon, true, own);
+    auto shown = set.resolve_with("svc", &own);
     CHECK(shown.policy.reset_timeout_ms == 600);
     CHECK(shown.policy.probe_lease_ms == 600);
     CHECK(shown.sources[static_cast<std::size_t>(cbd::PolicyField::ProbeLeaseMs)] ==
@@ -200,8 +207,8 @@ TEST_CASE("the lease is derived on Redis as PolicySet derives it", "[redis]") {
     CHECK(memory.sources == shown.sources);
 
     // A lease some layer sets stays.
-    shown = cbd::redis_resolved_policy(daemon, false, own);
+    shown = leased.resolve_with("svc", &own);
     CHECK(shown.policy.probe_lease_ms == 2000);
     own[cbd::PolicyField::ProbeLeaseMs] = 50;
-    CHECK(cbd::redis_resolved_policy(daemon, true, own).policy.probe_lease_ms == 50);
+    CHECK(set.resolve_with("svc", &own).policy.probe_lease_ms == 50);
 }
