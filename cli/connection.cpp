@@ -76,7 +76,25 @@ std::size_t Connection::write_some(std::string_view data) {
         return static_cast<std::size_t>(n);
     if (errno == EAGAIN || errno == EINTR)
         return 0;
-    throw ConnectionError("lost the connection to cbd at " + path_ + ": " + std::strerror(errno));
+    const int write_errno = errno;
+    if (write_errno == EPIPE || write_errno == ECONNRESET) {
+        // cbd closed the connection. It may have said why first (a refused
+        // connection gets one too_many_connections line, then the close):
+        // keep that line for read_line(), so the user reads the reason, not
+        // "broken pipe".
+        for (int tries = 0; tries < 64 && in_.find('\n') == std::string::npos; ++tries) {
+            try {
+                if (!read_available())
+                    break;
+            } catch (const ConnectionError&) {
+                break;
+            }
+        }
+        if (in_.find('\n') != std::string::npos)
+            return data.size(); // nothing more goes out; the reply says why
+    }
+    throw ConnectionError("lost the connection to cbd at " + path_ + ": " +
+                          std::strerror(write_errno));
 }
 
 void Connection::send_all(std::string_view data, Clock::time_point deadline) {

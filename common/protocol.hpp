@@ -28,7 +28,7 @@
 
 namespace cbd {
 
-inline constexpr int kProtocolVersion = 7;
+inline constexpr int kProtocolVersion = 8;
 inline constexpr std::string_view kVersion = CBD_VERSION;
 
 // Hard limits. The line and circuit limits have daemon flags; the rest are

@@ -53,6 +53,10 @@ struct Request {
     // The request's id, already serialized as JSON (a string or an integer),
     // so it can be echoed byte for byte; empty when the request had none.
     std::string id_json;
+    // Not on the wire: the dispatcher clears it for read-level peers, whose
+    // `get` of an unknown key answers the default snapshot without creating
+    // the circuit (the circuit table belongs to writers).
+    bool create_unknown = true;
 
     bool operator==(const Request&) const = default;
 };

@@ -185,6 +185,9 @@ class CircuitStore {
     // The reference store. Each creates an unknown key with the default
     // snapshot (closed, 0, 0, 0, now) first, or fails with TooManyCircuits.
     virtual StoreResult get(std::string_view key) = 0;
+    // As get, but an unknown key is not created: the default snapshot (at
+    // now) with generation 0, which no circuit has. For read-level peers.
+    virtual StoreResult peek(std::string_view key) = 0;
     virtual StoreResult record_success(std::string_view key) = 0;
     virtual StoreResult record_failure(std::string_view key) = 0;
     // Fails with Conflict when `condition` does not hold, Forced when pinned.

@@ -21,6 +21,7 @@
 #include <csignal>
 #include <malloc.h>
 #include <sys/resource.h>
+#include <unistd.h>
 #include <functional>
 #include <optional>
 
@@ -228,7 +229,10 @@ int run_daemon(const DaemonConfig& config) {
     Server server(io, listener->release_fd(),
                   SessionShared{dispatcher, sessions, events, stats, access,
                                 config.max_line_bytes, config.watch_queue,
-                                config.max_connections, config.idle_timeout});
+                                ConnectionLimits{config.max_connections,
+                                                 config.max_connections_per_uid,
+                                                 config.reserved_connections, geteuid()},
+                                config.idle_timeout, config.request_timeout});
 
     std::optional<MetricsHttpServer> metrics_http;
     if (!config.metrics_listen.empty()) {

@@ -29,10 +29,15 @@ struct DaemonConfig {
     // Access groups (names or gids); they beat the config file's.
     std::string writer_group;
     std::string admin_group;
-    // Most client connections at once; one more is refused.
+    // Most client connections at once; one more is refused. Per uid, and the
+    // reserve kept for write and admin peers: see connection_limits.hpp.
     std::size_t max_connections = 1024;
-    // Close connections idle this long (watchers excepted); 0 = never.
+    std::size_t max_connections_per_uid = 256;
+    std::size_t reserved_connections = 64;
+    // Close connections with no request line this long (watchers excepted); 0 = never.
     std::chrono::milliseconds idle_timeout{0};
+    // Close a connection whose unfinished request line takes longer; 0 = never.
+    std::chrono::milliseconds request_timeout{10'000};
     // Persistence: the SQLite state file (empty = memory only) and how
     // changes reach it (see persistence.hpp).
     std::string state_file;

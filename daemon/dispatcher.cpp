@@ -272,6 +272,7 @@ void Dispatcher::handle_line(std::string_view line, RequestContext& ctx) {
             refuse(request_, ctx, spec, out);
             return;
         }
+        request_.create_unknown = ctx.level != AccessLevel::Read;
         if (Handler handler = handler_for(request_.op)) {
             (this->*handler)(request_, ctx, out);
             return;

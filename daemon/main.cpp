@@ -2,6 +2,7 @@
 #include "common/duration.hpp"
 #include "common/protocol.hpp"
 #include "common/socket_path.hpp"
+#include "daemon/connection_limits.hpp"
 #include "daemon/daemon.hpp"
 #include "daemon/listener.hpp"
 #include "daemon/log.hpp"
@@ -9,6 +10,7 @@
 
 #include <CLI/CLI.hpp>
 #include <array>
+#include <optional>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -82,7 +84,10 @@ int main(int argc, char** argv) {
     std::string config_path;
     std::size_t watch_queue = cbd::kDefaultWatchQueue;
     std::string writer_group, admin_group, idle_timeout = "0";
-    std::size_t max_connections = 1024;
+    std::size_t max_connections = cbd::kDefaultMaxConnections;
+    std::size_t max_connections_per_uid = cbd::kDefaultMaxConnectionsPerUid;
+    std::optional<std::size_t> reserved_connections;
+    std::string request_timeout = "10s";
     std::string metrics_listen;
     std::string state_file, sync_mode = "batch";
     std::int64_t sync_interval_ms = 100;
@@ -134,6 +139,24 @@ int main(int argc, char** argv) {
         ->check(CLI::Range(std::size_t{1}, std::size_t{1'000'000}));
     app.add_option("--idle-timeout", idle_timeout,
                    "Close connections idle this long (300s, 5m; 0 = never; watchers excepted)")
+        ->capture_default_str()
+        ->check([](const std::string& v) {
+            return v == "0" || cbd::parse_duration(v) ? std::string()
+                                                       : "'" + v + "' is not a duration";
+        });
+    app.add_option("--max-connections-per-uid", max_connections_per_uid,
+                   "Most connections one uid may hold at once (0 = no limit; root and cbd's own "
+                   "uid are exempt)")
+        ->capture_default_str()
+        ->check(CLI::Range(std::size_t{0}, std::size_t{1'000'000}));
+    app.add_option("--reserved-connections", reserved_connections,
+                   "Connections kept for write- and admin-level peers: read-level peers may hold "
+                   "--max-connections minus this (default: 1/16 of --max-connections, at least "
+                   "1)")
+        ->check(CLI::Range(std::size_t{0}, std::size_t{1'000'000}));
+    app.add_option("--request-timeout", request_timeout,
+                   "Close a connection whose unfinished request line is not finished within "
+                   "this, however it trickles in (0 = never; applies with --idle-timeout off)")
         ->capture_default_str()
         ->check([](const std::string& v) {
             return v == "0" || cbd::parse_duration(v) ? std::string()
@@ -203,6 +226,18 @@ int main(int argc, char** argv) {
     config.writer_group = writer_group;
     config.admin_group = admin_group;
     config.max_connections = max_connections;
+    config.max_connections_per_uid = max_connections_per_uid;
+    config.reserved_connections =
+        reserved_connections.value_or(cbd::default_reserved_connections(max_connections));
+    if (config.reserved_connections >= max_connections) {
+        std::cerr << "cbd: --reserved-connections " << config.reserved_connections
+                  << " leaves read-level peers no connection: it must be below "
+                     "--max-connections "
+                  << max_connections << "\n";
+        return 2;
+    }
+    if (request_timeout != "0")
+        config.request_timeout = *cbd::parse_duration(request_timeout);
     if (backend == "redis") {
         if (redis_url.empty()) {
             std::cerr << "cbd: --backend redis needs --redis ADDRESS\n";

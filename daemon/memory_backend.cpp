@@ -38,7 +38,7 @@ void MemoryBackend::apply(const Request& req, const Peer& peer, OpOutcome& now) 
 void MemoryBackend::apply_to_store(const Request& req, const Peer& peer, OpOutcome& now) {
     switch (req.op) {
     case Op::Get:
-        take(now, store_.get(req.key));
+        take(now, req.create_unknown ? store_.get(req.key) : store_.peek(req.key));
         return;
     case Op::Success:
         take(now, store_.record_success(req.key));

@@ -160,6 +160,14 @@ StoreResult MemoryCircuitStore::get(std::string_view key) {
     return {std::nullopt, view_of(*c), std::nullopt};
 }
 
+StoreResult MemoryCircuitStore::peek(std::string_view key) {
+    if (auto it = circuits_.find(key); it != circuits_.end())
+        return {std::nullopt, view_of(it->second), std::nullopt};
+    CircuitView unknown;
+    unknown.snapshot.last_state_change = clock_.now_ms();
+    return {std::nullopt, unknown, std::nullopt};
+}
+
 StoreResult MemoryCircuitStore::record_success(std::string_view key) {
     if (!generations_left(kGenerationsPerOperation))
         return {ErrorCode::BackendError, {}, std::nullopt};

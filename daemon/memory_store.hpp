@@ -27,6 +27,7 @@ class MemoryCircuitStore final : public CircuitStore {
                        CircuitObserver* observer = nullptr);
 
     StoreResult get(std::string_view key) override;
+    StoreResult peek(std::string_view key) override;
     StoreResult record_success(std::string_view key) override;
     StoreResult record_failure(std::string_view key) override;
     StoreResult transition(std::string_view key, State to,

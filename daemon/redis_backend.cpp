@@ -16,6 +16,7 @@ bool script_call(const Request& req, const Peer& peer, RedisScript& script,
     switch (req.op) {
     case Op::Get:
         script = RedisScript::Get;
+        args = {req.create_unknown ? std::string(kRedisArgTrue) : "0"};
         return true;
     case Op::Success:
         script = RedisScript::Success;

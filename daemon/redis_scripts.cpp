@@ -390,8 +390,14 @@ local function append_fields(out, h, r)
 end
 )lua";
 
+// op: ARG_TRUE to create the circuit if unknown, else answer the default snapshot
+// without creating it (a read-level peer; generation 0).
 constexpr std::string_view kGet = R"lua(
-load(true); settle()
+if not load(op[1] == ARG_TRUE) then
+  c = {state = CLOSED, fc = 0, sc = 0, lft = 0, lsc = now, gen = 0}
+  return result(ST_OK)
+end
+settle()
 return result(ST_OK)
 )lua";
 

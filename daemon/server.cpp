@@ -40,26 +40,36 @@ void Server::accept_next() {
             });
             return;
         }
-        if (shared_.sessions.size() >= shared_.max_connections) {
-            refuse(std::move(socket));
-        } else {
-            std::make_shared<Session>(std::move(socket), shared_)->start();
-        }
+        const PeerIdentity who = identify_peer(socket.native_handle(), shared_.access);
+        const Admission admission =
+            admit(shared_.limits,
+                  OpenConnections{shared_.sessions.size(), shared_.sessions.count_of(who.peer.uid)},
+                  who.peer.uid, who.level);
+        if (admission == Admission::Admit)
+            std::make_shared<Session>(std::move(socket), shared_, who)->start();
+        else
+            refuse(std::move(socket), admission, who);
         accept_next();
     });
 }
 
-void Server::refuse(asio::local::stream_protocol::socket socket) {
+void Server::refuse(asio::local::stream_protocol::socket socket, Admission why,
+                    const PeerIdentity& who) {
     shared_.stats.connections_refused += 1;
     shared_.stats.errors[static_cast<std::size_t>(ErrorCode::TooManyConnections)] += 1;
-    if (shared_.stats.connections_refused % 1000 == 1)
-        log_warn("refusing connections: " + std::to_string(shared_.max_connections) +
-                 " are open (--max-connections)");
+    const std::string message = refusal_message(shared_.limits, why, who.peer.uid);
+    // Once a minute at most: a peer that keeps trying must not flood the log.
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_refusal_warning_ >= std::chrono::minutes(1)) {
+        last_refusal_warning_ = now;
+        log_warn("refusing a connection from uid " + std::to_string(who.peer.uid) + " (pid " +
+                 std::to_string(who.peer.pid) + ", " +
+                 std::string(access_level_name(who.level)) + " level): " + message + "; " +
+                 std::to_string(shared_.stats.connections_refused) + " refused so far");
+    }
     // One line, written without waiting: a fresh socket's buffer takes it.
-    // The error text is fixed, so the line needs no JSON library.
-    static const std::string line =
-        "{\"ok\":false,\"error\":{\"code\":\"too_many_connections\",\"message\":"
-        "\"cbd has as many connections as it allows; try again later\"}}\n";
+    std::string line;
+    append_error_reply(line, {}, ErrorCode::TooManyConnections, message);
     socket.non_blocking(true);
     boost::system::error_code ignored;
     socket.write_some(asio::buffer(line), ignored);

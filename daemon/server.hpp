@@ -25,13 +25,15 @@ class Server {
 
   private:
     void accept_next();
-    // Answers too_many_connections and closes.
-    void refuse(boost::asio::local::stream_protocol::socket socket);
+    // Answers too_many_connections, saying which limit, and closes.
+    void refuse(boost::asio::local::stream_protocol::socket socket, Admission why,
+                const PeerIdentity& who);
 
     boost::asio::local::stream_protocol::acceptor acceptor_;
     boost::asio::steady_timer accept_backoff_;
     SessionShared shared_;
     std::chrono::steady_clock::time_point last_accept_warning_{};
+    std::chrono::steady_clock::time_point last_refusal_warning_{};
     bool stopping_ = false;
 };
 

@@ -23,17 +23,61 @@ constexpr std::size_t kMaxDrainBytes = 1024 * 1024;
 constexpr auto kOverflowGrace = std::chrono::seconds(5);
 } // namespace
 
-void SessionSet::add(Session* s) {
+PeerIdentity identify_peer(int fd, const AccessConfig& access) {
+    PeerIdentity who;
+    who.peer = peer_of(fd);
+    who.level = access_level_for(who.peer, peer_groups(fd, who.peer), access, geteuid());
+    return who;
+}
+
+std::size_t SessionSet::count_of(uid_t uid) const {
+    const auto it = by_uid_.find(uid);
+    return it == by_uid_.end() ? 0 : it->second;
+}
+
+void SessionSet::add(Session* s, uid_t uid) {
     sessions_.insert(s);
+    by_uid_[uid] += 1;
     stats_.connections_current = sessions_.size();
     stats_.connections_total += 1;
 }
 
-void SessionSet::remove(Session* s) {
+void SessionSet::remove(Session* s, uid_t uid) {
     sessions_.erase(s);
+    if (const auto it = by_uid_.find(uid); it != by_uid_.end() && --it->second == 0)
+        by_uid_.erase(it);
     stats_.connections_current = sessions_.size();
     if (sessions_.empty() && on_empty_)
         std::exchange(on_empty_, nullptr)();
+}
+
+SessionSet::~SessionSet() {
+    // A session's destructor leaves this set: let the waiting ones go while
+    // the set is still whole.
+    auto waiting = std::move(turns_);
+    waiting.clear();
+}
+
+void SessionSet::wait_turn(std::shared_ptr<Session> s) {
+    turns_.push_back(std::move(s));
+    if (!turn_posted_)
+        post_next_turn();
+}
+
+void SessionSet::post_next_turn() {
+    // One turn per post: the next post goes behind the I/O the loop finds in
+    // between, so a connection that just became ready goes first.
+    turn_posted_ = true;
+    asio::post(turns_.front()->socket_.get_executor(), [this] {
+        turn_posted_ = false;
+        if (turns_.empty())
+            return;
+        std::shared_ptr<Session> s = std::move(turns_.front());
+        turns_.pop_front();
+        s->take_turn();
+        if (!turns_.empty() && !turn_posted_)
+            post_next_turn();
+    });
 }
 
 void SessionSet::stop_all(std::function<void()> on_empty) {
@@ -48,25 +92,24 @@ void SessionSet::stop_all(std::function<void()> on_empty) {
         s->stop();
 }
 
-Session::Session(Socket socket, const SessionShared& shared)
+Session::Session(Socket socket, const SessionShared& shared, const PeerIdentity& who)
     : socket_(std::move(socket)), shared_(shared), in_(shared.max_line_bytes),
       replies_(std::make_shared<ReplyQueue>()),
       overflow_deadline_(socket_.get_executor()), idle_timer_(socket_.get_executor()),
-      last_request_(std::chrono::steady_clock::now()) {
-    ctx_.peer = peer_of(socket_.native_handle());
+      last_request_(std::chrono::steady_clock::now()), request_timer_(socket_.get_executor()) {
+    ctx_.peer = who.peer;
+    ctx_.level = who.level;
     boost::system::error_code ignored;
     socket_.non_blocking(true, ignored); // write_out() tries a write, never waits on it
-    ctx_.level = access_level_for(ctx_.peer, peer_groups(socket_.native_handle(), ctx_.peer),
-                                  shared_.access, geteuid());
     ctx_.replies = replies_;
-    shared_.sessions.add(this);
+    shared_.sessions.add(this, ctx_.peer.uid);
 }
 
 Session::~Session() {
     replies_->on_front_ready = nullptr;
     if (watching_)
         shared_.events.remove(this);
-    shared_.sessions.remove(this);
+    shared_.sessions.remove(this, ctx_.peer.uid);
 }
 
 void Session::start() {
@@ -96,6 +139,43 @@ void Session::arm_idle_timer() {
     });
 }
 
+void Session::note_partial_line() {
+    // Only a buffer that holds nothing but an unfinished line is the client's
+    // doing: complete lines waiting behind the output bound are ours.
+    const bool partial = in_.buffered() > 0 && !in_.has_line();
+    if (!partial) {
+        partial_since_.reset();
+        return;
+    }
+    if (partial_since_)
+        return;
+    partial_since_ = std::chrono::steady_clock::now();
+    if (shared_.request_timeout.count() > 0 && !request_timer_armed_)
+        arm_request_timer();
+}
+
+void Session::arm_request_timer() {
+    // As the idle timer: armed for the oldest unfinished line, re-armed when
+    // it fires early for a line that began later.
+    request_timer_armed_ = true;
+    request_timer_.expires_at(*partial_since_ + shared_.request_timeout);
+    request_timer_.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
+        self->request_timer_armed_ = false;
+        if (ec || self->closed_ || self->watching_ || self->peer_done_ || !self->partial_since_)
+            return;
+        if (std::chrono::steady_clock::now() - *self->partial_since_ >=
+            self->shared_.request_timeout) {
+            log_debug("closing a connection whose request line was not finished within " +
+                      std::to_string(self->shared_.request_timeout.count()) + " ms (pid " +
+                      std::to_string(self->ctx_.peer.pid) + ", uid " +
+                      std::to_string(self->ctx_.peer.uid) + ")");
+            self->close();
+            return;
+        }
+        self->arm_request_timer();
+    });
+}
+
 void Session::stop() {
     stopping_ = true;
     // cancel() would also cancel a pending write and lose its replies: while
@@ -105,6 +185,11 @@ void Session::stop() {
         boost::system::error_code ignored;
         socket_.cancel(ignored);
     }
+    pump();
+}
+
+void Session::take_turn() {
+    waiting_turn_ = false;
     pump();
 }
 
@@ -128,11 +213,14 @@ bool Session::over_bound() const {
 void Session::pump() {
     // Dispatch and write until neither moves: a write that completes at once
     // may bring the unsent replies back under the bound (dispatch more) or
-    // empty the queue (events may go).
+    // empty the queue (events may go). At most one turn's budget of work:
+    // then the connection goes to the back of the loop's queue, behind every
+    // other connection that is ready.
+    TurnBudget budget;
     for (;;) {
         if (closed_)
             return;
-        dispatch_lines();
+        dispatch_lines(budget);
         const bool wrote = write_ready();
         if (closed_ || writing_)
             return; // on_written() comes back here
@@ -155,22 +243,36 @@ void Session::pump() {
             watch_read();
         return;
     }
+    if (budget.spent() && in_.has_line() && !stopping_ && !close_after_write_ && !over_bound()) {
+        if (!waiting_turn_) {
+            waiting_turn_ = true;
+            shared_.sessions.wait_turn(shared_from_this());
+        }
+        return;
+    }
     if (!reading_ && !stopping_ && !peer_done_ && !close_after_write_ && !over_bound() &&
         !in_.has_line())
         read_more();
 }
 
-void Session::dispatch_lines() {
-    if (watching_ || stopping_ || close_after_write_ || over_bound())
+void Session::dispatch_lines(TurnBudget& budget) {
+    if (watching_ || stopping_ || close_after_write_ || over_bound() || budget.spent())
         return;
     const auto drained = in_.drain([&](std::string_view line) {
+        const std::size_t ready_before = replies_->ready_bytes();
         shared_.dispatcher.handle_line(line, ctx_);
+        // The idle timeout counts requests, not bytes.
+        last_request_ = std::chrono::steady_clock::now();
+        budget.lines -= 1;
+        const std::size_t made = replies_->ready_bytes() - ready_before;
+        budget.reply_bytes -= std::min(budget.reply_bytes, made);
         // After `watch` the connection is an event stream; anything the
         // client sent after it is not a request.
         if (ctx_.start_watch)
             return false;
-        return !over_bound();
+        return !over_bound() && !budget.spent();
     });
+    note_partial_line();
     if (ctx_.start_watch) {
         start_watching(std::move(*ctx_.start_watch));
         ctx_.start_watch.reset();
@@ -217,7 +319,6 @@ void Session::on_read(const boost::system::error_code& ec, std::size_t n) {
         return;
     }
     in_.commit(n);
-    last_request_ = std::chrono::steady_clock::now();
     pump();
 }
 
@@ -302,6 +403,7 @@ void Session::close() {
     replies_->on_front_ready = nullptr;
     overflow_deadline_.cancel();
     idle_timer_.cancel();
+    request_timer_.cancel();
     boost::system::error_code ignored;
     socket_.close(ignored);
 }

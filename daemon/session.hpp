@@ -12,6 +12,7 @@
 #pragma once
 
 #include "daemon/access.hpp"
+#include "daemon/connection_limits.hpp"
 #include "daemon/dispatcher.hpp"
 #include "daemon/event_hub.hpp"
 #include "daemon/line_buffer.hpp"
@@ -25,7 +26,9 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
@@ -39,18 +42,32 @@ class Session;
 class SessionSet {
   public:
     explicit SessionSet(DaemonStats& stats) : stats_(stats) {}
-    void add(Session* s);
-    void remove(Session* s);
+    ~SessionSet();
+    void add(Session* s, uid_t uid);
+    void remove(Session* s, uid_t uid);
     std::size_t size() const { return sessions_.size(); }
+    std::size_t count_of(uid_t uid) const;
 
     // Stops every session; `on_empty` runs once the last one has closed (at
     // once if there is none).
     void stop_all(std::function<void()> on_empty);
 
+    // Fairness: a session that spent its turn's budget with requests left
+    // waits here for its next turn. Waiting sessions get their turns one at
+    // a time, round-robin, each after the loop has looked for I/O again: so
+    // a connection that just became ready (a writer's one `failure`) waits
+    // for at most one flooder's turn, not for one turn of every flooder.
+    void wait_turn(std::shared_ptr<Session> s);
+
   private:
+    void post_next_turn();
+
     DaemonStats& stats_;
     std::unordered_set<Session*> sessions_;
+    std::unordered_map<uid_t, std::size_t> by_uid_; // only uids with a connection
     std::function<void()> on_empty_;
+    std::deque<std::shared_ptr<Session>> turns_; // waiting, in order
+    bool turn_posted_ = false;
 };
 
 // Most bytes of replies a connection may have unsent (ready, or being
@@ -59,6 +76,15 @@ class SessionSet {
 inline constexpr std::size_t kMaxUnsentReplyBytes = 1024 * 1024;
 // Most replies a connection may have waiting for the backend at once.
 inline constexpr std::size_t kMaxWaitingReplies = 1024;
+// Fairness: what one connection may dispatch in one turn of the loop, in
+// request lines and in bytes of replies made at once, before it lets every
+// other ready connection have its turn. One line always goes through, so a
+// `list` page (up to ~200 KB) costs one turn; 20 connections flooding them
+// keep a writer waiting for 20 pages at most, not 20 megabytes.
+inline constexpr std::size_t kMaxLinesPerTurn = 64;
+inline constexpr std::size_t kMaxReplyBytesPerTurn = 64 * 1024;
+// The default of --request-timeout.
+inline constexpr std::chrono::milliseconds kDefaultRequestTimeout{10'000};
 
 // What every session shares.
 struct SessionShared {
@@ -69,15 +95,28 @@ struct SessionShared {
     const AccessConfig& access; // read when a connection opens
     std::size_t max_line_bytes;
     std::size_t watch_queue;     // most event lines a watcher may have unsent
-    std::size_t max_connections; // the server refuses more
-    std::chrono::milliseconds idle_timeout; // 0 = never
+    ConnectionLimits limits;     // the server refuses more
+    std::chrono::milliseconds idle_timeout; // no request line this long: close; 0 = never
+    // An unfinished request line must be finished within this (0 = never),
+    // whatever trickle of bytes it arrives in: a slot is not held by
+    // sending one byte a second.
+    std::chrono::milliseconds request_timeout;
 };
+
+// What a connection runs as, worked out once when it is accepted.
+struct PeerIdentity {
+    Peer peer;
+    AccessLevel level = AccessLevel::Read;
+};
+
+// The peer's credentials and access level (SO_PEERCRED, its groups).
+PeerIdentity identify_peer(int fd, const AccessConfig& access);
 
 class Session final : public std::enable_shared_from_this<Session>, public Watcher {
   public:
     using Socket = boost::asio::local::stream_protocol::socket;
 
-    Session(Socket socket, const SessionShared& shared);
+    Session(Socket socket, const SessionShared& shared, const PeerIdentity& who);
     ~Session();
     Session(const Session&) = delete;
     Session& operator=(const Session&) = delete;
@@ -93,7 +132,13 @@ class Session final : public std::enable_shared_from_this<Session>, public Watch
     // ready, reads when it has room, and closes when it is done. Every event
     // (a read, a write, an answer from the backend) ends here.
     void pump();
-    void dispatch_lines();
+    // What this turn of pump() may still dispatch (see kMaxLinesPerTurn).
+    struct TurnBudget {
+        std::size_t lines = kMaxLinesPerTurn;
+        std::size_t reply_bytes = kMaxReplyBytesPerTurn;
+        bool spent() const { return lines == 0 || reply_bytes == 0; }
+    };
+    void dispatch_lines(TurnBudget& budget);
     // Over the output bound: dispatch nothing more until the client reads.
     bool over_bound() const;
     // Starts writing what is ready (replies, or events behind them); true
@@ -106,6 +151,10 @@ class Session final : public std::enable_shared_from_this<Session>, public Watch
     // pump() later, from the loop: for answers that arrive inside someone
     // else's call stack (a commit, a Redis reply).
     void post_pump();
+    // SessionSet's turn queue gives this session its next turn.
+    friend class SessionSet;
+    void take_turn();
+    bool waiting_turn_ = false;
     // After a fatal protocol error: stop sending, read and discard what the
     // client still sends until it closes, so our last reply is not lost to a
     // reset caused by unread input.
@@ -113,6 +162,9 @@ class Session final : public std::enable_shared_from_this<Session>, public Watch
     void close();
     // Closes the connection once it has been idle for the idle timeout.
     void arm_idle_timer();
+    // Closes the connection when an unfinished line is not finished in time.
+    void note_partial_line();
+    void arm_request_timer();
 
     // Watch mode.
     void start_watching(WatchFilter filter);
@@ -146,7 +198,12 @@ class Session final : public std::enable_shared_from_this<Session>, public Watch
     boost::asio::steady_timer overflow_deadline_;
 
     boost::asio::steady_timer idle_timer_;
-    std::chrono::steady_clock::time_point last_request_;
+    std::chrono::steady_clock::time_point last_request_; // the last complete line
+    boost::asio::steady_timer request_timer_;
+    // When the unfinished line now in the buffer began; unset while the
+    // buffer holds no unfinished line.
+    std::optional<std::chrono::steady_clock::time_point> partial_since_;
+    bool request_timer_armed_ = false;
 };
 
 } // namespace cbd

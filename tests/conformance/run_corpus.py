@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -47,8 +48,9 @@ REPLY_TIMEOUT_S = 10.0
 EVENT_TIMEOUT_S = 3.0
 START_TIMEOUT_S = 20.0
 
-STEP_ACTIONS = ("clock", "advance", "send", "watch", "event")
+STEP_ACTIONS = ("clock", "advance", "send", "watch", "event", "connect")
 STEP_KEYS = {
+    "connect": {"connect", "level", "note"},
     "clock": {"clock", "note"},
     "advance": {"advance", "note"},
     "send": {"send", "expect", "save", "repeat", "on", "note"},
@@ -56,6 +58,16 @@ STEP_KEYS = {
     "event": {"event", "expect", "save", "note"},
 }
 CASE_KEYS = {"name", "rule", "daemon", "steps", "why"}
+
+# A case with `connect` steps talks to cbd as other users too: cbd gets these
+# groups and a socket everyone may open, and each such connection is made by
+# a relay running as `nobody` (with the writer group for "write").
+PEER_UID = 65534
+WRITER_GID = 4242
+ADMIN_GID = 4343
+PEER_LEVELS = ("read", "write")
+PEER_DAEMON_ARGS = ["--writer-group", str(WRITER_GID), "--admin-group", str(ADMIN_GID),
+                    "--socket-mode", "0666"]
 DAEMON_KEYS = {"args", "config"}
 
 
@@ -128,6 +140,10 @@ def check_case(case, where):
             raise CorpusError(f"{where} step {j}: {actions[0]} takes an integer (ms)")
         if actions[0] == "send" and not isinstance(step["send"], (dict, str)):
             raise CorpusError(f"{where} step {j}: send takes an object or a raw line")
+        if actions[0] == "connect" and (not isinstance(step["connect"], str) or
+                                        step.get("level") not in PEER_LEVELS):
+            raise CorpusError(f"{where} step {j}: connect takes a name and a level "
+                              f"({', '.join(PEER_LEVELS)})")
         if actions[0] == "watch" and not isinstance(step.get("as"), str):
             raise CorpusError(f"{where} step {j}: watch needs 'as' (the stream's name)")
         if "save" in step and not (isinstance(step["save"], dict) and
@@ -292,7 +308,26 @@ def show(value):
 
 # --- the daemon and its connections -----------------------------------------
 
-class Connection:
+class LineReader:
+    """Reply lines from chunks; a subclass says how a chunk arrives."""
+
+    buf = b""
+
+    def recv_chunk(self, deadline):
+        raise NotImplementedError
+
+    def read_line(self, timeout):
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            chunk = self.recv_chunk(deadline)
+            if not chunk:
+                raise EOFError("the daemon closed the connection")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line
+
+
+class Connection(LineReader):
     """One client connection: request lines out, reply lines in."""
 
     def __init__(self, path):
@@ -304,18 +339,68 @@ class Connection:
     def send_line(self, data: bytes):
         self.sock.sendall(data + b"\n")
 
-    def read_line(self, timeout):
-        self.sock.settimeout(timeout)
-        while b"\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError("the daemon closed the connection")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        return line
+    def recv_chunk(self, deadline):
+        self.sock.settimeout(max(0.001, deadline - time.monotonic()))
+        return self.sock.recv(65536)
 
     def close(self):
         self.sock.close()
+
+
+# Copies stdin to the socket and the socket to stdout, as whoever runs it.
+_RELAY = r"""
+import os, socket, sys, threading
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+def up():
+    while True:
+        data = os.read(0, 65536)
+        if not data:
+            break
+        s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
+threading.Thread(target=up, daemon=True).start()
+while True:
+    data = s.recv(65536)
+    if not data:
+        break
+    os.write(1, data)
+"""
+
+
+class PeerConnection(LineReader):
+    """A connection made by another user: a relay process under setpriv
+    (uid nobody; the writer group for level "write"), so cbd sees that
+    user's credentials and grants that level."""
+
+    def __init__(self, path, level):
+        if os.geteuid() != 0:
+            raise CorpusError("a case with 'connect' steps needs root (setpriv)")
+        groups = [f"--groups={WRITER_GID}"] if level == "write" else ["--clear-groups"]
+        self.proc = subprocess.Popen(
+            ["setpriv", f"--reuid={PEER_UID}", f"--regid={PEER_UID}", *groups,
+             sys.executable, "-c", _RELAY, str(path)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.buf = b""
+
+    def send_line(self, data: bytes):
+        self.proc.stdin.write(data + b"\n")
+        self.proc.stdin.flush()
+
+    def recv_chunk(self, deadline):
+        fd = self.proc.stdout.fileno()
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise socket.timeout("no reply line")
+        return os.read(fd, 65536)
+
+    def close(self):
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 class TestClock:
@@ -455,6 +540,10 @@ def run_case(case, backend, cbd, workdir, case_number):
         config_path.write_text(json.dumps(daemon_opts["config"]))
         args += ["--config", str(config_path)]
     args += daemon_opts.get("args", [])
+    if any("connect" in step for step in case["steps"]):
+        args += PEER_DAEMON_ARGS
+        for d in (workdir, case_dir):  # let the relays reach the socket
+            os.chmod(d, 0o755)
     daemon = Daemon(cbd, args, case_dir / "cbd.sock", case_dir / "cbd.log")
     connections = {}
     failures = []
@@ -488,6 +577,9 @@ def run_step(index, step, clock, connections, daemon, saved):
         return []
     if "advance" in step:
         clock.set(clock.now + step["advance"])
+        return []
+    if "connect" in step:
+        connections[step["connect"]] = PeerConnection(daemon.sock, step["level"])
         return []
     if "watch" in step:
         conn = Connection(daemon.sock)

@@ -31,6 +31,14 @@ struct Fixture {
         REQUIRE(out.find('\n') == out.size() - 1); // exactly one line
         return json::parse(out);
     }
+
+    // One line from a peer at `level` (uid 1000).
+    json call_as(AccessLevel level, std::string_view line) {
+        std::string out;
+        RequestContext ctx{Peer{1000, 1000, 7}, level, std::nullopt, nullptr};
+        dispatcher.handle_line(line, ctx, out);
+        return json::parse(out);
+    }
 };
 
 } // namespace
@@ -286,12 +294,7 @@ TEST_CASE("metrics render the counters as Prometheus text", "[dispatcher]") {
 
 TEST_CASE("each op is allowed from its access level up", "[dispatcher]") {
     Fixture f;
-    auto as = [&](AccessLevel level, std::string_view line) {
-        std::string out;
-        RequestContext ctx{Peer{1000, 1000, 7}, level, std::nullopt, nullptr};
-        f.dispatcher.handle_line(line, ctx, out);
-        return json::parse(out);
-    };
+    auto as = [&](AccessLevel level, std::string_view line) { return f.call_as(level, line); };
     const std::vector<std::pair<std::string, AccessLevel>> ops = {
         {R"({"op":"get","key":"a"})", AccessLevel::Read},
         {R"({"op":"ping"})", AccessLevel::Read},
@@ -322,4 +325,27 @@ TEST_CASE("each op is allowed from its access level up", "[dispatcher]") {
             }
         }
     }
+}
+
+TEST_CASE("a read-level get of an unknown key answers the default and creates nothing",
+          "[dispatcher]") {
+    Fixture f;
+    auto as = [&](AccessLevel level, std::string_view line) { return f.call_as(level, line); };
+    auto r = as(AccessLevel::Read, R"({"op":"get","key":"new"})");
+    CHECK(r == json::parse(R"({"ok":true,"snapshot":{"state":"closed","failureCount":0,
+        "successCount":0,"lastFailureTime":0,"lastStateChange":1764201600000},"generation":0})"));
+    CHECK(f.store.size() == 0);
+    // time moves on: nothing was remembered
+    f.clock.advance(7);
+    CHECK(as(AccessLevel::Read, R"({"op":"get","key":"new"})")["snapshot"]["lastStateChange"] ==
+          1'764'201'600'007);
+    CHECK(f.store.size() == 0);
+    // a writer's get creates it, and then readers see that circuit
+    r = as(AccessLevel::Write, R"({"op":"get","key":"new"})");
+    CHECK(r["generation"].get<std::uint64_t>() > 0);
+    CHECK(f.store.size() == 1);
+    f.clock.advance(100);
+    auto seen = as(AccessLevel::Read, R"({"op":"get","key":"new"})");
+    CHECK(seen["generation"] == r["generation"]);
+    CHECK(seen["snapshot"]["lastStateChange"] == 1'764'201'600'007);
 }

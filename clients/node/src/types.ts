@@ -1,4 +1,4 @@
-// The cbd wire protocol (docs/PROTOCOL.md, version 7) as TypeScript types.
+// The cbd wire protocol (docs/PROTOCOL.md, version 8) as TypeScript types.
 
 /** The reference gateway's snapshot, field for field. */
 export type CircuitState = "closed" | "open" | "half-open";
