@@ -4,6 +4,7 @@
 #include "common/reply.hpp"
 #include "daemon/log.hpp"
 
+#include <array>
 #include <memory>
 
 namespace cbd {
@@ -73,8 +74,56 @@ void Server::refuse(asio::local::stream_protocol::socket socket, Admission why,
     socket.non_blocking(true);
     boost::system::error_code ignored;
     socket.write_some(asio::buffer(line), ignored);
-    socket.shutdown(asio::local::stream_protocol::socket::shutdown_both, ignored);
-    socket.close(ignored);
+    socket.shutdown(asio::local::stream_protocol::socket::shutdown_send, ignored);
+    linger(std::move(socket));
+}
+
+namespace {
+// A refused socket is kept this long, reading and dropping what the client
+// sends, and at most this many at once (each holds a descriptor).
+constexpr auto kRefusalLinger = std::chrono::milliseconds(500);
+constexpr std::size_t kMaxLingeringRefusals = 64;
+} // namespace
+
+void Server::linger(asio::local::stream_protocol::socket socket) {
+    // A client that writes its request before it reads would otherwise hit a
+    // closed socket (EPIPE) and never read the line that says why. So the
+    // socket stays open a moment, our side shut: the client's request lands,
+    // it reads the refusal and then EOF.
+    if (*lingering_ >= kMaxLingeringRefusals)
+        return; // closed as it goes out of scope
+    // The count is shared: a handler torn down with the loop may outlive
+    // the server.
+    struct Lingering {
+        asio::local::stream_protocol::socket socket;
+        asio::steady_timer deadline;
+        std::array<char, 4096> discard{};
+        std::shared_ptr<std::size_t> count;
+        Lingering(asio::local::stream_protocol::socket s, std::shared_ptr<std::size_t> c)
+            : socket(std::move(s)), deadline(socket.get_executor()), count(std::move(c)) {
+            *count += 1;
+        }
+        ~Lingering() { *count -= 1; }
+        static void read(const std::shared_ptr<Lingering>& self) {
+            self->socket.async_read_some(asio::buffer(self->discard),
+                                         [self](const boost::system::error_code& ec, std::size_t) {
+                                             if (ec) {
+                                                 self->deadline.cancel();
+                                                 return;
+                                             }
+                                             read(self);
+                                         });
+        }
+    };
+    auto held = std::make_shared<Lingering>(std::move(socket), lingering_);
+    held->deadline.expires_after(kRefusalLinger);
+    held->deadline.async_wait([held](const boost::system::error_code& ec) {
+        if (!ec) {
+            boost::system::error_code ignored;
+            held->socket.close(ignored);
+        }
+    });
+    Lingering::read(held);
 }
 
 void Server::stop(std::function<void()> on_drained) {

@@ -10,6 +10,7 @@
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <chrono>
+#include <memory>
 
 namespace cbd {
 
@@ -28,6 +29,8 @@ class Server {
     // Answers too_many_connections, saying which limit, and closes.
     void refuse(boost::asio::local::stream_protocol::socket socket, Admission why,
                 const PeerIdentity& who);
+    // Keeps a refused socket open a moment, so its refusal is read.
+    void linger(boost::asio::local::stream_protocol::socket socket);
 
     boost::asio::local::stream_protocol::acceptor acceptor_;
     boost::asio::steady_timer accept_backoff_;
@@ -35,6 +38,8 @@ class Server {
     std::chrono::steady_clock::time_point last_accept_warning_{};
     std::chrono::steady_clock::time_point last_refusal_warning_{};
     bool stopping_ = false;
+    // Refused sockets still open (linger()).
+    std::shared_ptr<std::size_t> lingering_ = std::make_shared<std::size_t>(0);
 };
 
 } // namespace cbd

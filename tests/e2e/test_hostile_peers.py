@@ -54,10 +54,9 @@ HOLD_EVERY_SLOT = """
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(5)
         s.connect(sys.argv[1])
-        try:
-            s.sendall(b'{"op":"ping"}\\n')
-        except BrokenPipeError:
-            pass  # refused and closed already: its one line is waiting
+        # written before anything is read: a refused socket lingers, so this
+        # lands and the refusal is read (not EPIPE)
+        s.sendall(b'{"op":"ping"}\\n')
         reply = json.loads(s.makefile("rb").readline())
         if not reply["ok"]:
             refusal = reply
