@@ -11,7 +11,7 @@
 #include "daemon/memory_backend.hpp"
 #include "daemon/memory_store.hpp"
 #include "daemon/redis_backend.hpp"
-#include "daemon/metrics_http.hpp"
+#include "daemon/http_server.hpp"
 #include "daemon/server.hpp"
 #include "daemon/service_manager.hpp"
 
@@ -230,11 +230,13 @@ int run_daemon(const DaemonConfig& config) {
                                 config.max_line_bytes, config.watch_queue,
                                 config.max_connections, config.idle_timeout});
 
-    std::optional<MetricsHttpServer> metrics_http;
-    if (!config.metrics_listen.empty()) {
+    std::optional<HttpServer> http;
+    if (!config.http_listen.empty()) {
         try {
-            metrics_http.emplace(io, config.metrics_listen,
-                                 [&dispatcher] { return dispatcher.metrics_text(false); });
+            http.emplace(io,
+                         HttpServerOptions{config.http_listen, config.http_allow_remote,
+                                           config.http_max_event_clients, config.watch_queue},
+                         dispatcher, events, stats);
         } catch (const StartupError& e) {
             log_error(std::string("cannot start: ") + e.what());
             return 1;
@@ -263,8 +265,8 @@ int run_daemon(const DaemonConfig& config) {
                 io.stop();
             }
         });
-        if (metrics_http)
-            metrics_http->stop();
+        if (http)
+            http->stop();
         // run() returns once the sessions are gone and the timer is cancelled.
         server.stop([&] {
             grace.cancel();
@@ -318,9 +320,10 @@ int run_daemon(const DaemonConfig& config) {
                  config.redis_prefix + "')");
     }
     server.start();
-    if (metrics_http) {
-        metrics_http->start();
-        log_info("serving metrics at http://" + metrics_http->local_endpoint() + "/metrics");
+    if (http) {
+        http->start();
+        log_info("serving the dashboard at http://" + http->local_endpoint() +
+                 "/ (metrics at /metrics)");
     }
     log_info("serving " + listener->path() + (listener->activated() ? " (socket activation)" : "") +
              "; protocol " + std::to_string(kProtocolVersion));

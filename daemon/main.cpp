@@ -3,6 +3,7 @@
 #include "common/protocol.hpp"
 #include "common/socket_path.hpp"
 #include "daemon/daemon.hpp"
+#include "daemon/http_request.hpp"
 #include "daemon/listener.hpp"
 #include "daemon/log.hpp"
 #include "daemon/persistence.hpp"
@@ -83,7 +84,9 @@ int main(int argc, char** argv) {
     std::size_t watch_queue = cbd::kDefaultWatchQueue;
     std::string writer_group, admin_group, idle_timeout = "0";
     std::size_t max_connections = 1024;
-    std::string metrics_listen;
+    std::string http_listen;
+    bool http_allow_remote = false;
+    std::size_t http_max_event_clients = cbd::kDefaultHttpEventClients;
     std::string state_file, sync_mode = "batch";
     std::int64_t sync_interval_ms = 100;
     bool move_corrupt_state = false;
@@ -121,8 +124,18 @@ int main(int argc, char** argv) {
                    "Events a watcher may fall behind before it is dropped")
         ->capture_default_str()
         ->check(CLI::Range(std::size_t{1}, std::size_t{10'000'000}));
-    app.add_option("--metrics-listen", metrics_listen,
-                   "Serve Prometheus metrics at http://ADDR:PORT/metrics (off by default)");
+    // --metrics-listen is the flag's name from before the dashboard: kept.
+    app.add_option("--http-listen,--metrics-listen", http_listen,
+                   "Serve the read-only dashboard (/), its API (/api/circuits, /api/events) "
+                   "and Prometheus metrics (/metrics) at http://ADDR:PORT (off by default; "
+                   "a loopback address unless --http-allow-remote)");
+    app.add_flag("--http-allow-remote", http_allow_remote,
+                 "Let --http-listen bind a non-loopback address: anyone who can reach it sees "
+                 "every circuit (read only)");
+    app.add_option("--http-max-event-clients", http_max_event_clients,
+                   "Most /api/events streams (open dashboards) at once")
+        ->capture_default_str()
+        ->check(CLI::Range(std::size_t{1}, std::size_t{10'000}));
     app.add_option("--writer-group", writer_group,
                    "Group (name or gid) whose members may record outcomes (write level)");
     app.add_option("--admin-group", admin_group,
@@ -199,7 +212,9 @@ int main(int argc, char** argv) {
     config.max_circuits = max_circuits;
     config.config_path = config_path;
     config.watch_queue = watch_queue;
-    config.metrics_listen = metrics_listen;
+    config.http_listen = http_listen;
+    config.http_allow_remote = http_allow_remote;
+    config.http_max_event_clients = http_max_event_clients;
     config.writer_group = writer_group;
     config.admin_group = admin_group;
     config.max_connections = max_connections;
