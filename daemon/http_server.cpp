@@ -308,10 +308,9 @@ class HttpExchange : public std::enable_shared_from_this<HttpExchange> {
             });
         };
         shared_->dispatcher.handle_line(*line, ctx);
-        if (replies_->front_ready()) {
-            answer_api();
+        answer_api();
+        if (answered_)
             return;
-        }
         // Waiting for the backend: this timer keeps the exchange alive, and
         // bounds the wait should the backend's own timeout not answer.
         backend_deadline_.expires_after(kRequestTimeout);
@@ -322,14 +321,17 @@ class HttpExchange : public std::enable_shared_from_this<HttpExchange> {
         });
     }
 
+    // Answers once the reply is whole: the dispatcher may leave an empty
+    // ready slot in front of the one the backend fills later.
     void answer_api() {
         if (answered_)
             return;
-        std::string body;
-        replies_->take_ready(body);
+        replies_->take_ready(api_reply_);
+        if (replies_->waiting() > 0)
+            return; // on_front_ready comes back here
         backend_deadline_.cancel();
-        respond(static_cast<http::status>(http_status_for_reply(body)), "application/json",
-                std::move(body));
+        const auto status = static_cast<http::status>(http_status_for_reply(api_reply_));
+        respond(status, "application/json", std::move(api_reply_));
     }
 
     void open_event_stream(const HttpTarget& target) {
@@ -382,6 +384,7 @@ class HttpExchange : public std::enable_shared_from_this<HttpExchange> {
     http::response<http::string_body> response_;
     std::shared_ptr<Shared> shared_;
     std::shared_ptr<ReplyQueue> replies_; // an /api request's reply
+    std::string api_reply_;               // taken from replies_ so far
     asio::steady_timer backend_deadline_;
     bool head_only_ = false;
     bool answered_ = false;
