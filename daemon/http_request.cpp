@@ -126,10 +126,6 @@ std::optional<HttpTarget> parse_http_target(std::string_view target, std::string
             error = "query parameter " + nlohmann::json(*name).dump() + " given twice";
             return std::nullopt;
         }
-        if (out.params.size() == kMaxHttpQueryParams) {
-            error = "more than " + std::to_string(kMaxHttpQueryParams) + " query parameters";
-            return std::nullopt;
-        }
         out.params.emplace_back(std::move(*name), std::move(*value));
     }
     return out;

@@ -20,8 +20,6 @@ namespace cbd {
 
 // Longest request target (path and query) served; longer is a 414.
 inline constexpr std::size_t kMaxHttpTargetBytes = 4096;
-// Most query parameters in one target.
-inline constexpr std::size_t kMaxHttpQueryParams = 8;
 // Most /api/events clients at once unless --http-max-event-clients says.
 inline constexpr std::size_t kDefaultHttpEventClients = 32;
 
@@ -37,8 +35,9 @@ struct HttpTarget {
 
 // Splits "/path?name=value&..." and percent-decodes the query ('+' is a
 // space). Returns nullopt with `error` set for a target over the limit, a bad
-// %-escape, too many or repeated parameters, or a parameter the route does
-// not take (each route names its own; see the .cpp).
+// %-escape, a repeated parameter, or a parameter the route does not take
+// (each route names its own, at most four; see the .cpp), so the parameters
+// are bounded by the route.
 std::optional<HttpTarget> parse_http_target(std::string_view target, std::string& error);
 
 // The protocol request an /api route stands for, as one request line for the
