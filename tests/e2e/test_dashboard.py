@@ -157,6 +157,10 @@ def test_dashboard_in_a_browser(start_cbd, browser):
     keys = [f"svc/{name}-{i:02d}" for i, name in
             enumerate(["payments", "search", "ledger", "mail", "auth"] * 10)]
     requests = "".join(json.dumps({"op": "get", "key": k}) + "\n" for k in keys)
+    # Some counts and a probing circuit, so the screenshots show more than one state.
+    requests += "".join(json.dumps({"op": "failure", "key": k}) + "\n"
+                        for k in keys[1:4] * 3 + keys[5:6])
+    requests += json.dumps({"op": "transition", "key": keys[2], "to": "half-open"}) + "\n"
     r = subprocess.run([CBCTL, "--socket", d.sock, "pipe"], input=requests,
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
