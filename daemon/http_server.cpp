@@ -80,11 +80,8 @@ class HttpEventStream final : public std::enable_shared_from_this<HttpEventStrea
         shared_->events.add(this, filter_);
         subscribed_ = true;
         log_debug("event stream opened for " + who_);
-        out_ = kEventStreamHead;
-        writing_ = true;
-        asio::async_write(socket_, asio::buffer(out_),
-                          [self = shared_from_this()](const boost::system::error_code& ec,
-                                                      std::size_t) { self->on_written(ec); });
+        out_ = kEventStreamHead; // goes out with whatever events are queued by then
+        write_next();
         read_until_gone();
         arm_keepalive();
     }
@@ -134,18 +131,20 @@ class HttpEventStream final : public std::enable_shared_from_this<HttpEventStrea
             });
     }
 
+    // Writes what is owed (queued events, or a keepalive when there are
+    // none) unless a write is pending; on_written() comes back here.
     void write_next() {
         if (writing_ || closed_)
             return;
-        if (queue_.empty() && !keepalive_due_) {
-            if (queue_.overflowed())
-                close(); // the overflow message is out
-            return;
-        }
         queue_.take(out_);
         if (out_.empty() && keepalive_due_)
             out_ = kSseKeepalive;
         keepalive_due_ = false;
+        if (out_.empty()) {
+            if (queue_.overflowed())
+                close(); // the overflow message is out
+            return;
+        }
         writing_ = true;
         asio::async_write(socket_, asio::buffer(out_),
                           [self = shared_from_this()](const boost::system::error_code& ec,
