@@ -225,7 +225,9 @@ std::optional<boost::asio::ip::tcp::endpoint> parse_listen_address(std::string_v
 }
 
 bool http_host_allowed(std::string_view host, bool allow_remote) {
-    if (allow_remote)
+    // No Host at all (an HTTP/1.0 scraper, nc) is no browser: browsers
+    // always send one, and only a browser can be steered by DNS rebinding.
+    if (allow_remote || host.empty())
         return true;
     // Strip the port: "[::1]:8080", "127.0.0.1:8080", "localhost:8080".
     if (!host.empty() && host.front() == '[') {

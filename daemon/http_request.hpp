@@ -67,7 +67,8 @@ std::optional<boost::asio::ip::tcp::endpoint> parse_listen_address(std::string_v
 // May a request naming this Host be served? On a loopback listener only IP
 // literals and "localhost" (with an optional port): a web page elsewhere
 // cannot read the API by pointing its own domain name at 127.0.0.1 (DNS
-// rebinding). With --http-allow-remote the operator chose the exposure and
+// rebinding). A request without Host is served (browsers always send
+// one). With --http-allow-remote the operator chose the exposure and
 // any Host is served.
 bool http_host_allowed(std::string_view host, bool allow_remote);
 
