@@ -105,7 +105,7 @@ std::optional<HttpTarget> parse_http_target(std::string_view target, std::string
         const auto eq = pair.find('=');
         auto name = decode_component(pair.substr(0, eq));
         auto value = decode_component(eq == std::string_view::npos ? std::string_view()
-                                                                    : pair.substr(eq + 1));
+                                                                   : pair.substr(eq + 1));
         if (!name || !value) {
             error = "bad %-escape in the query";
             return std::nullopt;

@@ -39,15 +39,14 @@ constexpr auto kOverflowGrace = std::chrono::seconds(5);
 
 // What /api/events sends before any event: the headers (the body is
 // delimited by the close), and the reconnect delay EventSource should use.
-constexpr std::string_view kEventStreamHead =
-    "HTTP/1.1 200 OK\r\n"
-    "Server: cbd\r\n"
-    "Content-Type: text/event-stream; charset=utf-8\r\n"
-    "Cache-Control: no-store\r\n"
-    "X-Content-Type-Options: nosniff\r\n"
-    "Connection: close\r\n"
-    "\r\n"
-    "retry: 2000\n\n";
+constexpr std::string_view kEventStreamHead = "HTTP/1.1 200 OK\r\n"
+                                              "Server: cbd\r\n"
+                                              "Content-Type: text/event-stream; charset=utf-8\r\n"
+                                              "Cache-Control: no-store\r\n"
+                                              "X-Content-Type-Options: nosniff\r\n"
+                                              "Connection: close\r\n"
+                                              "\r\n"
+                                              "retry: 2000\n\n";
 
 std::string describe(const tcp::socket& socket) {
     boost::system::error_code ec;
@@ -61,8 +60,7 @@ std::string describe(const tcp::socket& socket) {
 // bounded queue (SseQueue) and the same fate when it falls behind: it loses
 // its queue, gets one overflow message and is closed (at once if it does not
 // take that within kOverflowGrace).
-class HttpEventStream final : public std::enable_shared_from_this<HttpEventStream>,
-                              public Watcher {
+class HttpEventStream final : public std::enable_shared_from_this<HttpEventStream>, public Watcher {
   public:
     HttpEventStream(tcp::socket socket, std::shared_ptr<Shared> shared, WatchFilter filter)
         : socket_(std::move(socket)), shared_(std::move(shared)), filter_(std::move(filter)),
@@ -164,14 +162,14 @@ class HttpEventStream final : public std::enable_shared_from_this<HttpEventStrea
     // Nothing the client sends means anything; reading only tells us when
     // it has gone.
     void read_until_gone() {
-        socket_.async_read_some(asio::buffer(discard_),
-                                [self = shared_from_this()](const boost::system::error_code& ec,
-                                                            std::size_t) {
-                                    if (ec)
-                                        self->close();
-                                    else
-                                        self->read_until_gone();
-                                });
+        socket_.async_read_some(
+            asio::buffer(discard_),
+            [self = shared_from_this()](const boost::system::error_code& ec, std::size_t) {
+                if (ec)
+                    self->close();
+                else
+                    self->read_until_gone();
+            });
     }
 
     void arm_keepalive() {
@@ -220,10 +218,9 @@ class HttpExchange : public std::enable_shared_from_this<HttpExchange> {
         parser_.header_limit(kMaxRequestBytes);
         parser_.body_limit(kMaxRequestBytes);
         stream_.expires_after(kRequestTimeout);
-        http::async_read(stream_, buffer_, parser_,
-                         [self = shared_from_this()](beast::error_code ec, std::size_t) {
-                             self->on_read(ec);
-                         });
+        http::async_read(
+            stream_, buffer_, parser_,
+            [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_read(ec); });
     }
 
   private:
@@ -313,11 +310,12 @@ class HttpExchange : public std::enable_shared_from_this<HttpExchange> {
         // Waiting for the backend: this timer keeps the exchange alive, and
         // bounds the wait should the backend's own timeout not answer.
         backend_deadline_.expires_after(kRequestTimeout);
-        backend_deadline_.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
-            if (!ec && !self->answered_)
-                self->respond(http::status::gateway_timeout, "text/plain",
-                              "the backend did not answer in time\n");
-        });
+        backend_deadline_.async_wait(
+            [self = shared_from_this()](const boost::system::error_code& ec) {
+                if (!ec && !self->answered_)
+                    self->respond(http::status::gateway_timeout, "text/plain",
+                                  "the backend did not answer in time\n");
+            });
     }
 
     // Answers once the reply is whole: the dispatcher may leave an empty
@@ -428,11 +426,12 @@ std::string HttpServer::local_endpoint() const {
     if (ec)
         return "?";
     const auto address = ep.address().to_string();
-    return (ep.address().is_v6() ? "[" + address + "]" : address) + ":" +
-           std::to_string(ep.port());
+    return (ep.address().is_v6() ? "[" + address + "]" : address) + ":" + std::to_string(ep.port());
 }
 
-void HttpServer::start() { accept_next(); }
+void HttpServer::start() {
+    accept_next();
+}
 
 void HttpServer::stop() {
     shared_->stopped = true;

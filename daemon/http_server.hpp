@@ -35,8 +35,8 @@
 namespace cbd {
 
 struct HttpServerOptions {
-    std::string listen;         // ADDR:PORT
-    bool allow_remote = false;  // else only a loopback address may be bound
+    std::string listen;        // ADDR:PORT
+    bool allow_remote = false; // else only a loopback address may be bound
     std::size_t max_event_clients = kDefaultHttpEventClients;
     std::size_t event_queue = kDefaultWatchQueue; // as --watch-queue for watchers
 };

@@ -55,22 +55,24 @@ TEST_CASE("query values are percent-decoded, '+' is a space", "[http]") {
 TEST_CASE("bad targets are refused with a reason", "[http]") {
     CHECK(refusal_of("/api/circuits?prefix=%2") == "bad %-escape in the query");
     CHECK(refusal_of("/api/circuits?prefix=%g0") == "bad %-escape in the query");
-    CHECK(refusal_of("/api/circuits?prefix=a&prefix=b") == "query parameter \"prefix\" given twice");
+    CHECK(refusal_of("/api/circuits?prefix=a&prefix=b") ==
+          "query parameter \"prefix\" given twice");
     CHECK(refusal_of("/api/circuits?colour=red") ==
           "/api/circuits takes no query parameter \"colour\"; it takes prefix state after limit");
     CHECK(refusal_of("/?x=1") == "/ takes no query parameter \"x\"");
     // A name that is not text is quoted by the JSON library, not passed on raw.
     CHECK(refusal_of("/api/events?%0a=1") ==
           "/api/events takes no query parameter \"\\n\"; it takes prefix");
-    CHECK(refusal_of("/api/circuits?" + std::string(kMaxHttpTargetBytes, 'a')).starts_with(
-        "request target longer than"));
+    CHECK(refusal_of("/api/circuits?" + std::string(kMaxHttpTargetBytes, 'a'))
+              .starts_with("request target longer than"));
 }
 
 TEST_CASE("/api routes become read-only protocol requests", "[http]") {
     CHECK(line_of("/api/circuits") == nlohmann::json{{"op", "list"}});
-    CHECK(line_of("/api/circuits?prefix=a%22b&limit=20&state=open&after=x") ==
-          nlohmann::json{{"op", "list"}, {"prefix", "a\"b"}, {"limit", 20},
-                         {"state", "open"}, {"after", "x"}});
+    CHECK(
+        line_of("/api/circuits?prefix=a%22b&limit=20&state=open&after=x") ==
+        nlohmann::json{
+            {"op", "list"}, {"prefix", "a\"b"}, {"limit", 20}, {"state", "open"}, {"after", "x"}});
     CHECK(line_of("/api/policy?key=payments") ==
           nlohmann::json{{"op", "policy"}, {"key", "payments"}});
     // Ranges are the dispatcher's to check, as for every client.
@@ -103,12 +105,18 @@ TEST_CASE("event filters and per-circuit metrics come from the query", "[http]")
 }
 
 TEST_CASE("reply lines map to HTTP statuses", "[http]") {
-    CHECK(http_status_for_reply(R"({"ok":true,"circuits":[],"next":null})" "\n") == 200);
-    CHECK(http_status_for_reply(R"({"ok":false,"error":{"code":"invalid_state","message":"x"}})") == 400);
-    CHECK(http_status_for_reply(R"({"ok":false,"error":{"code":"backend_unavailable","message":"x"}})") == 503);
-    CHECK(http_status_for_reply(R"({"ok":false,"error":{"code":"storage_unavailable","message":"x"}})") == 503);
-    CHECK(http_status_for_reply(R"({"ok":false,"error":{"code":"backend_error","message":"x"}})") == 500);
-    CHECK(http_status_for_reply(R"({"ok":false,"error":{"code":"permission_denied","message":"x"}})") == 403);
+    CHECK(http_status_for_reply(R"({"ok":true,"circuits":[],"next":null})"
+                                "\n") == 200);
+    CHECK(http_status_for_reply(R"({"ok":false,"error":{"code":"invalid_state","message":"x"}})") ==
+          400);
+    CHECK(http_status_for_reply(
+              R"({"ok":false,"error":{"code":"backend_unavailable","message":"x"}})") == 503);
+    CHECK(http_status_for_reply(
+              R"({"ok":false,"error":{"code":"storage_unavailable","message":"x"}})") == 503);
+    CHECK(http_status_for_reply(R"({"ok":false,"error":{"code":"backend_error","message":"x"}})") ==
+          500);
+    CHECK(http_status_for_reply(
+              R"({"ok":false,"error":{"code":"permission_denied","message":"x"}})") == 403);
     CHECK(http_status_for_reply("") == 500);
     CHECK(http_status_for_reply("not json") == 500);
 }
