@@ -358,7 +358,9 @@ def test_events_stream_and_its_bounds(start_cbd):
     assert status == 503 and headers["Retry-After"] == "5"
 
     # A stream that does not read falls behind like a watcher, and is
-    # dropped like one: an overflow message, then the close.
+    # dropped like one: an overflow message, then the close. (s1 goes first,
+    # so that s2 is the only stream not reading.)
+    s1.close()
     big = "p/" + "x" * 1000
     batch = "".join(json.dumps({"op": "transition", "key": big, "to": to}) + "\n"
                     for to in ["open", "closed"] * 100).encode()
@@ -379,11 +381,14 @@ def test_events_stream_and_its_bounds(start_cbd):
         rest += chunk
     assert b'data: {"event":"overflow","dropped":' in rest
     assert c.call({"op": "stats"})["events"]["dropped"] > 0
-    # Its place is free again.
-    s3 = socket.create_connection(("127.0.0.1", port))
-    s3.sendall(request)
-    assert b"200 OK" in read_sse(s3, 1)
-    for s in (s1, s3):
+    # Both places are free again.
+    streams = []
+    for _ in range(2):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(request)
+        assert b"200 OK" in read_sse(s, 1)
+        streams.append(s)
+    for s in streams + [s2]:
         s.close()
     assert c.call({"op": "ping"})["ok"]
 
