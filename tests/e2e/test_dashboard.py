@@ -249,6 +249,57 @@ def test_dashboard_keeps_up_with_100_transitions_a_second(start_cbd, browser):
     assert not browser.js("return document.getElementById('banner').offsetParent !== null")
 
 
+def test_dashboard_filters_and_sorts(start_cbd, browser, workdir):
+    port = free_port()
+    clock = workdir / "clock"
+    now = int(time.time() * 1000)
+    clock.write_text(str(now))
+    d = start_cbd("--http-listen", f"127.0.0.1:{port}", "--test-clock", str(clock))
+    c = Client(d.sock)
+    # One second apart, so "last change" orders them without ties: a/2 and
+    # b/1 last changed when made, the others later.
+    for n, request in enumerate([
+            {"op": "get", "key": "b/1"}, {"op": "get", "key": "a/2"},
+            {"op": "transition", "key": "b/2", "to": "open"},
+            {"op": "transition", "key": "a/1", "to": "half-open"},
+            {"op": "force", "key": "c/1", "state": "closed", "reason": "tested"}]):
+        clock.write_text(str(now - 10_000 + n * 1000))
+        assert c.call(request)["ok"]
+    browser.open(f"http://127.0.0.1:{port}/")
+    keys = "return [...document.querySelectorAll('#rows tr')].map(tr => tr.dataset.key)"
+    wait_for(lambda: len(browser.js(keys)) == 5, 10, "5 rows")
+    control = """
+        const el = document.getElementById(arguments[0]);
+        el.value = arguments[1];
+        el.dispatchEvent(new Event(arguments[0] === 'prefix' ? 'input' : 'change'));
+    """
+
+    def shows(expected, what):
+        wait_for(lambda: browser.js(keys) == expected, 2, what)
+
+    shows(["a/1", "a/2", "b/1", "b/2", "c/1"], "key order")
+    browser.js(control, "sort", "state")
+    shows(["b/2", "a/1", "a/2", "b/1", "c/1"], "open, half-open, then closed")
+    browser.js("document.getElementById('direction').click()")
+    shows(["c/1", "b/1", "a/2", "a/1", "b/2"], "the reverse")
+    browser.js("document.getElementById('direction').click()")
+    browser.js(control, "sort", "change")
+    shows(["c/1", "a/1", "b/2", "a/2", "b/1"], "the newest change first")
+    browser.js(control, "sort", "key")
+    browser.js(control, "state", "closed")
+    shows(["a/2", "b/1", "c/1"], "closed circuits only")
+    browser.js(control, "state", "pinned")
+    shows(["c/1"], "pinned circuits only")
+    browser.js(control, "state", "")
+    browser.js(control, "prefix", "b/")
+    shows(["b/1", "b/2"], "keys under b/")
+    # A filtered-out circuit that changes into view appears.
+    browser.js(control, "state", "open")
+    shows(["b/2"], "open under b/")
+    c.call({"op": "transition", "key": "b/1", "to": "open"})
+    shows(["b/1", "b/2"], "b/1 once it opens")
+
+
 # --- the API, without a browser --------------------------------------------
 
 @pytest.mark.parametrize("backend", ["memory", "durable", "redis"])
