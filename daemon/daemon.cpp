@@ -11,7 +11,7 @@
 #include "daemon/memory_backend.hpp"
 #include "daemon/memory_store.hpp"
 #include "daemon/redis_backend.hpp"
-#include "daemon/metrics_http.hpp"
+#include "daemon/http_server.hpp"
 #include "daemon/server.hpp"
 #include "daemon/service_manager.hpp"
 
@@ -98,7 +98,7 @@ void run_every(asio::steady_timer& timer, std::chrono::steady_clock::duration in
 // Each connection is a descriptor: raise the soft limit to the hard one (as
 // daemons are expected to; systemd's default soft limit is 1024) and say so
 // if --max-connections cannot be reached.
-void raise_descriptor_limit(std::size_t max_connections) {
+void raise_descriptor_limit(std::size_t max_connections, std::size_t http_descriptors) {
     rlimit lim{};
     if (getrlimit(RLIMIT_NOFILE, &lim) != 0)
         return;
@@ -108,11 +108,12 @@ void raise_descriptor_limit(std::size_t max_connections) {
         if (setrlimit(RLIMIT_NOFILE, &raised) == 0)
             lim = raised;
     }
-    // Listening socket, lock, log, metrics and a margin besides the clients.
-    constexpr rlim_t kReserved = 32;
-    if (lim.rlim_cur != RLIM_INFINITY && lim.rlim_cur < max_connections + kReserved)
+    // Listening socket, lock, log, the HTTP listener's requests and event
+    // streams, lingering refusals and a margin besides the clients.
+    const rlim_t reserved = 32 + 64 + http_descriptors;
+    if (lim.rlim_cur != RLIM_INFINITY && lim.rlim_cur < max_connections + reserved)
         log_warn("the descriptor limit (" + std::to_string(lim.rlim_cur) +
-                 ") is below --max-connections + " + std::to_string(kReserved) +
+                 ") is below --max-connections + " + std::to_string(reserved) +
                  "; connections beyond it wait in the backlog (raise LimitNOFILE)");
 }
 
@@ -148,7 +149,8 @@ std::unique_ptr<Persistence> open_state(const DaemonConfig& config,
 int run_daemon(const DaemonConfig& config) {
     // A client that disconnects mid-reply must not kill us with SIGPIPE.
     std::signal(SIGPIPE, SIG_IGN);
-    raise_descriptor_limit(config.max_connections);
+    raise_descriptor_limit(config.max_connections,
+                           config.http_listen.empty() ? 0 : 16 + config.http_max_event_clients);
 
     std::optional<Listener> listener;
     try {
@@ -234,11 +236,13 @@ int run_daemon(const DaemonConfig& config) {
                                                  config.reserved_connections, geteuid()},
                                 config.idle_timeout, config.request_timeout});
 
-    std::optional<MetricsHttpServer> metrics_http;
-    if (!config.metrics_listen.empty()) {
+    std::optional<HttpServer> http;
+    if (!config.http_listen.empty()) {
         try {
-            metrics_http.emplace(io, config.metrics_listen,
-                                 [&dispatcher] { return dispatcher.metrics_text(false); });
+            http.emplace(io,
+                         HttpServerOptions{config.http_listen, config.http_allow_remote,
+                                           config.http_max_event_clients, config.watch_queue},
+                         dispatcher, events, stats);
         } catch (const StartupError& e) {
             log_error(std::string("cannot start: ") + e.what());
             return 1;
@@ -267,8 +271,8 @@ int run_daemon(const DaemonConfig& config) {
                 io.stop();
             }
         });
-        if (metrics_http)
-            metrics_http->stop();
+        if (http)
+            http->stop();
         // run() returns once the sessions are gone and the timer is cancelled.
         server.stop([&] {
             grace.cancel();
@@ -322,9 +326,10 @@ int run_daemon(const DaemonConfig& config) {
                  config.redis_prefix + "')");
     }
     server.start();
-    if (metrics_http) {
-        metrics_http->start();
-        log_info("serving metrics at http://" + metrics_http->local_endpoint() + "/metrics");
+    if (http) {
+        http->start();
+        log_info("serving the dashboard at http://" + http->local_endpoint() +
+                 "/ (metrics at /metrics)");
     }
     log_info("serving " + listener->path() + (listener->activated() ? " (socket activation)" : "") +
              "; protocol " + std::to_string(kProtocolVersion));

@@ -24,8 +24,11 @@ struct DaemonConfig {
     std::string config_path;
     // Most event lines a watcher may have unsent before it is dropped.
     std::size_t watch_queue = kDefaultWatchQueue;
-    // ADDR:PORT for the Prometheus HTTP endpoint; empty for none.
-    std::string metrics_listen;
+    // The HTTP listener (--http-listen ADDR:PORT; empty for none): metrics,
+    // dashboard, read-only API and event stream (see http_server.hpp).
+    std::string http_listen;
+    bool http_allow_remote = false; // else only a loopback address may be bound
+    std::size_t http_max_event_clients = 32; // /api/events streams at once (kDefaultHttpEventClients)
     // Access groups (names or gids); they beat the config file's.
     std::string writer_group;
     std::string admin_group;

@@ -4,6 +4,7 @@
 #include "common/socket_path.hpp"
 #include "daemon/connection_limits.hpp"
 #include "daemon/daemon.hpp"
+#include "daemon/http_request.hpp"
 #include "daemon/listener.hpp"
 #include "daemon/log.hpp"
 #include "daemon/persistence.hpp"
@@ -88,7 +89,9 @@ int main(int argc, char** argv) {
     std::size_t max_connections_per_uid = cbd::kDefaultMaxConnectionsPerUid;
     std::optional<std::size_t> reserved_connections;
     std::string request_timeout = "10s";
-    std::string metrics_listen;
+    std::string http_listen;
+    bool http_allow_remote = false;
+    std::size_t http_max_event_clients = cbd::kDefaultHttpEventClients;
     std::string state_file, sync_mode = "batch";
     std::int64_t sync_interval_ms = 100;
     bool move_corrupt_state = false;
@@ -126,8 +129,18 @@ int main(int argc, char** argv) {
                    "Events a watcher may fall behind before it is dropped")
         ->capture_default_str()
         ->check(CLI::Range(std::size_t{1}, std::size_t{10'000'000}));
-    app.add_option("--metrics-listen", metrics_listen,
-                   "Serve Prometheus metrics at http://ADDR:PORT/metrics (off by default)");
+    // --metrics-listen is the flag's name from before the dashboard: kept.
+    app.add_option("--http-listen,--metrics-listen", http_listen,
+                   "Serve the read-only dashboard (/), its API (/api/circuits, /api/events) "
+                   "and Prometheus metrics (/metrics) at http://ADDR:PORT (off by default; "
+                   "a loopback address unless --http-allow-remote)");
+    app.add_flag("--http-allow-remote", http_allow_remote,
+                 "Let --http-listen bind a non-loopback address: anyone who can reach it sees "
+                 "every circuit (read only)");
+    app.add_option("--http-max-event-clients", http_max_event_clients,
+                   "Most /api/events streams (open dashboards) at once")
+        ->capture_default_str()
+        ->check(CLI::Range(std::size_t{1}, std::size_t{10'000}));
     app.add_option("--writer-group", writer_group,
                    "Group (name or gid) whose members may record outcomes (write level)");
     app.add_option("--admin-group", admin_group,
@@ -222,7 +235,9 @@ int main(int argc, char** argv) {
     config.max_circuits = max_circuits;
     config.config_path = config_path;
     config.watch_queue = watch_queue;
-    config.metrics_listen = metrics_listen;
+    config.http_listen = http_listen;
+    config.http_allow_remote = http_allow_remote;
+    config.http_max_event_clients = http_max_event_clients;
     config.writer_group = writer_group;
     config.admin_group = admin_group;
     config.max_connections = max_connections;

@@ -281,7 +281,7 @@ def test_metrics_http_endpoint(start_cbd):
     promtool_check(body)
     code = lambda *a: subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", *a],
                                      capture_output=True, text=True, timeout=30).stdout
-    assert code(f"{url}/") == "404"
+    assert code(f"{url}/nothing-here") == "404"
     assert code("-X", "POST", f"{url}/metrics") == "405"
     # garbage on the HTTP port harms nothing
     with socket.create_connection(("127.0.0.1", port)) as s:
