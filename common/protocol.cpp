@@ -27,6 +27,25 @@ std::optional<State> parse_state(std::string_view name) {
     return std::nullopt;
 }
 
+std::string_view outcome_name(Outcome o) {
+    switch (o) {
+    case Outcome::Success:
+        return "success";
+    case Outcome::Failure:
+        return "failure";
+    case Outcome::Ignored:
+        return "ignored";
+    }
+    return "success";
+}
+
+std::optional<Outcome> parse_outcome(std::string_view name) {
+    for (Outcome o : {Outcome::Success, Outcome::Failure, Outcome::Ignored})
+        if (outcome_name(o) == name)
+            return o;
+    return std::nullopt;
+}
+
 std::string_view error_code_name(ErrorCode code) {
     switch (code) {
     case ErrorCode::ParseError:
@@ -79,7 +98,8 @@ constexpr std::array<OpSpec, kOpCount> kOps = {{
     {Op::Reset, "reset", kFieldKey, 0, AccessLevel::Admin},
     {Op::Ping, "ping", 0, 0, AccessLevel::Read},
     {Op::Acquire, "acquire", kFieldKey, 0, AccessLevel::Write},
-    {Op::Report, "report", kFieldKey | kFieldOutcome, kFieldGeneration | kFieldPermit,
+    {Op::Report, "report", kFieldKey | kFieldOutcome,
+     kFieldGeneration | kFieldPermit | kFieldDurationMs,
      AccessLevel::Write},
     {Op::Force, "force", kFieldKey | kFieldState, kFieldTtlMs | kFieldReason, AccessLevel::Admin},
     {Op::Unforce, "unforce", kFieldKey, 0, AccessLevel::Admin},

@@ -32,10 +32,29 @@ std::string transition_json(const TransitionRecord& t) {
     return out;
 }
 
+std::string window_json(const WindowView& w) {
+    std::string out = "{\"calls\":";
+    append_int(out, w.calls);
+    out += ",\"failures\":";
+    append_int(out, w.failures);
+    out += ",\"slow\":";
+    append_int(out, w.slow);
+    out += ",\"failureRate\":";
+    append_int(out, w.failure_rate);
+    out += ",\"slowRate\":";
+    append_int(out, w.slow_rate);
+    out += '}';
+    return out;
+}
+
 ReplyWriter& circuit_fields(ReplyWriter& w, const CircuitView& v) {
     w.snapshot(v.snapshot).field("generation", v.generation);
     if (v.forced)
         w.raw_field("forced", forced_json(*v.forced));
+    if (v.window)
+        w.raw_field("window", window_json(*v.window));
+    if (v.would_deny)
+        w.field("wouldDeny", true);
     return w;
 }
 

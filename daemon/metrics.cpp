@@ -1,9 +1,16 @@
 // Prometheus text (see metrics.hpp).
 #include "daemon/metrics.hpp"
 
+#include <algorithm>
+
 #include <chrono>
 
 namespace cbd {
+
+// DaemonStats counts transitions by cause (stats.hpp): its count must cover
+// every cause, or counting the last ones would write past the array.
+static_assert(kTransitionCauseCount == static_cast<std::size_t>(TransitionCause::Consecutive) + 1,
+              "kTransitionCauseCount (daemon/stats.hpp) must count every TransitionCause");
 
 namespace {
 
@@ -167,6 +174,24 @@ std::string render_metrics(const MetricsInput& in) {
         m.family("cbd_circuit_failures", "gauge", "failureCount of each circuit.");
         for (const auto& e : *in.per_circuit)
             m.sample("cbd_circuit_failures", label("key", e.key), e.circuit.snapshot.failure_count);
+        // Circuits on the rate rule whose window holds calls (memory
+        // backend): the window's rates, in percent as replies show them.
+        const bool any_window = std::any_of(in.per_circuit->begin(), in.per_circuit->end(),
+                                            [](const ListEntry& e) { return e.circuit.window; });
+        if (any_window) {
+            m.family("cbd_circuit_failure_rate", "gauge",
+                     "rate rule: failed calls in the window, percent.");
+            for (const auto& e : *in.per_circuit)
+                if (e.circuit.window)
+                    m.sample("cbd_circuit_failure_rate", label("key", e.key),
+                             static_cast<std::uint64_t>(e.circuit.window->failure_rate));
+            m.family("cbd_circuit_slow_call_rate", "gauge",
+                     "rate rule: slow calls in the window, percent.");
+            for (const auto& e : *in.per_circuit)
+                if (e.circuit.window)
+                    m.sample("cbd_circuit_slow_call_rate", label("key", e.key),
+                             static_cast<std::uint64_t>(e.circuit.window->slow_rate));
+        }
         if (in.per_circuit_truncated)
             m.comment("cbd: per-circuit series stop after " +
                       std::to_string(kMaxPerCircuitSeries) + " circuits");
