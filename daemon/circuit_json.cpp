@@ -1,6 +1,8 @@
 // Circuit JSON (see circuit_json.hpp).
 #include "daemon/circuit_json.hpp"
 
+#include <utility>
+
 namespace cbd {
 
 std::string forced_json(const ForcePin& pin) {
@@ -33,16 +35,21 @@ std::string transition_json(const TransitionRecord& t) {
 }
 
 std::string window_json(const WindowView& w) {
-    std::string out = "{\"calls\":";
-    append_int(out, w.calls);
-    out += ",\"failures\":";
-    append_int(out, w.failures);
-    out += ",\"slow\":";
-    append_int(out, w.slow);
-    out += ",\"failureRate\":";
-    append_int(out, w.failure_rate);
-    out += ",\"slowRate\":";
-    append_int(out, w.slow_rate);
+    const std::pair<std::string_view, std::int64_t> fields[] = {
+        {"calls", w.calls},
+        {"failures", w.failures},
+        {"slow", w.slow},
+        {"failureRate", w.failure_rate},
+        {"slowRate", w.slow_rate}};
+    std::string out = "{";
+    for (const auto& [name, value] : fields) {
+        if (out.size() > 1)
+            out += ',';
+        out += '"';
+        out += name;
+        out += "\":";
+        append_int(out, value);
+    }
     out += '}';
     return out;
 }

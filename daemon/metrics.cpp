@@ -2,6 +2,7 @@
 #include "daemon/metrics.hpp"
 
 #include <algorithm>
+#include <tuple>
 
 #include <chrono>
 
@@ -179,18 +180,19 @@ std::string render_metrics(const MetricsInput& in) {
         const bool any_window = std::any_of(in.per_circuit->begin(), in.per_circuit->end(),
                                             [](const ListEntry& e) { return e.circuit.window; });
         if (any_window) {
-            m.family("cbd_circuit_failure_rate", "gauge",
-                     "rate rule: failed calls in the window, percent.");
-            for (const auto& e : *in.per_circuit)
-                if (e.circuit.window)
-                    m.sample("cbd_circuit_failure_rate", label("key", e.key),
-                             static_cast<std::uint64_t>(e.circuit.window->failure_rate));
-            m.family("cbd_circuit_slow_call_rate", "gauge",
-                     "rate rule: slow calls in the window, percent.");
-            for (const auto& e : *in.per_circuit)
-                if (e.circuit.window)
-                    m.sample("cbd_circuit_slow_call_rate", label("key", e.key),
-                             static_cast<std::uint64_t>(e.circuit.window->slow_rate));
+            const std::tuple<std::string_view, std::string_view, std::int64_t WindowView::*>
+                rates[] = {{"cbd_circuit_failure_rate",
+                            "rate rule: failed calls in the window, percent.",
+                            &WindowView::failure_rate},
+                           {"cbd_circuit_slow_call_rate",
+                            "rate rule: slow calls in the window, percent.", &WindowView::slow_rate}};
+            for (const auto& [name, help, member] : rates) {
+                m.family(name, "gauge", help);
+                for (const auto& e : *in.per_circuit)
+                    if (e.circuit.window)
+                        m.sample(name, label("key", e.key),
+                                 static_cast<std::uint64_t>((*e.circuit.window).*member));
+            }
         }
         if (in.per_circuit_truncated)
             m.comment("cbd: per-circuit series stop after " +
