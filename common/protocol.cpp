@@ -27,22 +27,17 @@ std::optional<State> parse_state(std::string_view name) {
     return std::nullopt;
 }
 
-std::string_view outcome_name(Outcome o) {
-    switch (o) {
-    case Outcome::Success:
-        return "success";
-    case Outcome::Failure:
-        return "failure";
-    case Outcome::Ignored:
-        return "ignored";
-    }
-    return "success";
-}
+namespace {
+// Indexed by Outcome.
+constexpr std::array<std::string_view, 3> kOutcomeNames = {"success", "failure", "ignored"};
+} // namespace
+
+std::string_view outcome_name(Outcome o) { return kOutcomeNames[static_cast<std::size_t>(o)]; }
 
 std::optional<Outcome> parse_outcome(std::string_view name) {
-    for (Outcome o : {Outcome::Success, Outcome::Failure, Outcome::Ignored})
-        if (outcome_name(o) == name)
-            return o;
+    for (std::size_t i = 0; i < kOutcomeNames.size(); ++i)
+        if (kOutcomeNames[i] == name)
+            return static_cast<Outcome>(i);
     return std::nullopt;
 }
 

@@ -170,3 +170,18 @@ def test_bad_trip_rule_input_keeps_the_daemon_up(cbd):
         reply = c.call(bad)
         assert reply["ok"] is False and reply["error"]["code"] == "invalid_request", (bad, reply)
     assert c.call({"op": "ping"})["ok"]
+
+
+def test_cbctl_report_takes_ignored_and_a_duration(start_cbd):
+    d = start_cbd()
+    c = Client(d.sock)
+    assert c.call({"op": "configure", "key": "api", "policy": {
+        "tripRule": "rate", "windowSize": 2, "slowCallDurationMs": 100}})["ok"]
+    r = cbctl("report", "api", "success", "--duration-ms", "150", sock=d.sock)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["window"]["slow"] == 1
+    r = cbctl("report", "api", "ignored", sock=d.sock)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["window"]["calls"] == 1
+    r = cbctl("report", "api", "success", "--duration-ms", "86400001", sock=d.sock)
+    assert r.returncode != 0
