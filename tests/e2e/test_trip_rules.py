@@ -185,3 +185,60 @@ def test_cbctl_report_takes_ignored_and_a_duration(start_cbd):
     assert json.loads(r.stdout)["window"]["calls"] == 1
     r = cbctl("report", "api", "success", "--duration-ms", "86400001", sock=d.sock)
     assert r.returncode != 0
+
+
+def test_a_schema_1_state_file_gains_the_rule_column(start_cbd, workdir):
+    """A state file written before trip rules (schema 1) is read as it is and
+    upgraded in place: its circuits load, and trip-rule state is kept from
+    then on."""
+    import sqlite3
+
+    state = workdir / "state.db"
+    db = sqlite3.connect(state)
+    db.executescript("""
+        CREATE TABLE circuits (key TEXT PRIMARY KEY NOT NULL, state TEXT, failure_count INTEGER,
+            success_count INTEGER, last_failure_time INTEGER, last_state_change INTEGER,
+            generation INTEGER, pin_state TEXT, pin_until INTEGER, pin_reason TEXT,
+            pin_uid INTEGER, pin_pid INTEGER, policy TEXT) WITHOUT ROWID;
+        CREATE TABLE meta (name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL) WITHOUT ROWID;
+        INSERT INTO meta VALUES ('last_generation', 7);
+        INSERT INTO circuits VALUES ('old', 'closed', 2, 1, 5, 4, 7, NULL, NULL, NULL, NULL, NULL,
+                                     '{"tripRule":"consecutive","failureThreshold":4}');
+        PRAGMA application_id = 1667392561;
+        PRAGMA user_version = 1;
+    """)
+    db.commit()
+    db.close()
+
+    d = start_cbd("--state-file", str(state), "--sync", "always")
+    c = Client(d.sock)
+    assert c.call({"op": "get", "key": "old"})["snapshot"]["failureCount"] == 2
+    assert c.call({"op": "policy", "key": "old"})["policy"]["tripRule"] == "consecutive"
+    report(c, "old", "failure")
+    c.close()
+    assert d.stop() == 0
+
+    db = sqlite3.connect(state)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    rule = db.execute("SELECT rule FROM circuits WHERE key = 'old'").fetchone()[0]
+    db.close()
+    assert json.loads(rule) == {"run": 1}
+
+
+def test_a_bad_rule_column_is_refused_at_start(start_cbd, workdir):
+    state = workdir / "state.db"
+    d = start_cbd("--state-file", str(state), "--sync", "always")
+    c = Client(d.sock)
+    assert c.call({"op": "configure", "key": "k", "policy": {"tripRule": "consecutive"}})["ok"]
+    report(c, "k", "failure")
+    c.close()
+    assert d.stop() == 0
+    import sqlite3
+
+    db = sqlite3.connect(state)
+    db.execute("""UPDATE circuits SET rule = '{"run":-3}' WHERE key = 'k'""")
+    db.commit()
+    db.close()
+    d2 = start_cbd("--state-file", str(state), wait=False)
+    assert d2.proc.wait(timeout=30) != 0
+    assert "trip-rule state" in d2.log()

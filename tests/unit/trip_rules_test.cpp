@@ -248,11 +248,11 @@ TEST_CASE("trip-rule state round-trips through stored() and restore()", "[trip]"
     CHECK(*t.store.acquire("k").circuit.window == window_view(2, 1, 0));
 
     StoredCircuit bad = record;
-    for (const char* text : {"[]", "{\"reopens\":63}", "{\"run\":-1}",
-                             "{\"window\":{\"type\":\"count\",\"size\":2,\"calls\":\"012\"}}",
-                             "{\"window\":{\"type\":\"count\",\"size\":3,\"calls\":\"4\"}}",
-                             "{\"window\":{\"type\":\"time\",\"size\":1000,\"buckets\":[[1,2,3]]}}",
-                             "not json"}) {
+    for (const char* text :
+         {"[]", "{\"reopens\":63}", "{\"run\":-1}",
+          "{\"window\":{\"type\":\"count\",\"size\":2,\"calls\":\"012\"}}",
+          "{\"window\":{\"type\":\"count\",\"size\":3,\"calls\":\"4\"}}",
+          "{\"window\":{\"type\":\"time\",\"size\":1000,\"buckets\":[[1,2,3]]}}", "not json"}) {
         INFO(text);
         bad.rule = text;
         CHECK(t.store.restore(bad) == ErrorCode::InvalidRequest);
