@@ -109,7 +109,7 @@ int main(int argc, char** argv) {
     bool clear = false, fail_closed = false;
     std::vector<std::string> unset_fields, run_command;
     std::string run_timeout;
-    std::array<std::int64_t, cbd::kPolicyFieldCount> policy_values{};
+    std::array<std::string, cbd::kPolicyFieldCount> policy_values{};
 
     auto add_key_command = [&](const std::string& name, const std::string& help) {
         auto* sub = app.add_subcommand(name, help);
@@ -187,9 +187,13 @@ int main(int argc, char** argv) {
     });
 
     auto* report = add_key_command("report", "Report the outcome of an acquired call");
-    report->add_option("OUTCOME", outcome, "success or failure")
+    report->add_option("OUTCOME", outcome, "success, failure or ignored")
         ->required()
-        ->check(CLI::IsMember({"success", "failure"}));
+        ->check(CLI::IsMember({"success", "failure", "ignored"}));
+    std::uint64_t duration_ms = 0;
+    auto* duration_opt =
+        report->add_option("--duration-ms", duration_ms, "How long the call took (slow calls)")
+            ->transform(WholeNumberRange(0, static_cast<std::uint64_t>(cbd::kMaxDurationMs)));
     auto* generation_opt =
         report->add_option("--generation", generation, "The generation acquire returned")
             ->transform(generation_range);
@@ -204,6 +208,8 @@ int main(int argc, char** argv) {
                 more += ",\"generation\":" + std::to_string(generation);
             if (*permit_opt)
                 append_string_field(more, "permit", permit);
+            if (*duration_opt)
+                more += ",\"durationMs\":" + std::to_string(duration_ms);
             return SingleRequest{with_fields(key_request("report", key), more), Output::Reply,
                                  field};
         });
@@ -232,17 +238,20 @@ int main(int argc, char** argv) {
     });
 
     auto* configure = add_key_command("configure", "Set this key's own policy values");
-    const std::array<std::string, cbd::kPolicyFieldCount> policy_flags = {
-        "--failure-threshold", "--reset-timeout-ms", "--half-open-max", "--success-threshold",
-        "--probe-lease-ms"};
     std::array<CLI::Option*, cbd::kPolicyFieldCount> policy_opts{};
-    for (std::size_t i = 0; i < cbd::kPolicyFieldCount; ++i)
+    for (std::size_t i = 0; i < cbd::kPolicyFieldCount; ++i) {
+        const auto policy_field = static_cast<cbd::PolicyField>(i);
+        // The protocol's range (or names) for each field, checked here too.
         policy_opts[i] = configure
-                             ->add_option(policy_flags[i], policy_values[i],
-                                          std::string(cbd::kPolicyFieldNames[i]))
-                             // The protocol's range for policy values.
-                             ->transform(WholeNumberRange(
-                                 1, static_cast<std::uint64_t>(cbd::kMaxPolicyValue)));
+                             ->add_option(cbd::policy_flag_name(policy_field), policy_values[i],
+                                          std::string(cbd::kPolicyFieldHelp[i]))
+                             ->check([policy_field](const std::string& v) {
+                                 std::string error;
+                                 return cbd::parse_policy_text(policy_field, v, error)
+                                            ? std::string()
+                                            : error;
+                             });
+    }
     configure
         ->add_option("--unset", unset_fields, "Drop this field from the key's policy (repeatable)")
         ->check(CLI::IsMember(std::vector<std::string>(cbd::kPolicyFieldNames.begin(),
@@ -258,8 +267,14 @@ int main(int argc, char** argv) {
                     first = false;
                 };
                 for (std::size_t i = 0; i < cbd::kPolicyFieldCount; ++i)
-                    if (*policy_opts[i])
-                        add(cbd::kPolicyFieldNames[i], std::to_string(policy_values[i]));
+                    if (*policy_opts[i]) {
+                        std::string error;
+                        const auto policy_field = static_cast<cbd::PolicyField>(i);
+                        add(cbd::kPolicyFieldNames[i],
+                            cbd::policy_value_json(policy_field,
+                                                   *cbd::parse_policy_text(
+                                                       policy_field, policy_values[i], error)));
+                    }
                 for (const auto& name : unset_fields)
                     add(name, "null");
                 policy += "}";

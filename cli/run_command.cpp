@@ -3,6 +3,7 @@
 
 #include "cli/connection.hpp"
 #include "cli/exit_codes.hpp"
+#include "common/protocol.hpp"
 
 #include <algorithm>
 #include <cerrno>
@@ -41,6 +42,10 @@ struct ChildResult {
     int wait_status = 0;
     bool timed_out = false;
     int exec_errno = 0; // non-zero when CMD could not be started
+    // The user interrupted it (SIGINT to cbctl, forwarded): the call was
+    // cancelled, so it is reported `ignored`, neither success nor failure.
+    bool interrupted = false;
+    std::int64_t duration_ms = 0; // from start until CMD ended
 };
 
 // The terminal cbctl was started in the foreground of, if any: CMD's process
@@ -153,6 +158,9 @@ ChildResult run_child(const RunOptions& options) {
                 kill(-pid, SIGCONT);
             } else if (got == pid && !WIFSTOPPED(status)) {
                 result.wait_status = status;
+                result.duration_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                         Clock::now() - start)
+                                         .count();
                 reaped = true;
             }
         }
@@ -187,6 +195,8 @@ ChildResult run_child(const RunOptions& options) {
             wait.tv_nsec = 1'000'000; // no busy loop on a deadline a hair away
         siginfo_t info{};
         const int sig = sigtimedwait(&watched, &info, &wait);
+        if (sig == SIGINT)
+            result.interrupted = true;
         if (sig == SIGINT || sig == SIGTERM)
             end_group(sig, Clock::now()); // forwarded; the group decides how to end
     }
@@ -291,8 +301,14 @@ int run_guarded(const GlobalOptions& global, const RunOptions& options) {
                                    status) != options.success_codes.end();
 
     if (reachable) {
+        // A report says how long CMD ran (slow-call accounting) and, when
+        // the user interrupted it, that it neither failed nor succeeded.
+        const char* outcome = child.interrupted ? "ignored" : success ? "success" : "failure";
         std::string line = "{\"op\":\"report\",\"key\":" + json_string(options.key) +
-                           ",\"outcome\":\"" + (success ? "success" : "failure") + "\"";
+                           ",\"outcome\":\"" + outcome + "\"";
+        if (child.exec_errno == 0)
+            line += ",\"durationMs\":" +
+                    std::to_string(std::clamp<std::int64_t>(child.duration_ms, 0, cbd::kMaxDurationMs));
         if (acquired.contains("generation"))
             line += ",\"generation\":" + acquired["generation"].dump();
         if (acquired.contains("permit"))

@@ -1,44 +1,64 @@
 // Policies (see policy.hpp).
 #include "common/policy.hpp"
 
+#include <algorithm>
+
 #include <nlohmann/json.hpp>
 
 namespace cbd {
 
-std::int64_t Policy::get(PolicyField f) const {
-    switch (f) {
-    case PolicyField::FailureThreshold:
-        return failure_threshold;
-    case PolicyField::ResetTimeoutMs:
-        return reset_timeout_ms;
-    case PolicyField::HalfOpenMax:
-        return half_open_max;
-    case PolicyField::SuccessThreshold:
-        return success_threshold;
-    case PolicyField::ProbeLeaseMs:
-        return probe_lease_ms;
-    }
-    return 0;
+std::int64_t Policy::open_time_ms(std::int64_t reopens) const {
+    const std::int64_t base = reset_timeout_ms();
+    const std::int64_t cap = std::max(base, reset_timeout_max_ms());
+    std::int64_t t = base;
+    // Doubling stops at the cap, so this runs at most 53 times.
+    for (std::int64_t i = 0; i < reopens && t < cap; ++i)
+        t = t > cap / 2 ? cap : t * 2;
+    return std::min(t, cap);
 }
 
-void Policy::set(PolicyField f, std::int64_t v) {
-    switch (f) {
-    case PolicyField::FailureThreshold:
-        failure_threshold = v;
-        break;
-    case PolicyField::ResetTimeoutMs:
-        reset_timeout_ms = v;
-        break;
-    case PolicyField::HalfOpenMax:
-        half_open_max = v;
-        break;
-    case PolicyField::SuccessThreshold:
-        success_threshold = v;
-        break;
-    case PolicyField::ProbeLeaseMs:
-        probe_lease_ms = v;
-        break;
+namespace {
+
+std::optional<std::string> combination_problem(const std::optional<std::int64_t>& timeout,
+                                               const std::optional<std::int64_t>& timeout_max,
+                                               const std::optional<std::int64_t>& window_type,
+                                               const std::optional<std::int64_t>& window_size) {
+    if (timeout && timeout_max && *timeout_max < *timeout)
+        return "policy field 'resetTimeoutMaxMs' (" + std::to_string(*timeout_max) +
+               ") must not be below resetTimeoutMs (" + std::to_string(*timeout) + ")";
+    if (window_type && window_size &&
+        *window_type == static_cast<std::int64_t>(WindowType::Count) &&
+        *window_size > kMaxCountWindow)
+        return "policy field 'windowSize' must be at most " + std::to_string(kMaxCountWindow) +
+               " calls for a count window (a time window: at most " +
+               std::to_string(kMaxTimeWindowMs) + " ms)";
+    return std::nullopt;
+}
+
+} // namespace
+
+std::optional<std::string> policy_combination_problem(const Policy& p) {
+    return combination_problem(p.reset_timeout_ms(), p.reset_timeout_max_ms(),
+                               p.get(PolicyField::WindowType), p.window_size());
+}
+
+std::optional<std::string> patch_combination_problem(const PolicyPatch& patch) {
+    return combination_problem(patch[PolicyField::ResetTimeoutMs],
+                               patch[PolicyField::ResetTimeoutMaxMs],
+                               patch[PolicyField::WindowType], patch[PolicyField::WindowSize]);
+}
+
+std::string policy_flag_name(PolicyField f) {
+    std::string out = "--";
+    for (char ch : policy_field_spec(f).name) {
+        if (ch >= 'A' && ch <= 'Z') {
+            out += '-';
+            out += static_cast<char>(ch - 'A' + 'a');
+        } else {
+            out += ch;
+        }
     }
+    return out;
 }
 
 bool PolicyPatch::empty() const {
@@ -53,6 +73,51 @@ void PolicyPatch::merge(const PolicyPatch& over) {
         if (over.values[i])
             values[i] = over.values[i];
 }
+
+namespace {
+
+std::string range_text(const PolicyFieldSpec& spec) {
+    if (!spec.names.empty()) {
+        std::string out = "one of ";
+        for (std::size_t i = 0; i < spec.names.size(); ++i)
+            out += (i ? ", \"" : "\"") + std::string(spec.names[i]) + "\"";
+        return out;
+    }
+    return "an integer from " + std::to_string(spec.min) + " to " + std::to_string(spec.max);
+}
+
+// One value of `spec`'s field, or the error naming it.
+std::optional<std::string> read_value(const PolicyFieldSpec& spec, const nlohmann::json& value,
+                                      std::int64_t& out) {
+    const std::string problem =
+        "policy field '" + std::string(spec.name) + "' must be " + range_text(spec);
+    if (!spec.names.empty()) {
+        if (!value.is_string())
+            return problem;
+        const auto& text = value.get_ref<const std::string&>();
+        for (std::size_t i = 0; i < spec.names.size(); ++i)
+            if (spec.names[i] == text) {
+                out = static_cast<std::int64_t>(i);
+                return std::nullopt;
+            }
+        return problem;
+    }
+    std::int64_t v = 0;
+    if (value.is_number_unsigned()) {
+        auto u = value.get<std::uint64_t>();
+        v = u > static_cast<std::uint64_t>(spec.max) ? spec.max + 1 : static_cast<std::int64_t>(u);
+    } else if (value.is_number_integer()) {
+        v = value.get<std::int64_t>();
+    } else {
+        return problem;
+    }
+    if (v < spec.min || v > spec.max)
+        return problem;
+    out = v;
+    return std::nullopt;
+}
+
+} // namespace
 
 std::optional<std::string> parse_policy_patch(const nlohmann::json& obj, PolicyPatch& out,
                                               bool allow_null, PolicyPatch* removed,
@@ -79,49 +144,68 @@ std::optional<std::string> parse_policy_patch(const nlohmann::json& obj, PolicyP
             continue;
         }
         std::int64_t v = 0;
-        if (value.is_number_unsigned()) {
-            auto u = value.get<std::uint64_t>();
-            v = u > static_cast<std::uint64_t>(kMaxPolicyValue) ? kMaxPolicyValue + 1
-                                                                 : static_cast<std::int64_t>(u);
-        } else if (value.is_number_integer()) {
-            v = value.get<std::int64_t>();
-        } else {
-            return "policy field '" + name + "' must be a positive integer";
-        }
-        if (v < 1 || v > kMaxPolicyValue)
-            return "policy field '" + name + "' must be a positive integer (1.." +
-                   std::to_string(kMaxPolicyValue) + ")";
+        if (auto err = read_value(kPolicyFieldSpecs[index], value, v))
+            return err;
         out.values[index] = v;
     }
-    return std::nullopt;
+    return patch_combination_problem(out);
 }
+
+std::optional<std::int64_t> parse_policy_text(PolicyField f, std::string_view text,
+                                              std::string& error) {
+    const PolicyFieldSpec& spec = policy_field_spec(f);
+    nlohmann::json value;
+    if (!spec.names.empty()) {
+        value = std::string(text);
+    } else {
+        // Digits only: no sign, no point, no exponent; too many of them is
+        // out of range rather than a wrapped number.
+        const bool digits = !text.empty() && text.size() <= 18 &&
+                            text.find_first_not_of("0123456789") == std::string_view::npos;
+        value = digits ? nlohmann::json(std::stoll(std::string(text))) : nlohmann::json(text);
+    }
+    std::int64_t v = 0;
+    if (auto err = read_value(spec, value, v)) {
+        error = *err;
+        return std::nullopt;
+    }
+    return v;
+}
+
+std::string policy_value_json(PolicyField f, std::int64_t value) {
+    const PolicyFieldSpec& spec = policy_field_spec(f);
+    if (spec.names.empty())
+        return std::to_string(value);
+    const auto i = static_cast<std::size_t>(value);
+    return "\"" + std::string(i < spec.names.size() ? spec.names[i] : spec.names[0]) + "\"";
+}
+
+namespace {
+
+void append_field(std::string& out, std::size_t i, std::int64_t value) {
+    if (out.size() > 1)
+        out += ',';
+    out += '"';
+    out += kPolicyFieldNames[i];
+    out += "\":";
+    out += policy_value_json(static_cast<PolicyField>(i), value);
+}
+
+} // namespace
 
 std::string policy_json(const Policy& p) {
     std::string out = "{";
-    for (std::size_t i = 0; i < kPolicyFieldCount; ++i) {
-        if (i)
-            out += ',';
-        out += '"';
-        out += kPolicyFieldNames[i];
-        out += "\":";
-        out += std::to_string(p.get(static_cast<PolicyField>(i)));
-    }
+    for (std::size_t i = 0; i < kPolicyFieldCount; ++i)
+        append_field(out, i, p.values[i]);
     out += '}';
     return out;
 }
 
 std::string policy_patch_json(const PolicyPatch& patch) {
     std::string out = "{";
-    for (std::size_t i = 0; i < kPolicyFieldCount; ++i) {
-        if (!patch.values[i])
-            continue;
-        if (out.size() > 1)
-            out += ',';
-        out += '"';
-        out += kPolicyFieldNames[i];
-        out += "\":";
-        out += std::to_string(*patch.values[i]);
-    }
+    for (std::size_t i = 0; i < kPolicyFieldCount; ++i)
+        if (patch.values[i])
+            append_field(out, i, *patch.values[i]);
     out += '}';
     return out;
 }

@@ -27,6 +27,20 @@ std::optional<State> parse_state(std::string_view name) {
     return std::nullopt;
 }
 
+namespace {
+// Indexed by Outcome.
+constexpr std::array<std::string_view, 3> kOutcomeNames = {"success", "failure", "ignored"};
+} // namespace
+
+std::string_view outcome_name(Outcome o) { return kOutcomeNames[static_cast<std::size_t>(o)]; }
+
+std::optional<Outcome> parse_outcome(std::string_view name) {
+    for (std::size_t i = 0; i < kOutcomeNames.size(); ++i)
+        if (kOutcomeNames[i] == name)
+            return static_cast<Outcome>(i);
+    return std::nullopt;
+}
+
 std::string_view error_code_name(ErrorCode code) {
     switch (code) {
     case ErrorCode::ParseError:
@@ -79,7 +93,8 @@ constexpr std::array<OpSpec, kOpCount> kOps = {{
     {Op::Reset, "reset", kFieldKey, 0, AccessLevel::Admin},
     {Op::Ping, "ping", 0, 0, AccessLevel::Read},
     {Op::Acquire, "acquire", kFieldKey, 0, AccessLevel::Write},
-    {Op::Report, "report", kFieldKey | kFieldOutcome, kFieldGeneration | kFieldPermit,
+    {Op::Report, "report", kFieldKey | kFieldOutcome,
+     kFieldGeneration | kFieldPermit | kFieldDurationMs,
      AccessLevel::Write},
     {Op::Force, "force", kFieldKey | kFieldState, kFieldTtlMs | kFieldReason, AccessLevel::Admin},
     {Op::Unforce, "unforce", kFieldKey, 0, AccessLevel::Admin},

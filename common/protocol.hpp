@@ -19,6 +19,12 @@
 //      range); a NUL anywhere in a line is parse_error; generations, counts
 //      and times are at most 2^53-1 everywhere; replies past a per-connection
 //      output bound wait for the client to read.
+//   8  trip rules: policy fields tripRule, windowType, windowSize,
+//      minimumCalls, failureRateThreshold, slowCallDurationMs,
+//      slowCallRateThreshold, resetTimeoutMaxMs, mode; report takes
+//      durationMs and outcome "ignored"; acquire and report replies carry
+//      `window` (rate rule) and `wouldDeny` (observe mode); causes
+//      failure-rate, slow-call-rate, consecutive.
 #pragma once
 
 #include <cstddef>
@@ -54,8 +60,16 @@ inline constexpr std::int64_t kMaxForceTtlMs = 366LL * 24 * 3600 * 1000;
 
 enum class State : std::uint8_t { Closed, Open, HalfOpen };
 
-// What a caller reports of a call the breaker let through.
-enum class Outcome : std::uint8_t { Success, Failure };
+// What a caller reports of a call the breaker let through. Ignored: the call
+// neither failed nor succeeded (cancelled, a client error); it hands back its
+// permit and counts nowhere.
+enum class Outcome : std::uint8_t { Success, Failure, Ignored };
+std::string_view outcome_name(Outcome o);
+std::optional<Outcome> parse_outcome(std::string_view name);
+
+// A report's durationMs: at most a day (a call that took longer is slow
+// under any slowCallDurationMs worth setting).
+inline constexpr std::int64_t kMaxDurationMs = 86'400'000;
 
 std::string_view state_name(State s);
 std::optional<State> parse_state(std::string_view name);
@@ -115,6 +129,7 @@ enum RequestField : std::uint32_t {
     kFieldPerCircuit = 1u << 15,
     kFieldSnapshot = 1u << 16, // import
     kFieldForced = 1u << 17,   // import
+    kFieldDurationMs = 1u << 18, // report
 };
 
 // The operations, and what each needs from a request. Validation of those

@@ -272,14 +272,21 @@ FieldResult read_field(RequestField field, const Json& v, Request& out) {
         return read_state(v, "expect", out.expect);
     case kFieldExpectGeneration:
         return read_generation(v, "expectGeneration", out.expect_generation);
-    case kFieldOutcome:
-        if (v == "success")
-            out.outcome = Outcome::Success;
-        else if (v == "failure")
-            out.outcome = Outcome::Failure;
-        else
-            return invalid("field 'outcome' must be \"success\" or \"failure\"");
+    case kFieldOutcome: {
+        const auto outcome = v.is_string() ? parse_outcome(v.get_ref<const std::string&>())
+                                           : std::nullopt;
+        if (!outcome)
+            return invalid("field 'outcome' must be \"success\", \"failure\" or \"ignored\"");
+        out.outcome = *outcome;
         return std::nullopt;
+    }
+    case kFieldDurationMs: {
+        std::int64_t ms = 0;
+        if (auto err = read_integer_field(v, "durationMs", 0, kMaxDurationMs, ms))
+            return err;
+        out.duration_ms = ms;
+        return std::nullopt;
+    }
     case kFieldGeneration:
         return read_generation(v, "generation", out.generation);
     case kFieldPermit:
@@ -338,6 +345,7 @@ constexpr std::pair<RequestField, std::string_view> kFieldNames[] = {
     {kFieldOutcome, "outcome"},
     {kFieldGeneration, "generation"},
     {kFieldPermit, "permit"},
+    {kFieldDurationMs, "durationMs"},
     {kFieldState, "state"},
     {kFieldTtlMs, "ttlMs"},
     {kFieldReason, "reason"},
@@ -510,9 +518,22 @@ bool parse_request_flat(std::string_view line, Request& out) {
         return false;
 
     // The fields the fast path knows, each at most once.
-    enum Slot { Op, Key, Id, To, Outcome, Generation, Permit, Expect, ExpectGeneration, kSlots };
+    enum Slot {
+        Op,
+        Key,
+        Id,
+        To,
+        Outcome,
+        Generation,
+        Permit,
+        Expect,
+        ExpectGeneration,
+        DurationMs,
+        kSlots
+    };
     static constexpr std::string_view kNames[kSlots] = {
-        "op", "key", "id", "to", "outcome", "generation", "permit", "expect", "expectGeneration"};
+        "op",     "key",    "id",     "to",         "outcome", "generation",
+        "permit", "expect", "expectGeneration", "durationMs"};
     std::array<std::optional<FlatValue>, kSlots> fields;
 
     if (!scan.eat('}')) {
@@ -566,7 +587,7 @@ bool parse_request_flat(std::string_view line, Request& out) {
     const std::uint32_t reads = spec->required | spec->optional;
     static constexpr std::uint32_t kBits[kSlots] = {
         0,           kFieldKey,    0,           kFieldTo,    kFieldOutcome, kFieldGeneration,
-        kFieldPermit, kFieldExpect, kFieldExpectGeneration};
+        kFieldPermit, kFieldExpect, kFieldExpectGeneration, kFieldDurationMs};
     for (int i = Key; i < kSlots; ++i) {
         if (i == Id)
             continue;
@@ -615,9 +636,15 @@ bool parse_request_flat(std::string_view line, Request& out) {
             return false;
     }
     if (const auto& o = fields[Outcome]) {
-        if (!o->is_string || (o->text != "success" && o->text != "failure"))
+        const auto outcome = o->is_string ? parse_outcome(o->text) : std::nullopt;
+        if (!outcome)
             return false;
-        out.outcome = o->text == "success" ? Outcome::Success : Outcome::Failure;
+        out.outcome = *outcome;
+    }
+    if (const auto& d = fields[DurationMs]) {
+        if (d->is_string || d->number < 0 || d->number > kMaxDurationMs)
+            return false;
+        out.duration_ms = d->number;
     }
     if (const auto& g = fields[Generation]) {
         if (!(out.generation = generation_of(*g)))

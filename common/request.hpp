@@ -36,6 +36,7 @@ struct Request {
     Outcome outcome = Outcome::Success;            // report
     std::optional<std::uint64_t> generation;       // report
     std::string permit;                            // report
+    std::optional<std::int64_t> duration_ms;       // report: the call's duration
     State state = State::Closed;                   // force: open or closed
     std::int64_t ttl_ms = 0;                       // force; 0 = until unforced
     std::string reason;                            // force

@@ -1,6 +1,8 @@
 // Circuit JSON (see circuit_json.hpp).
 #include "daemon/circuit_json.hpp"
 
+#include <utility>
+
 namespace cbd {
 
 std::string forced_json(const ForcePin& pin) {
@@ -32,10 +34,34 @@ std::string transition_json(const TransitionRecord& t) {
     return out;
 }
 
+std::string window_json(const WindowView& w) {
+    const std::pair<std::string_view, std::int64_t> fields[] = {
+        {"calls", w.calls},
+        {"failures", w.failures},
+        {"slow", w.slow},
+        {"failureRate", w.failure_rate},
+        {"slowRate", w.slow_rate}};
+    std::string out = "{";
+    for (const auto& [name, value] : fields) {
+        if (out.size() > 1)
+            out += ',';
+        out += '"';
+        out += name;
+        out += "\":";
+        append_int(out, value);
+    }
+    out += '}';
+    return out;
+}
+
 ReplyWriter& circuit_fields(ReplyWriter& w, const CircuitView& v) {
     w.snapshot(v.snapshot).field("generation", v.generation);
     if (v.forced)
         w.raw_field("forced", forced_json(*v.forced));
+    if (v.window)
+        w.raw_field("window", window_json(*v.window));
+    if (v.would_deny)
+        w.field("wouldDeny", true);
     return w;
 }
 

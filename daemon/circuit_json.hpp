@@ -12,8 +12,11 @@ namespace cbd {
 
 std::string forced_json(const ForcePin& pin);
 std::string transition_json(const TransitionRecord& t);
+// {"calls":…,"failures":…,"slow":…,"failureRate":…,"slowRate":…}
+std::string window_json(const WindowView& w);
 
-// snapshot, generation and (when pinned) forced.
+// snapshot, generation, (when pinned) forced, (rate rule) window and
+// (observe mode, a call enforce would deny) wouldDeny.
 ReplyWriter& circuit_fields(ReplyWriter& w, const CircuitView& v);
 
 // One circuit as a list entry: {"key":…,"snapshot":…,"generation":…[,"forced":…]}.

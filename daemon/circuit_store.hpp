@@ -31,6 +31,9 @@ enum class TransitionCause : std::uint8_t {
     Force,        // an operator pinned it
     Unforce,      // an operator lifted the pin (state stays)
     ForceExpired, // the pin's TTL ran out (state stays)
+    FailureRate,  // rate rule: the window's failure rate reached its threshold
+    SlowCallRate, // rate rule: the window's slow-call rate reached its threshold
+    Consecutive,  // consecutive rule: failureThreshold failures in a row
 };
 std::string_view transition_cause_name(TransitionCause cause);
 
@@ -51,11 +54,32 @@ struct ForcePin {
     Peer by;
 };
 
-// What snapshot-bearing replies show of a circuit.
+// The rate rule's window as replies show it: the calls it holds, and the
+// rates as whole percents rounded down (0 while it holds no call).
+struct WindowView {
+    std::int64_t calls = 0;
+    std::int64_t failures = 0;
+    std::int64_t slow = 0;
+    std::int64_t failure_rate = 0;
+    std::int64_t slow_rate = 0;
+
+    bool operator==(const WindowView&) const = default;
+};
+// The view of a window holding these calls, rates computed (one formula
+// for every backend).
+inline WindowView window_view(std::int64_t calls, std::int64_t failures, std::int64_t slow) {
+    return {calls, failures, slow, calls == 0 ? 0 : failures * 100 / calls,
+            calls == 0 ? 0 : slow * 100 / calls};
+}
+
+// What snapshot-bearing replies show of a circuit. `window` and
+// `would_deny` only ever come with acquire and report answers.
 struct CircuitView {
     Snapshot snapshot;
     std::uint64_t generation = 0;
     std::optional<ForcePin> forced;
+    std::optional<WindowView> window = std::nullopt; // the circuit's policy uses the rate rule
+    bool would_deny = false;          // observe mode: acquire allowed what enforce would deny
 };
 
 struct StoreResult {
@@ -83,6 +107,7 @@ struct ReportResult {
 struct PolicyResult {
     std::optional<ErrorCode> error;
     ResolvedPolicy resolved;
+    std::string message{}; // InvalidRequest: which field, and why
 };
 
 // Preconditions of a conditional transition; unset ones always hold.
@@ -122,10 +147,15 @@ struct StoredCircuit {
     std::string key;
     std::optional<CircuitView> circuit;
     PolicyPatch policy;
+    // The circuit's trip-rule state (backoff re-opens, consecutive run,
+    // rate window) as MemoryCircuitStore encodes it; empty when it has none.
+    // The state file keeps it; export and import do not carry it.
+    std::string rule{};
 
     bool empty() const { return !circuit && policy.empty(); }
     bool operator==(const StoredCircuit& o) const {
-        return key == o.key && policy == o.policy && circuit.has_value() == o.circuit.has_value() &&
+        return key == o.key && policy == o.policy && rule == o.rule &&
+               circuit.has_value() == o.circuit.has_value() &&
                (!circuit || (circuit->snapshot == o.circuit->snapshot &&
                              circuit->generation == o.circuit->generation &&
                              circuit->forced.has_value() == o.circuit->forced.has_value() &&
@@ -198,9 +228,11 @@ class CircuitStore {
 
     // The breaker policy.
     virtual AcquireResult acquire(std::string_view key) = 0;
+    // `duration_ms`: how long the call took, when the caller says (slow-call
+    // accounting).
     virtual ReportResult report(std::string_view key, Outcome outcome,
-                                std::optional<std::uint64_t> generation,
-                                std::string_view permit) = 0;
+                                std::optional<std::uint64_t> generation, std::string_view permit,
+                                std::optional<std::int64_t> duration_ms = std::nullopt) = 0;
     virtual StoreResult force(std::string_view key, State state, std::int64_t ttl_ms,
                               std::string reason, const Peer& by) = 0;
     virtual StoreResult unforce(std::string_view key) = 0;

@@ -62,6 +62,12 @@ FileConfig parse_config(const std::string& text) {
                 throw ConfigError(where + ": prefix '" + r.prefix + "' appears twice");
             if (auto err = parse_policy_patch(rule, r.patch, false, nullptr, "prefix"))
                 throw ConfigError(where + ": " + *err);
+            // Fields that hold only together, with the file's defaults
+            // under the rule (flags and key overrides are checked apart).
+            PolicyPatch layered = config.defaults;
+            layered.merge(r.patch);
+            if (auto err = patch_combination_problem(layered))
+                throw ConfigError(where + ": " + *err);
             config.rules.push_back(std::move(r));
         }
     }

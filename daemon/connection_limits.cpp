@@ -6,6 +6,9 @@
 namespace cbd {
 
 std::size_t default_reserved_connections(std::size_t max_connections) {
+    // Never all of them: with one connection in all, none is kept back.
+    if (max_connections <= 1)
+        return 0;
     return std::max<std::size_t>(1, max_connections / 16);
 }
 

@@ -22,7 +22,7 @@ inline constexpr std::size_t kDefaultMaxConnections = 1024;
 inline constexpr std::size_t kDefaultMaxConnectionsPerUid = 256;
 
 // The reserve when --reserved-connections is not given: 1/16 of the total,
-// at least 1 (64 of the default 1024).
+// at least 1 (64 of the default 1024), and none when the total is 1.
 std::size_t default_reserved_connections(std::size_t max_connections);
 
 struct ConnectionLimits {

@@ -98,17 +98,9 @@ int main(int argc, char** argv) {
     std::string backend = "memory", redis_url, redis_password_file, redis_prefix = "cbd:",
                 backend_timeout = "1s";
     std::string test_clock_file;
-    // 0 = not given on the command line.
-    std::array<std::int64_t, cbd::kPolicyFieldCount> policy_flags{};
-    const std::array<std::string, cbd::kPolicyFieldCount> policy_flag_names = {
-        "--failure-threshold", "--reset-timeout-ms", "--half-open-max", "--success-threshold",
-        "--probe-lease-ms"};
-    const std::array<std::string, cbd::kPolicyFieldCount> policy_flag_help = {
-        "Failures (since the circuit closed) that open it (default 5)",
-        "How long an open circuit stays open before a probe (default 30000)",
-        "Probes allowed at once in half-open, across all clients (default 1)",
-        "Successful probes needed to close (default 1)",
-        "How long a probe permit lives unreported (default: the reset timeout)"};
+    // Empty = not given on the command line; names and help come from
+    // the policy's field table (common/policy.hpp).
+    std::array<std::string, cbd::kPolicyFieldCount> policy_flags{};
 
     app.add_option("--socket", socket_flag,
                    "Socket path (default: $CBD_SOCKET, else $XDG_RUNTIME_DIR/cbd/cbd.sock for "
@@ -216,9 +208,15 @@ int main(int argc, char** argv) {
         ->check([](const std::string& v) {
             return cbd::parse_duration(v) ? std::string() : "'" + v + "' is not a duration";
         });
-    for (std::size_t i = 0; i < cbd::kPolicyFieldCount; ++i)
-        app.add_option(policy_flag_names[i], policy_flags[i], policy_flag_help[i])
-            ->check(CLI::Range(std::int64_t{1}, cbd::kMaxPolicyValue));
+    for (std::size_t i = 0; i < cbd::kPolicyFieldCount; ++i) {
+        const auto field = static_cast<cbd::PolicyField>(i);
+        app.add_option(cbd::policy_flag_name(field), policy_flags[i],
+                       std::string(cbd::kPolicyFieldHelp[i]))
+            ->check([field](const std::string& v) {
+                std::string error;
+                return cbd::parse_policy_text(field, v, error) ? std::string() : error;
+            });
+    }
 
     try {
         app.parse(argc, argv);
@@ -286,9 +284,16 @@ int main(int argc, char** argv) {
         config.storage_fault_file = fault;
     if (idle_timeout != "0")
         config.idle_timeout = *cbd::parse_duration(idle_timeout);
-    for (std::size_t i = 0; i < cbd::kPolicyFieldCount; ++i)
-        if (policy_flags[i] != 0)
-            config.flag_defaults.values[i] = policy_flags[i];
+    for (std::size_t i = 0; i < cbd::kPolicyFieldCount; ++i) {
+        std::string error;
+        if (!policy_flags[i].empty())
+            config.flag_defaults.values[i] =
+                cbd::parse_policy_text(static_cast<cbd::PolicyField>(i), policy_flags[i], error);
+    }
+    if (auto problem = cbd::patch_combination_problem(config.flag_defaults)) {
+        std::cerr << "cbd: " << *problem << "\n";
+        return 2;
+    }
     try {
         config.socket_mode = cbd::parse_socket_mode(socket_mode);
     } catch (const cbd::StartupError& e) {

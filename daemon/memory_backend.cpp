@@ -63,7 +63,7 @@ void MemoryBackend::apply_to_store(const Request& req, const Peer& peer, OpOutco
         return;
     }
     case Op::Report: {
-        auto r = store_.report(req.key, req.outcome, req.generation, req.permit);
+        auto r = store_.report(req.key, req.outcome, req.generation, req.permit, req.duration_ms);
         now.error = r.error;
         now.stale = r.stale;
         now.circuit = std::move(r.circuit);
@@ -79,6 +79,7 @@ void MemoryBackend::apply_to_store(const Request& req, const Peer& peer, OpOutco
     case Op::Configure: {
         auto r = store_.configure(req.key, req.policy, req.policy_removed, req.policy_clear);
         now.error = r.error;
+        now.error_message = std::move(r.message);
         now.policy = std::move(r.resolved);
         return;
     }

@@ -36,8 +36,8 @@ class MemoryCircuitStore final : public CircuitStore {
 
     AcquireResult acquire(std::string_view key) override;
     ReportResult report(std::string_view key, Outcome outcome,
-                        std::optional<std::uint64_t> generation,
-                        std::string_view permit) override;
+                        std::optional<std::uint64_t> generation, std::string_view permit,
+                        std::optional<std::int64_t> duration_ms = std::nullopt) override;
     StoreResult force(std::string_view key, State state, std::int64_t ttl_ms, std::string reason,
                       const Peer& by) override;
     StoreResult unforce(std::string_view key) override;
@@ -96,17 +96,64 @@ class MemoryCircuitStore final : public CircuitStore {
     // Most keys one list page examines (see ListPage::next).
     static constexpr std::size_t kMaxListScan = 100'000;
 
+    // What the trip rules keep beyond the snapshot: the consecutive rule's
+    // run of failures and the rate rule's window. Held only by circuits whose
+    // policy uses one of those rules (and only while it holds something), so
+    // a circuit on the `count` rule never pays for it.
+    class RuleWindow {
+      public:
+        // Adds one call (the window takes `policy`'s shape first, emptied
+        // when that shape changed).
+        void add(const Policy& policy, std::int64_t now, bool failed, bool slow);
+        // The window as of `now` (a time window's old buckets leave it).
+        WindowView totals(const Policy& policy, std::int64_t now) const;
+        bool empty() const { return run == 0 && calls_ == 0 && !any_bucket(); }
+
+        std::int64_t run = 0; // consecutive rule: failures in a row
+
+        // A count window's calls, oldest first, one code each (kFailedBit,
+        // kSlowBit); a time window's buckets as [index, calls, failures,
+        // slow]. For the state file; restore() takes them back.
+        std::string encode() const;
+        bool decode(std::string_view text);
+
+      private:
+        struct Bucket {
+            std::int64_t index = -1; // now / bucket length; -1 = unused
+            std::int64_t calls = 0;
+            std::int64_t failures = 0;
+            std::int64_t slow = 0;
+        };
+        static constexpr std::uint8_t kFailedBit = 1;
+        static constexpr std::uint8_t kSlowBit = 2;
+        bool any_bucket() const;
+        void reshape(const Policy& policy);
+
+        WindowType type_ = WindowType::Count;
+        std::int64_t size_ = 0; // the windowSize it was built for; 0 = not yet
+        // Count window: a ring of `size_` codes, the next write at `head_`.
+        std::vector<std::uint8_t> ring_;
+        std::int64_t head_ = 0;
+        std::int64_t calls_ = 0, failures_ = 0, slow_ = 0;
+        // Time window.
+        std::array<Bucket, kTimeWindowBuckets> buckets_{};
+    };
+
   private:
     struct Probe {
         std::string permit;
         std::int64_t expires_at;
     };
     // Rarely needed parts of a circuit, kept out of line so that the common
-    // circuit (no probes, no pin) stays small.
+    // circuit (no probes, no pin, no trip-rule state) stays small.
     struct Extras {
         std::vector<Probe> probes;
         std::optional<ForcePin> pin;
-        bool empty() const { return probes.empty() && !pin; }
+        // Re-opens from half-open in a row (the backoff's doubling count);
+        // closing zeroes it.
+        std::int64_t reopens = 0;
+        std::unique_ptr<RuleWindow> rule;
+        bool empty() const { return probes.empty() && !pin && reopens == 0 && !rule; }
     };
     struct Circuit {
         Snapshot snapshot;
@@ -155,6 +202,26 @@ class MemoryCircuitStore final : public CircuitStore {
     std::string new_permit();
     void add_deadline(std::int64_t at, std::string_view key);
     CircuitView view_of(const Circuit& c) const;
+    // Frees what no longer holds anything.
+    static void trim(Circuit& c) {
+        if (c.extras && c.extras->rule && c.extras->rule->empty())
+            c.extras->rule.reset();
+        if (c.extras && c.extras->empty())
+            c.extras.reset();
+    }
+    static std::int64_t reopens_of(const Circuit& c) { return c.extras ? c.extras->reopens : 0; }
+    // The trip rule's part of a closed circuit's report: records the call
+    // and opens the circuit when the rule says so.
+    std::optional<TransitionRecord> apply_trip_rule(std::string_view key, Circuit& c,
+                                                    const Policy& policy, Outcome outcome,
+                                                    bool slow, std::int64_t now);
+    // The trip-rule state as StoredCircuit::rule holds it, and back (false,
+    // changing nothing, when the text is not such a state).
+    static std::string encode_rule(const Circuit& c);
+    static bool decode_rule(std::string_view text, Circuit& c);
+    // The window a rate-rule circuit shows in acquire and report replies.
+    static std::optional<WindowView> window_of(const Circuit& c, const Policy& policy,
+                                               std::int64_t now);
     static bool is_pinned(const Circuit& c) { return c.extras && c.extras->pin; }
 
     const Clock& clock_;

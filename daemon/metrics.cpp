@@ -1,9 +1,17 @@
 // Prometheus text (see metrics.hpp).
 #include "daemon/metrics.hpp"
 
+#include <algorithm>
+#include <tuple>
+
 #include <chrono>
 
 namespace cbd {
+
+// DaemonStats counts transitions by cause (stats.hpp): its count must cover
+// every cause, or counting the last ones would write past the array.
+static_assert(kTransitionCauseCount == static_cast<std::size_t>(TransitionCause::Consecutive) + 1,
+              "kTransitionCauseCount (daemon/stats.hpp) must count every TransitionCause");
 
 namespace {
 
@@ -167,6 +175,25 @@ std::string render_metrics(const MetricsInput& in) {
         m.family("cbd_circuit_failures", "gauge", "failureCount of each circuit.");
         for (const auto& e : *in.per_circuit)
             m.sample("cbd_circuit_failures", label("key", e.key), e.circuit.snapshot.failure_count);
+        // Circuits on the rate rule whose window holds calls (memory
+        // backend): the window's rates, in percent as replies show them.
+        const bool any_window = std::any_of(in.per_circuit->begin(), in.per_circuit->end(),
+                                            [](const ListEntry& e) { return e.circuit.window; });
+        if (any_window) {
+            const std::tuple<std::string_view, std::string_view, std::int64_t WindowView::*>
+                rates[] = {{"cbd_circuit_failure_rate",
+                            "rate rule: failed calls in the window, percent.",
+                            &WindowView::failure_rate},
+                           {"cbd_circuit_slow_call_rate",
+                            "rate rule: slow calls in the window, percent.", &WindowView::slow_rate}};
+            for (const auto& [name, help, member] : rates) {
+                m.family(name, "gauge", help);
+                for (const auto& e : *in.per_circuit)
+                    if (e.circuit.window)
+                        m.sample(name, label("key", e.key),
+                                 static_cast<std::uint64_t>((*e.circuit.window).*member));
+            }
+        }
         if (in.per_circuit_truncated)
             m.comment("cbd: per-circuit series stop after " +
                       std::to_string(kMaxPerCircuitSeries) + " circuits");

@@ -75,7 +75,8 @@ std::size_t Persistence::load() {
                 "state file " + file_->path() +
                     (*error == ErrorCode::TooManyCircuits
                          ? " holds more circuits than --max-circuits allows"
-                         : ": row '" + record.key + "' holds a number out of range"));
+                         : ": row '" + record.key +
+                                 "' holds a number out of range or an unreadable trip-rule state"));
         ++loaded;
     });
     store_.advance_generation(last_generation);

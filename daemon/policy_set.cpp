@@ -19,7 +19,6 @@ void PolicySet::set_config(PolicyConfig config) { config_ = std::move(config); }
 
 ResolvedPolicy PolicySet::resolve_with(std::string_view key, const PolicyPatch* own) const {
     ResolvedPolicy r;
-    bool& lease_set = r.lease_set;
     auto apply = [&](const PolicyPatch& patch, PolicySource source) {
         for (std::size_t i = 0; i < kPolicyFieldCount; ++i) {
             if (!patch.values[i])
@@ -27,7 +26,9 @@ ResolvedPolicy PolicySet::resolve_with(std::string_view key, const PolicyPatch* 
             r.policy.set(static_cast<PolicyField>(i), *patch.values[i]);
             r.sources[i] = source;
             if (static_cast<PolicyField>(i) == PolicyField::ProbeLeaseMs)
-                lease_set = true;
+                r.lease_set = true;
+            if (static_cast<PolicyField>(i) == PolicyField::ResetTimeoutMaxMs)
+                r.timeout_max_set = true;
         }
     };
 
@@ -43,12 +44,17 @@ ResolvedPolicy PolicySet::resolve_with(std::string_view key, const PolicyPatch* 
     if (own)
         apply(*own, PolicySource::Key);
 
-    // Unless some layer sets it, a probe's lease is the reset timeout.
-    if (!lease_set) {
-        const auto timeout = static_cast<std::size_t>(PolicyField::ResetTimeoutMs);
-        r.policy.probe_lease_ms = r.policy.reset_timeout_ms;
-        r.sources[static_cast<std::size_t>(PolicyField::ProbeLeaseMs)] = r.sources[timeout];
-    }
+    // Unless some layer sets them, a probe's lease and the longest open
+    // time are the reset timeout (and take its source).
+    const auto timeout = static_cast<std::size_t>(PolicyField::ResetTimeoutMs);
+    auto follow_timeout = [&](PolicyField f) {
+        r.policy.set(f, r.policy.reset_timeout_ms());
+        r.sources[static_cast<std::size_t>(f)] = r.sources[timeout];
+    };
+    if (!r.lease_set)
+        follow_timeout(PolicyField::ProbeLeaseMs);
+    if (!r.timeout_max_set)
+        follow_timeout(PolicyField::ResetTimeoutMaxMs);
     return r;
 }
 

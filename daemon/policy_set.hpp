@@ -34,6 +34,8 @@ struct ResolvedPolicy {
     // Whether some layer set probeLeaseMs; when none does, the lease is the
     // resolved resetTimeoutMs (and takes its source).
     bool lease_set = false;
+    // The same for resetTimeoutMaxMs: unset, there is no backoff.
+    bool timeout_max_set = false;
 };
 
 class PolicySet {

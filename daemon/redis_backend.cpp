@@ -38,8 +38,8 @@ bool script_call(const Request& req, const Peer& peer, RedisScript& script,
         return true;
     case Op::Report:
         script = RedisScript::Report;
-        args = {req.outcome == Outcome::Failure ? std::string(kRedisOutcomeFailure) : "success",
-                generation_arg(req.generation), req.permit};
+        args = {std::string(outcome_name(req.outcome)), generation_arg(req.generation),
+                req.permit, req.duration_ms ? std::to_string(*req.duration_ms) : std::string()};
         return true;
     case Op::Force:
         script = RedisScript::Force;
@@ -127,7 +127,8 @@ bool RedisBackend::run(const Request& req, const Peer& peer, OpOutcome& now, Def
                    else if (r.error == ErrorCode::TooManyCircuits)
                        out.error_message = "the shared store holds its maximum number of " +
                                            (r.message.empty() ? std::string("circuits") : r.message);
-                   else if (r.error == ErrorCode::BackendError)
+                   else if (r.error == ErrorCode::BackendError ||
+                            r.error == ErrorCode::InvalidRequest)
                        out.error_message = std::move(r.message);
                    out.circuit = std::move(r.circuit);
                    out.transition = r.transition;

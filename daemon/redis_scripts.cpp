@@ -24,7 +24,13 @@ namespace {
 // C++ order.
 constexpr std::array<std::string_view, kPolicyFieldCount> kPolicyLuaNames = {
     "PF_FAILURE_THRESHOLD", "PF_RESET_TIMEOUT", "PF_HALF_OPEN_MAX", "PF_SUCCESS_THRESHOLD",
-    "PF_PROBE_LEASE"};
+    "PF_PROBE_LEASE",       "PF_TRIP_RULE",     "PF_WINDOW_TYPE",   "PF_WINDOW_SIZE",
+    "PF_MINIMUM_CALLS",     "PF_FAILURE_RATE",  "PF_SLOW_DURATION", "PF_SLOW_RATE",
+    "PF_RESET_TIMEOUT_MAX", "PF_MODE"};
+constexpr std::array<std::string_view, kRedisRuleFields.size()> kRuleLuaNames = {
+    "RF_RUN", "RF_REOPENS", "RF_TYPE", "RF_SIZE", "RF_CALLS", "RF_FAILURES", "RF_SLOW", "RF_HEAD"};
+constexpr std::array<std::string_view, kRedisBucketFieldPrefixes.size()> kBucketLuaNames = {
+    "BF_INDEX", "BF_CALLS", "BF_FAILURES", "BF_SLOW"};
 constexpr std::array<std::string_view, kRedisCircuitFieldCount> kCircuitLuaNames = {
     "STATE", "FC", "SC", "LFT", "LSC", "GEN", "PS", "PU", "PR", "PUID", "PPID"};
 constexpr std::array<std::pair<TransitionCause, std::string_view>, kTransitionCauseCount>
@@ -36,7 +42,10 @@ constexpr std::array<std::pair<TransitionCause, std::string_view>, kTransitionCa
                        {TransitionCause::LeaseExpired, "CAUSE_LEASE_EXPIRED"},
                        {TransitionCause::Force, "CAUSE_FORCE"},
                        {TransitionCause::Unforce, "CAUSE_UNFORCE"},
-                       {TransitionCause::ForceExpired, "CAUSE_FORCE_EXPIRED"}}};
+                       {TransitionCause::ForceExpired, "CAUSE_FORCE_EXPIRED"},
+                       {TransitionCause::FailureRate, "CAUSE_FAILURE_RATE"},
+                       {TransitionCause::SlowCallRate, "CAUSE_SLOW_CALL_RATE"},
+                       {TransitionCause::Consecutive, "CAUSE_CONSECUTIVE"}}};
 constexpr std::array<std::string_view, kRedisStatusNames.size()> kStatusLuaNames = {
     "ST_OK", "ST_CONFLICT", "ST_FORCED", "ST_NO_PERMIT", "ST_STALE"};
 
@@ -90,8 +99,32 @@ std::string build_constants() {
 
     def("POLICY_FIELD_COUNT", num(kPolicyFieldCount));
     def("POLICY_FIELDS", table(kPolicyFieldNames));
-    for (std::size_t i = 0; i < kPolicyFieldCount; ++i)
+    std::string mins = "{", maxes = "{";
+    for (std::size_t i = 0; i < kPolicyFieldCount; ++i) {
         def(kPolicyLuaNames[i], num(i + 1));
+        mins += (i ? ", " : "") + num(kPolicyFieldSpecs[i].min);
+        maxes += (i ? ", " : "") + num(kPolicyFieldSpecs[i].max);
+    }
+    def("POLICY_MIN", mins + "}");
+    def("POLICY_MAX", maxes + "}");
+    def("RULE_COUNT", num(static_cast<int>(TripRule::Count)));
+    def("RULE_CONSECUTIVE", num(static_cast<int>(TripRule::Consecutive)));
+    def("RULE_RATE", num(static_cast<int>(TripRule::Rate)));
+    def("WINDOW_COUNT", num(static_cast<int>(WindowType::Count)));
+    def("WINDOW_TIME", num(static_cast<int>(WindowType::Time)));
+    def("MODE_OBSERVE", num(static_cast<int>(BreakerMode::Observe)));
+    def("MODE_DISABLED", num(static_cast<int>(BreakerMode::Disabled)));
+    def("MAX_COUNT_WINDOW", num(kMaxCountWindow));
+    def("WINDOW_BUCKETS", num(kTimeWindowBuckets));
+    def("MAX_BUCKET_COUNT", num(kMaxWindowBucketCount));
+    def("MAX_REOPENS", num(kMaxReopens));
+    def("PERCENT", num(100));
+    def("FAILED_BIT", num(1));
+    def("SLOW_BIT", num(2));
+    for (std::size_t i = 0; i < kRedisRuleFields.size(); ++i)
+        def(kRuleLuaNames[i], quoted(kRedisRuleFields[i]));
+    for (std::size_t i = 0; i < kRedisBucketFieldPrefixes.size(); ++i)
+        def(kBucketLuaNames[i], quoted(kRedisBucketFieldPrefixes[i]));
 
     def("CIRCUIT_FIELD_COUNT", num(kRedisCircuitFieldCount));
     def("CIRCUIT_FIELDS", table(kRedisCircuitFields));
@@ -111,15 +144,19 @@ std::string build_constants() {
     def("PAGE_MORE", quoted(kRedisPageMore));
     def("ERR_TOO_MANY", quoted(kRedisErrTooMany));
     def("ERR_BACKEND", quoted(kRedisErrBackend));
+    def("ERR_INVALID", quoted(kRedisErrInvalid));
     def("ARG_TRUE", quoted(kRedisArgTrue));
     def("ARG_REMOVE", quoted(kRedisArgRemove));
-    def("OUTCOME_FAILURE", quoted(kRedisOutcomeFailure));
+    def("OUTCOME_FAILURE", quoted(outcome_name(Outcome::Failure)));
+    def("OUTCOME_IGNORED", quoted(outcome_name(Outcome::Ignored)));
     def("EV_TRANSITION", quoted(kRedisEventTransition));
     def("EV_RESET", quoted(kRedisEventReset));
 
     def("K_CIRCUIT", quoted(kRedisCircuitPart));
     def("K_PROBES", quoted(kRedisProbesPart));
     def("K_POLICY", quoted(kRedisPolicyPart));
+    def("K_RULE", quoted(kRedisRulePart));
+    def("K_RING", quoted(kRedisRingPart));
     def("K_GENERATION", quoted(kRedisGenerationKey));
     def("K_PERMITS", quoted(kRedisPermitCounterKey));
     def("K_EVENTS", quoted(kRedisEventsKey));
@@ -153,6 +190,17 @@ end
 local c = nil
 local changed = false
 local tr = nil
+-- What acquire and report answer beyond the circuit: observe mode's
+-- would-deny, and the rate rule's window ({calls, failures, slow}).
+local would_deny = false
+local win = nil
+-- The key's trip-rule state (docs/REDIS.md), only for circuits that use it.
+local rule_key, ring_key
+local function set_rule_keys()
+  rule_key = pfx .. K_RULE .. key
+  ring_key = pfx .. K_RING .. key
+end
+set_rule_keys()
 
 local function fail(what)
   error({err = ERR_BACKEND .. ' ' .. what})
@@ -253,7 +301,7 @@ local function read_override(rkey, keep)
   local out = {}
   for i = 1, POLICY_FIELD_COUNT do
     if o[i] and (not keep or keep[i]) then
-      out[i] = int_field(redis_key(rkey), POLICY_FIELDS[i], o[i], 1, MAX_POLICY)
+      out[i] = int_field(redis_key(rkey), POLICY_FIELDS[i], o[i], POLICY_MIN[i], POLICY_MAX[i])
     end
   end
   return out
@@ -262,12 +310,42 @@ end
 -- The daemon's policy for the key with the key's override from Redis on
 -- top. As in PolicySet: unless some layer sets probeLeaseMs (the daemon
 -- sends 0 when none of its own does), the lease is the reset timeout.
-local function policy()
-  local o = read_override(pol_key)
+local function policy_over(o)
   local p = {}
   for i = 1, POLICY_FIELD_COUNT do p[i] = o[i] or tonumber(ARGV[A_POLICY + i - 1]) end
   if not o[PF_PROBE_LEASE] and p[PF_PROBE_LEASE] == 0 then p[PF_PROBE_LEASE] = p[PF_RESET_TIMEOUT] end
+  if not o[PF_RESET_TIMEOUT_MAX] and p[PF_RESET_TIMEOUT_MAX] == 0 then
+    p[PF_RESET_TIMEOUT_MAX] = p[PF_RESET_TIMEOUT]
+  end
   return p
+end
+
+local function policy()
+  return policy_over(read_override(pol_key))
+end
+
+-- As Policy::open_time_ms: resetTimeoutMs doubled once per re-open in a
+-- row, at most resetTimeoutMaxMs.
+local function open_time(p, reopens)
+  local base = p[PF_RESET_TIMEOUT]
+  local cap = math.max(base, p[PF_RESET_TIMEOUT_MAX])
+  local t = base
+  local i = 0
+  while i < reopens and t < cap do
+    if t > cap / 2 then t = cap else t = t * 2 end
+    i = i + 1
+  end
+  return math.min(t, cap)
+end
+
+local function rule_int(field, lo, hi)
+  local v = rcall('HGET', rule_key, field)
+  if not v then return 0 end
+  return int_field(redis_key(rule_key), field, v, lo, hi)
+end
+
+local function reopens()
+  return rule_int(RF_REOPENS, 0, MAX_REOPENS)
 end
 
 local function next_generation()
@@ -330,6 +408,17 @@ local function transition(to, cause)
   c.lsc = now
   if to == CLOSED then c.fc = 0; c.sc = 0 elseif to == HALF_OPEN then c.sc = 0 end
   rcall('DEL', probes_key)
+  -- A failed probe (reported, or its lease ran out) re-opens for longer
+  -- each time in a row; closing starts over. The run and the window judge
+  -- the period that ended: the next one starts empty.
+  local again = 0
+  if cause == CAUSE_PROBE_FAILURE or cause == CAUSE_LEASE_EXPIRED then
+    again = math.min(reopens() + 1, MAX_REOPENS)
+  elseif to ~= CLOSED then
+    again = reopens()
+  end
+  rcall('DEL', rule_key, ring_key)
+  if again > 0 then rcall('HSET', rule_key, RF_REOPENS, decimal(again)) end
   changed = true
   tr = {from, to, cause}
   publish(from, to, cause)
@@ -376,7 +465,150 @@ local function result(status, x1, x2, x3)
   save()
   return {status, c.state, c.fc, c.sc, c.lft, c.lsc, c.gen, c.ps or '', c.pu or 0, c.pr or '',
           c.puid or 0, c.ppid or 0, tr and tr[1] or '', tr and tr[2] or '', tr and tr[3] or '',
-          x1 or 0, x2 or '', x3 or 0}
+          x1 or 0, x2 or '', x3 or 0, would_deny and 1 or 0, win and 1 or 0,
+          win and win[1] or 0, win and win[2] or 0, win and win[3] or 0}
+end
+
+-- The rate rule's window (as MemoryCircuitStore::RuleWindow): its shape
+-- (type, size) in the rule hash; a count window's totals and next position
+-- there too, its calls in the ring string (one digit each: FAILED_BIT +
+-- SLOW_BIT); a time window's WINDOW_BUCKETS buckets as fields of the hash.
+local function bucket_ms(size)
+  return math.max(1, math.floor((size + WINDOW_BUCKETS - 1) / WINDOW_BUCKETS))
+end
+
+local function bucket_fields()
+  local f = {}
+  for i = 0, WINDOW_BUCKETS - 1 do
+    f[#f + 1] = BF_INDEX .. i; f[#f + 1] = BF_CALLS .. i
+    f[#f + 1] = BF_FAILURES .. i; f[#f + 1] = BF_SLOW .. i
+  end
+  return f
+end
+
+-- The window as stored; `fresh` when none is, or one of another shape
+-- (the next call starts it over).
+local function read_window(p)
+  local w = {type = p[PF_WINDOW_TYPE], size = p[PF_WINDOW_SIZE], calls = 0, failures = 0,
+             slow = 0, head = 0, buckets = {}, fresh = true}
+  local h = rcall('HMGET', rule_key, RF_TYPE, RF_SIZE, RF_CALLS, RF_FAILURES, RF_SLOW, RF_HEAD)
+  if not h[1] then return w end
+  local where = redis_key(rule_key)
+  local t = int_field(where, RF_TYPE, h[1], WINDOW_COUNT, WINDOW_TIME)
+  local z = int_field(where, RF_SIZE, h[2], 1, POLICY_MAX[PF_WINDOW_SIZE])
+  if t ~= w.type or z ~= w.size then return w end
+  w.fresh = false
+  if t == WINDOW_COUNT then
+    w.calls = int_field(where, RF_CALLS, h[3], 0, z)
+    w.failures = int_field(where, RF_FAILURES, h[4], 0, w.calls)
+    w.slow = int_field(where, RF_SLOW, h[5], 0, w.calls)
+    w.head = int_field(where, RF_HEAD, h[6], 0, z - 1)
+    return w
+  end
+  local names = bucket_fields()
+  local v = rcall('HMGET', rule_key, unpack(names))
+  for i = 0, WINDOW_BUCKETS - 1 do
+    local j = i * 4
+    if v[j + 1] then
+      w.buckets[i] = {index = int_field(where, names[j + 1], v[j + 1], 0, MAX_INT),
+                      calls = int_field(where, names[j + 2], v[j + 2], 0, MAX_BUCKET_COUNT),
+                      failures = int_field(where, names[j + 3], v[j + 3], 0, MAX_BUCKET_COUNT),
+                      slow = int_field(where, names[j + 4], v[j + 4], 0, MAX_BUCKET_COUNT)}
+    end
+  end
+  return w
+end
+
+local function window_totals(w)
+  if w.fresh then return 0, 0, 0 end
+  if w.type == WINDOW_COUNT then return w.calls, w.failures, w.slow end
+  local current = math.floor(now / bucket_ms(w.size))
+  local calls, failures, slow = 0, 0, 0
+  for _, b in pairs(w.buckets) do
+    if b.index > current - WINDOW_BUCKETS and b.index <= current then
+      calls = calls + b.calls; failures = failures + b.failures; slow = slow + b.slow
+    end
+  end
+  return calls, failures, slow
+end
+
+local function window_add(w, failed, slow)
+  if w.fresh then
+    rcall('DEL', ring_key)
+    rcall('HDEL', rule_key, RF_CALLS, RF_FAILURES, RF_SLOW, RF_HEAD, unpack(bucket_fields()))
+    rcall('HSET', rule_key, RF_TYPE, decimal(w.type), RF_SIZE, decimal(w.size))
+    w.fresh = false
+  end
+  local code = (failed and FAILED_BIT or 0) + (slow and SLOW_BIT or 0)
+  if w.type == WINDOW_COUNT then
+    if w.calls == w.size then -- full: the oldest call leaves
+      local old = rcall('GETRANGE', ring_key, w.head, w.head)
+      local o = int_field(redis_key(ring_key), nil, old, 0, FAILED_BIT + SLOW_BIT)
+      if o % 2 == 1 then w.failures = w.failures - 1 end
+      if o >= SLOW_BIT then w.slow = w.slow - 1 end
+    else
+      w.calls = w.calls + 1
+    end
+    rcall('SETRANGE', ring_key, w.head, decimal(code))
+    if failed then w.failures = w.failures + 1 end
+    if slow then w.slow = w.slow + 1 end
+    w.head = (w.head + 1) % w.size
+    rcall('HSET', rule_key, RF_CALLS, decimal(w.calls), RF_FAILURES, decimal(w.failures),
+          RF_SLOW, decimal(w.slow), RF_HEAD, decimal(w.head))
+    return
+  end
+  local index = math.floor(now / bucket_ms(w.size))
+  local slot = index % WINDOW_BUCKETS
+  local b = w.buckets[slot]
+  if not b or b.index ~= index then
+    b = {index = index, calls = 0, failures = 0, slow = 0}
+    w.buckets[slot] = b
+  end
+  b.calls = math.min(b.calls + 1, MAX_BUCKET_COUNT)
+  if failed then b.failures = math.min(b.failures + 1, MAX_BUCKET_COUNT) end
+  if slow then b.slow = math.min(b.slow + 1, MAX_BUCKET_COUNT) end
+  rcall('HSET', rule_key, BF_INDEX .. slot, decimal(b.index), BF_CALLS .. slot, decimal(b.calls),
+        BF_FAILURES .. slot, decimal(b.failures), BF_SLOW .. slot, decimal(b.slow))
+end
+
+-- The window acquire and report answer, for a circuit on the rate rule.
+local function show_window(p)
+  if p[PF_TRIP_RULE] ~= RULE_RATE then return end
+  win = {window_totals(read_window(p))}
+end
+
+-- A closed circuit's report under its trip rule: counts it, and opens the
+-- circuit when the rule says so.
+local function trip(p, failed, slow)
+  local rule = p[PF_TRIP_RULE]
+  if rule == RULE_COUNT then
+    if failed and c.fc >= p[PF_FAILURE_THRESHOLD] then transition(OPEN, CAUSE_THRESHOLD) end
+  elseif rule == RULE_CONSECUTIVE then
+    if not failed then
+      rcall('HDEL', rule_key, RF_RUN)
+      return
+    end
+    local run = math.min(rule_int(RF_RUN, 0, MAX_INT) + 1, MAX_INT)
+    if run >= p[PF_FAILURE_THRESHOLD] then
+      transition(OPEN, CAUSE_CONSECUTIVE)
+    else
+      rcall('HSET', rule_key, RF_RUN, decimal(run))
+    end
+  else
+    local w = read_window(p)
+    window_add(w, failed, slow)
+    local calls, failures, slows = window_totals(w)
+    -- A count window never holds more calls than its size: its minimum is
+    -- at most that.
+    local minimum = p[PF_MINIMUM_CALLS]
+    if w.type == WINDOW_COUNT then minimum = math.min(minimum, w.size) end
+    if calls == 0 or calls < minimum then return end
+    if failures * PERCENT >= p[PF_FAILURE_RATE] * calls then
+      transition(OPEN, CAUSE_FAILURE_RATE)
+    elseif p[PF_SLOW_DURATION] > 0 and slows * PERCENT >= p[PF_SLOW_RATE] * calls then
+      transition(OPEN, CAUSE_SLOW_CALL_RATE)
+    end
+  end
 end
 
 -- A circuit's fields as a paged script answers them: the hash's own
@@ -429,7 +661,7 @@ return result(ST_OK)
 constexpr std::string_view kReset = R"lua(
 if rcall('EXISTS', ck) == 0 then return {ST_OK, 0} end
 uncount(ck)
-rcall('DEL', ck, probes_key)
+rcall('DEL', ck, probes_key, rule_key, ring_key)
 rcall('ZREM', index_key, key)
 rcall('ZREM', deadlines_key, key)
 rcall('PUBLISH', events_key, cjson.encode({EV_RESET, key, decimal(now)}))
@@ -441,49 +673,80 @@ return {ST_OK, 1}
 constexpr std::string_view kAcquire = R"lua(
 local p = policy()
 load(true); settle()
-if c.ps then
-  if c.ps == CLOSED then return result(ST_OK, 1, '', 0) end
-  return result(ST_OK, 0, '', c.pu ~= 0 and c.pu - now or p[PF_RESET_TIMEOUT])
+local function answer(allowed, permit, wait)
+  show_window(p)
+  return result(ST_OK, allowed, permit, wait)
 end
-if c.state == CLOSED then return result(ST_OK, 1, '', 0) end
+-- Disabled: every call goes ahead. Observe: the decision is made and
+-- shown, never enforced.
+if p[PF_MODE] == MODE_DISABLED then return answer(1, '', 0) end
+local function deny(wait)
+  if p[PF_MODE] == MODE_OBSERVE then
+    would_deny = true
+    return answer(1, '', 0)
+  end
+  return answer(0, '', wait)
+end
+if c.ps then
+  if c.ps == CLOSED then return answer(1, '', 0) end
+  return deny(c.pu ~= 0 and c.pu - now or p[PF_RESET_TIMEOUT])
+end
+if c.state == CLOSED then return answer(1, '', 0) end
 if c.state == OPEN then
   local elapsed = now - c.lsc
-  if elapsed < p[PF_RESET_TIMEOUT] then return result(ST_OK, 0, '', p[PF_RESET_TIMEOUT] - elapsed) end
-  -- The first caller after the timeout moves it to half-open, once.
+  local open_for = open_time(p, reopens())
+  if elapsed < open_for then return deny(math.min(open_for - elapsed, MAX_INT)) end
+  -- The first caller after the open time moves it to half-open, once.
   transition(HALF_OPEN, CAUSE_TIMEOUT)
 end
-if rcall('ZCARD', probes_key) >= p[PF_HALF_OPEN_MAX] then return result(ST_OK, 0, '', p[PF_RESET_TIMEOUT]) end
+if rcall('ZCARD', probes_key) >= p[PF_HALF_OPEN_MAX] then return deny(p[PF_RESET_TIMEOUT]) end
 local permit = string.format('%x%08x', c.gen, rcall('INCR', pfx .. K_PERMITS) % PERMIT_MODULUS)
 local lease_end = now + p[PF_PROBE_LEASE]
 rcall('ZADD', probes_key, lease_end, permit)
 rcall('ZADD', deadlines_key, 'LT', lease_end, key)
 rcall('PEXPIRE', probes_key, p[PF_PROBE_LEASE] + PROBES_GRACE_MS)
-return result(ST_OK, 1, permit, 0)
+return answer(1, permit, 0)
 )lua";
 
-// op: outcome, generation or '', permit or ''.
+// op: outcome, generation or '', permit or '', durationMs or ''.
 constexpr std::string_view kReport = R"lua(
 local p = policy()
 load(true); settle()
-if op[2] ~= '' and tonumber(op[2]) ~= c.gen then return result(ST_STALE) end
+local function answer(status)
+  show_window(p)
+  return result(status)
+end
+-- Disabled: nothing is recorded.
+if p[PF_MODE] == MODE_DISABLED then return answer(ST_OK) end
+if op[2] ~= '' and tonumber(op[2]) ~= c.gen then return answer(ST_STALE) end
 local failure = op[1] == OUTCOME_FAILURE
+local ignored = op[1] == OUTCOME_IGNORED
+local slow = p[PF_SLOW_DURATION] > 0 and op[4] ~= '' and tonumber(op[4]) >= p[PF_SLOW_DURATION]
 local function record()
   if failure then c.fc = bump(c.fc); c.lft = now else c.sc = bump(c.sc) end
   changed = true
 end
 if not c.ps and c.state == HALF_OPEN then
-  if op[3] == '' or not rcall('ZSCORE', probes_key, op[3]) then return result(ST_NO_PERMIT) end
+  if op[3] == '' or not rcall('ZSCORE', probes_key, op[3]) then
+    -- Observe lets calls through without permits; their reports count,
+    -- but only probes move a half-open circuit.
+    if p[PF_MODE] == MODE_OBSERVE then
+      if not ignored then record() end
+      return answer(ST_OK)
+    end
+    return answer(ST_NO_PERMIT)
+  end
   rcall('ZREM', probes_key, op[3])
+  if ignored then return answer(ST_OK) end -- the permit is back; nothing counts
   record()
   if failure then transition(OPEN, CAUSE_PROBE_FAILURE)
   elseif c.sc >= p[PF_SUCCESS_THRESHOLD] then transition(CLOSED, CAUSE_PROBE_SUCCESS) end
-else
+elseif not ignored then
   record()
-  if not c.ps and c.state == CLOSED and failure and c.fc >= p[PF_FAILURE_THRESHOLD] then
-    transition(OPEN, CAUSE_THRESHOLD)
-  end
+  -- Pinned: recorded, nothing moves. Open: a late report, recorded only.
+  if not c.ps and c.state == CLOSED then trip(p, failure, slow) end
 end
-return result(ST_OK)
+return answer(ST_OK)
 )lua";
 
 // op: state, ttl ms (0 = none), reason, uid, pid.
@@ -523,6 +786,18 @@ for i = 1, POLICY_FIELD_COUNT do
   if o[i] then any = true end
 end
 if writes then
+  -- Fields that hold only together are judged on the policy the key would
+  -- have, whichever layer set each (as MemoryCircuitStore::configure).
+  local p = policy_over(o)
+  if p[PF_RESET_TIMEOUT_MAX] < p[PF_RESET_TIMEOUT] then
+    error({err = ERR_INVALID .. ' policy field ' .. POLICY_FIELDS[PF_RESET_TIMEOUT_MAX] .. ' (' ..
+           decimal(p[PF_RESET_TIMEOUT_MAX]) .. ') must not be below ' ..
+           POLICY_FIELDS[PF_RESET_TIMEOUT] .. ' (' .. decimal(p[PF_RESET_TIMEOUT]) .. ')'})
+  end
+  if p[PF_WINDOW_TYPE] == WINDOW_COUNT and p[PF_WINDOW_SIZE] > MAX_COUNT_WINDOW then
+    error({err = ERR_INVALID .. ' policy field ' .. POLICY_FIELDS[PF_WINDOW_SIZE] ..
+           ' must be at most ' .. decimal(MAX_COUNT_WINDOW) .. ' calls for a count window'})
+  end
   -- Key overrides count against --max-circuits, as in memory.
   if any and not had and rcall('ZCARD', policies_key) >= max_circuits then too_many('the shared store holds its maximum number of key policies') end
   rcall('DEL', pol_key)
@@ -645,7 +920,7 @@ local where = 'the imported circuit ' .. key
 if with_circuit then r = read_circuit(where, fields) end
 local o, any = {}, false
 for f = 1, POLICY_FIELD_COUNT do
-  if pol[f] ~= '' then o[f] = int_field(where, POLICY_FIELDS[f], pol[f], 1, MAX_POLICY); any = true end
+  if pol[f] ~= '' then o[f] = int_field(where, POLICY_FIELDS[f], pol[f], POLICY_MIN[f], POLICY_MAX[f]); any = true end
 end
 local current_gen = rcall('GET', gen_key)
 if current_gen then current_gen = int_field(redis_key(gen_key), nil, current_gen, 0, MAX_INT) end
@@ -654,7 +929,7 @@ if any and rcall('EXISTS', pol_key) == 0 and rcall('ZCARD', policies_key) >= max
   too_many('the shared store holds its maximum number of key policies')
 end
 uncount(ck)
-rcall('DEL', ck, probes_key)
+rcall('DEL', ck, probes_key, rule_key, ring_key)
 if r then
   rcall('HSET', ck, F_STATE, r.state, F_FC, decimal(r.fc), F_SC, decimal(r.sc), F_LFT, decimal(r.lft),
         F_LSC, decimal(r.lsc), F_GEN, decimal(r.gen))
@@ -691,6 +966,7 @@ local due = rcall('ZRANGEBYSCORE', deadlines_key, '-inf', now, 'LIMIT', 0, SWEEP
 local first_error = ''
 for _, k in ipairs(due) do
   key = k; ck = pfx .. K_CIRCUIT .. k; probes_key = pfx .. K_PROBES .. k; pol_key = pfx .. K_POLICY .. k
+  set_rule_keys()
   tr = nil; changed = false; c = nil
   local ok, e = pcall(function()
     if not load(false) then
@@ -740,7 +1016,11 @@ const std::string& redis_script_source(RedisScript script) {
     static const std::array<std::string, kRedisScriptCount> sources = [] {
         std::array<std::string, kRedisScriptCount> s;
         for (std::size_t i = 0; i < kRedisScriptCount; ++i)
-            s[i] = redis_script_constants() + std::string(kPrelude) + std::string(kBodies[i]);
+            // Each body runs as a function of its own: Lua allows a function
+            // 200 locals, and the constants and the prelude take most of the
+            // main chunk's.
+            s[i] = redis_script_constants() + std::string(kPrelude) + "return (function()\n" +
+                   std::string(kBodies[i]) + "end)()\n";
         return s;
     }();
     return sources[static_cast<std::size_t>(script)];
@@ -760,6 +1040,8 @@ RedisErrorKind classify_redis_error(std::string_view reply) {
         return RedisErrorKind::NoScript;
     if (word == kRedisErrTooMany)
         return RedisErrorKind::TooMany;
+    if (word == kRedisErrInvalid)
+        return RedisErrorKind::Invalid;
     if (word == kRedisErrBackend || word == "WRONGTYPE" || word == "ERR")
         return RedisErrorKind::Data;
     // Redis's states that pass: loading a dataset, a busy script, a replica
@@ -770,7 +1052,8 @@ RedisErrorKind classify_redis_error(std::string_view reply) {
 }
 
 std::string redis_error_text(std::string_view reply) {
-    if (reply.starts_with(kRedisErrBackend) || reply.starts_with(kRedisErrTooMany))
+    if (reply.starts_with(kRedisErrBackend) || reply.starts_with(kRedisErrTooMany) ||
+        reply.starts_with(kRedisErrInvalid))
         reply.remove_prefix(reply.find(' ') == std::string_view::npos ? reply.size()
                                                                        : reply.find(' ') + 1);
     // Redis 7 appends where in the script the error was raised.

@@ -64,6 +64,12 @@ inline constexpr std::array<std::string_view, kRedisCircuitFieldCount> kRedisCir
 inline constexpr std::string_view kRedisCircuitPart = "c:";
 inline constexpr std::string_view kRedisProbesPart = "probes:";
 inline constexpr std::string_view kRedisPolicyPart = "policy:";
+// Trip-rule state, only for circuits that need one (docs/REDIS.md): a hash
+// (the consecutive run, the backoff's re-open count, a rate window's shape,
+// totals and time buckets) and a count window's ring of calls (a string,
+// one byte per call).
+inline constexpr std::string_view kRedisRulePart = "rule:";
+inline constexpr std::string_view kRedisRingPart = "ring:";
 inline constexpr std::string_view kRedisGenerationKey = "generation";
 inline constexpr std::string_view kRedisPermitCounterKey = "generation:permits";
 inline constexpr std::string_view kRedisEventsKey = "events";
@@ -80,15 +86,25 @@ inline constexpr std::string_view kRedisErrTooMany = "TOO_MANY_CIRCUITS";
 // kRedisMaxInteger: not an outage (backend_error); the rest of the reply
 // says what and where.
 inline constexpr std::string_view kRedisErrBackend = "CBD_BACKEND_ERROR";
+// A configure whose fields cannot hold together with the daemon's layers
+// (invalid_request); the rest of the reply names the field.
+inline constexpr std::string_view kRedisErrInvalid = "CBD_INVALID_POLICY";
 
 // A circuit script's first answer field.
 inline constexpr std::array<std::string_view, 5> kRedisStatusNames = {"ok", "conflict", "forced",
                                                                       "no_permit", "stale"};
 // Markers in the operations' arguments (the callers build them): a flag
-// set, a policy field to remove, a report's failed outcome.
+// set, a policy field to remove (a report's outcome is its wire name).
 inline constexpr std::string_view kRedisArgTrue = "1";
 inline constexpr std::string_view kRedisArgRemove = "-";
-inline constexpr std::string_view kRedisOutcomeFailure = "failure";
+// The rule hash's fields (kRedisRulePart): the consecutive run, the
+// backoff's re-opens in a row, the window's shape (type, size), a count
+// window's totals and next ring position; a time window's bucket i is four
+// fields, each of these prefixes followed by i.
+inline constexpr std::array<std::string_view, 8> kRedisRuleFields = {
+    "run", "reopens", "type", "size", "calls", "failures", "slow", "head"};
+inline constexpr std::array<std::string_view, 4> kRedisBucketFieldPrefixes = {"bi", "bc", "bf",
+                                                                              "bs"};
 // The first element of each message on the events channel.
 inline constexpr std::string_view kRedisEventTransition = "transition";
 inline constexpr std::string_view kRedisEventReset = "reset";
@@ -137,6 +153,11 @@ enum RedisResultField : std::size_t {
     kResExtra1,     // acquire: allowed (0/1); reset: removed (0/1)
     kResExtra2,     // acquire: permit
     kResExtra3,     // acquire: retryAfterMs
+    kResWouldDeny,  // acquire: 1 when observe mode allowed what enforce would deny
+    kResWindow,     // 1 when the policy uses the rate rule (then the three below)
+    kResWindowCalls,
+    kResWindowFailures,
+    kResWindowSlow,
     kResFieldCount,
 };
 // The circuit fields come in the hash's own field order (redis_store.cpp
@@ -149,6 +170,7 @@ enum class RedisErrorKind : std::uint8_t {
     TooMany,  // the store's limit (too_many_circuits)
     Outage,   // Redis cannot serve now (loading, busy, read-only replica, ...)
     Data,     // what Redis holds is not usable, or a script refused a value
+    Invalid,  // a configure the script refused (invalid_request)
 };
 RedisErrorKind classify_redis_error(std::string_view reply);
 // The part of an error reply worth showing a client: without the tag and

@@ -257,6 +257,11 @@ void RedisStore::send(std::shared_ptr<Call> call, ReplyHandler then) {
         case RedisErrorKind::Outage:
             unavailable("Redis answered: " + std::string(text), true);
             return;
+        case RedisErrorKind::Invalid:
+            r.error = ErrorCode::InvalidRequest;
+            r.message = redis_error_text(text);
+            then(nullptr, std::move(r));
+            return;
         case RedisErrorKind::Data:
             r.error = ErrorCode::BackendError;
             // The scripts' own errors name the Redis key (and field); an
@@ -370,6 +375,11 @@ void RedisStore::run(RedisScript script, std::string_view key, const Policy& pol
         r.extra1 = num(reply->element[kResExtra1]);
         r.extra2 = std::string(str(reply->element[kResExtra2]));
         r.extra3 = num(reply->element[kResExtra3]);
+        r.circuit.would_deny = num(reply->element[kResWouldDeny]) != 0;
+        if (num(reply->element[kResWindow]) != 0)
+            r.circuit.window = window_view(num(reply->element[kResWindowCalls]),
+                                           num(reply->element[kResWindowFailures]),
+                                           num(reply->element[kResWindowSlow]));
         done(std::move(r));
     });
 }
@@ -512,7 +522,9 @@ void RedisStore::on_event(const redisReply* reply) {
 Policy redis_policy_numbers(const ResolvedPolicy& daemon) {
     Policy p = daemon.policy;
     if (!daemon.lease_set)
-        p.probe_lease_ms = 0; // not a valid lease (1..): the scripts' sign to derive it
+        p.set(PolicyField::ProbeLeaseMs, 0); // not a valid lease (1..): the scripts' sign to derive it
+    if (!daemon.timeout_max_set)
+        p.set(PolicyField::ResetTimeoutMaxMs, 0); // likewise: no layer sets a backoff
     return p;
 }
 

@@ -69,7 +69,8 @@ class RedisStore {
     // Runs `script` for `key` with the policy the daemon resolves for it
     // (its defaults and prefix rules; a key override in Redis wins) and the
     // operation's own arguments. `policy` as redis_policy_numbers() makes
-    // it: probe_lease_ms 0 means no layer of the daemon sets probeLeaseMs.
+    // it: probeLeaseMs 0 means no layer of the daemon sets it (resetTimeoutMaxMs
+    // 0 alike).
     // `list` and `export` run as several script calls, each examining at
     // most kRedisScanPerCall keys, joined before `done` runs. `done` runs
     // exactly once, on the event loop, and never throws out of here.

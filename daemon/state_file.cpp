@@ -17,7 +17,9 @@ namespace {
 
 // "cbd1" in ASCII: marks a SQLite file as a cbd state file.
 constexpr int kApplicationId = 0x63626431;
-constexpr int kSchemaVersion = 1;
+// 2: the `rule` column (trip-rule state: backoff, consecutive run, rate
+// window). A version 1 file gains it when opened.
+constexpr int kSchemaVersion = 2;
 
 constexpr const char* kCreateSchema = R"sql(
 CREATE TABLE circuits (
@@ -33,31 +35,34 @@ CREATE TABLE circuits (
     pin_reason TEXT,
     pin_uid INTEGER,
     pin_pid INTEGER,
-    policy TEXT
+    policy TEXT,
+    rule TEXT
 ) WITHOUT ROWID;
 CREATE TABLE meta (name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL) WITHOUT ROWID;
 INSERT INTO meta VALUES ('last_generation', 0);
 PRAGMA application_id = 1667392561;
-PRAGMA user_version = 1;
+PRAGMA user_version = 2;
 )sql";
+constexpr const char* kUpgradeFrom1 =
+    "ALTER TABLE circuits ADD COLUMN rule TEXT; PRAGMA user_version = 2;";
 static_assert(kApplicationId == 1667392561);
 
 // An upsert updates the row in place (INSERT OR REPLACE would delete and
 // re-insert it, touching more of the tree).
 constexpr const char* kUpsert =
-    "INSERT INTO circuits VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) "
+    "INSERT INTO circuits VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) "
     "ON CONFLICT (key) DO UPDATE SET state = excluded.state, failure_count = "
     "excluded.failure_count, success_count = excluded.success_count, last_failure_time = "
     "excluded.last_failure_time, last_state_change = excluded.last_state_change, generation = "
     "excluded.generation, pin_state = excluded.pin_state, pin_until = excluded.pin_until, "
     "pin_reason = excluded.pin_reason, pin_uid = excluded.pin_uid, pin_pid = excluded.pin_pid, "
-    "policy = excluded.policy";
+    "policy = excluded.policy, rule = excluded.rule";
 constexpr const char* kRemove = "DELETE FROM circuits WHERE key = ?1";
 constexpr const char* kSetGeneration =
     "UPDATE meta SET value = ?1 WHERE name = 'last_generation'";
 constexpr const char* kSelectAll =
     "SELECT key, state, failure_count, success_count, last_failure_time, last_state_change, "
-    "generation, pin_state, pin_until, pin_reason, pin_uid, pin_pid, policy FROM circuits";
+    "generation, pin_state, pin_until, pin_reason, pin_uid, pin_pid, policy, rule FROM circuits";
 
 std::string describe(sqlite3* db, int rc) {
     std::string text = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
@@ -276,8 +281,9 @@ std::unique_ptr<StateFile> StateFile::open(const StateFileOptions& options) {
     } else {
         // A write we can afford to find out about now rather than at the
         // first commit: the directory and file must take the log.
-        rc = exec(raw, "BEGIN IMMEDIATE; UPDATE meta SET value = value WHERE name = "
-                       "'last_generation'; COMMIT;");
+        rc = exec(raw, (std::string("BEGIN IMMEDIATE; ") + (schema < 2 ? kUpgradeFrom1 : "") +
+                        " UPDATE meta SET value = value WHERE name = 'last_generation'; COMMIT;")
+                           .c_str());
         if (rc != SQLITE_OK) {
             const auto why = file->error_text();
             exec(raw, "ROLLBACK");
@@ -385,6 +391,11 @@ std::uint64_t StateFile::load(const std::function<void(const StoredCircuit&)>& v
             if (auto err = parse_policy_patch(json, record.policy))
                 throw row_error("its policy is not valid: " + *err);
         }
+        if (!is_null(stmt, 13)) {
+            if (!record.circuit)
+                throw row_error("has trip-rule state but no circuit");
+            record.rule = column_string(stmt, 13); // checked when restored
+        }
         if (record.empty())
             throw row_error("holds neither a circuit nor a policy");
         visit(record);
@@ -435,6 +446,9 @@ std::optional<std::string> StateFile::write(const std::vector<StoredCircuit>& re
             if (!r.policy.empty())
                 sqlite3_bind_text(stmt, 13, policy_patch_json(r.policy).c_str(), -1,
                                   SQLITE_TRANSIENT);
+            if (!r.rule.empty())
+                sqlite3_bind_text(stmt, 14, r.rule.data(), static_cast<int>(r.rule.size()),
+                                  SQLITE_STATIC);
         }
         if (sqlite3_step(stmt) != SQLITE_DONE)
             return failed();

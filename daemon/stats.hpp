@@ -12,7 +12,7 @@
 
 namespace cbd {
 
-inline constexpr std::size_t kTransitionCauseCount = 9;
+inline constexpr std::size_t kTransitionCauseCount = 12;
 
 // How persistence is doing (all zero and `mode` empty when memory-only).
 struct StorageStats {

@@ -66,7 +66,11 @@ def test_default_threshold_is_five(cbd):
     assert c.call({"op": "report", "key": "d", "outcome": "failure"})["snapshot"]["state"] == "open"
     p = c.call({"op": "policy", "key": "d"})
     assert p["policy"] == {"failureThreshold": 5, "resetTimeoutMs": 30000, "halfOpenMax": 1,
-                           "successThreshold": 1, "probeLeaseMs": 30000}
+                           "successThreshold": 1, "probeLeaseMs": 30000, "tripRule": "count",
+                           "windowType": "count", "windowSize": 100, "minimumCalls": 100,
+                           "failureRateThreshold": 50, "slowCallDurationMs": 0,
+                           "slowCallRateThreshold": 100, "resetTimeoutMaxMs": 30000,
+                           "mode": "enforce"}
 
 
 def test_custom_threshold_applies(cbd):

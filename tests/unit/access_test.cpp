@@ -75,4 +75,6 @@ TEST_CASE("connection admission: total, per uid, and the reserve for writers", "
           std::string::npos);
     CHECK(cbd::default_reserved_connections(1024) == 64);
     CHECK(cbd::default_reserved_connections(8) == 1);
+    CHECK(cbd::default_reserved_connections(2) == 1);
+    CHECK(cbd::default_reserved_connections(1) == 0);
 }

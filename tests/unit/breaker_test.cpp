@@ -224,7 +224,7 @@ TEST_CASE("an unreported permit expires and re-opens the circuit", "[breaker]") 
 TEST_CASE("the lease defaults to the reset timeout", "[breaker]") {
     Breaker b;
     b.store.configure("api", patch(PolicyField::ResetTimeoutMs, 200), {}, false);
-    CHECK(b.store.policy("api").resolved.policy.probe_lease_ms == 200);
+    CHECK(b.store.policy("api").resolved.policy.probe_lease_ms() == 200);
     b.trip("api");
     b.clock.advance(200);
     REQUIRE(b.store.acquire("api").allowed);
@@ -368,20 +368,20 @@ TEST_CASE("policies: key beats the longest prefix, which beats the defaults", "[
     b.store.set_policy_config(config);
 
     auto plain = b.store.policy("search").resolved;
-    CHECK(plain.policy.failure_threshold == 5);
-    CHECK(plain.policy.reset_timeout_ms == 1000);
-    CHECK(plain.policy.probe_lease_ms == 1000);
+    CHECK(plain.policy.failure_threshold() == 5);
+    CHECK(plain.policy.reset_timeout_ms() == 1000);
+    CHECK(plain.policy.probe_lease_ms() == 1000);
     CHECK(plain.prefix.empty());
 
     auto pay = b.store.policy("payments/eu").resolved;
-    CHECK(pay.policy.failure_threshold == 3);
+    CHECK(pay.policy.failure_threshold() == 3);
     CHECK(pay.prefix == "payments/");
     CHECK(pay.sources[0] == PolicySource::Prefix);
     CHECK(pay.sources[1] == PolicySource::Default);
 
     b.store.configure("payments/eu", patch(PolicyField::FailureThreshold, 2), {}, false);
     auto own = b.store.policy("payments/eu").resolved;
-    CHECK(own.policy.failure_threshold == 2);
+    CHECK(own.policy.failure_threshold() == 2);
     CHECK(own.sources[0] == PolicySource::Key);
 
     // The custom threshold applies to reports.
@@ -394,9 +394,9 @@ TEST_CASE("policies: key beats the longest prefix, which beats the defaults", "[
     PolicyPatch removed;
     removed[PolicyField::FailureThreshold] = 1;
     auto back = b.store.configure("payments/eu", {}, removed, false).resolved;
-    CHECK(back.policy.failure_threshold == 3);
+    CHECK(back.policy.failure_threshold() == 3);
     b.store.configure("payments/eu", patch(PolicyField::HalfOpenMax, 2), {}, false);
     auto cleared = b.store.configure("payments/eu", {}, {}, true).resolved;
-    CHECK(cleared.policy.half_open_max == 1);
+    CHECK(cleared.policy.half_open_max() == 1);
     CHECK(cleared.sources[2] == PolicySource::Default);
 }

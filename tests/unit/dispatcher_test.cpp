@@ -182,7 +182,7 @@ TEST_CASE("conflict and forced errors carry the circuit", "[dispatcher]") {
 TEST_CASE("policy replies say where each value came from", "[dispatcher]") {
     Fixture f;
     auto p = f.call(R"({"op":"policy","key":"api"})");
-    CHECK(p["policy"] == json::parse(R"({"failureThreshold":5,"resetTimeoutMs":30000,"halfOpenMax":1,"successThreshold":1,"probeLeaseMs":30000})"));
+    CHECK(p["policy"] == json::parse(R"({"failureThreshold":5,"resetTimeoutMs":30000,"halfOpenMax":1,"successThreshold":1,"probeLeaseMs":30000,"tripRule":"count","windowType":"count","windowSize":100,"minimumCalls":100,"failureRateThreshold":50,"slowCallDurationMs":0,"slowCallRateThreshold":100,"resetTimeoutMaxMs":30000,"mode":"enforce"})"));
     CHECK(p["source"]["failureThreshold"] == "default");
     CHECK(p["prefix"].is_null());
     auto c = f.call(R"({"op":"configure","key":"api","policy":{"failureThreshold":3}})");

@@ -76,7 +76,7 @@ TEST_CASE("restore makes a key hold exactly the record, counts and indexes inclu
     CHECK(counts.open == 1);
     CHECK(counts.closed == 0);
     CHECK(counts.forced == 1);
-    CHECK(store.policy("api").resolved.policy.failure_threshold == 3);
+    CHECK(store.policy("api").resolved.policy.failure_threshold() == 3);
     // Generations stay unique: the next change takes one above the restored.
     CHECK(store.record_failure("other").circuit.generation == 501);
     // The pin's TTL is tracked like any other.

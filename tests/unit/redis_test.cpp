@@ -180,35 +180,35 @@ TEST_CASE("the lease is derived on Redis as PolicySet derives it", "[redis]") {
     config.defaults[cbd::PolicyField::ResetTimeoutMs] = 2000;
     set.set_config(config);
     const cbd::ResolvedPolicy daemon = set.resolve("svc");
-    REQUIRE(daemon.policy.probe_lease_ms == 2000);
+    REQUIRE(daemon.policy.probe_lease_ms() == 2000);
 
     // No layer sets the lease: the script is told (0) and derives it.
-    CHECK(cbd::redis_policy_numbers(daemon).probe_lease_ms == 0);
+    CHECK(cbd::redis_policy_numbers(daemon).probe_lease_ms() == 0);
     cbd::PolicySet leased;
     cbd::PolicyConfig leased_config = config;
     leased_config.defaults[cbd::PolicyField::ProbeLeaseMs] = 2000;
     leased.set_config(leased_config);
-    CHECK(cbd::redis_policy_numbers(leased.resolve("svc")).probe_lease_ms == 2000);
+    CHECK(cbd::redis_policy_numbers(leased.resolve("svc")).probe_lease_ms() == 2000);
 
     // What the policy reply shows on Redis: the key's override from Redis
     // over the daemon's layers, through PolicySet's own resolution.
     cbd::PolicyPatch own;
     own[cbd::PolicyField::ResetTimeoutMs] = 600;
     auto shown = set.resolve_with("svc", &own);
-    CHECK(shown.policy.reset_timeout_ms == 600);
-    CHECK(shown.policy.probe_lease_ms == 600);
+    CHECK(shown.policy.reset_timeout_ms() == 600);
+    CHECK(shown.policy.probe_lease_ms() == 600);
     CHECK(shown.sources[static_cast<std::size_t>(cbd::PolicyField::ProbeLeaseMs)] ==
           cbd::PolicySource::Key);
 
     // The same as memory, where the override lives in the PolicySet.
     set.set_key_override("svc", own);
     const auto memory = set.resolve("svc");
-    CHECK(memory.policy.probe_lease_ms == shown.policy.probe_lease_ms);
+    CHECK(memory.policy.probe_lease_ms() == shown.policy.probe_lease_ms());
     CHECK(memory.sources == shown.sources);
 
     // A lease some layer sets stays.
     shown = leased.resolve_with("svc", &own);
-    CHECK(shown.policy.probe_lease_ms == 2000);
+    CHECK(shown.policy.probe_lease_ms() == 2000);
     own[cbd::PolicyField::ProbeLeaseMs] = 50;
-    CHECK(set.resolve_with("svc", &own).policy.probe_lease_ms == 50);
+    CHECK(set.resolve_with("svc", &own).policy.probe_lease_ms() == 50);
 }

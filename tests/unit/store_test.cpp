@@ -299,7 +299,7 @@ TEST_CASE("start_over leaves the store as constructed", "[store]") {
     CHECK(store.counts().forced == 0);
     CHECK(store.list(ListQuery{}).circuits.empty());
     CHECK(store.export_page("", "", 10).circuits.empty());
-    CHECK(store.policy("c").resolved.policy.half_open_max == 1);
+    CHECK(store.policy("c").resolved.policy.half_open_max() == 1);
     clock.advance(5000);
     CHECK(store.expire_due() == 0); // the pin's deadline went too
     // As new: the first circuit takes generation 1, and the limit counts afresh.
