@@ -12,7 +12,7 @@
 #                                      .buildinfo) into $BUILD_DIR/deb, from a copy of the tree
 #
 # Environment: BUILD_DIR (default build), CBD_WERROR=ON to fail on warnings,
-# FUZZ_SECONDS (default 60), SOAK_SECONDS (default 30).
+# FUZZ_SECONDS (default 60), SOAK_SECONDS (default 30), DEB_JOBS (deb: parallel jobs, default 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -111,7 +111,7 @@ case "$cmd" in
     fi
     ;;
   *)
-    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
     ;;
 esac
