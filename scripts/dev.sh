@@ -55,7 +55,9 @@ deb() {
   local out=$BUILD_DIR/deb version copy
   version=$(sed -n 's/^project(cbd VERSION \([0-9.]*\).*/\1/p' CMakeLists.txt)
   copy=$(mktemp -d)
-  trap 'rm -rf "$copy"' RETURN
+  # EXIT, not RETURN: a failed build ends the script (set -e) and must not
+  # leave the copy behind either.
+  trap 'rm -rf "$copy"' EXIT
   mkdir -p "$copy/cbd-$version" "$out"
   git ls-files -z --cached --others --exclude-standard |
     while IFS= read -r -d '' f; do [[ -e $f || -L $f ]] && printf '%s\0' "$f"; done |
