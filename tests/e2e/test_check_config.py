@@ -110,3 +110,19 @@ def test_the_system_unit_checks_before_it_signals(workdir):
     r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     assert r.returncode == 1 and "nope" in r.stderr
     assert not (workdir / "cbd").exists()
+
+
+def test_the_shipped_files_are_valid_and_the_man_page_shows_the_example():
+    from conftest import ROOT
+
+    # /etc/cbd/cbd.json as the package ships it.
+    assert check("--config", str(ROOT / "debian" / "cbd.json")).returncode == 0
+    example = ROOT / "debian" / "examples" / "cbd.json"
+    # Its groups are examples too: the flags (which beat the file) stand in
+    # for groups this machine may not have.
+    r = check("--config", str(example), "--writer-group", "0", "--admin-group", "0")
+    assert r.returncode == 0, r.stderr
+    assert "prefix rules: 2" in r.stdout
+    page = (ROOT / "docs" / "man" / "cbd.json.5.scd").read_text()
+    shown = page.split("# EXAMPLE\n\n```\n", 1)[1].split("```", 1)[0]
+    assert shown == example.read_text(), "cbd.json(5)'s EXAMPLE differs from debian/examples/cbd.json"
