@@ -114,9 +114,12 @@ def test_bash_offers_keys_from_the_running_daemon(cbd):
     assert bash_complete(f"cbctl --socket {cbd.sock} get svc/") == {"svc/a", "svc/b"}
     assert bash_complete(f"cbctl --socket {cbd.sock} force ") == {"svc/a", "svc/b", "other"}
     assert bash_complete(f"cbctl --socket {cbd.sock} list --prefix o") == {"other"}
-    # The same through $CBD_SOCKET, as an administrator's shell would have it.
+    # What completion asks: the keys alone, one a line, in key order.
     r = cbctl("list", "--keys", sock=cbd.sock)
     assert r.stdout.splitlines() == ["other", "svc/a", "svc/b"]
+    assert cbctl("list", "--keys", "--prefix", "svc/", sock=cbd.sock).stdout == "svc/a\nsvc/b\n"
+    # Keys or JSON lines, not both.
+    assert cbctl("list", "--keys", "--json", sock=cbd.sock).returncode == 2
 
 
 def test_a_missing_daemon_gives_no_keys_at_once(workdir):
