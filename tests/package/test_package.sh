@@ -79,6 +79,8 @@ for f in /etc/default/cbd /etc/cbd/cbd.json; do
 done
 grep -q '^ExecStart=/usr/sbin/cbd ' /lib/systemd/system/cbd.service || fail "the unit does not run /usr/sbin/cbd"
 getent group cbd >/dev/null || fail "the group cbd was not created (sysusers)"
+# Enabled even where systemd is not running: it starts at the next boot.
+[[ -L /etc/systemd/system/sockets.target.wants/cbd.socket ]] || fail "cbd.socket is not enabled"
 /usr/sbin/cbd --check-config --config /etc/cbd/cbd.json >"$tmp/check.log" 2>&1 ||
   { cat "$tmp/check.log" >&2; fail "the shipped /etc/cbd/cbd.json does not pass --check-config"; }
 # bash-completion loads a command's completion on first use, from its place.
@@ -120,6 +122,11 @@ done <<<"$files"
 for f in /etc/default/cbd /etc/cbd /var/lib/cbd /var/lib/private/cbd; do
   [[ ! -e $f ]] || left+=("$f")
 done
+# The units' enablement links and deb-systemd-helper's records of them.
+while IFS= read -r f; do
+  left+=("$f")
+done < <(find /etc/systemd /var/lib/systemd/deb-systemd-helper-enabled \
+  /var/lib/systemd/deb-systemd-user-helper-enabled -name 'cbd.*' 2>/dev/null)
 ((${#left[@]} == 0)) || fail "dpkg -P left: ${left[*]}"
 ! dpkg-query -W -f='${Status}' cbd 2>/dev/null | grep -q installed || fail "dpkg still lists cbd"
 
