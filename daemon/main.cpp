@@ -78,8 +78,8 @@ int main(int argc, char** argv) {
     bool check_config_only = false;
     app.add_flag("--check-config", check_config_only,
                  "Read the flags and --config as a start would, print the effective defaults "
-                 "and prefix rules (or the first error), and exit 0 (usable) or 1; opens no "
-                 "socket and no state file");
+                 "and prefix rules (or the first error), and exit 0 (usable) or 1 (2 for a "
+                 "usage error, as at a start); opens no socket and no state file");
 
     std::string socket_flag;
     std::string socket_mode = "0660";
