@@ -56,8 +56,10 @@ deb() {
   version=$(sed -n 's/^project(cbd VERSION \([0-9.]*\).*/\1/p' CMakeLists.txt)
   copy=$(mktemp -d)
   # EXIT, not RETURN: a failed build ends the script (set -e) and must not
-  # leave the copy behind either.
-  trap 'rm -rf "$copy"' EXIT
+  # leave the copy behind either. The path is put in the trap now: the local
+  # variable is gone by the time the script exits.
+  # shellcheck disable=SC2064
+  trap "rm -rf '$copy'" EXIT
   mkdir -p "$copy/cbd-$version" "$out"
   git ls-files -z --cached --others --exclude-standard |
     while IFS= read -r -d '' f; do [[ -e $f || -L $f ]] && printf '%s\0' "$f"; done |
