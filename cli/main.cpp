@@ -312,7 +312,10 @@ int main(int argc, char** argv) {
     list->add_option("--prefix", list_options.prefix, "Only keys starting so");
     list->add_option("--state", list_options.state, "Only circuits in this state")
         ->check(CLI::IsMember({"closed", "open", "half-open"}));
-    list->add_flag("--json", list_options.json, "JSON lines even on a terminal");
+    auto* list_json = list->add_flag("--json", list_options.json, "JSON lines even on a terminal");
+    list->add_flag("--keys", list_options.keys,
+                   "Only the keys, one a line (shell completion uses this)")
+        ->excludes(list_json);
     list->callback([&] {
         command = [&](const GlobalOptions& g) { return run_list(g, list_options); };
     });

@@ -152,7 +152,7 @@ int run_watch(const GlobalOptions& g, const WatchOptions& o) {
 }
 
 int run_list(const GlobalOptions& g, const ListOptions& o) {
-    const bool table = !o.json && isatty(STDOUT_FILENO);
+    const bool table = !o.json && !o.keys && isatty(STDOUT_FILENO);
     std::vector<std::vector<std::string>> rows;
     if (table)
         rows.push_back({"KEY", "STATE", "FAILURES", "SUCCESSES", "LAST FAILURE", "LAST CHANGE",
@@ -174,6 +174,10 @@ int run_list(const GlobalOptions& g, const ListOptions& o) {
             if (!reply)
                 return exit_code;
             for (const auto& c : (*reply)["circuits"]) {
+                if (o.keys) {
+                    std::cout << c.value("key", "") << "\n";
+                    continue;
+                }
                 if (!table) {
                     std::cout << c.dump() << "\n";
                     continue;

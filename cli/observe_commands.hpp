@@ -24,6 +24,9 @@ struct ListOptions {
     std::string prefix;
     std::string state;
     bool json = false; // forced JSON lines even on a terminal
+    // Only the keys, one a line, never a table: for shell completion and
+    // scripts (a key holds no newline: the protocol refuses control bytes).
+    bool keys = false;
 };
 int run_list(const GlobalOptions& g, const ListOptions& o);
 

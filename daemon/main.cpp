@@ -8,6 +8,7 @@
 #include "daemon/listener.hpp"
 #include "daemon/log.hpp"
 #include "daemon/persistence.hpp"
+#include "daemon/startup_config.hpp"
 
 #include <CLI/CLI.hpp>
 #include <array>
@@ -76,6 +77,12 @@ int main(int argc, char** argv) {
     app.set_version_flag("--version", std::string("cbd ") + std::string(cbd::kVersion) +
                                           " (protocol " + std::to_string(cbd::kProtocolVersion) +
                                           ")");
+    // Like nginx -t: the same flags and file a start reads, checked, then exit.
+    bool check_config_only = false;
+    app.add_flag("--check-config", check_config_only,
+                 "Read the flags and --config as a start would, print the effective defaults "
+                 "and prefix rules (or the first error), and exit 0 (usable) or 1 (2 for a "
+                 "usage error, as at a start); opens no socket and no state file");
 
     std::string socket_flag;
     std::string socket_mode = "0660";
@@ -300,5 +307,7 @@ int main(int argc, char** argv) {
         std::cerr << "cbd: " << e.what() << "\n";
         return 2;
     }
+    if (check_config_only)
+        return cbd::check_config(config, std::cout, std::cerr);
     return cbd::run_daemon(config);
 }

@@ -8,9 +8,11 @@
 #   scripts/dev.sh test --quick        the suite once, no sanitizers, no fuzzing
 #   scripts/dev.sh build               install what is missing, build
 #   scripts/dev.sh deps                install the Debian packages only
+#   scripts/dev.sh deb                 build the Debian package (cbd_VERSION_ARCH.deb, .changes,
+#                                      .buildinfo) into $BUILD_DIR/deb, from a copy of the tree
 #
 # Environment: BUILD_DIR (default build), CBD_WERROR=ON to fail on warnings,
-# FUZZ_SECONDS (default 60), SOAK_SECONDS (default 30).
+# FUZZ_SECONDS (default 60), SOAK_SECONDS (default 30), DEB_JOBS (deb: parallel jobs, default 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +25,7 @@ PACKAGES=(
   python3 python3-pytest systemd
   prometheus curl util-linux
   clang-14 libclang-rt-14-dev
+  debhelper dpkg-dev fakeroot lintian scdoc groff-base man-db bash-completion zsh fish
 )
 
 install_deps() {
@@ -45,11 +48,35 @@ build() {
   cmake --build "$BUILD_DIR"
 }
 
+# The Debian package, built from a copy of the tree's files (tracked and new,
+# as they are now, ignored ones left out) so that dpkg-buildpackage's own
+# build never dirties the tree; the results land in $BUILD_DIR/deb.
+deb() {
+  local out=$BUILD_DIR/deb version copy
+  version=$(sed -n 's/^project(cbd VERSION \([0-9.]*\).*/\1/p' CMakeLists.txt)
+  copy=$(mktemp -d)
+  # EXIT, not RETURN: a failed build ends the script (set -e) and must not
+  # leave the copy behind either. The path is put in the trap now: the local
+  # variable is gone by the time the script exits.
+  # shellcheck disable=SC2064
+  trap "rm -rf '$copy'" EXIT
+  mkdir -p "$copy/cbd-$version" "$out"
+  git ls-files -z --cached --others --exclude-standard |
+    while IFS= read -r -d '' f; do [[ -e $f || -L $f ]] && printf '%s\0' "$f"; done |
+    tar --null -T - -cf - | tar -xf - -C "$copy/cbd-$version"
+  (cd "$copy/cbd-$version" &&
+    DEB_BUILD_OPTIONS="parallel=${DEB_JOBS:-2} ${DEB_BUILD_OPTIONS:-}" dpkg-buildpackage -b -us -uc >&2)
+  rm -f "$out"/cbd_* "$out"/cbd-dbgsym_*
+  mv "$copy"/*.deb "$copy"/*.changes "$copy"/*.buildinfo "$out"/
+  ls "$out"/*
+}
+
 cmd=${1:-}
 [[ $# -gt 0 ]] && shift
 case "$cmd" in
   deps) install_deps ;;
   build) install_deps; build ;;
+  deb) install_deps; deb ;;
   run)
     install_deps
     build >&2
@@ -88,7 +115,7 @@ case "$cmd" in
     fi
     ;;
   *)
-    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
     ;;
 esac

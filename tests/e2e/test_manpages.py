@@ -1,0 +1,142 @@
+"""The man pages against the programs: every flag in `--help` is described
+in the man page and the man page describes no flag the program lacks (per
+cbctl command too), the pages render without groff warnings, and the one
+version (CMake's project(VERSION)) is what the pages, --version, ping and
+debian/changelog say.
+
+Adding a flag to cbd or cbctl: add an entry to docs/man/cbd.8.scd's OPTIONS
+(or cbctl.1.scd's section for the command), a line of the form
+`*--the-flag* _VALUE_` followed by a tab-indented description."""
+
+import re
+import subprocess
+
+import pytest
+
+from conftest import BUILD, CBCTL, CBD, ROOT, cbctl
+
+MAN_SRC = ROOT / "docs" / "man"
+MAN_OUT = BUILD / "docs" / "man"
+
+# An option line in CLI11's help: two spaces, maybe "-h,", then the long flag.
+HELP_FLAG = re.compile(r"^  (?:-\w,)?(--[a-z][a-z0-9-]*)")
+# An option entry in an scdoc page: a line that starts with the bold flag.
+MAN_FLAG = re.compile(r"^\*(?:-\w\*, \*)?(--[a-z][a-z0-9-]*)\*")
+
+
+def help_flags(*argv):
+    out = subprocess.run(list(argv) + ["--help"], capture_output=True, text=True, timeout=10)
+    assert out.returncode == 0, out.stderr
+    return {m.group(1) for line in out.stdout.splitlines() if (m := HELP_FLAG.match(line))}
+
+
+def help_subcommands():
+    out = subprocess.run([CBCTL, "--help"], capture_output=True, text=True, timeout=10).stdout
+    section = out.split("Subcommands:\n", 1)[1].split("\n\n", 1)[0]
+    return [line.split()[0] for line in section.splitlines() if line.startswith("  ")]
+
+
+def scdoc_sections(path):
+    """{section heading: [lines]} for '# ' and '## ' headings."""
+    sections, current = {}, None
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            current = line.lstrip("#").strip()
+            sections[current] = []
+        elif current is not None:
+            sections[current].append(line)
+    return sections
+
+
+def man_flags(lines):
+    return {m.group(1) for line in lines if (m := MAN_FLAG.match(line))}
+
+
+def drift(program, page, section, in_help, in_man):
+    """A readable account of every flag on one side only; empty when none."""
+    problems = []
+    for flag in sorted(in_help - in_man):
+        problems.append(
+            f"{program} --help has {flag} but {page} section '{section}' does not describe it "
+            f"(add a line '*{flag}* _VALUE_' and a tab-indented description)")
+    for flag in sorted(in_man - in_help):
+        problems.append(f"{page} section '{section}' describes {flag}, which {program} --help "
+                        f"does not have (remove it, or add the flag)")
+    return problems
+
+
+def test_cbd_options_match_its_help():
+    sections = scdoc_sections(MAN_SRC / "cbd.8.scd")
+    problems = drift("cbd", "docs/man/cbd.8.scd", "OPTIONS", help_flags(CBD),
+                     man_flags(sections["OPTIONS"]))
+    assert not problems, "\n".join(problems)
+
+
+def test_cbctl_global_options_match_its_help():
+    sections = scdoc_sections(MAN_SRC / "cbctl.1.scd")
+    problems = drift("cbctl", "docs/man/cbctl.1.scd", "OPTIONS", help_flags(CBCTL),
+                     man_flags(sections["OPTIONS"]))
+    assert not problems, "\n".join(problems)
+
+
+def test_every_cbctl_command_and_its_flags_are_in_the_man_page():
+    sections = scdoc_sections(MAN_SRC / "cbctl.1.scd")
+    commands = help_subcommands()
+    assert "get" in commands and "run" in commands  # the help was read at all
+    problems = [f"cbctl has command '{c}' but docs/man/cbctl.1.scd has no '## {c}' section"
+                for c in commands if c not in sections]
+    documented = [name for name in sections if name.islower() and " " not in name
+                  and name not in ("cbctl",)]
+    problems += [f"docs/man/cbctl.1.scd has '## {name}', which cbctl --help does not list"
+                 for name in documented if name not in commands]
+    for c in commands:
+        if c in sections:
+            # Every command has -h/--help; the page says so once, globally.
+            problems += drift(f"cbctl {c}", "docs/man/cbctl.1.scd", c,
+                              help_flags(CBCTL, c) - {"--help"}, man_flags(sections[c]))
+    assert not problems, "\n".join(problems)
+
+
+def test_the_drift_check_names_a_missing_flag():
+    # The comparison itself: a flag on one side only is named, with where.
+    problems = drift("cbd", "cbd.8.scd", "OPTIONS", {"--a", "--b"}, {"--b", "--c"})
+    assert problems[0].startswith("cbd --help has --a but cbd.8.scd section 'OPTIONS'")
+    assert "describes --c, which cbd --help does not have" in problems[1]
+    assert len(problems) == 2
+
+
+@pytest.mark.parametrize("page", ["cbd.8", "cbctl.1", "cbd.json.5"])
+def test_page_renders_without_warnings(page):
+    path = MAN_OUT / page
+    assert path.exists(), f"{path} was not built (the 'man' target)"
+    groff = subprocess.run(["groff", "-ww", "-z", "-man", str(path)], capture_output=True,
+                           text=True, timeout=30)
+    assert groff.returncode == 0 and groff.stderr == "", groff.stderr
+    man = subprocess.run(["man", "--warnings", "-l", str(path)], capture_output=True, text=True,
+                         timeout=30, env={"MANPAGER": "cat", "MANWIDTH": "80", "PATH": "/usr/bin:/bin"})
+    assert man.returncode == 0 and man.stderr == "", man.stderr
+    assert "NAME" in man.stdout
+
+
+def project_version():
+    text = (ROOT / "CMakeLists.txt").read_text()
+    match = re.search(r"project\(\s*cbd\s+VERSION\s+([0-9.]+)", text)
+    assert match, "no project(cbd VERSION x.y.z) in CMakeLists.txt"
+    return match.group(1)
+
+
+def test_one_version_everywhere(cbd):
+    version = project_version()
+    for program in (CBD, CBCTL):
+        out = subprocess.run([program, "--version"], capture_output=True, text=True, timeout=10)
+        assert out.returncode == 0
+        assert re.fullmatch(rf"cb(d|ctl) {re.escape(version)} \(protocol \d+\)\n", out.stdout), \
+            out.stdout
+    ping = cbctl("ping", sock=cbd.sock)
+    assert f'"version":"{version}"' in ping.stdout, ping.stdout
+    for page in ("cbd.8", "cbctl.1", "cbd.json.5"):
+        assert f'"cbd {version}"' in (MAN_OUT / page).read_text(), page
+    changelog = (ROOT / "debian" / "changelog").read_text().splitlines()[0]
+    assert re.match(rf"cbd \({re.escape(version)}(-[0-9a-z.+~]+)?\) ", changelog), (
+        f"debian/changelog's first entry ('{changelog}') is not for project(VERSION) {version}: "
+        "add an entry with dch -v " + version)
