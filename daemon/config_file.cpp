@@ -19,9 +19,17 @@ constexpr std::size_t kMaxConfigBytes = 4 * 1024 * 1024;
 FileConfig parse_config(const std::string& text) {
     if (nesting_exceeds(text, 8))
         throw ConfigError("nesting deeper than 8 levels");
-    auto doc = nlohmann::json::parse(text, nullptr, false);
-    if (doc.is_discarded())
-        throw ConfigError("not valid JSON");
+    nlohmann::json doc;
+    try {
+        doc = nlohmann::json::parse(text);
+    } catch (const nlohmann::json::parse_error& e) {
+        // Say where: e.what() is "[json.exception.parse_error.101] parse
+        // error at line L, column C: ...".
+        const std::string what = e.what();
+        const auto start = what.find("] ");
+        throw ConfigError("not valid JSON: " +
+                          (start == std::string::npos ? what : what.substr(start + 2)));
+    }
     if (!doc.is_object())
         throw ConfigError("the top level must be a JSON object");
 

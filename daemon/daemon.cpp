@@ -14,6 +14,7 @@
 #include "daemon/http_server.hpp"
 #include "daemon/server.hpp"
 #include "daemon/service_manager.hpp"
+#include "daemon/startup_config.hpp"
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
@@ -41,37 +42,6 @@ constexpr auto kExpiryTick = std::chrono::milliseconds(100);
 // their buffers in malloc's free lists; a long-running daemon should give
 // that memory back rather than keep its peak forever.
 constexpr auto kTrimInterval = std::chrono::seconds(10);
-
-// What the config file and flags decide together, re-read on SIGHUP.
-struct Settings {
-    PolicyConfig policy;
-    AccessConfig access;
-};
-
-// Built-in defaults, then the file, then flags. Throws ConfigError.
-Settings load_settings(const DaemonConfig& config) {
-    Settings settings;
-    FileConfig file;
-    if (!config.config_path.empty())
-        file = load_config(config.config_path);
-    settings.policy = std::move(file.policy);
-    settings.policy.defaults.merge(config.flag_defaults);
-
-    auto group = [](const std::string& flag, const std::string& from_file,
-                    const char* what) -> std::optional<gid_t> {
-        const std::string& name = flag.empty() ? from_file : flag;
-        if (name.empty())
-            return std::nullopt;
-        std::string error;
-        auto gid = resolve_group(name, error);
-        if (!gid)
-            throw ConfigError(std::string(what) + ": " + error);
-        return gid;
-    };
-    settings.access.writer_group = group(config.writer_group, file.writer_group, "writer group");
-    settings.access.admin_group = group(config.admin_group, file.admin_group, "admin group");
-    return settings;
-}
 
 std::string describe(const AccessConfig& a) {
     if (!a.restricted())

@@ -26,6 +26,7 @@ PACKAGES=(
   prometheus curl util-linux
   clang-14 libclang-rt-14-dev
   debhelper dpkg-dev fakeroot lintian scdoc groff-base man-db bash-completion zsh fish
+  chromium chromium-driver
 )
 
 install_deps() {

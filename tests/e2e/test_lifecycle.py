@@ -170,10 +170,12 @@ def test_cmake_install_puts_binaries_and_units_in_place(workdir):
     r = subprocess.run(["cmake", "--install", str(BUILD), "--prefix", str(prefix)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    for rel in ["bin/cbd", "bin/cbctl", "lib/systemd/system/cbd.service", "lib/systemd/system/cbd.socket",
+    for rel in ["sbin/cbd", "bin/cbctl", "lib/systemd/system/cbd.service", "lib/systemd/system/cbd.socket",
                 "lib/systemd/user/cbd.service", "lib/systemd/user/cbd.socket", "lib/sysusers.d/cbd.conf"]:
         assert (prefix / rel).exists(), rel
     unit = (prefix / "lib/systemd/system/cbd.service").read_text()
+    # the units start the daemon from sbin, where it is installed
+    assert any(l.startswith("ExecStart=") and "/sbin/cbd " in l for l in unit.splitlines())
     assert "Type=notify" in unit and "DynamicUser=yes" in unit
     assert not any(l.startswith("RuntimeDirectory=") for l in unit.splitlines())
     # Circuits persist in the unit's state directory.
