@@ -109,6 +109,12 @@ int main(int argc, char** argv) {
     // the policy's field table (common/policy.hpp).
     std::array<std::string, cbd::kPolicyFieldCount> policy_flags{};
 
+    // A duration (300s, 5m) or 0 for "never".
+    const auto duration_or_off = [](const std::string& v) {
+        return v == "0" || cbd::parse_duration(v) ? std::string()
+                                                   : "'" + v + "' is not a duration";
+    };
+
     app.add_option("--socket", socket_flag,
                    "Socket path (default: $CBD_SOCKET, else $XDG_RUNTIME_DIR/cbd/cbd.sock for "
                    "non-root users, else /run/cbd/cbd.sock)");
@@ -152,10 +158,7 @@ int main(int argc, char** argv) {
     app.add_option("--idle-timeout", idle_timeout,
                    "Close connections idle this long (300s, 5m; 0 = never; watchers excepted)")
         ->capture_default_str()
-        ->check([](const std::string& v) {
-            return v == "0" || cbd::parse_duration(v) ? std::string()
-                                                       : "'" + v + "' is not a duration";
-        });
+        ->check(duration_or_off);
     app.add_option("--max-connections-per-uid", max_connections_per_uid,
                    "Most connections one uid may hold at once (0 = no limit; root and cbd's own "
                    "uid are exempt)")
@@ -170,10 +173,7 @@ int main(int argc, char** argv) {
                    "Close a connection whose unfinished request line is not finished within "
                    "this, however it trickles in (0 = never; applies with --idle-timeout off)")
         ->capture_default_str()
-        ->check([](const std::string& v) {
-            return v == "0" || cbd::parse_duration(v) ? std::string()
-                                                       : "'" + v + "' is not a duration";
-        });
+        ->check(duration_or_off);
     app.add_option("--config", config_path,
                    "JSON policy file (defaults and prefix rules); re-read on SIGHUP");
     app.add_option("--state-file", state_file,
