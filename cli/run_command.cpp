@@ -202,6 +202,11 @@ ChildResult run_child(const RunOptions& options) {
     }
     give_terminal(terminal, getpgrp());
     sigprocmask(SIG_SETMASK, &previous, nullptr);
+    // Ctrl-C at a terminal goes to the foreground group, which is CMD's, not
+    // to cbctl: CMD ending by SIGINT is the user interrupting it too.
+    if (!result.timed_out && result.exec_errno == 0 && WIFSIGNALED(result.wait_status) &&
+        WTERMSIG(result.wait_status) == SIGINT)
+        result.interrupted = true;
     return result;
 }
 

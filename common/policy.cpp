@@ -39,7 +39,7 @@ std::optional<std::string> combination_problem(const std::optional<std::int64_t>
 
 std::optional<std::string> policy_combination_problem(const Policy& p) {
     return combination_problem(p.reset_timeout_ms(), p.reset_timeout_max_ms(),
-                               p.get(PolicyField::WindowType), p.window_size());
+                               p.get(PolicyField::WindowType), p.get(PolicyField::WindowSize));
 }
 
 std::optional<std::string> patch_combination_problem(const PolicyPatch& patch) {

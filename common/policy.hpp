@@ -9,6 +9,7 @@
 // (tripRule, windowType, mode) hold the name's index in their spec's list.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <optional>
@@ -122,7 +123,13 @@ struct Policy {
     std::int64_t probe_lease_ms() const { return get(PolicyField::ProbeLeaseMs); }
     TripRule trip_rule() const { return static_cast<TripRule>(get(PolicyField::TripRule)); }
     WindowType window_type() const { return static_cast<WindowType>(get(PolicyField::WindowType)); }
-    std::int64_t window_size() const { return get(PolicyField::WindowSize); }
+    // A count window holds at most kMaxCountWindow calls, whatever layers
+    // made of it: each layer is checked, but a reload of the defaults can
+    // still turn a key's 20000 ms time window into a count window of 20000.
+    std::int64_t window_size() const {
+        const std::int64_t size = get(PolicyField::WindowSize);
+        return window_type() == WindowType::Count ? std::min(size, kMaxCountWindow) : size;
+    }
     std::int64_t minimum_calls() const { return get(PolicyField::MinimumCalls); }
     std::int64_t failure_rate_threshold() const { return get(PolicyField::FailureRateThreshold); }
     std::int64_t slow_call_duration_ms() const { return get(PolicyField::SlowCallDurationMs); }

@@ -489,7 +489,11 @@ end
 -- The window as stored; `fresh` when none is, or one of another shape
 -- (the next call starts it over).
 local function read_window(p)
-  local w = {type = p[PF_WINDOW_TYPE], size = p[PF_WINDOW_SIZE], calls = 0, failures = 0,
+  -- A count window holds at most MAX_COUNT_WINDOW calls, whatever the
+  -- layers made of it (as Policy::window_size() in C++).
+  local size = p[PF_WINDOW_SIZE]
+  if p[PF_WINDOW_TYPE] == WINDOW_COUNT then size = math.min(size, MAX_COUNT_WINDOW) end
+  local w = {type = p[PF_WINDOW_TYPE], size = size, calls = 0, failures = 0,
              slow = 0, head = 0, buckets = {}, fresh = true}
   local h = rcall('HMGET', rule_key, RF_TYPE, RF_SIZE, RF_CALLS, RF_FAILURES, RF_SLOW, RF_HEAD)
   if not h[1] then return w end

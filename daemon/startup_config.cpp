@@ -16,6 +16,19 @@ Settings load_settings(const DaemonConfig& config) {
         file = load_config(config.config_path);
     settings.policy = std::move(file.policy);
     settings.policy.defaults.merge(config.flag_defaults);
+    // Each layer was checked alone; the built-in defaults, the file's, the
+    // flags and a prefix rule must also make a usable policy together (a
+    // windowSize of 20000 is fine for a time window, not for the count
+    // window the built-in windowType gives it).
+    PolicySet layered;
+    layered.set_config(settings.policy);
+    if (auto problem = policy_combination_problem(layered.resolve_with("", nullptr).policy))
+        throw ConfigError("the defaults (built in, file and flags together): " + *problem);
+    for (const PolicyRule& rule : settings.policy.rules)
+        if (auto problem =
+                policy_combination_problem(layered.resolve_with(rule.prefix, nullptr).policy))
+            throw ConfigError("the prefix rule for \"" + rule.prefix +
+                              "\" over the defaults: " + *problem);
 
     auto group = [](const std::string& flag, const std::string& from_file,
                     const char* what) -> std::optional<gid_t> {

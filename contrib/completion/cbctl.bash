@@ -10,9 +10,9 @@ _cbctl_flags() {
         get | success | failure) echo "--field" ;;
         transition) echo "--expect --expect-generation --field" ;;
         acquire) echo "--field" ;;
-        report) echo "--generation --permit --field" ;;
+        report) echo "--duration-ms --generation --permit --field" ;;
         force) echo "--ttl --reason" ;;
-        configure) echo "--failure-threshold --reset-timeout-ms --half-open-max --success-threshold --probe-lease-ms --unset --clear" ;;
+        configure) echo "--failure-threshold --reset-timeout-ms --half-open-max --success-threshold --probe-lease-ms --trip-rule --window-type --window-size --minimum-calls --failure-rate-threshold --slow-call-duration-ms --slow-call-rate-threshold --reset-timeout-max-ms --mode --unset --clear" ;;
         watch) echo "--prefix --format" ;;
         list) echo "--prefix --state --json --keys" ;;
         stats) echo "--json" ;;
@@ -26,9 +26,12 @@ _cbctl_flags() {
 _cbctl_flag_takes_value() {
     case $1 in
         --socket | --timeout | --field | --expect | --expect-generation | --generation | \
-            --permit | --ttl | --reason | --failure-threshold | --reset-timeout-ms | \
-            --half-open-max | --success-threshold | --probe-lease-ms | --unset | --prefix | \
-            --format | --state | --kill-after | --success-codes) return 0 ;;
+            --permit | --duration-ms | --ttl | --reason | --failure-threshold | \
+            --reset-timeout-ms | --half-open-max | --success-threshold | --probe-lease-ms | \
+            --trip-rule | --window-type | --window-size | --minimum-calls | \
+            --failure-rate-threshold | --slow-call-duration-ms | --slow-call-rate-threshold | \
+            --reset-timeout-max-ms | --mode | --unset | --prefix | --format | --state | \
+            --kill-after | --success-codes) return 0 ;;
     esac
     return 1
 }
@@ -100,7 +103,19 @@ _cbctl() {
             return
             ;;
         --unset)
-            COMPREPLY=($(IFS=' ' compgen -W "failureThreshold resetTimeoutMs halfOpenMax successThreshold probeLeaseMs" -- "$cur"))
+            COMPREPLY=($(IFS=' ' compgen -W "failureThreshold resetTimeoutMs halfOpenMax successThreshold probeLeaseMs tripRule windowType windowSize minimumCalls failureRateThreshold slowCallDurationMs slowCallRateThreshold resetTimeoutMaxMs mode" -- "$cur"))
+            return
+            ;;
+        --trip-rule)
+            COMPREPLY=($(IFS=' ' compgen -W "count consecutive rate" -- "$cur"))
+            return
+            ;;
+        --window-type)
+            COMPREPLY=($(IFS=' ' compgen -W "count time" -- "$cur"))
+            return
+            ;;
+        --mode)
+            COMPREPLY=($(IFS=' ' compgen -W "enforce observe disabled" -- "$cur"))
             return
             ;;
         --prefix)
@@ -147,7 +162,7 @@ _cbctl() {
                 case $command in
                     transition) COMPREPLY=($(IFS=' ' compgen -W "closed open half-open" -- "$cur")) ;;
                     force) COMPREPLY=($(IFS=' ' compgen -W "open closed" -- "$cur")) ;;
-                    report) COMPREPLY=($(IFS=' ' compgen -W "success failure" -- "$cur")) ;;
+                    report) COMPREPLY=($(IFS=' ' compgen -W "success failure ignored" -- "$cur")) ;;
                     run) COMPREPLY=($(IFS=' ' compgen -W "--" -- "$cur")) ;;
                 esac
             fi

@@ -28,7 +28,7 @@ function __cbctl_needs_key
             continue
         end
         switch $w
-            case --socket --timeout --field --expect --expect-generation --generation --permit --ttl --reason --failure-threshold --reset-timeout-ms --half-open-max --success-threshold --probe-lease-ms --unset --prefix --format --state --kill-after --success-codes
+            case --socket --timeout --field --expect --expect-generation --generation --permit --duration-ms --ttl --reason --failure-threshold --reset-timeout-ms --half-open-max --success-threshold --probe-lease-ms --trip-rule --window-type --window-size --minimum-calls --failure-rate-threshold --slow-call-duration-ms --slow-call-rate-threshold --reset-timeout-max-ms --mode --unset --prefix --format --state --kill-after --success-codes
                 set skip 1
             case '-*'
             case '*'
@@ -73,12 +73,13 @@ complete -c cbctl -n "not __fish_seen_subcommand_from $cbctl_commands" -a run -d
 complete -c cbctl -n "__fish_seen_subcommand_from $key_commands; and __cbctl_needs_key" -a '(__cbctl_keys)'
 complete -c cbctl -n "__fish_seen_subcommand_from transition; and not __cbctl_needs_key" -a 'closed open half-open'
 complete -c cbctl -n "__fish_seen_subcommand_from force; and not __cbctl_needs_key" -a 'open closed'
-complete -c cbctl -n "__fish_seen_subcommand_from report; and not __cbctl_needs_key" -a 'success failure'
+complete -c cbctl -n "__fish_seen_subcommand_from report; and not __cbctl_needs_key" -a 'success failure ignored'
 
 complete -c cbctl -n "__fish_seen_subcommand_from get success failure transition" -l field -x -a "$snapshot_fields" -d 'Print only this field'
 complete -c cbctl -n "__fish_seen_subcommand_from transition" -l expect -x -a 'closed open half-open' -d 'Only if in this state'
 complete -c cbctl -n "__fish_seen_subcommand_from transition" -l expect-generation -x -d 'Only at this generation'
 complete -c cbctl -n "__fish_seen_subcommand_from acquire" -l field -x -a 'allowed permit retryAfterMs generation state failureCount successCount lastFailureTime lastStateChange' -d 'Print only this field'
+complete -c cbctl -n "__fish_seen_subcommand_from report" -l duration-ms -x -d 'How long the call took (ms)'
 complete -c cbctl -n "__fish_seen_subcommand_from report" -l generation -x -d 'The generation acquire returned'
 complete -c cbctl -n "__fish_seen_subcommand_from report" -l permit -x -d 'The permit acquire returned'
 complete -c cbctl -n "__fish_seen_subcommand_from report" -l field -x -a 'stale generation state failureCount successCount lastFailureTime lastStateChange' -d 'Print only this field'
@@ -89,7 +90,16 @@ complete -c cbctl -n "__fish_seen_subcommand_from configure" -l reset-timeout-ms
 complete -c cbctl -n "__fish_seen_subcommand_from configure" -l half-open-max -x -d 'Probes at once'
 complete -c cbctl -n "__fish_seen_subcommand_from configure" -l success-threshold -x -d 'Probes needed to close'
 complete -c cbctl -n "__fish_seen_subcommand_from configure" -l probe-lease-ms -x -d 'Probe permit lifetime'
-complete -c cbctl -n "__fish_seen_subcommand_from configure" -l unset -x -a 'failureThreshold resetTimeoutMs halfOpenMax successThreshold probeLeaseMs' -d 'Drop this field'
+complete -c cbctl -n "__fish_seen_subcommand_from configure" -l trip-rule -x -a 'count consecutive rate' -d 'What opens a closed circuit'
+complete -c cbctl -n "__fish_seen_subcommand_from configure" -l window-type -x -a 'count time' -d 'Rate rule: window of calls or of time'
+complete -c cbctl -n "__fish_seen_subcommand_from configure" -l window-size -x -d 'Rate rule: window in calls or ms'
+complete -c cbctl -n "__fish_seen_subcommand_from configure" -l minimum-calls -x -d 'Calls before a rate is judged'
+complete -c cbctl -n "__fish_seen_subcommand_from configure" -l failure-rate-threshold -x -d 'Failure percent that opens'
+complete -c cbctl -n "__fish_seen_subcommand_from configure" -l slow-call-duration-ms -x -d 'A call this long is slow'
+complete -c cbctl -n "__fish_seen_subcommand_from configure" -l slow-call-rate-threshold -x -d 'Slow-call percent that opens'
+complete -c cbctl -n "__fish_seen_subcommand_from configure" -l reset-timeout-max-ms -x -d 'Longest open time under backoff'
+complete -c cbctl -n "__fish_seen_subcommand_from configure" -l mode -x -a 'enforce observe disabled' -d 'Enforce, observe or disabled'
+complete -c cbctl -n "__fish_seen_subcommand_from configure" -l unset -x -a 'failureThreshold resetTimeoutMs halfOpenMax successThreshold probeLeaseMs tripRule windowType windowSize minimumCalls failureRateThreshold slowCallDurationMs slowCallRateThreshold resetTimeoutMaxMs mode' -d 'Drop this field'
 complete -c cbctl -n "__fish_seen_subcommand_from configure" -l clear -d 'Drop the whole policy first'
 complete -c cbctl -n "__fish_seen_subcommand_from watch list export" -l prefix -x -a '(__cbctl_keys)' -d 'Only keys starting so'
 complete -c cbctl -n "__fish_seen_subcommand_from watch" -l format -x -a 'json text' -d 'Output format'

@@ -30,15 +30,25 @@ def test_a_good_file_prints_the_effective_defaults_and_rules(workdir):
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert f"config file: {config}" in lines
-    # The flag beats the file, and the probe lease follows the reset timeout.
+    # The flag beats the file, and the probe lease and the backoff cap follow
+    # the reset timeout. All fourteen policy fields, in the policy table's order.
     assert ('defaults: {"failureThreshold":9,"resetTimeoutMs":2000,"halfOpenMax":1,'
-            '"successThreshold":1,"probeLeaseMs":2000}') in lines
+            '"successThreshold":1,"probeLeaseMs":2000,"tripRule":"count","windowType":"count",'
+            '"windowSize":100,"minimumCalls":100,"failureRateThreshold":50,'
+            '"slowCallDurationMs":0,"slowCallRateThreshold":100,"resetTimeoutMaxMs":2000,'
+            '"mode":"enforce"}') in lines
     assert "prefix rules: 2" in lines
     assert ('  "pay/": {"failureThreshold":9,"resetTimeoutMs":2000,"halfOpenMax":3,'
-            '"successThreshold":1,"probeLeaseMs":2000}') in lines
+            '"successThreshold":1,"probeLeaseMs":2000,"tripRule":"count","windowType":"count",'
+            '"windowSize":100,"minimumCalls":100,"failureRateThreshold":50,'
+            '"slowCallDurationMs":0,"slowCallRateThreshold":100,"resetTimeoutMaxMs":2000,'
+            '"mode":"enforce"}') in lines
     # The longest prefix wins alone: pay/eu/ does not inherit pay/'s halfOpenMax.
     assert ('  "pay/eu/": {"failureThreshold":9,"resetTimeoutMs":9000,"halfOpenMax":1,'
-            '"successThreshold":1,"probeLeaseMs":9000}') in lines
+            '"successThreshold":1,"probeLeaseMs":9000,"tripRule":"count","windowType":"count",'
+            '"windowSize":100,"minimumCalls":100,"failureRateThreshold":50,'
+            '"slowCallDurationMs":0,"slowCallRateThreshold":100,"resetTimeoutMaxMs":9000,'
+            '"mode":"enforce"}') in lines
     assert lines[-1] == "configuration OK"
     assert r.stderr == ""
 

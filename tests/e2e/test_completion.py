@@ -99,7 +99,7 @@ def test_bash_offers_states_outcomes_and_choices():
     assert bash_complete("cbctl transition k ") == {"closed", "open", "half-open"}
     assert bash_complete("cbctl transition k h") == {"half-open"}
     assert bash_complete("cbctl force k ") == {"open", "closed"}
-    assert bash_complete("cbctl report k ") == {"success", "failure"}
+    assert bash_complete("cbctl report k ") == {"success", "failure", "ignored"}
     assert bash_complete("cbctl list --state ") == set(help_options("list")["--state"])
     assert bash_complete("cbctl watch --format ") == set(help_options("watch")["--format"])
     assert bash_complete("cbctl configure k --unset ") == set(help_options("configure")["--unset"])

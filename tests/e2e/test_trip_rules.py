@@ -42,6 +42,46 @@ def test_window_survives_a_restart(start_cbd, workdir):
     assert opened["transition"]["cause"] == "failure-rate"
 
 
+def test_layers_that_make_a_count_window_too_long_are_refused_at_start(start_cbd, workdir):
+    # Alone, windowSize 20000 is a valid time window; on the built-in count
+    # window it is not, and a start (or --check-config) says so.
+    d = start_cbd("--trip-rule", "rate", "--window-size", "20000", wait=False)
+    assert d.proc.wait(timeout=10) == 1
+    assert "windowSize" in d.log() and "count window" in d.log()
+    conf = workdir / "cbd.json"
+    conf.write_text(json.dumps({"policies": [{"prefix": "p/", "windowSize": 20000}]}))
+    d = start_cbd("--config", str(conf), wait=False)
+    assert d.proc.wait(timeout=10) == 1
+    assert 'prefix rule for "p/"' in d.log()
+
+
+def test_a_reload_cannot_make_a_count_window_longer_than_its_bound(start_cbd, workdir):
+    # A key's 20000-call override was a time window until a reload made the
+    # default window a count one: the window stays at 10000 calls, and the
+    # state file that holds it loads again.
+    conf = workdir / "cbd.json"
+    conf.write_text(json.dumps({"defaults": {"windowType": "time"}}))
+    state = workdir / "state.db"
+    d = start_cbd("--config", str(conf), "--state-file", str(state), "--sync", "always")
+    c = Client(d.sock)
+    assert c.call({"op": "configure", "key": "k", "policy": {
+        "tripRule": "rate", "windowSize": 20000, "minimumCalls": 5}})["ok"]
+    conf.write_text(json.dumps({"defaults": {"windowType": "count"}}))
+    d.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while "reloaded" not in d.log():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    for _ in range(3):
+        report(c, "k", "failure")
+    c.close()
+    assert d.stop() == 0
+    d2 = start_cbd("--config", str(conf), "--state-file", str(state), "--sync", "always")
+    c = Client(d2.sock)
+    window = c.call({"op": "acquire", "key": "k"})["window"]
+    assert window["calls"] == 3 and window["failures"] == 3
+
+
 def test_time_window_and_run_survive_a_restart(start_cbd, workdir):
     state = workdir / "state.db"
     d = start_cbd("--state-file", str(state), "--sync", "always")
@@ -143,6 +183,18 @@ def test_cbctl_run_interrupted_reports_ignored(start_cbd):
     proc.wait(timeout=20)
     got = c.call({"op": "get", "key": "job"})
     # Neither a failure (the circuit would be open) nor a success.
+    assert got["snapshot"] == {**got["snapshot"], "state": "closed", "failureCount": 0,
+                               "successCount": 0}
+
+
+def test_cbctl_run_whose_command_dies_of_sigint_reports_ignored(start_cbd):
+    # Ctrl-C at a terminal reaches the foreground group, CMD's, not cbctl.
+    d = start_cbd()
+    c = Client(d.sock)
+    assert c.call({"op": "configure", "key": "job", "policy": {"failureThreshold": 1}})["ok"]
+    r = cbctl("run", "job", "--", "sh", "-c", "kill -INT $$", sock=d.sock)
+    assert r.returncode == 130, r.stderr
+    got = c.call({"op": "get", "key": "job"})
     assert got["snapshot"] == {**got["snapshot"], "state": "closed", "failureCount": 0,
                                "successCount": 0}
 
