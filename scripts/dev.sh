@@ -100,7 +100,7 @@ case "$cmd" in
       echo "dev.sh: the persistence writer thread under ThreadSanitizer" >&2
       cmake -S . -B "$BUILD_DIR-tsan" -G Ninja -DCBD_TSAN=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
         -DCBD_WERROR="${CBD_WERROR:-OFF}" >/dev/null
-      cmake --build "$BUILD_DIR-tsan" --target cbd cbctl unit_tests
+      cmake --build "$BUILD_DIR-tsan" --target cbd cbctl unit_tests man
       TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
         ctest --test-dir "$BUILD_DIR-tsan" --output-on-failure --timeout 1800 \
         -E '^(e2e\.|conformance\.|node\.|fuzz\.)' -R '.'
