@@ -32,7 +32,9 @@ namespace {
 constexpr std::array<std::string_view, 3> kOutcomeNames = {"success", "failure", "ignored"};
 } // namespace
 
-std::string_view outcome_name(Outcome o) { return kOutcomeNames[static_cast<std::size_t>(o)]; }
+std::string_view outcome_name(Outcome o) {
+    return kOutcomeNames[static_cast<std::size_t>(o)];
+}
 
 std::optional<Outcome> parse_outcome(std::string_view name) {
     for (std::size_t i = 0; i < kOutcomeNames.size(); ++i)
@@ -94,13 +96,12 @@ constexpr std::array<OpSpec, kOpCount> kOps = {{
     {Op::Ping, "ping", 0, 0, AccessLevel::Read},
     {Op::Acquire, "acquire", kFieldKey, 0, AccessLevel::Write},
     {Op::Report, "report", kFieldKey | kFieldOutcome,
-     kFieldGeneration | kFieldPermit | kFieldDurationMs,
-     AccessLevel::Write},
+     kFieldGeneration | kFieldPermit | kFieldDurationMs, AccessLevel::Write},
     {Op::Force, "force", kFieldKey | kFieldState, kFieldTtlMs | kFieldReason, AccessLevel::Admin},
     {Op::Unforce, "unforce", kFieldKey, 0, AccessLevel::Admin},
     {Op::Configure, "configure", kFieldKey | kFieldPolicy, 0, AccessLevel::Admin},
     {Op::Policy, "policy", kFieldKey, 0, AccessLevel::Read},
-    {Op::Watch, "watch", 0, kFieldKey | kFieldPrefix, AccessLevel::Read},
+    {Op::Watch, "watch", 0, kFieldKey | kFieldPrefix | kFieldKeys, AccessLevel::Read},
     {Op::List, "list", 0, kFieldPrefix | kFieldStateFilter | kFieldLimit | kFieldAfter,
      AccessLevel::Read},
     {Op::Stats, "stats", 0, 0, AccessLevel::Read},
@@ -109,6 +110,8 @@ constexpr std::array<OpSpec, kOpCount> kOps = {{
     {Op::Export, "export", 0, kFieldPrefix | kFieldAfter | kFieldLimit, AccessLevel::Read},
     {Op::Import, "import", kFieldKey,
      kFieldSnapshot | kFieldGeneration | kFieldForced | kFieldPolicy, AccessLevel::Admin},
+    // Many reports in one line: each entry has exactly a report's fields.
+    {Op::ReportBatch, "reportBatch", kFieldReports, 0, AccessLevel::Write},
 }};
 
 constexpr bool ops_in_enum_order() {
@@ -140,7 +143,9 @@ const OpSpec* find_op(std::string_view name) {
     return nullptr;
 }
 
-const OpSpec& op_spec(Op op) { return kOps[static_cast<std::size_t>(op)]; }
+const OpSpec& op_spec(Op op) {
+    return kOps[static_cast<std::size_t>(op)];
+}
 
 std::optional<std::string_view> key_problem(std::string_view key) {
     if (key.empty())

@@ -25,6 +25,8 @@
 //      durationMs and outcome "ignored"; acquire and report replies carry
 //      `window` (rate rule) and `wouldDeny` (observe mode); causes
 //      failure-rate, slow-call-rate, consecutive.
+//   9  mirrors: reportBatch (many reports in one line, one reply with
+//      counts and per-entry errors); watch takes `keys`, a set of keys.
 #pragma once
 
 #include <cstddef>
@@ -34,7 +36,7 @@
 
 namespace cbd {
 
-inline constexpr int kProtocolVersion = 8;
+inline constexpr int kProtocolVersion = 9;
 inline constexpr std::string_view kVersion = CBD_VERSION;
 
 // Hard limits. The line and circuit limits have daemon flags; the rest are
@@ -49,6 +51,12 @@ inline constexpr std::size_t kMaxReasonBytes = 256;
 inline constexpr std::size_t kDefaultListLimit = 1000;
 inline constexpr std::size_t kMaxListLimit = 10'000;
 inline constexpr std::size_t kDefaultWatchQueue = 10'000;
+// Entries of one reportBatch: a batch is one reply, but each entry is a
+// backend operation, so a batch weighs its entries against the
+// connection's bound on operations waiting for the backend.
+inline constexpr std::size_t kMaxReportBatch = 1000;
+// Keys of one `watch` with a key set.
+inline constexpr std::size_t kMaxWatchKeys = 1000;
 // The largest integer that every JSON reader holds exactly (2^53-1, what
 // JavaScript calls Number.MAX_SAFE_INTEGER). Generations, counts, times and
 // policy values are never above it, on any way in (the protocol, import, the
@@ -127,9 +135,11 @@ enum RequestField : std::uint32_t {
     kFieldLimit = 1u << 13,
     kFieldStateFilter = 1u << 14, // "state" as a filter: any of the three
     kFieldPerCircuit = 1u << 15,
-    kFieldSnapshot = 1u << 16, // import
-    kFieldForced = 1u << 17,   // import
+    kFieldSnapshot = 1u << 16,   // import
+    kFieldForced = 1u << 17,     // import
     kFieldDurationMs = 1u << 18, // report
+    kFieldReports = 1u << 19,    // reportBatch
+    kFieldKeys = 1u << 20,       // watch: a key set
 };
 
 // The operations, and what each needs from a request. Validation of those
@@ -153,8 +163,9 @@ enum class Op : std::uint8_t {
     Metrics,
     Export,
     Import,
+    ReportBatch,
 };
-inline constexpr std::size_t kOpCount = 18;
+inline constexpr std::size_t kOpCount = 19;
 
 // Who may run an op, in the manner of HAProxy's stats socket levels. Each
 // level includes the ones below it.

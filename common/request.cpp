@@ -2,6 +2,7 @@
 // the field checks driven by the op table in protocol.cpp.
 #include "common/request.hpp"
 
+#include <algorithm>
 #include <array>
 #include <nlohmann/json.hpp>
 
@@ -212,8 +213,8 @@ FieldResult read_forced(const Json& v, Request& out) {
         return RequestError{ErrorCode::InvalidState,
                             "a circuit can be forced open or closed, not half-open"};
     pin.state = *state;
-    if (auto it = v.find("until"); it != v.end() && !it->is_null() &&
-                                   !read_bounded_int(*it, 1, kMaxSafeInteger, pin.until))
+    if (auto it = v.find("until");
+        it != v.end() && !it->is_null() && !read_bounded_int(*it, 1, kMaxSafeInteger, pin.until))
         return invalid("field 'forced.until' must be null or an integer from 1 to " +
                        std::to_string(kMaxSafeInteger));
     if (auto it = v.find("reason"); it != v.end())
@@ -238,8 +239,64 @@ FieldResult read_forced(const Json& v, Request& out) {
     return std::nullopt;
 }
 
+FieldResult read_op_fields(const OpSpec& spec, const Json& doc, Request& out);
+
+// A reportBatch's entries. Only the array's own shape can refuse the line;
+// an entry that is not a valid report keeps its error and the rest go on.
+FieldResult read_reports(const Json& v, Request& out) {
+    if (!v.is_array() || v.empty() || v.size() > kMaxReportBatch)
+        return invalid("field 'reports' must be an array of 1 to " +
+                       std::to_string(kMaxReportBatch) + " reports");
+    out.reports.clear();
+    out.reports.reserve(v.size());
+    Request entry;
+    for (const auto& item : v) {
+        BatchReport& report = out.reports.emplace_back();
+        if (!item.is_object()) {
+            report.error = invalid("a report must be an object");
+            continue;
+        }
+        entry = Request{};
+        entry.op = Op::Report;
+        if (auto err = read_op_fields(op_spec(Op::Report), item, entry)) {
+            report.error = std::move(err);
+            continue;
+        }
+        report.key = std::move(entry.key);
+        report.outcome = entry.outcome;
+        report.generation = entry.generation;
+        report.permit = std::move(entry.permit);
+        report.duration_ms = entry.duration_ms;
+    }
+    return std::nullopt;
+}
+
+// A watch's key set, kept sorted and without duplicates so that matching an
+// event is a binary search.
+FieldResult read_watch_keys(const Json& v, Request& out) {
+    if (!v.is_array() || v.empty() || v.size() > kMaxWatchKeys)
+        return invalid("field 'keys' must be an array of 1 to " + std::to_string(kMaxWatchKeys) +
+                       " keys");
+    out.watch_keys.clear();
+    out.watch_keys.reserve(v.size());
+    for (const auto& item : v) {
+        if (!item.is_string())
+            return invalid("field 'keys' must hold only strings");
+        const auto& key = item.get_ref<const std::string&>();
+        if (auto problem = key_problem(key))
+            return RequestError{ErrorCode::InvalidKey, "in 'keys': " + std::string(*problem)};
+        out.watch_keys.push_back(key);
+    }
+    std::sort(out.watch_keys.begin(), out.watch_keys.end());
+    out.watch_keys.erase(std::unique(out.watch_keys.begin(), out.watch_keys.end()),
+                         out.watch_keys.end());
+    return std::nullopt;
+}
+
 // What only holds between an op's fields.
 FieldResult check_combination(const Request& r) {
+    if (r.op == Op::Watch && !r.watch_keys.empty() && (!r.key.empty() || r.has_prefix))
+        return invalid("watch takes one of 'key', 'prefix' or 'keys'");
     if (r.op == Op::Import) {
         if (r.snapshot.has_value() != r.generation.has_value())
             return invalid("'snapshot' and 'generation' go together");
@@ -273,8 +330,8 @@ FieldResult read_field(RequestField field, const Json& v, Request& out) {
     case kFieldExpectGeneration:
         return read_generation(v, "expectGeneration", out.expect_generation);
     case kFieldOutcome: {
-        const auto outcome = v.is_string() ? parse_outcome(v.get_ref<const std::string&>())
-                                           : std::nullopt;
+        const auto outcome =
+            v.is_string() ? parse_outcome(v.get_ref<const std::string&>()) : std::nullopt;
         if (!outcome)
             return invalid("field 'outcome' must be \"success\", \"failure\" or \"ignored\"");
         out.outcome = *outcome;
@@ -324,6 +381,10 @@ FieldResult read_field(RequestField field, const Json& v, Request& out) {
         return read_snapshot(v, out);
     case kFieldForced:
         return read_forced(v, out);
+    case kFieldReports:
+        return read_reports(v, out);
+    case kFieldKeys:
+        return read_watch_keys(v, out);
     case kFieldPolicy:
         if (v.is_null()) {
             out.policy_clear = true;
@@ -357,7 +418,27 @@ constexpr std::pair<RequestField, std::string_view> kFieldNames[] = {
     {kFieldPerCircuit, "perCircuit"},
     {kFieldSnapshot, "snapshot"},
     {kFieldForced, "forced"},
+    {kFieldReports, "reports"},
+    {kFieldKeys, "keys"},
 };
+
+// The fields `spec` reads, from the object `doc`, each checked once.
+FieldResult read_op_fields(const OpSpec& spec, const Json& doc, Request& out) {
+    for (const auto& [field, name] : kFieldNames) {
+        const bool required = (spec.required & field) != 0;
+        if (!required && (spec.optional & field) == 0)
+            continue; // not this op's field: ignored, like any unknown field
+        auto it = doc.find(name);
+        if (it == doc.end()) {
+            if (required)
+                return invalid("missing field '" + std::string(name) + "'");
+            continue;
+        }
+        if (auto err = read_field(field, *it, out))
+            return err;
+    }
+    return std::nullopt;
+}
 
 } // namespace
 
@@ -400,20 +481,8 @@ std::optional<RequestError> parse_request_dom(std::string_view line, Request& ou
     if (spec == nullptr)
         return RequestError{ErrorCode::UnknownOp, "unknown op " + quote_input(op_name)};
     out.op = spec->op;
-
-    for (const auto& [field, name] : kFieldNames) {
-        const bool required = (spec->required & field) != 0;
-        if (!required && (spec->optional & field) == 0)
-            continue; // not this op's field: ignored, like any unknown field
-        auto it = doc.find(name);
-        if (it == doc.end()) {
-            if (required)
-                return invalid("missing field '" + std::string(name) + "'");
-            continue;
-        }
-        if (auto err = read_field(field, *it, out))
-            return err;
-    }
+    if (auto err = read_op_fields(*spec, doc, out))
+        return err;
     return check_combination(out);
 }
 
@@ -437,7 +506,8 @@ namespace {
 
 class FlatScanner {
   public:
-    explicit FlatScanner(std::string_view text) : p_(text.data()), end_(text.data() + text.size()) {}
+    explicit FlatScanner(std::string_view text)
+        : p_(text.data()), end_(text.data() + text.size()) {}
 
     void skip_ws() {
         while (p_ < end_ && (*p_ == ' ' || *p_ == '\t' || *p_ == '\r' || *p_ == '\n'))
@@ -531,9 +601,10 @@ bool parse_request_flat(std::string_view line, Request& out) {
         DurationMs,
         kSlots
     };
-    static constexpr std::string_view kNames[kSlots] = {
-        "op",     "key",    "id",     "to",         "outcome", "generation",
-        "permit", "expect", "expectGeneration", "durationMs"};
+    static constexpr std::string_view kNames[kSlots] = {"op",        "key",     "id",
+                                                        "to",        "outcome", "generation",
+                                                        "permit",    "expect",  "expectGeneration",
+                                                        "durationMs"};
     std::array<std::optional<FlatValue>, kSlots> fields;
 
     if (!scan.eat('}')) {
@@ -585,9 +656,16 @@ bool parse_request_flat(std::string_view line, Request& out) {
     // Every field given must be one this op reads (others would be ignored
     // by the DOM path; leaving them to it keeps this path simple).
     const std::uint32_t reads = spec->required | spec->optional;
-    static constexpr std::uint32_t kBits[kSlots] = {
-        0,           kFieldKey,    0,           kFieldTo,    kFieldOutcome, kFieldGeneration,
-        kFieldPermit, kFieldExpect, kFieldExpectGeneration, kFieldDurationMs};
+    static constexpr std::uint32_t kBits[kSlots] = {0,
+                                                    kFieldKey,
+                                                    0,
+                                                    kFieldTo,
+                                                    kFieldOutcome,
+                                                    kFieldGeneration,
+                                                    kFieldPermit,
+                                                    kFieldExpect,
+                                                    kFieldExpectGeneration,
+                                                    kFieldDurationMs};
     for (int i = Key; i < kSlots; ++i) {
         if (i == Id)
             continue;

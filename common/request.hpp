@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace cbd {
 
@@ -25,32 +26,54 @@ struct ImportedPin {
     bool operator==(const ImportedPin&) const = default;
 };
 
+struct RequestError {
+    ErrorCode code;
+    std::string message;
+
+    bool operator==(const RequestError&) const = default;
+};
+
+// One entry of a reportBatch: a report's fields, or, when the entry is not a
+// valid report, why (a bad entry does not stop the others).
+struct BatchReport {
+    std::string key;
+    Outcome outcome = Outcome::Success;
+    std::optional<std::uint64_t> generation;
+    std::string permit;
+    std::optional<std::int64_t> duration_ms;
+    std::optional<RequestError> error;
+
+    bool operator==(const BatchReport&) const = default;
+};
+
 // A validated request. Only the fields its op reads (see the op table) are
 // filled in; the rest keep their defaults.
 struct Request {
     Op op = Op::Ping;
-    std::string key; // empty when the op's key is optional and absent (watch)
-    std::optional<State> to;                       // transition
-    std::optional<State> expect;                   // transition, conditional
+    std::string key;             // empty when the op's key is optional and absent (watch)
+    std::optional<State> to;     // transition
+    std::optional<State> expect; // transition, conditional
     std::optional<std::uint64_t> expect_generation; // transition, conditional
-    Outcome outcome = Outcome::Success;            // report
-    std::optional<std::uint64_t> generation;       // report
-    std::string permit;                            // report
-    std::optional<std::int64_t> duration_ms;       // report: the call's duration
-    State state = State::Closed;                   // force: open or closed
-    std::int64_t ttl_ms = 0;                       // force; 0 = until unforced
-    std::string reason;                            // force
-    PolicyPatch policy;                            // configure: fields to set
-    PolicyPatch policy_removed;                    // configure: fields given as null
-    bool policy_clear = false;                     // configure: "policy": null
-    bool has_prefix = false;                       // watch, list
-    std::string prefix;                            // watch, list
-    std::string after;                             // list
-    std::size_t limit = kDefaultListLimit;         // list
-    std::optional<State> state_filter;             // list
-    bool per_circuit = false;                      // metrics
-    std::optional<Snapshot> snapshot;              // import (with generation)
-    std::optional<ImportedPin> forced;             // import
+    Outcome outcome = Outcome::Success;             // report
+    std::optional<std::uint64_t> generation;        // report
+    std::string permit;                             // report
+    std::optional<std::int64_t> duration_ms;        // report: the call's duration
+    State state = State::Closed;                    // force: open or closed
+    std::int64_t ttl_ms = 0;                        // force; 0 = until unforced
+    std::string reason;                             // force
+    PolicyPatch policy;                             // configure: fields to set
+    PolicyPatch policy_removed;                     // configure: fields given as null
+    bool policy_clear = false;                      // configure: "policy": null
+    bool has_prefix = false;                        // watch, list
+    std::string prefix;                             // watch, list
+    std::string after;                              // list
+    std::size_t limit = kDefaultListLimit;          // list
+    std::optional<State> state_filter;              // list
+    bool per_circuit = false;                       // metrics
+    std::optional<Snapshot> snapshot;               // import (with generation)
+    std::optional<ImportedPin> forced;              // import
+    std::vector<BatchReport> reports;               // reportBatch, in order
+    std::vector<std::string> watch_keys;            // watch: sorted, no duplicates
     // The request's id, already serialized as JSON (a string or an integer),
     // so it can be echoed byte for byte; empty when the request had none.
     std::string id_json;
@@ -60,11 +83,6 @@ struct Request {
     bool create_unknown = true;
 
     bool operator==(const Request&) const = default;
-};
-
-struct RequestError {
-    ErrorCode code;
-    std::string message;
 };
 
 // Parses `line` (one line, without its "\n"; a trailing "\r" is ignored).

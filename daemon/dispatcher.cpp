@@ -6,10 +6,11 @@
 #include "daemon/log.hpp"
 #include "daemon/metrics.hpp"
 
+#include <algorithm>
 #include <array>
 #include <exception>
-#include <utility>
 #include <nlohmann/json.hpp>
+#include <utility>
 
 namespace cbd {
 
@@ -23,8 +24,7 @@ std::string error_message(ErrorCode code, const CircuitView& v) {
         return "the circuit is " + std::string(state_name(v.snapshot.state)) + " at generation " +
                std::to_string(v.generation) + "; the expectation did not hold";
     case ErrorCode::Forced:
-        return "the circuit is forced " +
-               std::string(v.forced ? state_name(v.forced->state) : "") +
+        return "the circuit is forced " + std::string(v.forced ? state_name(v.forced->state) : "") +
                "; unforce it before changing its state";
     case ErrorCode::NoPermit:
         return "the circuit is half-open and this report carries no valid probe permit";
@@ -45,8 +45,7 @@ void circuit_error(std::string& out, const Request& req, ErrorCode code, const C
     w.finish();
 }
 
-void circuit_reply(std::string& out, const Request& req, const StoreResult& r,
-                   DaemonStats& stats) {
+void circuit_reply(std::string& out, const Request& req, const StoreResult& r, DaemonStats& stats) {
     if (r.error) {
         circuit_error(out, req, *r.error, r.circuit, stats);
         return;
@@ -76,8 +75,7 @@ void acquire_reply(std::string& out, const Request& req, const AcquireResult& r,
     w.finish();
 }
 
-void report_reply(std::string& out, const Request& req, const ReportResult& r,
-                  DaemonStats& stats) {
+void report_reply(std::string& out, const Request& req, const ReportResult& r, DaemonStats& stats) {
     if (r.error) {
         circuit_error(out, req, *r.error, r.circuit, stats);
         return;
@@ -200,6 +198,71 @@ void policy_reply(std::string& out, const Request& req, const PolicyResult& r) {
     w.finish();
 }
 
+// One reportBatch in progress. Its entries answer now or later, in any
+// order (each is a backend operation); the one reply is written when the
+// last has answered and every entry has been handed to the backend.
+struct BatchTally {
+    struct EntryError {
+        std::size_t index;
+        ErrorCode code;
+        std::string message;
+    };
+    std::string id_json;
+    std::size_t entries = 0;
+    std::size_t outstanding = 0; // entries whose answer is still to come
+    bool dispatched = false;     // every entry has been handed to the backend
+    std::uint64_t applied = 0;
+    std::uint64_t stale = 0;
+    std::vector<EntryError> errors;
+    std::shared_ptr<ReplyQueue> replies;
+    std::optional<ReplyQueue::Ticket> ticket; // taken at the first entry that answers later
+
+    bool done() const { return dispatched && outstanding == 0; }
+};
+
+// The message of an entry's error: the backend's own when it has one, else
+// the one its report would have had.
+std::string entry_error_message(const OpOutcome& r) {
+    if (!r.error_message.empty())
+        return r.error_message;
+    if (*r.error == ErrorCode::Conflict || *r.error == ErrorCode::Forced ||
+        *r.error == ErrorCode::NoPermit || *r.error == ErrorCode::TooManyCircuits)
+        return error_message(*r.error, r.circuit);
+    return "the operation failed";
+}
+
+void tally_entry(BatchTally& tally, std::size_t index, const OpOutcome& r, DaemonStats& stats) {
+    if (r.error) {
+        stats.errors[static_cast<std::size_t>(*r.error)] += 1;
+        tally.errors.push_back({index, *r.error, entry_error_message(r)});
+    } else if (r.stale) {
+        tally.stale += 1;
+    } else {
+        tally.applied += 1;
+    }
+}
+
+void batch_reply(std::string& out, BatchTally& tally) {
+    std::sort(tally.errors.begin(), tally.errors.end(),
+              [](const auto& a, const auto& b) { return a.index < b.index; });
+    std::string errors = "[";
+    for (const auto& e : tally.errors) {
+        if (errors.size() > 1)
+            errors += ',';
+        errors += "{\"index\":";
+        append_uint(errors, e.index);
+        errors += ",\"code\":";
+        append_json_string(errors, error_code_name(e.code));
+        errors += ",\"message\":";
+        append_json_string(errors, e.message);
+        errors += '}';
+    }
+    errors += ']';
+    ReplyWriter w(out, tally.id_json, true);
+    w.field("applied", tally.applied).field("stale", tally.stale).raw_field("errors", errors);
+    w.finish();
+}
+
 } // namespace
 
 Dispatcher::Dispatcher(CircuitBackend& backend, DaemonStats& stats)
@@ -232,6 +295,7 @@ Dispatcher::Handler Dispatcher::handler_for(Op op) {
     case Op::List:
     case Op::Export:
     case Op::Import:
+    case Op::ReportBatch: // run_report_batch()
         break;
     }
     return nullptr;
@@ -277,7 +341,10 @@ void Dispatcher::handle_line(std::string_view line, RequestContext& ctx) {
             (this->*handler)(request_, ctx, out);
             return;
         }
-        run_circuit_op(request_, ctx);
+        if (request_.op == Op::ReportBatch)
+            run_report_batch(request_, ctx);
+        else
+            run_circuit_op(request_, ctx);
     } catch (const std::exception& e) {
         // Whatever happened, the client still gets exactly one line (a
         // backend that threw took no slot: it answers or throws, not both).
@@ -303,13 +370,13 @@ void Dispatcher::run_circuit_op(const Request& req, RequestContext& ctx) {
         Completion later() override {
             const auto ticket = ctx.replies->reserve();
             taken = ticket;
-            return [&dispatcher = d, replies = ctx.replies, ticket,
-                    held = std::make_shared<const Request>(req),
-                    peer = ctx.peer](const OpOutcome& r) {
-                std::string text;
-                dispatcher.reply_for(*held, peer, r, text);
-                replies->fill(ticket, std::move(text));
-            };
+            return
+                [&dispatcher = d, replies = ctx.replies, ticket,
+                 held = std::make_shared<const Request>(req), peer = ctx.peer](const OpOutcome& r) {
+                    std::string text;
+                    dispatcher.reply_for(*held, peer, r, text);
+                    replies->fill(ticket, std::move(text));
+                };
         }
     } deferral(*this, req, ctx);
     outcome_.clear();
@@ -329,6 +396,84 @@ void Dispatcher::run_circuit_op(const Request& req, RequestContext& ctx) {
     }
 }
 
+void Dispatcher::run_report_batch(const Request& req, RequestContext& ctx) {
+    auto tally = std::make_shared<BatchTally>();
+    tally->id_json = req.id_json;
+    tally->entries = req.reports.size();
+    tally->replies = ctx.replies;
+    // Where entries that answer later go: the batch's one slot, reserved at
+    // the first of them (so it sits behind every earlier reply) and weighed
+    // by the entries, so a connection's batches count against its bound on
+    // operations waiting for the backend as the same reports would.
+    struct EntryDeferral final : Deferral {
+        Dispatcher& d;
+        std::shared_ptr<BatchTally> tally;
+        std::size_t index = 0;
+        bool taken = false;
+        EntryDeferral(Dispatcher& dd, std::shared_ptr<BatchTally> t) : d(dd), tally(std::move(t)) {}
+        Completion later() override {
+            taken = true;
+            if (!tally->ticket)
+                tally->ticket = tally->replies->reserve(tally->entries);
+            tally->outstanding += 1;
+            return [&dispatcher = d, tally = tally, index = index](const OpOutcome& r) {
+                tally_entry(*tally, index, r, dispatcher.stats_);
+                tally->outstanding -= 1;
+                if (tally->done()) {
+                    std::string text;
+                    batch_reply(text, *tally);
+                    tally->replies->fill(*tally->ticket, std::move(text));
+                }
+            };
+        }
+    } deferral(*this, tally);
+
+    Request entry;
+    entry.op = Op::Report;
+    entry.create_unknown = true; // reportBatch is write level
+    for (std::size_t i = 0; i < req.reports.size(); ++i) {
+        const BatchReport& report = req.reports[i];
+        outcome_.clear();
+        if (report.error) {
+            outcome_.error = report.error->code;
+            outcome_.error_message = report.error->message;
+            tally_entry(*tally, i, outcome_, stats_);
+            continue;
+        }
+        entry.key = report.key;
+        entry.outcome = report.outcome;
+        entry.generation = report.generation;
+        entry.permit = report.permit;
+        entry.duration_ms = report.duration_ms;
+        deferral.index = i;
+        deferral.taken = false;
+        try {
+            if (backend_.run(entry, ctx.peer, outcome_, deferral))
+                tally_entry(*tally, i, outcome_, stats_);
+        } catch (const std::exception& e) {
+            // One entry failed inside the backend: it answers internal_error
+            // and the others go on. One that took a slot answers nothing more.
+            log_error(std::string("internal error while handling a batch report: ") + e.what());
+            if (deferral.taken)
+                tally->outstanding -= 1;
+            outcome_.clear();
+            outcome_.error = ErrorCode::InternalError;
+            outcome_.error_message = "internal error";
+            tally_entry(*tally, i, outcome_, stats_);
+        }
+    }
+    tally->dispatched = true;
+    if (!tally->done())
+        return;
+    if (tally->ticket) {
+        std::string text;
+        batch_reply(text, *tally);
+        ctx.replies->fill(*tally->ticket, std::move(text));
+    } else {
+        batch_reply(ctx.replies->ready_tail(), *tally);
+    }
+}
+
 void Dispatcher::reply_for(const Request& req, const Peer& peer, const OpOutcome& r,
                            std::string& out) {
     // Audit lines of operator actions, whether or not the backend agreed.
@@ -337,7 +482,9 @@ void Dispatcher::reply_for(const Request& req, const Peer& peer, const OpOutcome
         audit(req, peer, transition_audit_text(req, r.error));
         break;
     case Op::Force:
-        audit(req, peer, force_audit_text(req) + (r.error ? " refused=" + std::string(error_code_name(*r.error)) : ""));
+        audit(req, peer,
+              force_audit_text(req) +
+                  (r.error ? " refused=" + std::string(error_code_name(*r.error)) : ""));
         break;
     case Op::Unforce:
         audit(req, peer, r.transition ? "lifted=true" : "lifted=false");
@@ -390,10 +537,10 @@ void Dispatcher::reply_for(const Request& req, const Peer& peer, const OpOutcome
         append_reset_reply(out, req.id_json, r.removed);
         return;
     case Op::Acquire:
-        acquire_reply(out, req,
-                      AcquireResult{r.error, r.allowed, r.retry_after_ms, r.permit, r.circuit,
-                                    r.transition},
-                      stats_);
+        acquire_reply(
+            out, req,
+            AcquireResult{r.error, r.allowed, r.retry_after_ms, r.permit, r.circuit, r.transition},
+            stats_);
         return;
     case Op::Report:
         report_reply(out, req, ReportResult{r.error, r.stale, r.circuit, r.transition}, stats_);
@@ -408,8 +555,8 @@ void Dispatcher::refuse(const Request& req, const RequestContext& ctx, const OpS
                         std::string& out) {
     stats_.errors[static_cast<std::size_t>(ErrorCode::PermissionDenied)] += 1;
     log_warn("audit: denied " + std::string(spec.name) +
-             (req.key.empty() ? "" : " key=" + req.key) + " needs=" +
-             std::string(access_level_name(spec.level)) +
+             (req.key.empty() ? "" : " key=" + req.key) +
+             " needs=" + std::string(access_level_name(spec.level)) +
              " has=" + std::string(access_level_name(ctx.level)) +
              " uid=" + std::to_string(ctx.peer.uid) + " pid=" + std::to_string(ctx.peer.pid));
     append_error_reply(out, req.id_json, ErrorCode::PermissionDenied,
@@ -432,13 +579,17 @@ void Dispatcher::handle_watch(const Request& req, RequestContext& ctx, std::stri
         return;
     }
     ReplyWriter w(out, req.id_json, true);
-    if (!req.key.empty()) {
-        filter = {WatchFilter::Kind::Key, req.key};
+    if (!req.watch_keys.empty()) {
+        filter.kind = WatchFilter::Kind::Keys;
+        filter.keys = std::make_shared<const std::vector<std::string>>(req.watch_keys);
+        w.raw_field("watching", "{\"keys\":" + std::to_string(req.watch_keys.size()) + "}");
+    } else if (!req.key.empty()) {
+        filter = {WatchFilter::Kind::Key, req.key, nullptr};
         std::string what = "{\"key\":";
         append_json_string(what, req.key);
         w.raw_field("watching", what + "}");
     } else if (req.has_prefix) {
-        filter = {WatchFilter::Kind::Prefix, req.prefix};
+        filter = {WatchFilter::Kind::Prefix, req.prefix, nullptr};
         std::string what = "{\"prefix\":";
         append_json_string(what, req.prefix);
         w.raw_field("watching", what + "}");
@@ -471,10 +622,11 @@ void Dispatcher::handle_stats(const Request& req, RequestContext&, std::string& 
         .field("uptimeMs", static_cast<std::int64_t>(uptime.count()))
         .raw_field("connections", "{\"current\":" + std::to_string(stats_.connections_current) +
                                       ",\"total\":" + std::to_string(stats_.connections_total) +
-                                      ",\"refused\":" +
-                                      std::to_string(stats_.connections_refused) + "}")
-        .raw_field("requests", object([](std::size_t i) { return op_spec(static_cast<Op>(i)).name; },
-                                      stats_.requests, kOpCount))
+                                      ",\"refused\":" + std::to_string(stats_.connections_refused) +
+                                      "}")
+        .raw_field("requests",
+                   object([](std::size_t i) { return op_spec(static_cast<Op>(i)).name; },
+                          stats_.requests, kOpCount))
         .raw_field("errors",
                    object([](std::size_t i) { return error_code_name(static_cast<ErrorCode>(i)); },
                           stats_.errors, kErrorCodeCount))
@@ -493,26 +645,33 @@ void Dispatcher::handle_stats(const Request& req, RequestContext&, std::string& 
     if (st.mode.empty()) {
         w.raw_field("storage", "null");
     } else {
-        nlohmann::json storage = {
-            {"mode", st.mode},         {"path", st.path},       {"healthy", st.healthy},
-            {"commits", st.commits},   {"failures", st.failures}, {"written", st.written},
-            {"undone", st.undone},     {"pending", st.pending},
-            {"lastCommitMs", st.last_commit_ms},
-            {"lastError", st.last_error.empty() ? nlohmann::json(nullptr)
-                                                : nlohmann::json(st.last_error)}};
-        w.raw_field("storage", storage.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+        nlohmann::json storage = {{"mode", st.mode},
+                                  {"path", st.path},
+                                  {"healthy", st.healthy},
+                                  {"commits", st.commits},
+                                  {"failures", st.failures},
+                                  {"written", st.written},
+                                  {"undone", st.undone},
+                                  {"pending", st.pending},
+                                  {"lastCommitMs", st.last_commit_ms},
+                                  {"lastError", st.last_error.empty()
+                                                    ? nlohmann::json(nullptr)
+                                                    : nlohmann::json(st.last_error)}};
+        w.raw_field("storage",
+                    storage.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
     }
     const BackendStats& b = stats_.backend;
     if (b.kind.empty()) {
         w.raw_field("backend", "null");
     } else {
-        nlohmann::json backend = {
-            {"kind", b.kind},
-            {"address", b.address},
-            {"up", b.up},
-            {"disconnects", b.disconnects},
-            {"unavailable", b.unavailable},
-            {"lastError", b.last_error.empty() ? nlohmann::json(nullptr) : nlohmann::json(b.last_error)}};
+        nlohmann::json backend = {{"kind", b.kind},
+                                  {"address", b.address},
+                                  {"up", b.up},
+                                  {"disconnects", b.disconnects},
+                                  {"unavailable", b.unavailable},
+                                  {"lastError", b.last_error.empty()
+                                                    ? nlohmann::json(nullptr)
+                                                    : nlohmann::json(b.last_error)}};
         w.raw_field("backend",
                     backend.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
     }
@@ -533,7 +692,9 @@ std::string Dispatcher::metrics_text(bool per_circuit) {
 }
 
 void Dispatcher::handle_metrics(const Request& req, RequestContext&, std::string& out) {
-    ReplyWriter(out, req.id_json, true).string_field("text", metrics_text(req.per_circuit)).finish();
+    ReplyWriter(out, req.id_json, true)
+        .string_field("text", metrics_text(req.per_circuit))
+        .finish();
 }
 
 } // namespace cbd

@@ -61,6 +61,9 @@ class Dispatcher {
 
     // A circuit operation: to the backend, and its outcome to a reply.
     void run_circuit_op(const Request& req, RequestContext& ctx);
+    // A reportBatch: each entry to the backend as a report, in order, and
+    // one reply of counts once the last has answered.
+    void run_report_batch(const Request& req, RequestContext& ctx);
     // The reply, audit line and counters for one outcome; every backend's
     // answers come through here.
     void reply_for(const Request& req, const Peer& peer, const OpOutcome& r, std::string& out);
@@ -72,8 +75,8 @@ class Dispatcher {
 
     CircuitBackend& backend_;
     DaemonStats& stats_;
-    Request request_;  // reused across lines to keep its buffers
-    OpOutcome outcome_; // likewise, for answers given at once
+    Request request_;                             // reused across lines to keep its buffers
+    OpOutcome outcome_;                           // likewise, for answers given at once
     std::shared_ptr<ReplyQueue> scratch_replies_; // for handle_line(..., out)
 };
 

@@ -6,6 +6,8 @@
 #include "daemon/circuit_store.hpp"
 #include "daemon/stats.hpp"
 
+#include <algorithm>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -14,9 +16,12 @@
 namespace cbd {
 
 struct WatchFilter {
-    enum class Kind { All, Key, Prefix };
+    enum class Kind { All, Key, Prefix, Keys };
     Kind kind = Kind::All;
     std::string value;
+    // Keys: sorted, without duplicates. Shared, because the hub copies its
+    // subscriptions for every event it delivers.
+    std::shared_ptr<const std::vector<std::string>> keys;
 
     bool matches(std::string_view key) const {
         switch (kind) {
@@ -26,6 +31,8 @@ struct WatchFilter {
             return key == value;
         case Kind::Prefix:
             return key.starts_with(value);
+        case Kind::Keys:
+            return keys && std::binary_search(keys->begin(), keys->end(), key, std::less<>{});
         }
         return false;
     }

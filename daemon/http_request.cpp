@@ -169,7 +169,7 @@ WatchFilter event_filter(const HttpTarget& target) {
     const std::string* prefix = target.param("prefix");
     if (!prefix || prefix->empty())
         return {};
-    return {WatchFilter::Kind::Prefix, *prefix};
+    return {WatchFilter::Kind::Prefix, *prefix, nullptr};
 }
 
 bool metrics_per_circuit(const HttpTarget& target) {

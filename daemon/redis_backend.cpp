@@ -100,6 +100,7 @@ bool script_call(const Request& req, const Peer& peer, RedisScript& script,
     case Op::Watch:
     case Op::Stats:
     case Op::Metrics:
+    case Op::ReportBatch: // the dispatcher runs each entry as a report
         break;
     }
     return false;

@@ -24,10 +24,10 @@ std::string& ReplyQueue::ready_tail() {
     return slots_.back().text;
 }
 
-ReplyQueue::Ticket ReplyQueue::reserve() {
+ReplyQueue::Ticket ReplyQueue::reserve(std::size_t weight) {
     seal_back();
-    slots_.emplace_back();
-    waiting_ += 1;
+    slots_.emplace_back().weight = weight;
+    waiting_ += weight;
     return front_ticket_ + slots_.size() - 1;
 }
 
@@ -47,7 +47,7 @@ void ReplyQueue::fill(Ticket ticket, std::string text) {
     s.text = std::move(text);
     s.ready = true;
     sealed_bytes_ += s.text.size();
-    waiting_ -= 1;
+    waiting_ -= s.weight;
     if (&s == &slots_.front() && on_front_ready)
         on_front_ready();
 }

@@ -32,7 +32,9 @@ class ReplyQueue {
     // Where a reply that is ready now goes: append exactly one reply line.
     std::string& ready_tail();
     // A slot for a reply that comes later, at the current end of the queue.
-    Ticket reserve();
+    // It counts `weight` towards waiting() until filled: a reportBatch's one
+    // reply stands for one backend operation per entry.
+    Ticket reserve(std::size_t weight = 1);
     // Completes a reserved slot. Runs on_front_ready when this makes the
     // front of the queue writable. A second fill of a slot is ignored.
     void fill(Ticket ticket, std::string text);
@@ -45,9 +47,10 @@ class ReplyQueue {
     bool empty() const { return slots_.empty(); }
     // Bytes of ready replies not yet taken.
     std::size_t ready_bytes() const {
-        return sealed_bytes_ + (!slots_.empty() && slots_.back().open ? slots_.back().text.size() : 0);
+        return sealed_bytes_ +
+               (!slots_.empty() && slots_.back().open ? slots_.back().text.size() : 0);
     }
-    // Slots still to come.
+    // Slots still to come, each counted by its weight.
     std::size_t waiting() const { return waiting_; }
 
     // Told when fill() makes the front writable (not when ready_tail() adds
@@ -58,17 +61,18 @@ class ReplyQueue {
     struct Slot {
         std::string text;
         bool ready = false;
-        bool open = false; // the ready back slot that ready_tail() appends to
+        bool open = false;      // the ready back slot that ready_tail() appends to
+        std::size_t weight = 0; // what it counts in waiting_ until filled
     };
     // Closes the open back slot to appends (its bytes now count as sealed).
     void seal_back();
     Slot& slot_of(Ticket ticket);
 
     std::deque<Slot> slots_;
-    Ticket front_ticket_ = 0; // the ticket of slots_.front()
+    Ticket front_ticket_ = 0;      // the ticket of slots_.front()
     std::size_t sealed_bytes_ = 0; // ready bytes outside the open back slot
     std::size_t waiting_ = 0;
-    std::string spare_;                // a drained slot's buffer, for reuse
+    std::string spare_; // a drained slot's buffer, for reuse
 };
 
 } // namespace cbd
