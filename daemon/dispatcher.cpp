@@ -320,8 +320,10 @@ void Dispatcher::handle_line(std::string_view line, RequestContext& ctx, std::st
 }
 
 void Dispatcher::handle_line(std::string_view line, RequestContext& ctx) {
+    ctx.operations = 0;
     if (is_blank_line(line))
         return;
+    ctx.operations = 1;
     std::string& out = ctx.replies->ready_tail();
     const std::size_t reply_start = out.size();
     try {
@@ -397,6 +399,7 @@ void Dispatcher::run_circuit_op(const Request& req, RequestContext& ctx) {
 }
 
 void Dispatcher::run_report_batch(const Request& req, RequestContext& ctx) {
+    ctx.operations = req.reports.size();
     auto tally = std::make_shared<BatchTally>();
     tally->id_json = req.id_json;
     tally->entries = req.reports.size();

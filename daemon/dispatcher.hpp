@@ -35,6 +35,9 @@ struct RequestContext {
     // that come later, which may outlive the connection (and then fill a
     // queue nobody reads).
     std::shared_ptr<ReplyQueue> replies;
+    // Set by each line: the backend operations it ran (a reportBatch runs one
+    // per entry), which the session's per-turn budget counts.
+    std::size_t operations = 0;
 };
 
 class Dispatcher {

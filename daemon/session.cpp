@@ -263,7 +263,7 @@ void Session::dispatch_lines(TurnBudget& budget) {
         shared_.dispatcher.handle_line(line, ctx_);
         // The idle timeout counts requests, not bytes.
         last_request_ = std::chrono::steady_clock::now();
-        budget.lines -= 1;
+        budget.lines -= std::min(budget.lines, std::max<std::size_t>(ctx_.operations, 1));
         const std::size_t made = replies_->ready_bytes() - ready_before;
         budget.reply_bytes -= std::min(budget.reply_bytes, made);
         // After `watch` the connection is an event stream; anything the

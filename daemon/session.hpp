@@ -77,10 +77,11 @@ inline constexpr std::size_t kMaxUnsentReplyBytes = 1024 * 1024;
 // Most replies a connection may have waiting for the backend at once.
 inline constexpr std::size_t kMaxWaitingReplies = 1024;
 // Fairness: what one connection may dispatch in one turn of the loop, in
-// request lines and in bytes of replies made at once, before it lets every
-// other ready connection have its turn. One line always goes through, so a
-// `list` page (up to ~200 KB) costs one turn; 20 connections flooding them
-// keep a writer waiting for 20 pages at most, not 20 megabytes.
+// operations (a line is one, a reportBatch one per entry) and in bytes of
+// replies made at once, before it lets every other ready connection have its
+// turn. One line always goes through, so a `list` page (up to ~200 KB) or a
+// batch of 1000 reports costs one turn; 20 connections flooding them keep a
+// writer waiting for 20 pages at most, not 20 megabytes.
 inline constexpr std::size_t kMaxLinesPerTurn = 64;
 inline constexpr std::size_t kMaxReplyBytesPerTurn = 64 * 1024;
 // The default of --request-timeout.
@@ -132,7 +133,8 @@ class Session final : public std::enable_shared_from_this<Session>, public Watch
     // ready, reads when it has room, and closes when it is done. Every event
     // (a read, a write, an answer from the backend) ends here.
     void pump();
-    // What this turn of pump() may still dispatch (see kMaxLinesPerTurn).
+    // What this turn of pump() may still dispatch (see kMaxLinesPerTurn):
+    // `lines` counts operations.
     struct TurnBudget {
         std::size_t lines = kMaxLinesPerTurn;
         std::size_t reply_bytes = kMaxReplyBytesPerTurn;

@@ -349,3 +349,102 @@ TEST_CASE("a read-level get of an unknown key answers the default and creates no
     CHECK(seen["generation"] == r["generation"]);
     CHECK(seen["snapshot"]["lastStateChange"] == 1'764'201'600'007);
 }
+
+TEST_CASE("reportBatch applies its entries as reports, in order", "[dispatcher]") {
+    Fixture f;
+    f.call(R"({"op":"configure","key":"a","policy":{"failureThreshold":3}})");
+    const auto g = f.call(R"({"op":"acquire","key":"a"})")["generation"].get<std::uint64_t>();
+    const std::string entry =
+        R"({"key":"a","outcome":"failure","generation":)" + std::to_string(g) + "}";
+    auto r = f.call(R"({"op":"reportBatch","id":"x","reports":[)" + entry + "," + entry + "," +
+                    entry + "," + entry + R"(,{"key":"b","outcome":"bad"}]})");
+    CHECK(r["id"] == "x");
+    CHECK(r["applied"] == 3);
+    CHECK(r["stale"] == 1);
+    REQUIRE(r["errors"].size() == 1);
+    CHECK(r["errors"][0]["index"] == 4);
+    CHECK(r["errors"][0]["code"] == "invalid_request");
+    auto a = f.call(R"({"op":"get","key":"a"})");
+    CHECK(a["snapshot"]["state"] == "open");
+    CHECK(a["snapshot"]["failureCount"] == 3);
+    CHECK(f.stats.requests[static_cast<std::size_t>(Op::ReportBatch)] == 1);
+}
+
+namespace {
+
+// A backend that answers every operation later, when the test says, in any
+// order: what Redis and durable mode do to the dispatcher.
+struct LateBackend final : CircuitBackend {
+    std::vector<std::pair<std::string, Completion>> waiting;
+    bool run(const Request& req, const Peer&, OpOutcome&, Deferral& deferral) override {
+        waiting.emplace_back(req.key, deferral.later());
+        return false;
+    }
+    std::optional<CircuitCounts> counts() const override { return std::nullopt; }
+    bool list_now(const ListQuery&, ListPage&) override { return false; }
+    void set_policy_config(PolicyConfig) override {}
+    void tick() override {}
+};
+
+} // namespace
+
+TEST_CASE("reportBatch waits for every entry, answers once, and weighs its entries",
+          "[dispatcher]") {
+    log_init(LogLevel::Error);
+    DaemonStats stats;
+    LateBackend backend;
+    Dispatcher dispatcher{backend, stats};
+    RequestContext ctx{Peer{}, AccessLevel::Admin, std::nullopt, std::make_shared<ReplyQueue>()};
+    dispatcher.handle_line(R"({"op":"ping","id":1})", ctx);
+    dispatcher.handle_line(R"({"op":"reportBatch","id":2,"reports":[{"key":"a","outcome":"success"},)"
+                           R"(7,{"key":"b","outcome":"failure"},{"key":"c","outcome":"failure"}]})",
+                           ctx);
+    dispatcher.handle_line(R"({"op":"ping","id":3})", ctx);
+    REQUIRE(backend.waiting.size() == 3);
+    CHECK(ctx.replies->waiting() == 4); // the batch's four entries, one slot
+    std::string out;
+    ctx.replies->take_ready(out);
+    CHECK(out.find("\"id\":1") != std::string::npos);
+    CHECK(out.find("\"id\":3") == std::string::npos); // held behind the batch
+
+    OpOutcome stale;
+    stale.stale = true;
+    OpOutcome refused;
+    refused.error = ErrorCode::BackendUnavailable;
+    refused.error_message = "redis is away";
+    backend.waiting[2].second(stale);   // c answers first
+    backend.waiting[0].second(OpOutcome{}); // then a
+    out.clear();
+    ctx.replies->take_ready(out);
+    CHECK(out.empty()); // b is still to come
+    backend.waiting[1].second(refused);
+    CHECK(ctx.replies->waiting() == 0);
+    out.clear();
+    ctx.replies->take_ready(out);
+    const auto newline = out.find('\n');
+    REQUIRE(newline != std::string::npos);
+    auto r = json::parse(out.substr(0, newline));
+    CHECK(r["id"] == 2);
+    CHECK(r["applied"] == 1);
+    CHECK(r["stale"] == 1);
+    REQUIRE(r["errors"].size() == 2);
+    CHECK(r["errors"][0]["index"] == 1);
+    CHECK(r["errors"][1]["index"] == 2);
+    CHECK(r["errors"][1]["code"] == "backend_unavailable");
+    CHECK(r["errors"][1]["message"] == "redis is away");
+    CHECK(out.substr(newline + 1).find("\"id\":3") != std::string::npos);
+}
+
+TEST_CASE("watch with a key set matches exactly its keys", "[dispatcher]") {
+    Fixture f;
+    std::string out;
+    RequestContext ctx{f.peer, AccessLevel::Read, std::nullopt, nullptr};
+    f.dispatcher.handle_line(R"({"op":"watch","keys":["b","a"]})", ctx, out);
+    CHECK(json::parse(out)["watching"] == json{{"keys", 2}});
+    REQUIRE(ctx.start_watch);
+    CHECK(ctx.start_watch->kind == WatchFilter::Kind::Keys);
+    CHECK(ctx.start_watch->matches("a"));
+    CHECK(ctx.start_watch->matches("b"));
+    CHECK_FALSE(ctx.start_watch->matches("ab"));
+    CHECK_FALSE(ctx.start_watch->matches(""));
+}

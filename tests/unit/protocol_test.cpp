@@ -345,3 +345,66 @@ TEST_CASE("generations, counts and times stop at 2^53-1 on every protocol field"
     REQUIRE_FALSE(parse(R"({"op":"configure","key":"k","policy":{"resetTimeoutMs":)" + max + "}}", req));
     CHECK(req.policy[PolicyField::ResetTimeoutMs] == 9007199254740991LL);
 }
+
+TEST_CASE("reportBatch: entries parse as reports, each with its own error", "[protocol]") {
+    Request req;
+    REQUIRE_FALSE(parse(R"({"op":"reportBatch","id":3,"reports":[)"
+                        R"({"key":"a","outcome":"failure","generation":7,"durationMs":12},)"
+                        R"({"key":"b","outcome":"ignored","permit":"p1"},)"
+                        R"(4,{"key":"","outcome":"success"},{"key":"a","outcome":"odd"},)"
+                        R"({"key":"a"},{"key":"a","outcome":"success","durationMs":86400001}]})",
+                        req));
+    CHECK(req.op == Op::ReportBatch);
+    CHECK(req.id_json == "3");
+    REQUIRE(req.reports.size() == 7);
+    CHECK(req.reports[0].key == "a");
+    CHECK(req.reports[0].outcome == Outcome::Failure);
+    CHECK(req.reports[0].generation == 7u);
+    CHECK(req.reports[0].duration_ms == 12);
+    CHECK_FALSE(req.reports[0].error);
+    CHECK(req.reports[1].outcome == Outcome::Ignored);
+    CHECK(req.reports[1].permit == "p1");
+    CHECK_FALSE(req.reports[1].generation);
+    CHECK_FALSE(req.reports[1].error);
+    REQUIRE(req.reports[2].error);
+    CHECK(req.reports[2].error->code == ErrorCode::InvalidRequest);
+    REQUIRE(req.reports[3].error);
+    CHECK(req.reports[3].error->code == ErrorCode::InvalidKey);
+    REQUIRE(req.reports[4].error);
+    CHECK(req.reports[4].error->code == ErrorCode::InvalidRequest);
+    REQUIRE(req.reports[5].error);
+    CHECK(req.reports[5].error->message == "missing field 'outcome'");
+    REQUIRE(req.reports[6].error);
+    CHECK(req.reports[6].error->message.find("durationMs") != std::string::npos);
+}
+
+TEST_CASE("reportBatch: the array itself is bounded", "[protocol]") {
+    CHECK(code_of(R"({"op":"reportBatch"})") == ErrorCode::InvalidRequest);
+    CHECK(code_of(R"({"op":"reportBatch","reports":[]})") == ErrorCode::InvalidRequest);
+    CHECK(code_of(R"({"op":"reportBatch","reports":{}})") == ErrorCode::InvalidRequest);
+    auto batch_of = [](std::size_t n) {
+        std::string line = R"({"op":"reportBatch","reports":[)";
+        for (std::size_t i = 0; i < n; ++i)
+            line += std::string(i ? "," : "") + R"({"key":"k","outcome":"success"})";
+        return line + "]}";
+    };
+    Request req;
+    CHECK_FALSE(parse(batch_of(kMaxReportBatch), req));
+    CHECK(req.reports.size() == kMaxReportBatch);
+    CHECK(code_of(batch_of(kMaxReportBatch + 1)) == ErrorCode::InvalidRequest);
+}
+
+TEST_CASE("watch with a key set: sorted, deduplicated, bounded, alone", "[protocol]") {
+    Request req;
+    REQUIRE_FALSE(parse(R"({"op":"watch","keys":["b","a","b"]})", req));
+    CHECK(req.watch_keys == std::vector<std::string>{"a", "b"});
+    CHECK(code_of(R"({"op":"watch","keys":[]})") == ErrorCode::InvalidRequest);
+    CHECK(code_of(R"({"op":"watch","keys":[1]})") == ErrorCode::InvalidRequest);
+    CHECK(code_of(R"({"op":"watch","keys":["a",""]})") == ErrorCode::InvalidKey);
+    CHECK(code_of(R"({"op":"watch","keys":["a"],"key":"a"})") == ErrorCode::InvalidRequest);
+    CHECK(code_of(R"({"op":"watch","keys":["a"],"prefix":"a"})") == ErrorCode::InvalidRequest);
+    std::string many = R"({"op":"watch","keys":[)";
+    for (std::size_t i = 0; i <= kMaxWatchKeys; ++i)
+        many += std::string(i ? "," : "") + "\"k" + std::to_string(i) + "\"";
+    CHECK(code_of(many + "]}") == ErrorCode::InvalidRequest);
+}

@@ -94,3 +94,17 @@ TEST_CASE("tickets stay valid as the front is taken", "[reply_queue]") {
     CHECK(out == expected);
     CHECK(q.empty());
 }
+
+TEST_CASE("a slot counts its weight as waiting until filled", "[reply_queue]") {
+    ReplyQueue q;
+    const auto batch = q.reserve(100);
+    const auto single = q.reserve();
+    CHECK(q.waiting() == 101);
+    q.fill(single, "b\n");
+    CHECK(q.waiting() == 100);
+    q.fill(batch, "a\n");
+    CHECK(q.waiting() == 0);
+    std::string out;
+    q.take_ready(out);
+    CHECK(out == "a\nb\n");
+}
