@@ -295,7 +295,8 @@ FieldResult read_watch_keys(const Json& v, Request& out) {
 
 // What only holds between an op's fields.
 FieldResult check_combination(const Request& r) {
-    if (r.op == Op::Watch && !r.watch_keys.empty() && (!r.key.empty() || r.has_prefix))
+    if (r.op == Op::Watch &&
+        int{!r.key.empty()} + int{r.has_prefix} + int{!r.watch_keys.empty()} > 1)
         return invalid("watch takes one of 'key', 'prefix' or 'keys'");
     if (r.op == Op::Import) {
         if (r.snapshot.has_value() != r.generation.has_value())

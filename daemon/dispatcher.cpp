@@ -214,6 +214,8 @@ struct BatchTally {
     std::uint64_t applied = 0;
     std::uint64_t stale = 0;
     std::vector<EntryError> errors;
+    std::vector<bool> answered; // by entry
+    bool abandoned = false;     // answered internal_error as a whole
     std::shared_ptr<ReplyQueue> replies;
     std::optional<ReplyQueue::Ticket> ticket; // taken at the first entry that answers later
 
@@ -231,9 +233,11 @@ std::string entry_error_message(const OpOutcome& r) {
     return "the operation failed";
 }
 
-void tally_entry(BatchTally& tally, std::size_t index, const OpOutcome& r, DaemonStats& stats) {
+// Entry errors are not counted in stats.errors, which counts error replies:
+// the batch's reply is ok, and a line of 1000 bad entries must not move an
+// error-rate alert 1000 times.
+void tally_entry(BatchTally& tally, std::size_t index, const OpOutcome& r) {
     if (r.error) {
-        stats.errors[static_cast<std::size_t>(*r.error)] += 1;
         tally.errors.push_back({index, *r.error, entry_error_message(r)});
     } else if (r.stale) {
         tally.stale += 1;
@@ -403,25 +407,31 @@ void Dispatcher::run_report_batch(const Request& req, RequestContext& ctx) {
     auto tally = std::make_shared<BatchTally>();
     tally->id_json = req.id_json;
     tally->entries = req.reports.size();
+    tally->answered.assign(req.reports.size(), false);
     tally->replies = ctx.replies;
     // Where entries that answer later go: the batch's one slot, reserved at
     // the first of them (so it sits behind every earlier reply) and weighed
     // by the entries, so a connection's batches count against its bound on
     // operations waiting for the backend as the same reports would.
     struct EntryDeferral final : Deferral {
-        Dispatcher& d;
         std::shared_ptr<BatchTally> tally;
         std::size_t index = 0;
         bool taken = false;
-        EntryDeferral(Dispatcher& dd, std::shared_ptr<BatchTally> t) : d(dd), tally(std::move(t)) {}
+        explicit EntryDeferral(std::shared_ptr<BatchTally> t) : tally(std::move(t)) {}
         Completion later() override {
-            taken = true;
             if (!tally->ticket)
                 tally->ticket = tally->replies->reserve(tally->entries);
             tally->outstanding += 1;
-            return [&dispatcher = d, tally = tally, index = index](const OpOutcome& r) {
-                tally_entry(*tally, index, r, dispatcher.stats_);
+            taken = true;
+            return [tally = tally, index = index](const OpOutcome& r) {
+                // An entry answers once: a backend that answered and then
+                // threw has had its entry answered for it (and the other way
+                // round), and a batch given up answers nothing more.
+                if (tally->abandoned || tally->answered[index])
+                    return;
+                tally->answered[index] = true;
                 tally->outstanding -= 1;
+                tally_entry(*tally, index, r);
                 if (tally->done()) {
                     std::string text;
                     batch_reply(text, *tally);
@@ -429,51 +439,70 @@ void Dispatcher::run_report_batch(const Request& req, RequestContext& ctx) {
                 }
             };
         }
-    } deferral(*this, tally);
+    } deferral(tally);
 
-    Request entry;
-    entry.op = Op::Report;
-    entry.create_unknown = true; // reportBatch is write level
-    for (std::size_t i = 0; i < req.reports.size(); ++i) {
-        const BatchReport& report = req.reports[i];
-        outcome_.clear();
-        if (report.error) {
-            outcome_.error = report.error->code;
-            outcome_.error_message = report.error->message;
-            tally_entry(*tally, i, outcome_, stats_);
-            continue;
-        }
-        entry.key = report.key;
-        entry.outcome = report.outcome;
-        entry.generation = report.generation;
-        entry.permit = report.permit;
-        entry.duration_ms = report.duration_ms;
-        deferral.index = i;
-        deferral.taken = false;
-        try {
-            if (backend_.run(entry, ctx.peer, outcome_, deferral))
-                tally_entry(*tally, i, outcome_, stats_);
-        } catch (const std::exception& e) {
-            // One entry failed inside the backend: it answers internal_error
-            // and the others go on. One that took a slot answers nothing more.
-            log_error(std::string("internal error while handling a batch report: ") + e.what());
-            if (deferral.taken)
-                tally->outstanding -= 1;
+    try {
+        Request entry;
+        entry.op = Op::Report;
+        entry.create_unknown = true; // reportBatch is write level
+        for (std::size_t i = 0; i < req.reports.size(); ++i) {
+            const BatchReport& report = req.reports[i];
             outcome_.clear();
-            outcome_.error = ErrorCode::InternalError;
-            outcome_.error_message = "internal error";
-            tally_entry(*tally, i, outcome_, stats_);
+            if (report.error) {
+                outcome_.error = report.error->code;
+                outcome_.error_message = report.error->message;
+                tally->answered[i] = true;
+                tally_entry(*tally, i, outcome_);
+                continue;
+            }
+            entry.key = report.key;
+            entry.outcome = report.outcome;
+            entry.generation = report.generation;
+            entry.permit = report.permit;
+            entry.duration_ms = report.duration_ms;
+            deferral.index = i;
+            deferral.taken = false;
+            try {
+                if (backend_.run(entry, ctx.peer, outcome_, deferral)) {
+                    tally->answered[i] = true;
+                    tally_entry(*tally, i, outcome_);
+                }
+            } catch (const std::exception& e) {
+                // One entry failed inside the backend: it answers
+                // internal_error, unless its completion already answered,
+                // and the others go on.
+                log_error(std::string("internal error while handling a batch report: ") + e.what());
+                if (!tally->answered[i]) {
+                    tally->answered[i] = true;
+                    if (deferral.taken)
+                        tally->outstanding -= 1;
+                    outcome_.clear();
+                    outcome_.error = ErrorCode::InternalError;
+                    outcome_.error_message = "internal error";
+                    tally_entry(*tally, i, outcome_);
+                }
+            }
         }
-    }
-    tally->dispatched = true;
-    if (!tally->done())
-        return;
-    if (tally->ticket) {
+        tally->dispatched = true;
+        if (!tally->done())
+            return;
         std::string text;
         batch_reply(text, *tally);
+        if (tally->ticket)
+            ctx.replies->fill(*tally->ticket, std::move(text));
+        else
+            ctx.replies->ready_tail() += text;
+    } catch (const std::exception& e) {
+        if (!tally->ticket)
+            throw; // nothing reserved: handle_line() answers in the ready tail
+        // The batch's slot is taken: answer there, or every later reply on
+        // the connection would wait behind it forever.
+        tally->abandoned = true;
+        log_error(std::string("internal error while handling a request: ") + e.what());
+        stats_.errors[static_cast<std::size_t>(ErrorCode::InternalError)] += 1;
+        std::string text;
+        append_error_reply(text, req.id_json, ErrorCode::InternalError, "internal error");
         ctx.replies->fill(*tally->ticket, std::move(text));
-    } else {
-        batch_reply(ctx.replies->ready_tail(), *tally);
     }
 }
 
@@ -574,13 +603,7 @@ void Dispatcher::handle_ping(const Request& req, RequestContext&, std::string& o
 }
 
 void Dispatcher::handle_watch(const Request& req, RequestContext& ctx, std::string& out) {
-    WatchFilter filter;
-    if (!req.key.empty() && req.has_prefix) {
-        stats_.errors[static_cast<std::size_t>(ErrorCode::InvalidRequest)] += 1;
-        append_error_reply(out, req.id_json, ErrorCode::InvalidRequest,
-                           "watch takes 'key' or 'prefix', not both");
-        return;
-    }
+    WatchFilter filter; // parse_request() let through one of key, prefix, keys at most
     ReplyWriter w(out, req.id_json, true);
     if (!req.watch_keys.empty()) {
         filter.kind = WatchFilter::Kind::Keys;

@@ -6,6 +6,7 @@
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
+#include <stdexcept>
 
 using namespace cbd;
 using nlohmann::json;
@@ -125,7 +126,8 @@ TEST_CASE("snapshot replies carry the generation beside the snapshot", "[dispatc
 
 TEST_CASE("acquire and report replies", "[dispatcher]") {
     Fixture f;
-    f.call(R"({"op":"configure","key":"api","policy":{"failureThreshold":1,"resetTimeoutMs":100}})");
+    f.call(
+        R"({"op":"configure","key":"api","policy":{"failureThreshold":1,"resetTimeoutMs":100}})");
     auto a = f.call(R"({"op":"acquire","key":"api","id":1})");
     CHECK(a["allowed"] == true);
     CHECK_FALSE(a.contains("permit"));
@@ -169,8 +171,12 @@ TEST_CASE("conflict and forced errors carry the circuit", "[dispatcher]") {
     CHECK(c.contains("generation"));
 
     f.peer = Peer{1000, 1000, 77};
-    auto pinned = f.call(R"({"op":"force","key":"k","state":"closed","ttlMs":60000,"reason":"drill"})");
-    CHECK(pinned["forced"] == json::parse(R"({"state":"closed","until":1764201660000,"reason":"drill","by":{"uid":1000,"pid":77}})"));
+    auto pinned =
+        f.call(R"({"op":"force","key":"k","state":"closed","ttlMs":60000,"reason":"drill"})");
+    CHECK(
+        pinned["forced"] ==
+        json::parse(
+            R"({"state":"closed","until":1764201660000,"reason":"drill","by":{"uid":1000,"pid":77}})"));
     auto refused = f.call(R"({"op":"transition","key":"k","to":"open"})");
     CHECK(refused["error"]["code"] == "forced");
     CHECK(refused["forced"]["state"] == "closed");
@@ -182,7 +188,10 @@ TEST_CASE("conflict and forced errors carry the circuit", "[dispatcher]") {
 TEST_CASE("policy replies say where each value came from", "[dispatcher]") {
     Fixture f;
     auto p = f.call(R"({"op":"policy","key":"api"})");
-    CHECK(p["policy"] == json::parse(R"({"failureThreshold":5,"resetTimeoutMs":30000,"halfOpenMax":1,"successThreshold":1,"probeLeaseMs":30000,"tripRule":"count","windowType":"count","windowSize":100,"minimumCalls":100,"failureRateThreshold":50,"slowCallDurationMs":0,"slowCallRateThreshold":100,"resetTimeoutMaxMs":30000,"mode":"enforce"})"));
+    CHECK(
+        p["policy"] ==
+        json::parse(
+            R"({"failureThreshold":5,"resetTimeoutMs":30000,"halfOpenMax":1,"successThreshold":1,"probeLeaseMs":30000,"tripRule":"count","windowType":"count","windowSize":100,"minimumCalls":100,"failureRateThreshold":50,"slowCallDurationMs":0,"slowCallRateThreshold":100,"resetTimeoutMaxMs":30000,"mode":"enforce"})"));
     CHECK(p["source"]["failureThreshold"] == "default");
     CHECK(p["prefix"].is_null());
     auto c = f.call(R"({"op":"configure","key":"api","policy":{"failureThreshold":3}})");
@@ -269,7 +278,8 @@ TEST_CASE("stats count requests, errors and circuits", "[dispatcher]") {
     CHECK(s["errors"]["unknown_op"] == 1);
     CHECK(s["errors"]["parse_error"] == 1);
     CHECK(s["errors"]["invalid_key"] == 1);
-    CHECK(s["circuits"] == json::parse(R"({"total":2,"closed":1,"open":1,"halfOpen":0,"forced":0})"));
+    CHECK(s["circuits"] ==
+          json::parse(R"({"total":2,"closed":1,"open":1,"halfOpen":0,"forced":0})"));
     CHECK(s["protocol"] == kProtocolVersion);
     CHECK(s["residentMemoryBytes"].get<std::uint64_t>() > 0);
 }
@@ -396,9 +406,10 @@ TEST_CASE("reportBatch waits for every entry, answers once, and weighs its entri
     Dispatcher dispatcher{backend, stats};
     RequestContext ctx{Peer{}, AccessLevel::Admin, std::nullopt, std::make_shared<ReplyQueue>()};
     dispatcher.handle_line(R"({"op":"ping","id":1})", ctx);
-    dispatcher.handle_line(R"({"op":"reportBatch","id":2,"reports":[{"key":"a","outcome":"success"},)"
-                           R"(7,{"key":"b","outcome":"failure"},{"key":"c","outcome":"failure"}]})",
-                           ctx);
+    dispatcher.handle_line(
+        R"({"op":"reportBatch","id":2,"reports":[{"key":"a","outcome":"success"},)"
+        R"(7,{"key":"b","outcome":"failure"},{"key":"c","outcome":"failure"}]})",
+        ctx);
     dispatcher.handle_line(R"({"op":"ping","id":3})", ctx);
     REQUIRE(backend.waiting.size() == 3);
     CHECK(ctx.replies->waiting() == 4); // the batch's four entries, one slot
@@ -412,7 +423,7 @@ TEST_CASE("reportBatch waits for every entry, answers once, and weighs its entri
     OpOutcome refused;
     refused.error = ErrorCode::BackendUnavailable;
     refused.error_message = "redis is away";
-    backend.waiting[2].second(stale);   // c answers first
+    backend.waiting[2].second(stale);       // c answers first
     backend.waiting[0].second(OpOutcome{}); // then a
     out.clear();
     ctx.replies->take_ready(out);
@@ -447,4 +458,70 @@ TEST_CASE("watch with a key set matches exactly its keys", "[dispatcher]") {
     CHECK(ctx.start_watch->matches("b"));
     CHECK_FALSE(ctx.start_watch->matches("ab"));
     CHECK_FALSE(ctx.start_watch->matches(""));
+}
+
+namespace {
+
+// A backend that takes a slot for key "boom" and then throws, having
+// answered first (answer_first) or keeping the completion for later; other
+// keys answer later, when the test says.
+struct ThrowingBackend final : CircuitBackend {
+    bool answer_first = false;
+    std::vector<Completion> kept;
+    bool run(const Request& req, const Peer&, OpOutcome&, Deferral& deferral) override {
+        auto done = deferral.later();
+        if (req.key == "boom") {
+            if (answer_first)
+                done(OpOutcome{});
+            else
+                kept.push_back(done);
+            throw std::runtime_error("boom");
+        }
+        kept.push_back(std::move(done));
+        return false;
+    }
+    std::optional<CircuitCounts> counts() const override { return std::nullopt; }
+    bool list_now(const ListQuery&, ListPage&) override { return false; }
+    void set_policy_config(PolicyConfig) override {}
+    void tick() override {}
+};
+
+} // namespace
+
+TEST_CASE("a batch entry whose backend throws after taking a slot answers once", "[dispatcher]") {
+    log_init(LogLevel::Error);
+    for (bool answer_first : {true, false}) {
+        INFO("answered before throwing: " << answer_first);
+        DaemonStats stats;
+        ThrowingBackend backend;
+        backend.answer_first = answer_first;
+        Dispatcher dispatcher{backend, stats};
+        RequestContext ctx{Peer{}, AccessLevel::Admin, std::nullopt,
+                           std::make_shared<ReplyQueue>()};
+        dispatcher.handle_line(
+            R"({"op":"reportBatch","id":1,"reports":[)"
+            R"({"key":"boom","outcome":"success"},{"key":"b","outcome":"success"}]})",
+            ctx);
+        dispatcher.handle_line(R"({"op":"ping","id":2})", ctx);
+        std::string out;
+        ctx.replies->take_ready(out);
+        CHECK(out.empty()); // b has not answered
+        for (auto& done : backend.kept)
+            done(OpOutcome{}); // b, and boom's kept completion (ignored)
+        CHECK(ctx.replies->waiting() == 0);
+        ctx.replies->take_ready(out);
+        const auto newline = out.find('\n');
+        REQUIRE(newline != std::string::npos);
+        auto r = json::parse(out.substr(0, newline));
+        CHECK(r["id"] == 1);
+        const auto entries =
+            r["applied"].get<int>() + r["stale"].get<int>() + static_cast<int>(r["errors"].size());
+        CHECK(entries == 2);
+        if (!answer_first) {
+            REQUIRE(r["errors"].size() == 1);
+            CHECK(r["errors"][0]["index"] == 0);
+            CHECK(r["errors"][0]["code"] == "internal_error");
+        }
+        CHECK(out.substr(newline + 1).find("\"id\":2") != std::string::npos);
+    }
 }
