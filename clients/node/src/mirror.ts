@@ -50,8 +50,9 @@ export const MAX_WATCH_KEYS = 1000;
 const MAX_REQUEST_LINE_BYTES = 60 * 1024;
 // `{"op":"reportBatch","reports":[` … `],"id":9007199254740991}` and the newline.
 const BATCH_ENVELOPE_BYTES = 64;
-// One report's JSON beside its key: `{"key":` `,"outcome":"failure","generation":` 16 digits `},`.
-const REPORT_OVERHEAD_BYTES = 64;
+// One report's JSON beside its key, outcome and generation:
+// `{"key":` `,"outcome":"` `","generation":` `},`.
+const REPORT_OVERHEAD_BYTES = 36;
 // `{"op":"watch","keys":[` … `]}` and the newline.
 const WATCH_ENVELOPE_BYTES = 32;
 // Event lines are a few hundred bytes; a longer one means the peer is not cbd.
@@ -105,6 +106,8 @@ export interface MirrorStats {
   undelivered: number;
   /** Outcomes dropped unsent: the queue was full, or the client was destroyed. */
   dropped: number;
+  /** Event lines read from the watches. */
+  events: number;
   /** Watches lost or overflowed after being confirmed. */
   watchLosses: number;
   /** Watches cbd refused or that failed before confirming (a cbd before protocol 9 refuses them). */
@@ -354,6 +357,7 @@ export class Mirror implements WatchHandler {
     refused: 0,
     undelivered: 0,
     dropped: 0,
+    events: 0,
     watchLosses: 0,
     watchFailures: 0,
   };
@@ -433,7 +437,8 @@ export class Mirror implements WatchHandler {
       this.counts.dropped++;
       return;
     }
-    if (!this.queue.push({ key: entry.key, outcome, generation }, entry.keyBytes + REPORT_OVERHEAD_BYTES)) this.counts.dropped++;
+    const bytes = entry.keyBytes + REPORT_OVERHEAD_BYTES + outcome.length + digits(generation);
+    if (!this.queue.push({ key: entry.key, outcome, generation }, bytes)) this.counts.dropped++;
     if (this.queue.length >= this.options.batchSize) this.pump();
     else if (this.batchTimer === null) this.startBatchTimer();
   }
@@ -578,6 +583,7 @@ export class Mirror implements WatchHandler {
   }
 
   event(link: WatchLink, event: WatchEvent): void {
+    this.counts.events++;
     if (event.event === "overflow") {
       // cbd disconnects an overflowed watcher; it lost events, so it is lost.
       link.close();
@@ -684,6 +690,16 @@ export class Mirror implements WatchHandler {
  * JSON: one bad key would make cbd refuse the whole watch line, so such a
  * key is never mirrored (its calls ask cbd, which refuses them).
  */
+/** Decimal digits of a non-negative integer (a generation: at most 2^53-1). */
+function digits(n: number): number {
+  let count = 1;
+  while (n >= 10) {
+    n = Math.floor(n / 10);
+    count++;
+  }
+  return count;
+}
+
 const CONTROL_OR_LONE_SURROGATE = /[\u0000-\u001f\u007f]|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
 
 function mirrorable(key: string): boolean {
