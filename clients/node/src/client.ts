@@ -273,11 +273,12 @@ export class CbdCircuitBreakerStore implements CircuitBreakerStore {
 
   /** `socket` is the socket path, or options; none follows cbd's socket-path rule. */
   constructor(socket?: string | CbdClientOptions) {
-    if (typeof socket === "object" && socket !== null && "mirror" in socket && socket.mirror !== undefined) {
+    this.client = new CbdClient(socket);
+    if (this.client.mirrorStats() !== null) {
       // The store keeps the reference semantics: every call goes to cbd.
+      this.client.destroy();
       throw new TypeError("cbd-client: CbdCircuitBreakerStore does not use mirror mode; it serves CbdClient.execute()");
     }
-    this.client = new CbdClient(socket);
   }
 
   async getState(key: string): Promise<CircuitBreakerSnapshot> {
