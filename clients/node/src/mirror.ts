@@ -25,13 +25,13 @@
 // Memory is bounded: at most MAX_WATCH_KEYS entries (the watch's limit),
 // whose keys fit one watch line; outcomes waiting to be sent at most
 // maxQueuedOutcomes (then the oldest are dropped and counted); at most
-// MAX_BATCHES_IN_FLIGHT batches unanswered at once, outside flush().
+// MAX_BATCHES_IN_FLIGHT batches unanswered at once.
 import { createConnection, type Socket } from "node:net";
 import { performance } from "node:perf_hooks";
 
 import type { Connection } from "./connection.js";
 import { CbdError } from "./errors.js";
-import { MAX_REPORT_BATCH, type ResolvedMirrorOptions } from "./options.js";
+import type { ResolvedMirrorOptions } from "./options.js";
 import type {
   AcquireReply,
   BatchedReport,
@@ -50,16 +50,16 @@ export const MAX_WATCH_KEYS = 1000;
 const MAX_REQUEST_LINE_BYTES = 60 * 1024;
 // `{"op":"reportBatch","reports":[` … `],"id":9007199254740991}` and the newline.
 const BATCH_ENVELOPE_BYTES = 64;
-// One report's JSON beside its key, outcome and generation:
-// `{"key":` `,"outcome":"` `","generation":` `},`.
-const REPORT_OVERHEAD_BYTES = 36;
 // `{"op":"watch","keys":[` … `]}` and the newline.
 const WATCH_ENVELOPE_BYTES = 32;
 // Event lines are a few hundred bytes; a longer one means the peer is not cbd.
 const MAX_EVENT_LINE_CHARS = 1024 * 1024;
-// Batches unanswered at once, outside flush(): beyond it outcomes wait in
-// the (bounded) queue rather than in the socket's unbounded write buffer.
-const MAX_BATCHES_IN_FLIGHT = 64;
+// Batches unanswered at once. One: while it is out, outcomes wait in the
+// (bounded) queue, so the rate of reports follows what cbd can apply, and
+// cbd never holds more than batchSize reports of this client waiting for
+// its backend (with Redis, each is a Redis operation: a pipeline of many
+// batches from many processes passes --backend-timeout).
+export const MAX_BATCHES_IN_FLIGHT = 1;
 // A replaced watch stays open this long after its successor is confirmed,
 // so that events cbd queued on it before the successor registered are still
 // read (they are told apart by generation).
@@ -130,13 +130,35 @@ export class MirrorEntry {
   /** The idle sweep's tick when last used. */
   lastUsed: number;
 
+  /** This entry's report lines for `reportGeneration`, built once per generation (the hot path allocates nothing). */
+  private reportGeneration = -1;
+  private successReport = "";
+  private failureReport = "";
+
   constructor(
     readonly key: string,
-    /** The key's bytes in a request line, as JSON (quotes and escapes included). */
+    /** The key as JSON. */
+    readonly keyJson: string,
+    /** Its bytes in a request line (quotes and escapes included). */
     readonly keyBytes: number,
     tick: number,
   ) {
     this.lastUsed = tick;
+    this.nonAsciiBytes = keyBytes - keyJson.length;
+  }
+
+  /** What the key's UTF-8 adds to the length of a string holding it: a report's bytes are its length plus this. */
+  readonly nonAsciiBytes: number;
+
+  /** The JSON of one reportBatch entry for this key. */
+  report(outcome: "success" | "failure", generation: number): string {
+    if (generation !== this.reportGeneration) {
+      if (generation !== this.generation) return reportJson(this.keyJson, outcome, generation);
+      this.reportGeneration = generation;
+      this.successReport = reportJson(this.keyJson, "success", generation);
+      this.failureReport = reportJson(this.keyJson, "failure", generation);
+    }
+    return outcome === "success" ? this.successReport : this.failureReport;
   }
 
   /** Applies a circuit (from an acquire reply or an event) of a generation at least the entry's. */
@@ -157,69 +179,89 @@ export class MirrorEntry {
   }
 }
 
+function reportJson(keyJson: string, outcome: Outcome, generation: number): string {
+  return `{"key":${keyJson},"outcome":"${outcome}","generation":${generation}}`;
+}
+
 /**
- * Outcomes waiting to be sent, oldest first, at most `capacity`: O(1) push
- * and drop-oldest, like the connection's call queue.
+ * Outcomes waiting to be sent (each as its reportBatch entry's JSON, with
+ * its size in bytes), oldest first, at most `capacity`: a ring that grows by
+ * doubling up to the capacity, so that steady batching allocates nothing.
  */
 class OutcomeQueue {
-  private reports: (BatchedReport | undefined)[] = [];
-  private sizes: number[] = [];
+  private reports: string[];
+  private sizes: number[];
   private head = 0;
+  length = 0;
+  /** Outcomes that have left the queue, sent or dropped: flush() waits for this to pass a mark. */
+  consumed = 0;
 
-  constructor(private readonly capacity: number) {}
-
-  get length(): number {
-    return this.reports.length - this.head;
+  constructor(private readonly capacity: number) {
+    const initial = Math.min(16, capacity);
+    this.reports = new Array<string>(initial).fill("");
+    this.sizes = new Array<number>(initial).fill(0);
   }
 
   /** Queues one; when full, drops the oldest first and returns false. */
-  push(report: BatchedReport, bytes: number): boolean {
+  push(report: string, bytes: number): boolean {
     let kept = true;
-    if (this.length >= this.capacity) {
-      this.reports[this.head++] = undefined;
-      kept = false;
+    if (this.length === this.reports.length) {
+      if (this.length < this.capacity) {
+        this.grow();
+      } else {
+        this.head = (this.head + 1) % this.reports.length;
+        this.length--;
+        this.consumed++;
+        kept = false;
+      }
     }
-    this.reports.push(report);
-    this.sizes.push(bytes);
-    this.compact();
+    let at = this.head + this.length;
+    if (at >= this.reports.length) at -= this.reports.length;
+    this.reports[at] = report;
+    this.sizes[at] = bytes;
+    this.length++;
     return kept;
   }
 
   /** Takes the oldest, at most maxCount of them and at most maxBytes of request text (at least one). */
-  take(maxCount: number, maxBytes: number): BatchedReport[] {
-    const taken: BatchedReport[] = [];
+  take(maxCount: number, maxBytes: number): string[] {
+    const taken: string[] = [];
     let bytes = 0;
-    while (this.head < this.reports.length && taken.length < maxCount) {
+    while (this.length > 0 && taken.length < maxCount) {
       const size = this.sizes[this.head]!;
       if (taken.length > 0 && bytes + size > maxBytes) break;
       bytes += size;
       taken.push(this.reports[this.head]!);
-      this.reports[this.head++] = undefined;
+      this.reports[this.head] = "";
+      this.head = this.head + 1 === this.reports.length ? 0 : this.head + 1;
+      this.length--;
     }
-    this.compact();
+    this.consumed += taken.length;
     return taken;
   }
 
   /** Empties the queue; returns how many it held. */
   clear(): number {
     const n = this.length;
-    this.reports = [];
-    this.sizes = [];
+    this.consumed += n;
+    this.reports.fill("");
     this.head = 0;
+    this.length = 0;
     return n;
   }
 
-  // Drops the consumed front once it is most of the arrays.
-  private compact(): void {
-    if (this.head === this.reports.length) {
-      this.reports = [];
-      this.sizes = [];
-      this.head = 0;
-    } else if (this.head > 1024 && this.head * 2 > this.reports.length) {
-      this.reports = this.reports.slice(this.head);
-      this.sizes = this.sizes.slice(this.head);
-      this.head = 0;
+  private grow(): void {
+    const size = Math.min(this.capacity, this.reports.length * 2);
+    const reports = new Array<string>(size).fill("");
+    const sizes = new Array<number>(size).fill(0);
+    for (let i = 0; i < this.length; i++) {
+      const from = (this.head + i) % this.reports.length;
+      reports[i] = this.reports[from]!;
+      sizes[i] = this.sizes[from]!;
     }
+    this.reports = reports;
+    this.sizes = sizes;
+    this.head = 0;
   }
 }
 
@@ -432,13 +474,13 @@ export class Mirror implements WatchHandler {
 
   // --- batching ---------------------------------------------------------------
 
-  private enqueue(entry: MirrorEntry, outcome: Outcome, generation: number): void {
+  private enqueue(entry: MirrorEntry, outcome: "success" | "failure", generation: number): void {
     if (this.destroyed) {
       this.counts.dropped++;
       return;
     }
-    const bytes = entry.keyBytes + REPORT_OVERHEAD_BYTES + outcome.length + digits(generation);
-    if (!this.queue.push({ key: entry.key, outcome, generation }, bytes)) this.counts.dropped++;
+    const report = entry.report(outcome, generation);
+    if (!this.queue.push(report, report.length + entry.nonAsciiBytes)) this.counts.dropped++;
     if (this.queue.length >= this.options.batchSize) this.pump();
     else if (this.batchTimer === null) this.startBatchTimer();
   }
@@ -470,9 +512,9 @@ export class Mirror implements WatchHandler {
   }
 
   private sendBatch(): void {
-    const reports = this.queue.take(MAX_REPORT_BATCH, MAX_REQUEST_LINE_BYTES - BATCH_ENVELOPE_BYTES);
+    const reports = this.queue.take(this.options.batchSize, MAX_REQUEST_LINE_BYTES - BATCH_ENVELOPE_BYTES);
     const done: Promise<void> = this.connection
-      .request({ op: "reportBatch", reports })
+      .requestJson(`{"op":"reportBatch","reports":[${reports.join(",")}]}`)
       .then(
         (reply) => this.answered(reports, reply as unknown as ReportBatchReply),
         (err: CbdError) => {
@@ -487,7 +529,7 @@ export class Mirror implements WatchHandler {
     this.inFlight.add(done);
   }
 
-  private answered(reports: BatchedReport[], reply: ReportBatchReply): void {
+  private answered(reports: string[], reply: ReportBatchReply): void {
     const errors = Array.isArray(reply.errors) ? reply.errors : [];
     this.counts.applied += typeof reply.applied === "number" ? reply.applied : 0;
     this.counts.stale += typeof reply.stale === "number" ? reply.stale : 0;
@@ -498,11 +540,11 @@ export class Mirror implements WatchHandler {
     }
   }
 
-  private tell(error: CbdError, reports: BatchedReport[]): void {
+  private tell(error: CbdError, reports: string[]): void {
     const callback = this.options.onReportError;
     if (callback === null) return;
     try {
-      callback(error, reports);
+      callback(error, reports.map((json) => JSON.parse(json) as BatchedReport));
     } catch (thrown) {
       // The callback's own bug: surfaced as an uncaught exception would be
       // from any event handler, not swallowed and not thrown at a caller.
@@ -512,14 +554,15 @@ export class Mirror implements WatchHandler {
     }
   }
 
-  /** Sends everything queued; resolves once cbd has answered every batch out (errors are counted, not thrown). */
+  /** Sends everything queued now; resolves once cbd has answered it all (errors are counted, not thrown). */
   async flush(): Promise<void> {
-    if (this.batchTimer !== null) {
-      clearTimeout(this.batchTimer);
-      this.batchTimer = null;
+    const mark = this.queue.consumed + this.queue.length;
+    // What is queued goes now, not batchSize at a time after the interval.
+    this.batchDue = true;
+    this.pump();
+    while (this.queue.consumed < mark && this.inFlight.size > 0) {
+      await Promise.race(this.inFlight); // its answer sends the next batch
     }
-    while (this.queue.length > 0) this.sendBatch();
-    this.batchDue = false;
     await Promise.all([...this.inFlight]);
   }
 
@@ -530,7 +573,8 @@ export class Mirror implements WatchHandler {
       this.counts.notMirrored++;
       return undefined;
     }
-    const keyBytes = Buffer.byteLength(JSON.stringify(key));
+    const keyJson = JSON.stringify(key);
+    const keyBytes = Buffer.byteLength(keyJson);
     if (
       this.entries.size >= MAX_WATCH_KEYS ||
       this.entryKeyBytes + keyBytes + 1 > MAX_REQUEST_LINE_BYTES - WATCH_ENVELOPE_BYTES
@@ -538,7 +582,7 @@ export class Mirror implements WatchHandler {
       this.counts.notMirrored++;
       return undefined;
     }
-    const entry = new MirrorEntry(key, keyBytes, this.tick);
+    const entry = new MirrorEntry(key, keyJson, keyBytes, this.tick);
     this.entries.set(key, entry);
     this.entryKeyBytes += keyBytes + 1;
     if (this.sweepTimer === null) {
@@ -690,16 +734,6 @@ export class Mirror implements WatchHandler {
  * JSON: one bad key would make cbd refuse the whole watch line, so such a
  * key is never mirrored (its calls ask cbd, which refuses them).
  */
-/** Decimal digits of a non-negative integer (a generation: at most 2^53-1). */
-function digits(n: number): number {
-  let count = 1;
-  while (n >= 10) {
-    n = Math.floor(n / 10);
-    count++;
-  }
-  return count;
-}
-
 const CONTROL_OR_LONE_SURROGATE = /[\u0000-\u001f\u007f]|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
 
 function mirrorable(key: string): boolean {

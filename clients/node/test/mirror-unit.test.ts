@@ -18,6 +18,7 @@ import {
   type CircuitState,
   type MirrorStats,
 } from "../src/index.js";
+import { MAX_BATCHES_IN_FLIGHT } from "../src/mirror.js";
 import { waitFor } from "./helpers.js";
 
 type Message = Record<string, unknown>;
@@ -339,12 +340,15 @@ describe("mirror mode's rules (against a scripted cbd)", () => {
     await seed("a");
     await client.flush();
     const before = fake.batches.length;
-    await Promise.all(Array.from({ length: 25 }, () => client.execute("a", run)));
-    await until(() => fake.batches.length === before + 2);
-    assert.deepEqual(fake.batches.slice(before).map((b) => b.length), [10, 10]);
+    await Promise.all(Array.from({ length: 10 }, () => client.execute("a", run)));
+    await until(() => fake.batches.length === before + 1);
+    assert.deepEqual(fake.batches.slice(before).map((b) => b.length), [10]);
+    await until(() => stats().applied === 11);
+    // Fewer than batchSize wait for the interval (a minute here) or flush().
+    await Promise.all(Array.from({ length: 5 }, () => client.execute("a", run)));
     assert.equal(stats().queued, 5);
     await client.flush();
-    assert.deepEqual(fake.batches.slice(before).map((b) => b.length), [10, 10, 5]);
+    assert.deepEqual(fake.batches.slice(before).map((b) => b.length), [10, 5]);
     assert.equal(stats().queued, 0);
   });
 
@@ -357,21 +361,21 @@ describe("mirror mode's rules (against a scripted cbd)", () => {
     await until(() => fake.batches.flat().length === before + 1);
   });
 
-  it("keeps each reportBatch line under 60 KiB and 1000 entries, in order", async () => {
+  it("keeps each reportBatch line under 60 KiB and batchSize entries, in order", async () => {
     const long = "k".repeat(1000);
-    await open({ batchSize: 1, maxQueuedOutcomes: 5000 });
+    await open({ batchSize: 1000, maxQueuedOutcomes: 5000 });
     await seed(long);
     await seed("s");
     await client.flush();
     const before = fake.batches.length;
-    // Hold the answers so that 64 batches are out and the rest queue up.
+    // Hold the answers: the first batch (1000 short keys) stays out and the rest queue up.
     fake.holdReplies = true;
     const calls: Promise<unknown>[] = [];
     for (let i = 0; i < 1500; i++) calls.push(client.execute("s", run));
     for (let i = 0; i < 1500; i++) calls.push(client.execute(long, run));
     await Promise.all(calls);
-    await until(() => fake.batches.length === before + 64);
-    assert.equal(stats().queued, 3000 - 64, "the queue holds what the 64 batches out could not");
+    await until(() => fake.batches.length === before + MAX_BATCHES_IN_FLIGHT);
+    assert.equal(stats().queued, 3000 - 1000 * MAX_BATCHES_IN_FLIGHT, "the queue holds what the batches out could not");
     fake.release();
     await client.flush();
     const sent = fake.batches.slice(before);
@@ -381,8 +385,8 @@ describe("mirror mode's rules (against a scripted cbd)", () => {
       assert.ok(bytes < 60 * 1024, `line ${i}: ${bytes} bytes`);
       assert.ok(sent[i]!.length <= 1000, `line ${i}: ${sent[i]!.length} entries`);
     }
-    assert.ok(sent.some((b) => b.length === 1000), "the short keys went 1000 to a line");
-    assert.ok(sent.some((b) => b.length > 40 && b[0]!.key === long), "the long keys filled lines by bytes");
+    assert.equal(sent[0]!.length, 1000, "the short keys went 1000 to a line");
+    assert.ok(sent.some((b) => b.length > 40 && b.length < 100 && b[0]!.key === long), "the long keys filled lines by bytes");
     assert.deepEqual([stats().applied, stats().dropped], [3000 + 2, 0]);
   });
 
@@ -404,10 +408,12 @@ describe("mirror mode's rules (against a scripted cbd)", () => {
           .catch(() => undefined),
       ),
     );
-    assert.equal(stats().dropped, 26);
+    // MAX_BATCHES_IN_FLIGHT batches of one are out, 10 wait, the rest were dropped oldest first.
+    const out = MAX_BATCHES_IN_FLIGHT;
+    assert.equal(stats().dropped, 100 - out - 10);
     fake.release();
     await client.flush();
-    const expected = [...Array.from({ length: 64 }, (_, i) => i), ...Array.from({ length: 10 }, (_, i) => 90 + i)].map(outcomeOf);
+    const expected = [...Array.from({ length: out }, (_, i) => i), ...Array.from({ length: 10 }, (_, i) => 90 + i)].map(outcomeOf);
     assert.deepEqual(fake.batches.slice(before).flat().map((r) => r.outcome), expected);
   });
 
