@@ -361,7 +361,7 @@ describe("mirror mode's rules (against a scripted cbd)", () => {
     await until(() => fake.batches.flat().length === before + 1);
   });
 
-  it("keeps each reportBatch line under 60 KiB and batchSize entries, in order", async () => {
+  it("keeps each reportBatch line under 60 KiB and 1000 entries, in order", async () => {
     const long = "k".repeat(1000);
     await open({ batchSize: 1000, maxQueuedOutcomes: 5000 });
     await seed(long);

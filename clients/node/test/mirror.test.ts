@@ -124,7 +124,7 @@ for (const backend of backends) {
         assert.equal(stats.refused + stats.undelivered + stats.dropped, 0, JSON.stringify(stats));
       }
       console.log(
-        `# ${backend.name}: transition sent -> first denial, 8 processes: ` +
+        `${backend.name}: transition sent -> first denial, 8 processes: ` +
           `${latencies.map((ms) => ms.toFixed(2)).join(", ")} ms (median ${percentile(latencies, 50).toFixed(2)}, max ${latencies.at(-1)!.toFixed(2)}); ` +
           `first denials decided locally: ${reports.filter((r) => r.local).length} of 8 (the others asked cbd after the event)`,
       );
@@ -152,7 +152,7 @@ for (const backend of backends) {
       const circuit = await client.get(key);
       assert.equal(circuit.snapshot.failureCount, 80_000);
       assert.equal(circuit.snapshot.state, "closed");
-      console.log(`# ${backend.name}: 80,000 failures in ${ms.toFixed(0)} ms (8 processes, ${local} decided locally)`);
+      console.log(`${backend.name}: 80,000 failures in ${ms.toFixed(0)} ms (8 processes, ${local} decided locally)`);
     });
 
     it("10 mirroring processes racing for a half-open circuit get exactly one probe between them", async () => {
