@@ -186,3 +186,42 @@ for (const backend of backends) {
     });
   });
 }
+
+describe("mirror mode when cbd restarts", () => {
+  it("fails open at once while cbd is down, then mirrors again once a new watch is confirmed", async () => {
+    const daemon = await startCbd();
+    const client = new CbdClient({ socket: daemon.socket, mirror: true, minBackoffMs: 10, maxBackoffMs: 50 });
+    const run = () => "ran";
+    const localAgain = async () => {
+      await waitFor(async () => {
+        const before = client.mirrorStats()!.allowedLocally;
+        await client.execute("r", run);
+        return client.mirrorStats()!.allowedLocally > before;
+      }, LIVENESS_MS);
+    };
+    try {
+      await localAgain();
+      await client.flush();
+      assert.equal(await daemon.stop(), 0);
+      await waitFor(() => !client.mirrorStats()!.watching, LIVENESS_MS);
+      assert.equal(client.mirrorStats()!.known, 0, "the entries outlived the watch");
+      // Today's fail-open behaviour: the call runs, at once, and is not counted anywhere.
+      const t0 = performance.now();
+      for (let i = 0; i < 5; i++) assert.equal(await client.execute("r", run), "ran");
+      const ms = performance.now() - t0;
+      await assert.rejects(client.execute("r", run, { failOpen: false }), (e: unknown) => (e as { code?: string }).code === "unavailable");
+      console.log(`5 calls with cbd down took ${ms.toFixed(2)} ms`);
+      assert.ok(ms < 1000, `5 calls with cbd down took ${ms.toFixed(0)} ms`);
+      await daemon.start();
+      await localAgain();
+      assert.ok(client.mirrorStats()!.watchLosses >= 1);
+      await client.flush();
+      // A fresh cbd (memory backend): only the calls since the restart count.
+      const counted = (await client.get("r")).snapshot.successCount;
+      assert.ok(counted >= 1, `cbd counted ${counted}`);
+    } finally {
+      client.destroy();
+      await daemon.cleanup();
+    }
+  });
+});
