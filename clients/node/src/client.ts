@@ -3,12 +3,15 @@
 //   store: new CbdCircuitBreakerStore("/run/cbd/cbd.sock")
 // shares a gateway's circuits with every process on the host.
 import { createConnection } from "node:net";
+import { performance } from "node:perf_hooks";
 
 import { Connection } from "./connection.js";
-import { CbdError } from "./errors.js";
+import { CbdError, CircuitOpenError } from "./errors.js";
+import { CANNOT_DECIDE, Mirror, type MirrorStats } from "./mirror.js";
 import { resolveClientOptions, type CbdClientOptions } from "./options.js";
 import type {
   AcquireReply,
+  BatchedReport,
   CircuitBreakerSnapshot,
   CircuitBreakerStore,
   CircuitReply,
@@ -18,6 +21,7 @@ import type {
   Outcome,
   Policy,
   PolicyReply,
+  ReportBatchReply,
   ReportReply,
   StatsReply,
   WatchEvent,
@@ -41,12 +45,45 @@ export interface TransitionOptions {
 export interface WatchOptions {
   key?: string;
   prefix?: string;
+  /** Exactly these keys (1 … 1000; protocol 9). */
+  keys?: string[];
 }
+
+export interface ExecuteOptions {
+  /**
+   * When cbd cannot decide (unavailable, a timeout, a lost connection, a
+   * backend outage), run the call anyway (true, the default: fail open, as
+   * the reference gateway does) or reject with that error (false).
+   */
+  failOpen?: boolean;
+  /**
+   * Which errors of the call count as failures of the circuit (default:
+   * every one); the others count as successes. The error is rethrown either way.
+   */
+  isFailure?: (error: unknown) => boolean;
+}
+
+/** execute() bound to one key and its options. */
+export class CbdBreaker {
+  constructor(
+    readonly client: CbdClient,
+    readonly key: string,
+    readonly options: ExecuteOptions = {},
+  ) {}
+
+  execute<T>(fn: () => T | PromiseLike<T>): Promise<Awaited<T>> {
+    return this.client.execute(this.key, fn, this.options);
+  }
+}
+
+const NO_OPTIONS: ExecuteOptions = {};
 
 export class CbdClient {
   readonly socketPath: string;
   private readonly connection: Connection;
   private readonly timeoutMs: number;
+  /** Mirror mode's state; null when it is off. */
+  private readonly mirror: Mirror | null;
 
   /** `socket` is the socket path, or options; none follows cbd's socket-path rule. */
   constructor(socket?: string | CbdClientOptions) {
@@ -54,6 +91,10 @@ export class CbdClient {
     this.socketPath = resolved.socket;
     this.timeoutMs = resolved.timeoutMs;
     this.connection = new Connection(resolved);
+    this.mirror =
+      resolved.mirror === null
+        ? null
+        : new Mirror(this.connection, resolved.socket, resolved.timeoutMs, resolved.minBackoffMs, resolved.maxBackoffMs, resolved.mirror);
   }
 
   // --- the reference store --------------------------------------------------
@@ -83,6 +124,87 @@ export class CbdClient {
   }
   report(key: string, outcome: Outcome, options: ReportOptions = {}): Promise<ReportReply> {
     return this.call({ op: "report", key, outcome, ...options });
+  }
+  /** Up to 1000 reports in one request (protocol 9); each entry is applied as its own report. */
+  reportBatch(reports: BatchedReport[]): Promise<ReportBatchReply> {
+    return this.call({ op: "reportBatch", reports });
+  }
+
+  /**
+   * The breaker: acquire, run `fn`, report its outcome with the generation
+   * and permit cbd gave. Rejects with CircuitOpenError, without running fn,
+   * when the circuit denies the call; otherwise resolves or rejects as fn
+   * does (a report that fails does not change that). In mirror mode most
+   * calls on a closed circuit are decided here and reported in batches
+   * (README, "Mirror mode").
+   */
+  execute<T>(key: string, fn: () => T | PromiseLike<T>, options: ExecuteOptions = NO_OPTIONS): Promise<Awaited<T>> {
+    const mirror = this.mirror;
+    if (mirror !== null) {
+      const entry = mirror.use(key);
+      if (entry !== undefined) {
+        if (entry.allowLocally) return mirror.runLocally(entry, fn, options.isFailure);
+        if (entry.denyUntil !== 0) {
+          const left = entry.denyUntil - performance.now();
+          if (left > 0) {
+            mirror.counts.deniedLocally++;
+            return Promise.reject(new CircuitOpenError(key, Math.ceil(left)));
+          }
+        }
+      }
+    }
+    return this.executeAskingCbd(key, fn, options);
+  }
+
+  /** execute() bound to a key. */
+  breaker(key: string, options: ExecuteOptions = {}): CbdBreaker {
+    return new CbdBreaker(this, key, options);
+  }
+
+  /** Mirror mode: sends every queued outcome and resolves once cbd has answered them (a no-op otherwise). */
+  flush(): Promise<void> {
+    return this.mirror === null ? Promise.resolve() : this.mirror.flush();
+  }
+
+  /** Mirror mode's counters; null when it is off. */
+  mirrorStats(): MirrorStats | null {
+    return this.mirror === null ? null : this.mirror.stats();
+  }
+
+  /** Today's breaker path (and the mirror's when it must ask): acquire, call, report. */
+  private async executeAskingCbd<T>(key: string, fn: () => T | PromiseLike<T>, options: ExecuteOptions): Promise<Awaited<T>> {
+    const mirror = this.mirror;
+    const token = mirror === null ? -1 : mirror.coverToken(key);
+    if (mirror !== null) mirror.counts.askedCbd++;
+    let acquired: AcquireReply;
+    try {
+      acquired = await this.acquire(key);
+    } catch (err) {
+      if (options.failOpen !== false && err instanceof CbdError && CANNOT_DECIDE.has(err.code)) return await fn();
+      throw err;
+    }
+    if (mirror !== null) mirror.learn(key, acquired, token);
+    if (!acquired.allowed) throw new CircuitOpenError(key, acquired.retryAfterMs, acquired as unknown as Record<string, unknown>);
+    const ticket: ReportOptions = acquired.permit === undefined ? { generation: acquired.generation } : { generation: acquired.generation, permit: acquired.permit };
+    let result: Awaited<T>;
+    try {
+      result = await fn();
+    } catch (err) {
+      await this.reportQuietly(key, options.isFailure === undefined || options.isFailure(err) ? "failure" : "success", ticket);
+      throw err;
+    }
+    await this.reportQuietly(key, "success", ticket);
+    return result;
+  }
+
+  // The call has run and its result is the caller's: a report that fails
+  // changes nothing for it (a probe's permit then ends with its lease).
+  private async reportQuietly(key: string, outcome: Outcome, ticket: ReportOptions): Promise<void> {
+    try {
+      await this.report(key, outcome, ticket);
+    } catch {
+      // nothing to do: see above
+    }
   }
   force(key: string, state: "open" | "closed", options: ForceOptions = {}): Promise<CircuitReply> {
     return this.call({ op: "force", key, state, ...options });
@@ -128,8 +250,16 @@ export class CbdClient {
     return watchEvents(this.socketPath, options, this.timeoutMs);
   }
 
+  /** Closes the connections at once; in mirror mode, outcomes not yet sent are dropped (see close()). */
   destroy(): void {
+    this.mirror?.destroy();
     this.connection.destroy();
+  }
+
+  /** flush(), then destroy(). */
+  async close(): Promise<void> {
+    await this.flush();
+    this.destroy();
   }
 
   private call<T>(request: { op: string; [field: string]: unknown }): Promise<T> {
@@ -144,6 +274,11 @@ export class CbdCircuitBreakerStore implements CircuitBreakerStore {
   /** `socket` is the socket path, or options; none follows cbd's socket-path rule. */
   constructor(socket?: string | CbdClientOptions) {
     this.client = new CbdClient(socket);
+    if (this.client.mirrorStats() !== null) {
+      // The store keeps the reference semantics: every call goes to cbd.
+      this.client.destroy();
+      throw new TypeError("cbd-client: CbdCircuitBreakerStore does not use mirror mode; it serves CbdClient.execute()");
+    }
   }
 
   async getState(key: string): Promise<CircuitBreakerSnapshot> {
@@ -208,6 +343,7 @@ function watchEvents(socketPath: string, options: WatchOptions, timeoutMs: numbe
     const request: Record<string, unknown> = { op: "watch" };
     if (options.key !== undefined) request.key = options.key;
     if (options.prefix !== undefined) request.prefix = options.prefix;
+    if (options.keys !== undefined) request.keys = options.keys;
     socket.write(JSON.stringify(request) + "\n");
   });
   socket.on("data", (chunk: string) => {

@@ -134,6 +134,19 @@ export class Connection {
 
   /** Sends one request; resolves with the reply (without id and ok), rejects with CbdError. */
   request(body: Request): Promise<Record<string, unknown>> {
+    return this.send((id) => JSON.stringify({ ...body, id }) + "\n");
+  }
+
+  /**
+   * The same for a request already serialized: `json` is a JSON object
+   * without an id (its closing brace is replaced by the id). For the
+   * mirror's batches, whose entries are serialized once per key.
+   */
+  requestJson(json: string): Promise<Record<string, unknown>> {
+    return this.send((id) => `${json.slice(0, -1)},"id":${id}}\n`);
+  }
+
+  private send(lineWithId: (id: number) => string): Promise<Record<string, unknown>> {
     if (this.destroyed) return Promise.reject(new CbdError("destroyed", "the client was destroyed"));
     if (this.phase === "down") {
       const left = this.downUntil - performance.now();
@@ -146,7 +159,7 @@ export class Connection {
     }
     const id = this.nextId;
     this.nextId = this.nextId >= MAX_ID ? 1 : this.nextId + 1;
-    const line = JSON.stringify({ ...body, id }) + "\n";
+    const line = lineWithId(id);
     return new Promise((resolve, reject) => {
       const call: Call = { id, line, resolve, reject, timer: undefined, settled: false };
       call.timer = setTimeout(() => {

@@ -14,3 +14,18 @@ export class CbdError extends Error {
     super(`${code}: ${message}`);
   }
 }
+
+/** execute() denied the call: the circuit is open (or half-open with its probes out, or pinned open). */
+export class CircuitOpenError extends Error {
+  override readonly name = "CircuitOpenError";
+  readonly code = "circuit_open";
+  constructor(
+    readonly key: string,
+    /** How long until cbd may allow a call, when known. */
+    readonly retryAfterMs: number | undefined,
+    /** cbd's acquire reply; absent when the mirror denied the call locally. */
+    readonly reply?: Record<string, unknown>,
+  ) {
+    super(`circuit ${JSON.stringify(key)} is open${retryAfterMs === undefined ? "" : `; retry in ${retryAfterMs} ms`}`);
+  }
+}

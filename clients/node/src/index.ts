@@ -1,7 +1,8 @@
 // cbd-client: a Node client for cbd (see README.md).
-export { CbdClient, CbdCircuitBreakerStore } from "./client.js";
+export { CbdBreaker, CbdClient, CbdCircuitBreakerStore } from "./client.js";
 export type { CbdClientOptions } from "./options.js";
-export type { ForceOptions, ReportOptions, TransitionOptions, WatchOptions } from "./client.js";
-export { CbdError } from "./errors.js";
+export type { ExecuteOptions, ForceOptions, ReportOptions, TransitionOptions, WatchOptions } from "./client.js";
+export type { MirrorStats } from "./mirror.js";
+export { CbdError, CircuitOpenError } from "./errors.js";
 export { resolveSocketPath } from "./socket-path.js";
 export type * from "./types.js";

@@ -1,4 +1,4 @@
-// The cbd wire protocol (docs/PROTOCOL.md, version 8) as TypeScript types.
+// The cbd wire protocol (docs/PROTOCOL.md, version 9) as TypeScript types.
 
 /** The reference gateway's snapshot, field for field. */
 export type CircuitState = "closed" | "open" | "half-open";
@@ -103,7 +103,25 @@ export interface ReportReply extends CircuitReply {
   stale?: boolean;
 }
 
-export type Outcome = "success" | "failure";
+/** `ignored` releases a probe's permit and counts nowhere. */
+export type Outcome = "success" | "failure" | "ignored";
+
+/** One entry of a `reportBatch`: the fields of a `report`. */
+export interface BatchedReport {
+  key: string;
+  outcome: Outcome;
+  generation?: number;
+  durationMs?: number;
+  permit?: string;
+}
+
+/** The reply to `reportBatch` (protocol 9): applied + stale + errors.length = entries sent. */
+export interface ReportBatchReply {
+  applied: number;
+  stale: number;
+  /** One per failed entry, by ascending 0-based index. */
+  errors: { index: number; code: ErrorCode; message: string }[];
+}
 
 export interface Policy {
   failureThreshold: number;

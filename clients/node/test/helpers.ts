@@ -1,7 +1,7 @@
 // Starts a real cbd on a temporary socket for the tests.
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
-import { createConnection } from "node:net";
+import { createConnection, createServer, type AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -71,4 +71,64 @@ export async function startCbdAt(socket: string, ...args: string[]): Promise<Dae
   };
   await d.start();
   return d;
+}
+
+export interface Redis {
+  port: number;
+  proc: ChildProcess;
+  cleanup(): Promise<void>;
+}
+
+/** A free TCP port on 127.0.0.1, as the kernel picks it (free when asked; taken by the caller soon after). */
+export function freePort(): Promise<number> {
+  return new Promise((res, rej) => {
+    const server = createServer();
+    server.once("error", rej);
+    server.listen(0, "127.0.0.1", () => {
+      const port = (server.address() as AddressInfo).port;
+      server.close(() => res(port));
+    });
+  });
+}
+
+function canConnectTcp(port: number): Promise<boolean> {
+  return new Promise((res) => {
+    const s = createConnection(port, "127.0.0.1");
+    s.on("connect", () => {
+      s.destroy();
+      res(true);
+    });
+    s.on("error", () => res(false));
+  });
+}
+
+/** A redis-server of the test's own on a free port, nothing saved; cleanup() kills it. */
+export async function startRedis(): Promise<Redis> {
+  for (let attempt = 0; ; attempt++) {
+    const port = await freePort();
+    const proc = spawn("redis-server", ["--save", "", "--appendonly", "no", "--port", String(port), "--bind", "127.0.0.1"], {
+      stdio: ["ignore", "ignore", "inherit"],
+    });
+    const exited = new Promise<void>((res) => proc.once("exit", () => res()));
+    let up = false;
+    const deadline = Date.now() + 10_000;
+    while (!up && proc.exitCode === null && Date.now() < deadline) {
+      up = await canConnectTcp(port);
+      if (!up) await new Promise((r) => setTimeout(r, 20));
+    }
+    if (up) {
+      return {
+        port,
+        proc,
+        async cleanup() {
+          if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGKILL");
+          await exited;
+        },
+      };
+    }
+    if (proc.exitCode === null) proc.kill("SIGKILL");
+    await exited;
+    // Another process took the port between freePort() and the bind: try another.
+    if (attempt >= 3) throw new Error("redis-server did not start");
+  }
 }

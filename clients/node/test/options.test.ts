@@ -54,10 +54,27 @@ describe("the constructor's argument", () => {
       [{ minBackoffMs: 500, maxBackoffMs: 100 }, /maxBackoffMs \(100\) is less than minBackoffMs \(500\)/],
       [`/tmp/${"a".repeat(120)}.sock`, /at most 107/],
       ["/tmp/a\0b.sock", /NUL/],
+      [{ mirror: "yes" }, /mirror must be true or false/],
+      [{ batchSize: 10 }, /batchSize applies to mirror mode only; pass mirror: true/],
+      [{ mirror: false, idleDropMs: 10 }, /idleDropMs applies to mirror mode only/],
+      [{ mirror: true, batchSize: 0 }, /batchSize must be an integer from 1 to 1000/],
+      [{ mirror: true, batchSize: 1001 }, /batchSize must be an integer from 1 to 1000/],
+      [{ mirror: true, batchIntervalMs: 0 }, /batchIntervalMs must be an integer from 1/],
+      [{ mirror: true, idleDropMs: 1.5 }, /idleDropMs must be an integer/],
+      [{ mirror: true, batchSize: 100, maxQueuedOutcomes: 50 }, /maxQueuedOutcomes \(50\) is less than batchSize \(100\)/],
+      [{ mirror: true, onReportError: "log" }, /onReportError must be a function/],
     ];
     for (const [argument, message] of bad) {
       assert.throws(() => new CbdClient(argument as CbdClientOptions), message, `for ${JSON.stringify(argument)}`);
       assert.throws(() => new CbdCircuitBreakerStore(argument as CbdClientOptions), message);
     }
+  });
+
+  it("takes the mirror options with mirror: true; the store refuses mirror mode", () => {
+    const client = new CbdClient({ socket: "/tmp/x.sock", mirror: true, batchSize: 1000, batchIntervalMs: 5, idleDropMs: 1000, maxQueuedOutcomes: 1000, onReportError: () => undefined });
+    assert.equal(client.mirrorStats()?.keys, 0);
+    assert.equal(new CbdClient({ socket: "/tmp/x.sock", mirror: false }).mirrorStats(), null);
+    assert.throws(() => new CbdCircuitBreakerStore({ socket: "/tmp/x.sock", mirror: true }), /does not use mirror mode/);
+    client.destroy();
   });
 });
