@@ -1,0 +1,680 @@
+package cbd
+
+// Mirror mode (issue #20) against a real cbd (protocol 9): the rules in one
+// process, then the three multi-process cases of the shared design —
+// staleness, exactness, the probe race — on the memory backend and on Redis.
+// Timings are printed, never asserted (the machine is shared).
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var errBoom = errors.New("boom")
+
+func noop(context.Context) error { return nil }
+
+// mirrorState is the mirror's view of key: its state, and whether it has one.
+func mirrorState(c *Client, key string) (Circuit, bool) {
+	m := c.mirror
+	m.mu.Lock()
+	e := m.keys[key]
+	m.mu.Unlock()
+	if e == nil {
+		return Circuit{}, false
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.circuit, e.seeded && e.covered
+}
+
+// eventually polls cond every millisecond for up to 10 s (a liveness bound,
+// not a timing assertion).
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 10 s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// warm makes calls on b until the mirror allows one locally.
+func warm(t *testing.T, c *Client, b *Breaker) {
+	t.Helper()
+	eventually(t, "a call allowed locally", func() bool {
+		before := c.MirrorStats().LocalAllowed
+		if err := b.Execute(context.Background(), noop); err != nil {
+			t.Fatal(err)
+		}
+		return c.MirrorStats().LocalAllowed > before
+	})
+}
+
+func TestMirrorRules(t *testing.T) {
+	d := startCbd(t, "--failure-threshold", "3", "--reset-timeout-ms", "60000")
+	plain := dial(t, d)
+	c := dial(t, d, WithMirror(MirrorOptions{}))
+	ctx := context.Background()
+	b := c.Breaker("rules")
+
+	// Rule 1: the first call asks cbd; once the watch is confirmed an acquire
+	// seeds the entry, and from then on calls are allowed locally.
+	if err := b.Execute(ctx, noop); err != nil {
+		t.Fatal(err)
+	}
+	if st := c.MirrorStats(); st.Remote != 1 || st.LocalAllowed != 0 || st.Keys != 1 {
+		t.Fatalf("after the first call %+v", st)
+	}
+	warm(t, c, b)
+	before := c.MirrorStats()
+	for i := 0; i < 100; i++ {
+		if err := b.Execute(ctx, noop); err != nil {
+			t.Fatal(err)
+		}
+	}
+	after := c.MirrorStats()
+	if after.Remote != before.Remote || after.LocalAllowed != before.LocalAllowed+100 {
+		t.Fatalf("100 calls on a closed circuit: before %+v after %+v", before, after)
+	}
+	must(0, c.Flush(ctx))
+	calls := after.LocalAllowed + after.Remote
+	if s := must(plain.Get(ctx, "rules")); s.SuccessCount != calls {
+		t.Fatalf("successCount %d after %d calls and a flush", s.SuccessCount, calls)
+	}
+
+	// Rule 5 then 4 then 3: cbd opens the circuit (another client); once the
+	// event is in, the next call asks cbd, is denied, and the ones after it
+	// are denied locally with what is left of retryAfter.
+	must(plain.Transition(ctx, "rules", Open))
+	eventually(t, "the open event", func() bool { s, ok := mirrorState(c, "rules"); return ok && s.State == Open })
+	var open *OpenError
+	if err := b.Execute(ctx, noop); !errors.As(err, &open) || open.RetryAfter <= 0 {
+		t.Fatalf("the first call on the open circuit: %v", err)
+	}
+	remote := c.MirrorStats().Remote
+	for i := 0; i < 10; i++ {
+		if err := b.Execute(ctx, noop); !errors.As(err, &open) || open.RetryAfter <= 0 || open.RetryAfter > time.Minute || open.Circuit.State != Open {
+			t.Fatalf("a call while the deny time is ahead: %v", err)
+		}
+	}
+	if st := c.MirrorStats(); st.Remote != remote || st.LocalDenied != 10 {
+		t.Fatalf("10 calls denied locally: %+v (remote before %d)", st, remote)
+	}
+
+	// Pinned closed: allowed locally again (the force event clears the deny).
+	must(plain.Force(ctx, "rules", Closed, ForceOptions{}))
+	eventually(t, "the force event", func() bool { s, ok := mirrorState(c, "rules"); return ok && s.Forced != nil })
+	before = c.MirrorStats()
+	if err := b.Execute(ctx, noop); err != nil {
+		t.Fatal(err)
+	}
+	if st := c.MirrorStats(); st.LocalAllowed != before.LocalAllowed+1 || st.Remote != before.Remote {
+		t.Fatalf("pinned closed: %+v", st)
+	}
+	must(plain.Unforce(ctx, "rules"))
+
+	// A reset event drops the state: the next call asks cbd and re-seeds.
+	must(plain.Reset(ctx, "rules"))
+	eventually(t, "the reset event", func() bool { _, ok := mirrorState(c, "rules"); return !ok })
+	before = c.MirrorStats()
+	if err := b.Execute(ctx, noop); err != nil {
+		t.Fatal(err)
+	}
+	if st := c.MirrorStats(); st.Remote != before.Remote+1 {
+		t.Fatalf("after a reset: %+v", st)
+	}
+	warm(t, c, b)
+
+	// Failures queued locally still trip the circuit in cbd (count rule).
+	must(plain.Reset(ctx, "trip"))
+	tb := c.Breaker("trip")
+	if err := tb.Execute(ctx, noop); err != nil {
+		t.Fatal(err)
+	}
+	warm(t, c, tb)
+	for i := 0; i < 3; i++ {
+		if err := tb.Execute(ctx, func(context.Context) error { return errBoom }); !errors.Is(err, errBoom) {
+			t.Fatal(err)
+		}
+	}
+	must(0, c.Flush(ctx))
+	if s := must(plain.Get(ctx, "trip")); s.State != Open {
+		t.Fatalf("3 failures through the mirror: %+v", s.Snapshot)
+	}
+	eventually(t, "denied after the trip", func() bool { return errors.Is(tb.Execute(ctx, noop), ErrOpen) })
+
+	// Close flushes: outcomes queued just before it are counted.
+	fresh := dial(t, d, WithMirror(MirrorOptions{BatchInterval: time.Hour, BatchSize: 1000}))
+	fb := fresh.Breaker("close")
+	if err := fb.Execute(ctx, noop); err != nil {
+		t.Fatal(err)
+	}
+	warm(t, fresh, fb)
+	for i := 0; i < 50; i++ {
+		if err := fb.Execute(ctx, noop); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := fresh.MirrorStats()
+	if err := fresh.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if s := must(plain.Get(ctx, "close")); s.SuccessCount != st.LocalAllowed+st.Remote {
+		t.Fatalf("successCount %d after Close; %d calls", s.SuccessCount, st.LocalAllowed+st.Remote)
+	}
+	if err := fb.Execute(ctx, noop); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Execute after Close: %v", err)
+	}
+}
+
+func TestMirrorIdleDrop(t *testing.T) {
+	d := startCbd(t)
+	c := dial(t, d, WithMirror(MirrorOptions{IdleDrop: 100 * time.Millisecond}))
+	b := c.Breaker("idle")
+	warm(t, c, b)
+	eventually(t, "the idle entry dropped", func() bool { return c.MirrorStats().Keys == 0 })
+	// The next call asks cbd again, and the key is mirrored again.
+	before := c.MirrorStats().Remote
+	if err := b.Execute(context.Background(), noop); err != nil {
+		t.Fatal(err)
+	}
+	if st := c.MirrorStats(); st.Remote != before+1 || st.Keys != 1 {
+		t.Fatalf("after the drop %+v", st)
+	}
+	warm(t, c, b)
+}
+
+func TestMirrorFallsBackWhenCbdGoes(t *testing.T) {
+	d := startCbd(t)
+	var mu sync.Mutex
+	var reported []error
+	c := dial(t, d, WithBackoff(20*time.Millisecond, 100*time.Millisecond), WithMirror(MirrorOptions{
+		BatchInterval: time.Hour, BatchSize: 1000,
+		OnReportError: func(key string, err error) { mu.Lock(); reported = append(reported, err); mu.Unlock() },
+	}))
+	ctx := context.Background()
+	b := c.Breaker("gone")
+	warm(t, c, b)
+	for i := 0; i < 10; i++ {
+		if err := b.Execute(ctx, noop); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.stop()
+	// The queued outcomes cannot be sent: Flush says so, and so does the
+	// callback; nothing is thrown at the callers.
+	if err := c.Flush(ctx); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Flush without cbd: %v", err)
+	}
+	if st := c.MirrorStats(); st.Lost < 10 {
+		t.Fatalf("lost %+v", st)
+	}
+	mu.Lock()
+	if len(reported) == 0 || !errors.Is(reported[0], ErrUnavailable) {
+		t.Fatalf("reported %v", reported)
+	}
+	mu.Unlock()
+	// The watch loss drops the entries: calls ask cbd, and fail open fast.
+	eventually(t, "the watch loss", func() bool { return c.MirrorStats().WatchLosses == 1 })
+	for i := 0; i < 20; i++ {
+		start := time.Now()
+		ran := false
+		if err := b.Execute(ctx, func(context.Context) error { ran = true; return nil }); err != nil || !ran {
+			t.Fatalf("fail open: %v %v", err, ran)
+		}
+		if took := time.Since(start); took > 50*time.Millisecond {
+			t.Fatalf("failing open took %v", took)
+		}
+	}
+	// cbd back: the watch comes back, and calls are local again.
+	d.start()
+	warm(t, c, b)
+	if st := c.MirrorStats(); st.Watches < 2 {
+		t.Fatalf("after recovery %+v", st)
+	}
+}
+
+func TestMirrorQueueDropsTheOldest(t *testing.T) {
+	// A mirror whose loops do not run: the queue alone.
+	c := NewClient(t.TempDir() + "/absent.sock")
+	m := newMirror(c, MirrorOptions{QueueLimit: 10})
+	c.mirror = m
+	e := m.entry("q")
+	for g := int64(1); g <= 25; g++ {
+		m.enqueue(e, g, g%2 == 0, true)
+	}
+	if st := c.MirrorStats(); st.Dropped != 15 || st.Queued != 25 || st.LocalAllowed != 25 {
+		t.Fatalf("%+v", st)
+	}
+	var b outcomeBatch
+	if !m.take(&b) || len(b.items) != 10 || b.items[0].generation != 16 || b.items[9].generation != 25 || b.start != 15 || b.end != 25 {
+		t.Fatalf("took %+v", b)
+	}
+}
+
+func TestEncodeBatch(t *testing.T) {
+	m := newMirror(NewClient(t.TempDir()+"/absent.sock"), MirrorOptions{})
+	odd := m.entry(`q"\ü`)
+	long := m.entry(strings.Repeat("k", 1000))
+	m.enqueue(odd, 7, true, true)
+	for i := 0; i < 1500; i++ {
+		m.enqueue(long, 9, false, true)
+	}
+	// Each line stays under 60 KiB and 1000 entries, and decodes as sent.
+	total := 0
+	for {
+		var b outcomeBatch
+		if !m.take(&b) {
+			break
+		}
+		line := encodeBatch(nil, 42, b.items)
+		if len(line) > maxRequestBytes || len(b.items) > maxReportBatch {
+			t.Fatalf("a line of %d bytes, %d entries", len(line), len(b.items))
+		}
+		var req struct {
+			Op      string `json:"op"`
+			ID      int    `json:"id"`
+			Reports []struct {
+				Key        string `json:"key"`
+				Outcome    string `json:"outcome"`
+				Generation int64  `json:"generation"`
+			} `json:"reports"`
+		}
+		if err := json.Unmarshal(line, &req); err != nil || req.Op != "reportBatch" || req.ID != 42 || len(req.Reports) != len(b.items) {
+			t.Fatalf("%v: %.200s", err, line)
+		}
+		if total == 0 && (req.Reports[0].Key != `q"\ü` || req.Reports[0].Outcome != "failure" || req.Reports[0].Generation != 7) {
+			t.Fatalf("first entry %+v", req.Reports[0])
+		}
+		if r := req.Reports[len(req.Reports)-1]; r.Key != long.key || r.Outcome != "success" || r.Generation != 9 {
+			t.Fatalf("last entry %+v", r)
+		}
+		total += len(b.items)
+	}
+	if total != 1501 {
+		t.Fatalf("%d entries sent of 1501", total)
+	}
+}
+
+// ---- Multi-process: staleness, exactness, the probe race ----
+
+// backends runs test once per backend: memory, and Redis (a redis-server
+// started for it on a free port).
+func backends(t *testing.T, test func(t *testing.T, cbdArgs ...string)) {
+	t.Run("memory", func(t *testing.T) { test(t) })
+	t.Run("redis", func(t *testing.T) {
+		port := startRedis(t)
+		test(t, "--backend", "redis", "--redis", fmt.Sprintf("tcp://127.0.0.1:%d", port))
+	})
+}
+
+// startRedis starts a redis-server (no persistence) on a free port and
+// stops it when the test ends.
+func startRedis(t *testing.T) int {
+	t.Helper()
+	path, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Fatalf("redis-server is needed for the Redis backend cases: %v", err)
+	}
+	for attempt := 0; ; attempt++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		cmd := exec.Command(path, "--save", "", "--appendonly", "no", "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--loglevel", "warning")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(exited) }()
+		stop := func() {
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+		if redisAnswers(port, exited) {
+			t.Cleanup(stop)
+			return port
+		}
+		stop()
+		if attempt == 4 {
+			t.Fatal("redis-server did not answer on a free port (5 tries)")
+		}
+	}
+}
+
+// redisAnswers waits (up to 10 s) for PONG on port; false if the server
+// exited first (the port was taken meanwhile).
+func redisAnswers(port int, exited <-chan struct{}) bool {
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-exited:
+			return false
+		default:
+		}
+		if nc, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+			_ = nc.SetDeadline(time.Now().Add(time.Second))
+			_, _ = nc.Write([]byte("PING\r\n"))
+			line, _ := bufio.NewReader(nc).ReadString('\n')
+			nc.Close()
+			if strings.HasPrefix(line, "+PONG") {
+				return true
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return false
+}
+
+// childResult is the last line a mirror child prints.
+type childResult struct {
+	FirstDenialNs int64       `json:"firstDenialNs"`
+	DeniedAfter   int         `json:"deniedAfter"`
+	Stats         MirrorStats `json:"stats"`
+}
+
+func (ch *childProcess) result(t *testing.T) childResult {
+	t.Helper()
+	var r childResult
+	if line := ch.readLine(t); json.Unmarshal([]byte(line), &r) != nil {
+		t.Fatalf("a child said %q", line)
+	}
+	return r
+}
+
+func TestMirrorStaleness(t *testing.T) { backends(t, testMirrorStaleness) }
+
+// 8 mirroring processes call a closed circuit; another client opens it. Each
+// must see a denial, and then be denied (locally) until the deny time.
+func testMirrorStaleness(t *testing.T, cbdArgs ...string) {
+	d := startCbd(t, append([]string{"--reset-timeout-ms", "60000"}, cbdArgs...)...)
+	c := dial(t, d)
+	ctx := context.Background()
+	must(c.Reset(ctx, "stale"))
+	var children []*childProcess
+	for i := 0; i < 8; i++ {
+		children = append(children, startChild(t, "mirror-stale", d.socket, "stale", "-"))
+	}
+	for i, ch := range children {
+		if line := ch.readLine(t); line != "ready" {
+			t.Fatalf("child %d said %q", i, line)
+		}
+	}
+	sent := time.Now()
+	opened := must(c.Transition(ctx, "stale", Open))
+	answered := time.Now()
+	var lags []time.Duration
+	for i, ch := range children {
+		r := ch.result(t)
+		if err := ch.cmd.Wait(); err != nil {
+			t.Fatalf("child %d: %v", i, err)
+		}
+		if r.DeniedAfter != 100 || r.Stats.LocalDenied < 1 {
+			t.Fatalf("child %d: after its first denial %d of 100 calls denied (%+v)", i, r.DeniedAfter, r.Stats)
+		}
+		lags = append(lags, time.Unix(0, r.FirstDenialNs).Sub(sent))
+	}
+	if opened.State != Open {
+		t.Fatalf("the transition %+v", opened)
+	}
+	sort.Slice(lags, func(i, j int) bool { return lags[i] < lags[j] })
+	t.Logf("transition sent → first denial in each of 8 processes: min %v, median %v, max %v (the transition's round trip: %v)",
+		lags[0], lags[len(lags)/2], lags[len(lags)-1], answered.Sub(sent))
+}
+
+func TestMirrorExactness(t *testing.T) { backends(t, testMirrorExactness) }
+
+// 8 processes × 10,000 guarded failures through the mirror: cbd counts
+// exactly 80,000.
+func testMirrorExactness(t *testing.T, cbdArgs ...string) {
+	d := startCbd(t, cbdArgs...)
+	c := dial(t, d)
+	ctx := context.Background()
+	must(c.Reset(ctx, "exact"))
+	threshold := int64(1000000000)
+	must(c.Configure(ctx, "exact", map[string]*int64{FieldFailureThreshold: &threshold}))
+	var children []*childProcess
+	for i := 0; i < 8; i++ {
+		children = append(children, startChild(t, "mirror-failures", d.socket, "exact", "10000"))
+	}
+	for i, ch := range children {
+		if line := ch.readLine(t); line != "ready" {
+			t.Fatalf("child %d said %q", i, line)
+		}
+	}
+	start := time.Now()
+	for _, ch := range children {
+		if _, err := ch.stdin.Write([]byte("go\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var local int64
+	for i, ch := range children {
+		r := ch.result(t)
+		if err := ch.cmd.Wait(); err != nil {
+			t.Fatalf("child %d: %v", i, err)
+		}
+		st := r.Stats
+		if st.LocalAllowed == 0 || st.Dropped != 0 || st.Lost != 0 || st.Errors != 0 || st.Stale != 0 || st.LocalAllowed+st.Remote != 10000 {
+			t.Fatalf("child %d: %+v", i, st)
+		}
+		local += st.LocalAllowed
+	}
+	took := time.Since(start)
+	s := must(c.Get(ctx, "exact"))
+	if s.FailureCount != 80000 || s.State != Closed {
+		t.Fatalf("failureCount %d (state %s), want exactly 80000", s.FailureCount, s.State)
+	}
+	t.Logf("80,000 failures from 8 processes in %v; %d decided locally", took, local)
+}
+
+func TestMirrorProbeRace(t *testing.T) { backends(t, testMirrorProbeRace) }
+
+// 10 mirroring processes race for a half-open circuit with halfOpenMax 1:
+// exactly one gets the probe, and its report settles the circuit at once.
+func testMirrorProbeRace(t *testing.T, cbdArgs ...string) {
+	d := startCbd(t, append([]string{"--reset-timeout-ms", "60000", "--probe-lease-ms", "60000", "--half-open-max", "1"}, cbdArgs...)...)
+	c := dial(t, d)
+	ctx := context.Background()
+	must(c.Reset(ctx, "probe"))
+	must(c.Transition(ctx, "probe", Open))
+	var children []*childProcess
+	for i := 0; i < 10; i++ {
+		children = append(children, startChild(t, "mirror-probe", d.socket, "probe", "-"))
+	}
+	for i, ch := range children {
+		if line := ch.readLine(t); line != "ready" {
+			t.Fatalf("child %d said %q", i, line)
+		}
+	}
+	// Every child now denies locally (open, deny time learned); the event of
+	// this transition clears that, and they all ask cbd at once.
+	must(c.Transition(ctx, "probe", HalfOpen))
+	for _, ch := range children {
+		if _, err := ch.stdin.Write([]byte("go\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var prober *childProcess
+	for i, ch := range children {
+		switch line := ch.readLine(t); line {
+		case "probe":
+			if prober != nil {
+				t.Fatalf("child %d got a second probe", i)
+			}
+			prober = ch
+		case "denied":
+			if err := ch.cmd.Wait(); err != nil {
+				t.Fatalf("child %d: %v", i, err)
+			}
+		default:
+			t.Fatalf("child %d said %q", i, line)
+		}
+	}
+	if prober == nil {
+		t.Fatal("no child got the probe")
+	}
+	if s := must(c.Get(ctx, "probe")); s.State != HalfOpen {
+		t.Fatalf("while the probe runs: %+v", s.Snapshot)
+	}
+	if _, err := prober.stdin.Write([]byte("release\n")); err != nil {
+		t.Fatal(err)
+	}
+	if line := prober.readLine(t); line != "reported" {
+		t.Fatalf("the prober said %q", line)
+	}
+	if err := prober.cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	// Reported directly, not batched: settled when Execute returned.
+	if s := must(c.Get(ctx, "probe")); s.State != Closed {
+		t.Fatalf("after the probe's success: %+v", s.Snapshot)
+	}
+}
+
+// runMirrorChild is a mirror child's whole life (see the tests above):
+//
+//	mirror-failures SOCKET KEY N: "ready", waits for a line, N failing calls, a flush, the result.
+//	mirror-stale SOCKET KEY -: warms up, "ready", calls until denied, 100 calls more, the result.
+//	mirror-probe SOCKET KEY -: warms up on an open circuit, "ready", waits for a line and for
+//	    half-open, then up to 20 calls: "probe" (and waits for a line, then "reported") when
+//	    one runs, "denied" when none does.
+func runMirrorChild(mode string, args []string) int {
+	socket, key := args[0], args[1]
+	ctx := context.Background()
+	fail := func(format string, a ...any) int {
+		fmt.Fprintf(os.Stderr, mode+": "+format+"\n", a...)
+		return 1
+	}
+	c, err := Dial(ctx, socket, WithTimeout(30*time.Second), WithMirror(MirrorOptions{}))
+	if err != nil {
+		return fail("%v", err)
+	}
+	defer c.Close()
+	b := c.Breaker(key)
+	stdin := bufio.NewReader(os.Stdin)
+	deadline := time.Now().Add(20 * time.Second)
+	printResult := func(r childResult) {
+		r.Stats = c.MirrorStats()
+		line, _ := json.Marshal(r)
+		fmt.Println(string(line))
+	}
+	switch mode {
+	case "mirror-failures":
+		n, err := strconv.Atoi(args[2])
+		if err != nil {
+			return fail("%v", err)
+		}
+		fmt.Println("ready")
+		if _, err := stdin.ReadString('\n'); err != nil {
+			return fail("%v", err)
+		}
+		for i := 0; i < n; i++ {
+			if err := b.Execute(ctx, func(context.Context) error { return errBoom }); !errors.Is(err, errBoom) {
+				return fail("call %d: %v", i, err)
+			}
+		}
+		if err := c.Flush(ctx); err != nil {
+			return fail("flush: %v", err)
+		}
+		printResult(childResult{})
+		return 0
+
+	case "mirror-stale":
+		for c.MirrorStats().LocalAllowed == 0 {
+			if err := b.Execute(ctx, noop); err != nil {
+				return fail("warming up: %v", err)
+			}
+			if time.Now().After(deadline) {
+				return fail("no local decision within 20 s")
+			}
+			time.Sleep(200 * time.Microsecond)
+		}
+		fmt.Println("ready")
+		var first int64
+		for first == 0 {
+			switch err := b.Execute(ctx, noop); {
+			case err == nil:
+				time.Sleep(100 * time.Microsecond) // a caller at a few thousand calls a second
+			case errors.Is(err, ErrOpen):
+				first = time.Now().UnixNano()
+			default:
+				return fail("%v", err)
+			}
+			if time.Now().After(deadline) {
+				return fail("no denial within 20 s")
+			}
+		}
+		denied := 0
+		for i := 0; i < 100; i++ {
+			if errors.Is(b.Execute(ctx, noop), ErrOpen) {
+				denied++
+			}
+		}
+		printResult(childResult{FirstDenialNs: first, DeniedAfter: denied})
+		return 0
+
+	case "mirror-probe":
+		ranEarly := func(context.Context) error { return errors.New("ran on an open circuit") }
+		for c.MirrorStats().LocalDenied == 0 {
+			if err := b.Execute(ctx, ranEarly); !errors.Is(err, ErrOpen) {
+				return fail("warming up: %v", err)
+			}
+			if time.Now().After(deadline) {
+				return fail("no local denial within 20 s")
+			}
+			time.Sleep(time.Millisecond)
+		}
+		fmt.Println("ready")
+		if _, err := stdin.ReadString('\n'); err != nil {
+			return fail("%v", err)
+		}
+		for {
+			if s, ok := mirrorState(c, key); ok && s.State == HalfOpen {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fail("the half-open event did not come within 20 s")
+			}
+			time.Sleep(100 * time.Microsecond)
+		}
+		probe := func(context.Context) error {
+			fmt.Println("probe")
+			_, err := stdin.ReadString('\n')
+			return err
+		}
+		for i := 0; i < 20; i++ {
+			switch err := b.Execute(ctx, probe); {
+			case err == nil:
+				fmt.Println("reported")
+				return 0
+			case !errors.Is(err, ErrOpen):
+				return fail("%v", err)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		fmt.Println("denied")
+		return 0
+	}
+	return fail("unknown child mode")
+}
