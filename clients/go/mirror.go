@@ -40,8 +40,8 @@ import (
 // MirrorOptions tune mirror mode; zero values take the defaults.
 type MirrorOptions struct {
 	// BatchSize is how many queued outcomes send a reportBatch at once
-	// (default 100). A send takes everything queued, in lines of at most
-	// 1000 outcomes and 60 KiB.
+	// (default 100, at most 1000). A send takes everything queued, in lines
+	// of at most 256 outcomes and 60 KiB, two lines in flight at most.
 	BatchSize int
 	// BatchInterval is how long after the first queued outcome the queue is
 	// sent when BatchSize is not reached (default 1 ms).
@@ -93,8 +93,14 @@ type MirrorStats struct {
 const (
 	// maxMirrorKeys: keys with an entry; a key-set watch holds at most 1000.
 	maxMirrorKeys = maxWatchKeys
-	// batchesInFlight: reportBatch lines sent and not yet answered.
-	batchesInFlight = 8
+	// batchesInFlight reportBatch lines of at most batchEntries outcomes
+	// are sent and not yet answered at once (512 outcomes). More in flight
+	// only queues at cbd: with --backend redis each entry is a Redis call
+	// (about 70 µs here, 14k a second for all clients together), and with 8
+	// processes keeping 1024 each in flight the last entries waited past
+	// --backend-timeout (1 s) and failed with backend_unavailable.
+	batchesInFlight = 2
+	batchEntries    = 256
 	// watchLineSlack: the watch line's fixed part, besides the keys.
 	watchLineSlack = 64
 	// batchEntrySlack: an entry's bytes besides its key (outcome, generation).
@@ -767,7 +773,7 @@ func (m *mirror) sendQueued() {
 	}
 }
 
-// take moves the queue's oldest outcomes into b: at most maxReportBatch, and
+// take moves the queue's oldest outcomes into b: at most batchEntries, and
 // no more than keep the line under maxRequestBytes. False when empty.
 func (m *mirror) take(b *outcomeBatch) bool {
 	q := &m.q
@@ -778,7 +784,7 @@ func (m *mirror) take(b *outcomeBatch) bool {
 	}
 	b.items = b.items[:0]
 	size := 64 // the line's fixed part
-	for q.n > 0 && len(b.items) < maxReportBatch {
+	for q.n > 0 && len(b.items) < batchEntries {
 		item := q.ring[q.head]
 		size += len(item.entry.keyJSON) + batchEntrySlack
 		if size > maxRequestBytes && len(b.items) > 0 {

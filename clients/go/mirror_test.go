@@ -284,7 +284,7 @@ func TestEncodeBatch(t *testing.T) {
 			break
 		}
 		line := encodeBatch(nil, 42, b.items)
-		if len(line) > maxRequestBytes || len(b.items) > maxReportBatch {
+		if len(line) > maxRequestBytes || len(b.items) > batchEntries {
 			t.Fatalf("a line of %d bytes, %d entries", len(line), len(b.items))
 		}
 		var req struct {
@@ -391,6 +391,8 @@ type childResult struct {
 	FirstDenialNs int64       `json:"firstDenialNs"`
 	DeniedAfter   int         `json:"deniedAfter"`
 	Stats         MirrorStats `json:"stats"`
+	// Refused counts the outcomes cbd did not record, by error code.
+	Refused map[string]int `json:"refused"`
 }
 
 func (ch *childProcess) result(t *testing.T) childResult {
@@ -476,7 +478,7 @@ func testMirrorExactness(t *testing.T, cbdArgs ...string) {
 		}
 		st := r.Stats
 		if st.LocalAllowed == 0 || st.Dropped != 0 || st.Lost != 0 || st.Errors != 0 || st.Stale != 0 || st.LocalAllowed+st.Remote != 10000 {
-			t.Fatalf("child %d: %+v", i, st)
+			t.Fatalf("child %d: %+v; refused %v", i, st, r.Refused)
 		}
 		local += st.LocalAllowed
 	}
@@ -566,7 +568,20 @@ func runMirrorChild(mode string, args []string) int {
 		fmt.Fprintf(os.Stderr, mode+": "+format+"\n", a...)
 		return 1
 	}
-	c, err := Dial(ctx, socket, WithTimeout(30*time.Second), WithMirror(MirrorOptions{}))
+	var codesMu sync.Mutex
+	codes := map[string]int{} // what cbd refused, for the result
+	c, err := Dial(ctx, socket, WithTimeout(30*time.Second), WithMirror(MirrorOptions{
+		OnReportError: func(key string, err error) {
+			code := err.Error()
+			var e *Error
+			if errors.As(err, &e) {
+				code = e.Code
+			}
+			codesMu.Lock()
+			codes[code]++
+			codesMu.Unlock()
+		},
+	}))
 	if err != nil {
 		return fail("%v", err)
 	}
@@ -576,7 +591,10 @@ func runMirrorChild(mode string, args []string) int {
 	deadline := time.Now().Add(20 * time.Second)
 	printResult := func(r childResult) {
 		r.Stats = c.MirrorStats()
+		codesMu.Lock()
+		r.Refused = codes
 		line, _ := json.Marshal(r)
+		codesMu.Unlock()
 		fmt.Println(string(line))
 	}
 	switch mode {
