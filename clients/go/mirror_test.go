@@ -250,6 +250,113 @@ func TestMirrorFallsBackWhenCbdGoes(t *testing.T) {
 	}
 }
 
+// The seeding and generation rules (1, 4, 5) on a mirror whose loops do not
+// run, with the watch's confirmation and events played by hand: the races
+// they guard against are too narrow to hit on purpose against cbd.
+func TestMirrorSeedingRules(t *testing.T) {
+	m := newMirror(NewClient(t.TempDir()+"/absent.sock"), MirrorOptions{})
+	e := m.entry("k")
+	reply := func(g int64, state State, allowed bool, retryAfterMs int64) AcquireResult {
+		return AcquireResult{Allowed: allowed, RetryAfterMs: retryAfterMs, Circuit: Circuit{Snapshot: Snapshot{State: state}, Generation: g}}
+	}
+	ask := func() (bool, uint64) {
+		d, _, _, covered, drops := e.decide(m.now())
+		if d != askCbd {
+			t.Fatalf("decision %d, want askCbd", d)
+		}
+		return covered, drops
+	}
+	expectAllow := func(want int64) {
+		t.Helper()
+		if got := e.allowGen.Load(); got != want {
+			t.Fatalf("allowGen %d, want %d", got, want)
+		}
+	}
+
+	// Rule 1: an acquire sent before the watch was confirmed does not seed.
+	covered, drops := ask()
+	w := fakeWatch("k")
+	if !m.replaceWatch(w) {
+		t.Fatal("replaceWatch")
+	}
+	m.learn(e, reply(5, Closed, true, 0), covered, drops)
+	expectAllow(-1)
+	// One sent after it does.
+	covered, drops = ask()
+	m.learn(e, reply(5, Closed, true, 0), covered, drops)
+	expectAllow(5)
+
+	// Rule 5: older events are ignored, newer ones replace the state.
+	m.applyEvent(w, &Event{Kind: "transition", Key: "k", Generation: 4, Snapshot: &Snapshot{State: Open}})
+	expectAllow(5)
+	m.applyEvent(w, &Event{Kind: "transition", Key: "k", Generation: 6, Snapshot: &Snapshot{State: Open}})
+	expectAllow(-1)
+	// Rule 4: a reply older than the entry changes nothing; a denial at the
+	// entry's generation teaches the deny time (rule 3 then denies locally).
+	covered, drops = ask()
+	m.learn(e, reply(5, Closed, true, 0), covered, drops)
+	expectAllow(-1)
+	m.learn(e, reply(6, Open, false, 60000), covered, drops)
+	if d, _, open, _, _ := e.decide(m.now()); d != denyLocally || open.RetryAfter <= 0 || open.RetryAfter > time.Minute {
+		t.Fatalf("after a denial: %d %+v", d, open)
+	}
+	// A newer event clears the deny time.
+	m.applyEvent(w, &Event{Kind: "transition", Key: "k", Generation: 7, Snapshot: &Snapshot{State: HalfOpen}})
+	ask()
+
+	// A reset event between an acquire and its reply: the reply does not seed.
+	covered, drops = ask()
+	m.applyEvent(w, &Event{Kind: "reset", Key: "k"})
+	m.learn(e, reply(8, Closed, true, 0), covered, drops)
+	expectAllow(-1)
+
+	// Pinned closed allows locally; pinned open does not.
+	m.applyEvent(w, &Event{Kind: "transition", Key: "k", Generation: 9, Snapshot: &Snapshot{State: Closed}, Forced: &ForcePin{State: Closed}})
+	expectAllow(9)
+	m.applyEvent(w, &Event{Kind: "transition", Key: "k", Generation: 10, Snapshot: &Snapshot{State: Open}, Forced: &ForcePin{State: Open}})
+	expectAllow(-1)
+
+	// A replaced watch's events are not applied; the replacement drops every
+	// entry's state, and an acquire sent before it does not seed.
+	m.applyEvent(w, &Event{Kind: "transition", Key: "k", Generation: 11, Snapshot: &Snapshot{State: Closed}})
+	expectAllow(11)
+	covered, drops = ask2(t, e)
+	w2 := fakeWatch("k")
+	m.replaceWatch(w2)
+	expectAllow(-1)
+	m.learn(e, reply(11, Closed, true, 0), covered, drops)
+	expectAllow(-1)
+	m.applyEvent(w, &Event{Kind: "transition", Key: "k", Generation: 12, Snapshot: &Snapshot{State: Closed}})
+	expectAllow(-1)
+	m.applyEvent(w2, &Event{Kind: "transition", Key: "k", Generation: 12, Snapshot: &Snapshot{State: Closed}})
+	expectAllow(12)
+
+	// Losing the watch drops everything, and nothing seeds until a new one.
+	m.watchLost(w2)
+	expectAllow(-1)
+	covered, drops = ask()
+	m.learn(e, reply(12, Closed, true, 0), covered, drops)
+	expectAllow(-1)
+}
+
+// fakeWatch is a confirmed watch of keys, for replaceWatch to close.
+func fakeWatch(keys ...string) *watchConn {
+	nc, _ := net.Pipe()
+	w := &watchConn{nc: nc, keys: map[string]struct{}{}}
+	for _, k := range keys {
+		w.keys[k] = struct{}{}
+	}
+	return w
+}
+
+// ask2 reads what decide would capture for an acquire, whatever it decides.
+func ask2(t *testing.T, e *mirrorEntry) (bool, uint64) {
+	t.Helper()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.covered, e.drops
+}
+
 func TestMirrorQueueDropsTheOldest(t *testing.T) {
 	// A mirror whose loops do not run: the queue alone.
 	c := NewClient(t.TempDir() + "/absent.sock")
@@ -612,7 +719,9 @@ func runMirrorChild(mode string, args []string) int {
 				return fail("call %d: %v", i, err)
 			}
 		}
-		if err := c.Flush(ctx); err != nil {
+		flushCtx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		if err := c.Flush(flushCtx); err != nil {
 			return fail("flush: %v", err)
 		}
 		printResult(childResult{})
