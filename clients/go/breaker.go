@@ -97,8 +97,32 @@ func (b *Breaker) executeRemote(ctx context.Context, fn func(context.Context) er
 	return err
 }
 
-// executeMirrored is Execute in mirror mode.
-func (b *Breaker) executeMirrored(ctx context.Context, m *mirror, fn func(context.Context) error) error {
+// executeMirrored is Execute in mirror mode. Its first part is the hot path:
+// a closed circuit the mirror knows allows at its generation (rule 2), with
+// loads only, and the outcome is queued.
+func (b *Breaker) executeMirrored(ctx context.Context, m *mirror, fn func(context.Context) error) (err error) {
+	if e := b.entry.Load(); e != nil {
+		if g := e.allowGen.Load(); g >= 0 {
+			if err = ctx.Err(); err != nil {
+				return err
+			}
+			if !e.used.Load() {
+				e.used.Store(true)
+			}
+			completed := false
+			defer func() {
+				m.enqueue(e, g, !completed || b.isFailure(err), true)
+			}()
+			err = fn(ctx)
+			completed = true
+			return err
+		}
+	}
+	return b.executeMirroredSlow(ctx, m, fn)
+}
+
+// executeMirroredSlow is the rest of Execute in mirror mode: rules 1, 3, 4.
+func (b *Breaker) executeMirroredSlow(ctx context.Context, m *mirror, fn func(context.Context) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -111,10 +135,6 @@ func (b *Breaker) executeMirrored(ctx context.Context, m *mirror, fn func(contex
 	}
 	if !e.used.Load() {
 		e.used.Store(true)
-	}
-	// Rule 2, without a lock: a closed circuit allows at its generation.
-	if g := e.allowGen.Load(); g >= 0 {
-		return b.runQueued(ctx, m, e, g, true, fn)
 	}
 	d, g, open, covered, drops := e.decide(m.now())
 	switch d {

@@ -351,7 +351,6 @@ func fakeWatch(keys ...string) *watchConn {
 
 // ask2 reads what decide would capture for an acquire, whatever it decides.
 func ask2(t *testing.T, e *mirrorEntry) (bool, uint64) {
-	t.Helper()
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.covered, e.drops

@@ -50,9 +50,9 @@ func run() error {
 	}
 	cbdPath := flag.String("cbd", defaultCbd, "the cbd binary to start (unless -socket)")
 	socket := flag.String("socket", "", "a running cbd's socket (default: start one)")
-	localCalls := flag.Int("n", 200000, "calls per round, mirror and in-process (1..100000000)")
+	localCalls := flag.Int("n", 1000000, "calls per round, mirror and in-process (1..100000000)")
 	remoteCalls := flag.Int("n-remote", 5000, "calls per round, today's mode (1..1000000)")
-	rounds := flag.Int("rounds", 9, "rounds per mode (1..100)")
+	rounds := flag.Int("rounds", 11, "rounds per mode (1..100)")
 	transitions := flag.Int("transitions", 200, "transitions to open timed for the staleness (100..100000)")
 	flag.Parse()
 	if *localCalls < 1 || *localCalls > 100000000 || *remoteCalls < 1 || *remoteCalls > 1000000 ||
