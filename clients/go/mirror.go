@@ -35,6 +35,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 )
 
 // MirrorOptions tune mirror mode; zero values take the defaults.
@@ -223,7 +224,10 @@ func (m *mirror) entry(key string) *mirrorEntry {
 	if e := m.keys[key]; e != nil {
 		return e
 	}
-	if m.closed || checkKey(key) != nil || len(m.keys) >= maxMirrorKeys {
+	// A key that is not UTF-8 goes on the wire with U+FFFD for its bad bytes
+	// (encoding/json), so its events would name another string and never
+	// reach the entry: such a key is not mirrored.
+	if m.closed || checkKey(key) != nil || !utf8.ValidString(key) || len(m.keys) >= maxMirrorKeys {
 		return nil
 	}
 	keyJSON, err := json.Marshal(key)

@@ -310,6 +310,11 @@ func TestMirrorSeedingRules(t *testing.T) {
 	m.learn(e, reply(8, Closed, true, 0), covered, drops)
 	expectAllow(-1)
 
+	// Keys that cannot be mirrored have no entry (every call asks cbd).
+	if m.entry("") != nil || m.entry("bad\xff") != nil || m.entry("ctl\x01") != nil {
+		t.Fatal("an invalid key got an entry")
+	}
+
 	// Pinned closed allows locally; pinned open does not.
 	m.applyEvent(w, &Event{Kind: "transition", Key: "k", Generation: 9, Snapshot: &Snapshot{State: Closed}, Forced: &ForcePin{State: Closed}})
 	expectAllow(9)
