@@ -183,6 +183,41 @@ func TestMirrorRules(t *testing.T) {
 	}
 }
 
+func TestWatchKeySet(t *testing.T) {
+	d := startCbd(t)
+	c := dial(t, d)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	events, watchErr := c.Watch(ctx, WatchOptions{Keys: []string{"ks/a", "ks/b", "ks/a"}})
+	d.cbctl("transition", "ks/a", "open")
+	d.cbctl("transition", "ks/c", "open") // not in the set
+	d.cbctl("transition", "ks/b", "open")
+	var keys []string
+	timeout := time.After(5 * time.Second)
+	for len(keys) < 2 {
+		select {
+		case ev, ok := <-events:
+			if !ok {
+				t.Fatalf("the stream ended: %v", watchErr())
+			}
+			keys = append(keys, ev.Key)
+		case <-timeout:
+			t.Fatalf("saw %v within 5 s", keys)
+		}
+	}
+	if keys[0] != "ks/a" || keys[1] != "ks/b" {
+		t.Fatalf("events of %v, want ks/a then ks/b", keys)
+	}
+	// Refused before anything is sent: an empty set, or a set with a key.
+	for _, opts := range []WatchOptions{{Keys: []string{}}, {Keys: []string{"a"}, Key: "a"}, {Keys: []string{"ok", ""}}} {
+		events, watchErr := c.Watch(context.Background(), opts)
+		var e *Error
+		if _, ok := <-events; ok || !errors.As(watchErr(), &e) || (e.Code != "invalid_request" && e.Code != "invalid_key") {
+			t.Fatalf("%+v: %v", opts, watchErr())
+		}
+	}
+}
+
 func TestMirrorIdleDrop(t *testing.T) {
 	d := startCbd(t)
 	c := dial(t, d, WithMirror(MirrorOptions{IdleDrop: 100 * time.Millisecond}))
