@@ -66,7 +66,7 @@ func (b *Breaker) Execute(ctx context.Context, fn func(context.Context) error) (
 }
 
 // executeRemote is Execute without the mirror: acquire, call, report.
-func (b *Breaker) executeRemote(ctx context.Context, fn func(context.Context) error) (err error) {
+func (b *Breaker) executeRemote(ctx context.Context, fn func(context.Context) error) error {
 	acquired, acquireErr := b.client.Acquire(ctx, b.key)
 	switch {
 	case acquireErr == nil:
@@ -81,20 +81,7 @@ func (b *Breaker) executeRemote(ctx context.Context, fn func(context.Context) er
 	if !acquired.Allowed {
 		return &OpenError{Key: b.key, RetryAfter: time.Duration(acquired.RetryAfterMs) * time.Millisecond, Circuit: acquired.Circuit}
 	}
-
-	completed := false
-	defer func() {
-		outcome := Success
-		if !completed || b.isFailure(err) {
-			outcome = Failure
-		}
-		// The report goes out even when ctx is done (a probe's permit must be
-		// released), within the client's own timeout.
-		_, _ = b.client.Report(context.Background(), b.key, outcome, WithAcquired(acquired))
-	}()
-	err = fn(ctx)
-	completed = true
-	return err
+	return b.runReported(ctx, acquired, fn)
 }
 
 // executeMirrored is Execute in mirror mode. Its first part is the hot path:
@@ -197,6 +184,8 @@ func (b *Breaker) runReported(ctx context.Context, acquired AcquireResult, fn fu
 		if !completed || b.isFailure(err) {
 			outcome = Failure
 		}
+		// The report goes out even when ctx is done (a probe's permit must be
+		// released), within the client's own timeout.
 		_, _ = b.client.Report(context.Background(), b.key, outcome, WithAcquired(acquired))
 	}()
 	err = fn(ctx)
