@@ -396,6 +396,33 @@ func ask2(t *testing.T, e *mirrorEntry) (bool, uint64) {
 	return e.covered, e.drops
 }
 
+// At most 1000 keys are mirrored, and no more than fit a 60 KiB watch line;
+// the others have no entry (every call asks cbd).
+func TestMirrorBounds(t *testing.T) {
+	m := newMirror(NewClient(t.TempDir()+"/absent.sock"), MirrorOptions{})
+	for i := 0; i < maxMirrorKeys; i++ {
+		if m.entry(fmt.Sprintf("key-%d", i)) == nil {
+			t.Fatalf("key %d not mirrored", i)
+		}
+	}
+	if m.entry("one-too-many") != nil || m.entry("key-7") == nil {
+		t.Fatal("the 1001st key was mirrored, or an existing one lost")
+	}
+	long := newMirror(NewClient(t.TempDir()+"/absent.sock"), MirrorOptions{})
+	n := 0
+	for long.entry(fmt.Sprintf("%04d%s", n, strings.Repeat("k", 996))) != nil {
+		n++
+	}
+	keys := make([]string, 0, n)
+	for k := range long.keys {
+		keys = append(keys, k)
+	}
+	line, _ := json.Marshal(map[string]any{"op": "watch", "keys": keys})
+	if n < 50 || len(line) > maxRequestBytes {
+		t.Fatalf("%d keys of 1000 bytes mirrored; their watch line is %d bytes", n, len(line))
+	}
+}
+
 func TestMirrorQueueDropsTheOldest(t *testing.T) {
 	// A mirror whose loops do not run: the queue alone.
 	c := NewClient(t.TempDir() + "/absent.sock")
