@@ -42,7 +42,8 @@ import (
 type MirrorOptions struct {
 	// BatchSize is how many queued outcomes send a reportBatch at once
 	// (default 100, at most 1000). A send takes everything queued, in lines
-	// of at most 256 outcomes and 60 KiB, two lines in flight at most.
+	// of at most 256 outcomes (fewer while cbd answers slowly) and 60 KiB,
+	// two lines in flight at most.
 	BatchSize int
 	// BatchInterval is how long after the first queued outcome the queue is
 	// sent when BatchSize is not reached (default 1 ms).
@@ -88,20 +89,30 @@ type MirrorStats struct {
 	Batches, Applied, Stale, Errors, Lost int64
 	// Watches confirmed, and watches lost (a closed connection or an overflow).
 	Watches, WatchLosses int64
+	// LineEntries is how many outcomes a reportBatch line holds now: 256,
+	// fewer while cbd answers slowly.
+	LineEntries int
 }
 
 // The mirror's bounds (besides QueueLimit).
 const (
 	// maxMirrorKeys: keys with an entry; a key-set watch holds at most 1000.
 	maxMirrorKeys = maxWatchKeys
-	// batchesInFlight reportBatch lines of at most batchEntries outcomes
-	// are sent and not yet answered at once (512 outcomes). More in flight
-	// only queues at cbd: with --backend redis each entry is a Redis call
-	// (about 70 µs here, 14k a second for all clients together), and with 8
-	// processes keeping 1024 each in flight the last entries waited past
-	// --backend-timeout (1 s) and failed with backend_unavailable.
+	// batchesInFlight reportBatch lines are sent and not yet answered at
+	// once, each of at most lineEntries outcomes. More in flight only queues
+	// at cbd: with --backend redis each entry is a Redis call (about 70 µs
+	// here, 14k a second for all clients together), and 8 processes keeping
+	// 512 to 1024 each in flight on a loaded machine made the last entries
+	// wait past --backend-timeout (1 s): backend_unavailable. So lineEntries
+	// adapts to how fast cbd answers (settle): halved, down to
+	// minLineEntries, when a reply takes over slowReply, is lost or refuses
+	// an entry with backend_unavailable; grown by minLineEntries, up to
+	// maxLineEntries, when one takes under fastReply.
 	batchesInFlight = 2
-	batchEntries    = 256
+	maxLineEntries  = 256
+	minLineEntries  = 16
+	slowReply       = 50 * time.Millisecond
+	fastReply       = 10 * time.Millisecond
 	// watchLineSlack: the watch line's fixed part, besides the keys.
 	watchLineSlack = 64
 	// batchEntrySlack: an entry's bytes besides its key (outcome, generation).
@@ -612,6 +623,8 @@ type outcomeQueue struct {
 	// last settled batch that got no answer, for Flush to return.
 	lastFailEnd uint64
 	lastFailErr error
+	// lineEntries: outcomes per line now (see maxLineEntries).
+	lineEntries int
 }
 
 // outcomeBatch is one reportBatch line's outcomes; batchesInFlight of them
@@ -620,6 +633,7 @@ type outcomeBatch struct {
 	items      []queuedOutcome
 	start, end uint64 // outcome numbers
 	line       []byte
+	sentAt     time.Time
 	done       bool
 	err        error
 }
@@ -632,6 +646,7 @@ func (q *outcomeQueue) init(limit int) {
 	}
 	q.ring = make([]queuedOutcome, size)
 	q.settledCh = make(chan struct{})
+	q.lineEntries = maxLineEntries
 }
 
 func (q *outcomeQueue) settledLocked() uint64 {
@@ -765,6 +780,7 @@ func (m *mirror) sendQueued() {
 		id := m.c.ids.Add(1)
 		b.line = encodeBatch(b.line[:0], id, b.items)
 		m.batches.Add(1)
+		b.sentAt = time.Now()
 		s, err := m.c.sendLine(context.Background(), id, b.line)
 		if err != nil {
 			m.settle(b, nil, err)
@@ -777,7 +793,7 @@ func (m *mirror) sendQueued() {
 	}
 }
 
-// take moves the queue's oldest outcomes into b: at most batchEntries, and
+// take moves the queue's oldest outcomes into b: at most lineEntries, and
 // no more than keep the line under maxRequestBytes. False when empty.
 func (m *mirror) take(b *outcomeBatch) bool {
 	q := &m.q
@@ -788,7 +804,7 @@ func (m *mirror) take(b *outcomeBatch) bool {
 	}
 	b.items = b.items[:0]
 	size := 64 // the line's fixed part
-	for q.n > 0 && len(b.items) < batchEntries {
+	for q.n > 0 && len(b.items) < q.lineEntries {
 		item := q.ring[q.head]
 		size += len(item.entry.keyJSON) + batchEntrySlack
 		if size > maxRequestBytes && len(b.items) > 0 {
@@ -848,6 +864,8 @@ func (m *mirror) settle(b *outcomeBatch, reply []byte, err error) {
 			err = &Error{Code: CodeBadReply, Message: "cannot decode cbd's reportBatch reply: " + e.Error(), Reply: reply, Err: e}
 		}
 	}
+	took := time.Since(b.sentAt)
+	congested := err != nil || took > slowReply
 	report := m.opts.OnReportError
 	if err != nil {
 		m.lost.Add(int64(len(b.items)))
@@ -858,6 +876,9 @@ func (m *mirror) settle(b *outcomeBatch, reply []byte, err error) {
 		m.applied.Add(result.Applied)
 		m.stale.Add(result.Stale)
 		m.refused.Add(int64(len(result.Errors)))
+		for _, e := range result.Errors {
+			congested = congested || e.Code == "backend_unavailable"
+		}
 		if report != nil {
 			for _, e := range result.Errors {
 				key := ""
@@ -873,6 +894,14 @@ func (m *mirror) settle(b *outcomeBatch, reply []byte, err error) {
 	}
 	q := &m.q
 	q.mu.Lock()
+	switch {
+	case congested:
+		if q.lineEntries /= 2; q.lineEntries < minLineEntries {
+			q.lineEntries = minLineEntries
+		}
+	case took < fastReply && q.lineEntries < maxLineEntries:
+		q.lineEntries += minLineEntries
+	}
 	b.done, b.err = true, err
 	for len(q.inFlight) > 0 && q.inFlight[0].done {
 		front := q.inFlight[0]
@@ -971,6 +1000,7 @@ func (m *mirror) stats() MirrorStats {
 	m.mu.Unlock()
 	m.q.mu.Lock()
 	s.LocalAllowed, s.Dropped, s.Queued = m.q.localAllowed, m.q.dropped, int64(m.q.queued)
+	s.LineEntries = m.q.lineEntries
 	m.q.mu.Unlock()
 	return s
 }

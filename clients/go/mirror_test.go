@@ -441,6 +441,49 @@ func TestMirrorQueueDropsTheOldest(t *testing.T) {
 	}
 }
 
+// Lines shrink while cbd answers slowly, loses a batch or refuses entries
+// with backend_unavailable, and grow back while it answers fast.
+func TestMirrorLineAdapts(t *testing.T) {
+	m := newMirror(NewClient(t.TempDir()+"/absent.sock"), MirrorOptions{})
+	e := m.entry("k")
+	answer := func(took time.Duration, reply string, err error) int {
+		t.Helper()
+		m.enqueue(e, 1, false, true)
+		b := <-m.bufs
+		if !m.take(b) {
+			t.Fatal("nothing to take")
+		}
+		b.sentAt = time.Now().Add(-took)
+		m.settle(b, []byte(reply), err)
+		return m.stats().LineEntries
+	}
+	ok := `{"id":1,"ok":true,"applied":1,"stale":0,"errors":[]}`
+	if n := answer(time.Millisecond, ok, nil); n != maxLineEntries {
+		t.Fatalf("fast answers at the maximum: %d", n)
+	}
+	if n := answer(time.Second, ok, nil); n != maxLineEntries/2 {
+		t.Fatalf("after a slow answer: %d", n)
+	}
+	if n := answer(time.Millisecond, `{"id":1,"ok":true,"applied":0,"stale":0,"errors":[{"index":0,"code":"backend_unavailable","message":"m"}]}`, nil); n != maxLineEntries/4 {
+		t.Fatalf("after backend_unavailable: %d", n)
+	}
+	for i := 0; i < 10; i++ {
+		answer(0, "", ErrUnavailable)
+	}
+	if n := m.stats().LineEntries; n != minLineEntries {
+		t.Fatalf("after lost batches: %d", n)
+	}
+	if n := answer(20*time.Millisecond, ok, nil); n != minLineEntries {
+		t.Fatalf("neither slow nor fast changes nothing: %d", n)
+	}
+	if n := answer(time.Millisecond, ok, nil); n != 2*minLineEntries {
+		t.Fatalf("a fast answer grows the line: %d", n)
+	}
+	if st := m.stats(); st.Lost != 10 || st.Errors != 1 || st.Applied != 4 {
+		t.Fatalf("%+v", st)
+	}
+}
+
 func TestEncodeBatch(t *testing.T) {
 	m := newMirror(NewClient(t.TempDir()+"/absent.sock"), MirrorOptions{})
 	odd := m.entry(`q"\ü`)
@@ -457,7 +500,7 @@ func TestEncodeBatch(t *testing.T) {
 			break
 		}
 		line := encodeBatch(nil, 42, b.items)
-		if len(line) > maxRequestBytes || len(b.items) > batchEntries {
+		if len(line) > maxRequestBytes || len(b.items) > maxLineEntries {
 			t.Fatalf("a line of %d bytes, %d entries", len(line), len(b.items))
 		}
 		var req struct {
@@ -644,6 +687,7 @@ func testMirrorExactness(t *testing.T, cbdArgs ...string) {
 		}
 	}
 	var local int64
+	smallestLine := maxLineEntries
 	for i, ch := range children {
 		r := ch.result(t)
 		if err := ch.cmd.Wait(); err != nil {
@@ -654,13 +698,16 @@ func testMirrorExactness(t *testing.T, cbdArgs ...string) {
 			t.Fatalf("child %d: %+v; refused %v", i, st, r.Refused)
 		}
 		local += st.LocalAllowed
+		if st.LineEntries < smallestLine {
+			smallestLine = st.LineEntries
+		}
 	}
 	took := time.Since(start)
 	s := must(c.Get(ctx, "exact"))
 	if s.FailureCount != 80000 || s.State != Closed {
 		t.Fatalf("failureCount %d (state %s), want exactly 80000", s.FailureCount, s.State)
 	}
-	t.Logf("80,000 failures from 8 processes in %v; %d decided locally", took, local)
+	t.Logf("80,000 failures from 8 processes in %v; %d decided locally; reportBatch lines of %d outcomes at the end (the smallest)", took, local, smallestLine)
 }
 
 func TestMirrorProbeRace(t *testing.T) { backends(t, testMirrorProbeRace) }
