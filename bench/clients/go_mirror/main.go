@@ -177,8 +177,8 @@ func run() error {
 		flushTime += time.Since(start)
 		flushed += 10000
 	}
-	fmt.Printf("  sustained: 10,000 mirrored calls then Flush, %d times: %.0f outcomes/s recorded by cbd\n",
-		*rounds, float64(flushed)/flushTime.Seconds())
+	fmt.Printf("  sustained: 10,000 mirrored calls then Flush, %d times: %.0f outcomes/s recorded by cbd (lines of %d outcomes at the end)\n",
+		*rounds, float64(flushed)/flushTime.Seconds(), mirroring.MirrorStats().LineEntries)
 
 	fmt.Printf("staleness (transition to open sent → first denial returned by the mirroring client), %d transitions each:\n", *transitions)
 	for _, caller := range []struct {
