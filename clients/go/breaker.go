@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 )
 
@@ -16,6 +17,8 @@ type Breaker struct {
 	key        string
 	failClosed bool
 	isFailure  func(error) bool
+	// entry is the key's mirror entry, looked up once (mirror mode).
+	entry atomic.Pointer[mirrorEntry]
 }
 
 // BreakerOption configures a Breaker.
@@ -50,7 +53,20 @@ func (c *Client) Breaker(key string, opts ...BreakerOption) *Breaker {
 // returns fn's error (fail open), unless FailClosed. A failed report does not
 // change what Execute returns: the call has run, and its result is the
 // caller's. A panic in fn is reported as a failure and goes on.
+//
+// With WithMirror, a call on a circuit the mirror knows to be closed (or
+// pinned closed) is allowed without asking cbd and its outcome is queued for
+// the next batch; a call the mirror knows cbd denies until a time is denied
+// locally until then; anything else asks cbd as above (see mirror.go).
 func (b *Breaker) Execute(ctx context.Context, fn func(context.Context) error) (err error) {
+	if m := b.client.mirror; m != nil {
+		return b.executeMirrored(ctx, m, fn)
+	}
+	return b.executeRemote(ctx, fn)
+}
+
+// executeRemote is Execute without the mirror: acquire, call, report.
+func (b *Breaker) executeRemote(ctx context.Context, fn func(context.Context) error) error {
 	acquired, acquireErr := b.client.Acquire(ctx, b.key)
 	switch {
 	case acquireErr == nil:
@@ -65,7 +81,103 @@ func (b *Breaker) Execute(ctx context.Context, fn func(context.Context) error) (
 	if !acquired.Allowed {
 		return &OpenError{Key: b.key, RetryAfter: time.Duration(acquired.RetryAfterMs) * time.Millisecond, Circuit: acquired.Circuit}
 	}
+	return b.runReported(ctx, acquired, fn)
+}
 
+// executeMirrored is Execute in mirror mode. Its first part is the hot path:
+// a closed circuit the mirror knows allows at its generation (rule 2), with
+// loads only, and the outcome is queued.
+func (b *Breaker) executeMirrored(ctx context.Context, m *mirror, fn func(context.Context) error) (err error) {
+	if e := b.entry.Load(); e != nil {
+		if g := e.allowGen.Load(); g >= 0 {
+			if err = ctx.Err(); err != nil {
+				return err
+			}
+			if !e.used.Load() {
+				e.used.Store(true)
+			}
+			completed := false
+			defer func() {
+				m.enqueue(e, g, !completed || b.isFailure(err), true)
+			}()
+			err = fn(ctx)
+			completed = true
+			return err
+		}
+	}
+	return b.executeMirroredSlow(ctx, m, fn)
+}
+
+// executeMirroredSlow is the rest of Execute in mirror mode: rules 1, 3, 4.
+func (b *Breaker) executeMirroredSlow(ctx context.Context, m *mirror, fn func(context.Context) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	e := b.entry.Load()
+	if e == nil {
+		if e = m.entry(b.key); e == nil {
+			return b.executeRemote(ctx, fn) // not mirrored: invalid key, bounds, closed
+		}
+		b.entry.Store(e)
+	}
+	if !e.used.Load() {
+		e.used.Store(true)
+	}
+	d, g, open, covered, drops := e.decide(m.now())
+	switch d {
+	case allowLocally:
+		return b.runQueued(ctx, m, e, g, true, fn)
+	case denyLocally:
+		m.localDenied.Add(1)
+		return open
+	case lookAgain: // idle-dropped, or the client closed
+		b.entry.CompareAndSwap(e, nil)
+		return b.executeMirrored(ctx, m, fn)
+	}
+
+	// Rules 1 and 4: ask cbd.
+	m.remote.Add(1)
+	acquired, acquireErr := b.client.Acquire(ctx, b.key)
+	switch {
+	case acquireErr == nil:
+	case errors.Is(acquireErr, ErrUnavailable) && ctx.Err() == nil:
+		if b.failClosed {
+			return fmt.Errorf("cbd: circuit %q: %w", b.key, acquireErr)
+		}
+		return fn(ctx)
+	default:
+		return acquireErr
+	}
+	m.learn(e, acquired, covered, drops)
+	if !acquired.Allowed {
+		return &OpenError{Key: b.key, RetryAfter: time.Duration(acquired.RetryAfterMs) * time.Millisecond, Circuit: acquired.Circuit}
+	}
+	if acquired.Permit != "" {
+		// A probe settles at once: reported directly, with its permit.
+		m.probes.Add(1)
+		return b.runReported(ctx, acquired, fn)
+	}
+	if !covered {
+		// Not yet known to be a protocol 9 cbd: report as without the mirror.
+		return b.runReported(ctx, acquired, fn)
+	}
+	return b.runQueued(ctx, m, e, acquired.Circuit.Generation, false, fn)
+}
+
+// runQueued runs fn and queues its outcome for the next batch.
+func (b *Breaker) runQueued(ctx context.Context, m *mirror, e *mirrorEntry, generation int64, local bool, fn func(context.Context) error) (err error) {
+	completed := false
+	defer func() {
+		m.enqueue(e, generation, !completed || b.isFailure(err), local)
+	}()
+	err = fn(ctx)
+	completed = true
+	return err
+}
+
+// runReported runs fn and reports its outcome directly, with acquired's
+// generation and permit.
+func (b *Breaker) runReported(ctx context.Context, acquired AcquireResult, fn func(context.Context) error) (err error) {
 	completed := false
 	defer func() {
 		outcome := Success

@@ -41,6 +41,12 @@ const (
 	maxListLimit   = 10000
 	maxTTL         = 366 * 24 * time.Hour
 	maxWireInt     = 1<<53 - 1
+	// Protocol 9: a reportBatch holds at most 1000 entries and a key-set
+	// watch at most 1000 keys; the client keeps each such line under 60 KiB,
+	// safely inside cbd's default 64 KiB line limit.
+	maxReportBatch  = 1000
+	maxWatchKeys    = 1000
+	maxRequestBytes = 60 << 10
 )
 
 func invalid(code, format string, args ...any) *Error {

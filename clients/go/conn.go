@@ -35,6 +35,7 @@ type options struct {
 	timeout    time.Duration
 	minBackoff time.Duration
 	maxBackoff time.Duration
+	mirror     *MirrorOptions // nil: mirror mode off
 }
 
 // WithTimeout sets how long a request waits for its reply when its context
@@ -53,9 +54,10 @@ func WithBackoff(min, max time.Duration) Option {
 
 // Client is a connection to cbd, safe for concurrent use by many goroutines.
 type Client struct {
-	path string
-	opts options
-	ids  atomic.Uint64
+	path   string
+	opts   options
+	ids    atomic.Uint64
+	mirror *mirror // nil unless WithMirror
 
 	mu        sync.Mutex
 	conn      *pipe // nil while not connected
@@ -122,6 +124,10 @@ func NewClient(path string, opts ...Option) *Client {
 		c.opts.maxBackoff = c.opts.minBackoff
 	}
 	c.backoff = c.opts.minBackoff
+	if c.opts.mirror != nil {
+		c.mirror = newMirror(c, *c.opts.mirror)
+		c.mirror.run()
+	}
 	return c
 }
 
@@ -134,6 +140,7 @@ func Dial(ctx context.Context, path string, opts ...Option) (*Client, error) {
 	_, err := c.connectLocked(ctx)
 	c.mu.Unlock()
 	if err != nil {
+		c.Close() // the mirror's goroutines
 		return nil, err
 	}
 	return c, nil
@@ -143,8 +150,16 @@ func Dial(ctx context.Context, path string, opts ...Option) (*Client, error) {
 func (c *Client) Path() string { return c.path }
 
 // Close closes the connection; waiting calls and later ones fail with an
-// error matching ErrClosed.
+// error matching ErrClosed. With WithMirror it first sends the queued
+// outcomes and waits for cbd's answer (within the client's timeout): its
+// error is then Flush's.
 func (c *Client) Close() error {
+	var flushErr error
+	if c.mirror != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), c.opts.timeout)
+		flushErr = c.mirror.close(ctx)
+		cancel()
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
@@ -154,7 +169,7 @@ func (c *Client) Close() error {
 	if c.conn != nil {
 		c.dropLocked(c.conn, clientError(CodeClosed, "the client was closed", nil))
 	}
-	return nil
+	return flushErr
 }
 
 // connectLocked returns the connection, dialing if there is none. Called and
@@ -250,8 +265,28 @@ func (c *Client) roundTrip(ctx context.Context, req *request) ([]byte, error) {
 }
 
 func (c *Client) roundTripLine(ctx context.Context, id uint64, line []byte) ([]byte, error) {
-	if err := ctx.Err(); err != nil {
+	s, err := c.sendLine(ctx, id, line)
+	if err != nil {
 		return nil, err
+	}
+	return c.await(ctx, s)
+}
+
+// sent is a request written to the connection and not yet answered: what
+// await needs to wait for its reply.
+type sent struct {
+	p           *pipe
+	w           *waiter
+	deadline    time.Time
+	ownDeadline bool
+}
+
+// sendLine writes one request line (connecting if need be) and queues its
+// waiter; await then waits for the reply. The two halves let the mirror's
+// flusher put a batch on the wire in order and wait for it elsewhere.
+func (c *Client) sendLine(ctx context.Context, id uint64, line []byte) (sent, error) {
+	if err := ctx.Err(); err != nil {
+		return sent{}, err
 	}
 	// The client's own timeout applies unless the caller's deadline is sooner.
 	deadline := time.Now().Add(c.opts.timeout)
@@ -265,7 +300,7 @@ func (c *Client) roundTripLine(ctx context.Context, id uint64, line []byte) ([]b
 	p, err := c.connectLocked(ctx)
 	if err != nil {
 		c.mu.Unlock()
-		return nil, err
+		return sent{}, err
 	}
 	p.waiting = append(p.waiting, w)
 	// Writes are under the mutex so that the wire order is the queue order.
@@ -277,7 +312,12 @@ func (c *Client) roundTripLine(ctx context.Context, id uint64, line []byte) ([]b
 			fmt.Sprintf("lost the connection to cbd at %s while sending; the request may or may not have been applied", c.path), err))
 	}
 	c.mu.Unlock()
+	return sent{p: p, w: w, deadline: deadline, ownDeadline: ownDeadline}, nil
+}
 
+// await waits for the reply to a request sendLine wrote.
+func (c *Client) await(ctx context.Context, s sent) ([]byte, error) {
+	p, w, deadline, ownDeadline := s.p, s.w, s.deadline, s.ownDeadline
 	// Most often the read turn is free (a lone caller): take it without
 	// arming a timer, which the read's own deadline makes needless.
 	select {

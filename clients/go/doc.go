@@ -16,4 +16,8 @@
 //	b := c.Breaker("payments")
 //	err = b.Execute(ctx, func(ctx context.Context) error { return charge(ctx) })
 //	if errors.Is(err, cbd.ErrOpen) { ... } // denied: the circuit is open
+//
+// Mirror mode (WithMirror, protocol 9) lets Breaker.Execute decide most calls
+// locally from a copy of each circuit kept current by a key-set watch, and
+// report outcomes in batches; see mirror.go and the README.
 package cbd

@@ -32,6 +32,9 @@ func TestMain(m *testing.M) {
 // child is connected before the race starts), acquires once and prints
 // allowed or denied.
 func runChild(mode string, args []string) int {
+	if strings.HasPrefix(mode, "mirror-") {
+		return runMirrorChild(mode, args)
+	}
 	socket, key := args[0], args[1]
 	ctx := context.Background()
 	c, err := Dial(ctx, socket, WithTimeout(30*time.Second))

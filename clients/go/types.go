@@ -224,8 +224,9 @@ type Event struct {
 }
 
 // WatchOptions choose what to watch: one Key, or keys starting with Prefix,
-// or (both empty) every circuit.
+// or a set of Keys (1 to 1000, protocol 9), or (all empty) every circuit.
 type WatchOptions struct {
 	Key    string
 	Prefix string
+	Keys   []string
 }

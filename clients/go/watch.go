@@ -40,7 +40,7 @@ func (c *Client) Watch(ctx context.Context, opts WatchOptions) (<-chan Event, fu
 		close(events)
 	}
 
-	nc, r, err := c.subscribe(ctx, opts)
+	nc, r, _, err := c.subscribe(ctx, opts)
 	if err != nil {
 		end(err)
 		return events, errFunc
@@ -89,24 +89,52 @@ func (c *Client) Watch(ctx context.Context, opts WatchOptions) (<-chan Event, fu
 
 // subscribe opens a connection and waits (within the client's timeout) for
 // cbd to confirm the watch. The reader it returns holds what followed the
-// confirmation.
-func (c *Client) subscribe(ctx context.Context, opts WatchOptions) (net.Conn, *bufio.Reader, error) {
-	if opts.Key != "" && opts.Prefix != "" {
-		return nil, nil, invalid("invalid_request", "watch a key or a prefix, not both")
+// confirmation; the confirmation line itself is returned too (the mirror
+// checks that cbd watches the key set it asked for).
+func (c *Client) subscribe(ctx context.Context, opts WatchOptions) (net.Conn, *bufio.Reader, []byte, error) {
+	fail := func(err error) (net.Conn, *bufio.Reader, []byte, error) { return nil, nil, nil, err }
+	given := 0
+	for _, set := range []bool{opts.Key != "", opts.Prefix != "", opts.Keys != nil} {
+		if set {
+			given++
+		}
+	}
+	if given > 1 {
+		return fail(invalid("invalid_request", "watch a key, a prefix or a key set, not more than one"))
 	}
 	if opts.Key != "" {
 		if err := checkKey(opts.Key); err != nil {
-			return nil, nil, err
+			return fail(err)
 		}
 	}
 	if len(opts.Prefix) > maxKeyBytes {
-		return nil, nil, invalid("invalid_request", "a prefix is at most %d bytes", maxKeyBytes)
+		return fail(invalid("invalid_request", "a prefix is at most %d bytes", maxKeyBytes))
+	}
+	if opts.Keys != nil {
+		if len(opts.Keys) == 0 || len(opts.Keys) > maxWatchKeys {
+			return fail(invalid("invalid_request", "a watch's key set is 1 to %d keys, not %d", maxWatchKeys, len(opts.Keys)))
+		}
+		for _, k := range opts.Keys {
+			if err := checkKey(k); err != nil {
+				return fail(err)
+			}
+		}
 	}
 	c.mu.Lock()
 	closed := c.closed
 	c.mu.Unlock()
 	if closed {
-		return nil, nil, clientError(CodeClosed, "the client was closed", nil)
+		return fail(clientError(CodeClosed, "the client was closed", nil))
+	}
+	line, _ := json.Marshal(struct {
+		Op     string   `json:"op"`
+		Key    string   `json:"key,omitempty"`
+		Prefix string   `json:"prefix,omitempty"`
+		Keys   []string `json:"keys,omitempty"`
+	}{"watch", opts.Key, opts.Prefix, opts.Keys})
+	if len(line) > maxRequestBytes {
+		// cbd would close the connection on a line past its limit.
+		return fail(invalid("invalid_request", "the watch request is %d bytes; at most %d", len(line), maxRequestBytes))
 	}
 	deadline := time.Now().Add(c.opts.timeout)
 	dialCtx, cancel := context.WithDeadline(ctx, deadline)
@@ -115,15 +143,10 @@ func (c *Client) subscribe(ctx context.Context, opts WatchOptions) (net.Conn, *b
 	nc, err := dialer.DialContext(dialCtx, "unix", c.path)
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, nil, ctx.Err()
+			return fail(ctx.Err())
 		}
-		return nil, nil, clientError(CodeUnavailable, fmt.Sprintf("cannot connect to cbd at %s: %v", c.path, err), err)
+		return fail(clientError(CodeUnavailable, fmt.Sprintf("cannot connect to cbd at %s: %v", c.path, err), err))
 	}
-	line, _ := json.Marshal(struct {
-		Op     string `json:"op"`
-		Key    string `json:"key,omitempty"`
-		Prefix string `json:"prefix,omitempty"`
-	}{"watch", opts.Key, opts.Prefix})
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
@@ -138,9 +161,9 @@ func (c *Client) subscribe(ctx context.Context, opts WatchOptions) (net.Conn, *b
 	if err != nil {
 		nc.Close()
 		if ctx.Err() != nil {
-			return nil, nil, ctx.Err()
+			return fail(ctx.Err())
 		}
-		return nil, nil, clientError(CodeUnavailable, fmt.Sprintf("cbd at %s did not confirm the watch: %v", c.path, err), err)
+		return fail(clientError(CodeUnavailable, fmt.Sprintf("cbd at %s did not confirm the watch: %v", c.path, err), err))
 	}
 	var head replyHead
 	if err := json.Unmarshal(reply, &head); err != nil || !head.OK {
@@ -149,8 +172,8 @@ func (c *Client) subscribe(ctx context.Context, opts WatchOptions) (net.Conn, *b
 		if head.Error != nil {
 			e.Code, e.Message = head.Error.Code, head.Error.Message
 		}
-		return nil, nil, e
+		return fail(e)
 	}
 	_ = nc.SetDeadline(time.Time{})
-	return nc, r, nil
+	return nc, r, reply, nil
 }
