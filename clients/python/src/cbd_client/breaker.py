@@ -17,6 +17,11 @@ caller's). BaseExceptions that are not Exceptions (KeyboardInterrupt,
 SystemExit, asyncio.CancelledError) say nothing about the upstream and are
 not reported; a probe permit they hold ends with its lease.
 
+On a Client made with ``mirror=True`` the Breaker asks the client's mirror
+first (see cbd_client.mirror): a call on a closed circuit is allowed here and
+its outcome queued for a reportBatch; a deny time learned from cbd denies
+here; everything else goes to cbd as without the mirror.
+
 When cbd cannot serve the acquire (Unavailable, a timeout, a lost
 connection, a backend outage) the call runs anyway (fail open) unless
 ``fail_open=False``, in which case that error is raised. A report that
@@ -31,10 +36,15 @@ from __future__ import annotations
 import contextvars
 import functools
 import logging
-from typing import Awaitable, Callable, ParamSpec, Protocol, TypeVar
+import math
+import time
+from typing import TYPE_CHECKING, Awaitable, Callable, ParamSpec, Protocol, TypeVar
 
 from .errors import CbdError, CircuitOpen, is_unavailable
 from .types import AcquireReply, Outcome, ReportReply
+
+if TYPE_CHECKING:
+    from .mirror import Mirror
 
 log = logging.getLogger("cbd_client")
 
@@ -59,14 +69,20 @@ class _AsyncClient(Protocol):
     ) -> ReportReply: ...
 
 
+_monotonic = time.monotonic
+
+
 class _Ticket:
-    """What one admitted call must report: None fields when it failed open."""
+    """What one admitted call must report: None fields when it failed open.
+    ``reports``: in mirror mode, the (success, failure) entries of a
+    reportBatch to queue instead of a report."""
 
-    __slots__ = ("generation", "permit")
+    __slots__ = ("generation", "permit", "reports")
 
-    def __init__(self, generation: int | None, permit: str | None) -> None:
+    def __init__(self, generation: int | None, permit: str | None, reports: tuple[str, str] | None = None) -> None:
         self.generation = generation
         self.permit = permit
+        self.reports = reports
 
 
 # The tickets of the calls inside `with breaker:` blocks, innermost last. A
@@ -133,18 +149,52 @@ class Breaker(_BreakerRules):
     ) -> None:
         super().__init__(key, fail_open, is_failure)
         self.client = client
+        self._mirror: Mirror | None = getattr(client, "_mirror", None)
 
     def _acquire(self) -> _Ticket | None:
+        mirror = self._mirror
+        if mirror is None:
+            try:
+                reply = self.client.acquire(self.key)
+            except CbdError as error:
+                self.on_acquire_error(error)
+                return None
+            return self.admit(reply)
+        key = self.key
+        now = _monotonic()
+        entry = mirror.entries.get(key)
+        if entry is not None:
+            local = entry.local
+            if local is not None:  # rule 2: closed, or pinned closed
+                entry.used = True
+                return _Ticket(None, None, local)
+            deny_until = entry.deny_until
+            if deny_until > now:  # rule 3: a deny time cbd gave
+                entry.used = True
+                raise CircuitOpen(key, math.ceil((deny_until - now) * 1000))
+        # Rules 1 and 4: cbd decides.
+        token = mirror.before_acquire(key, now)
         try:
-            reply = self.client.acquire(self.key)
+            reply = self.client.acquire(key)
         except CbdError as error:
             self.on_acquire_error(error)
             return None
-        return self.admit(reply)
+        mirror.after_acquire(key, token, reply, _monotonic())
+        ticket = self.admit(reply)
+        generation = ticket.generation
+        if ticket.permit is None and isinstance(generation, int) and not isinstance(generation, bool):
+            # Allowed without a permit: the outcome goes in a batch. A
+            # probe's (with its permit) is reported at once, below.
+            ticket.reports = mirror.reports_for(key, generation)
+        return ticket
 
     def _report(self, ticket: _Ticket | None, error: BaseException | None) -> None:
         outcome = self.outcome(error)
         if ticket is None or outcome is None:
+            return
+        if ticket.reports is not None:
+            assert self._mirror is not None
+            self._mirror.queue_outcome(ticket.reports[1] if outcome == "failure" else ticket.reports[0])
             return
         try:
             self.client.report(self.key, outcome, generation=ticket.generation, permit=ticket.permit)
@@ -153,6 +203,31 @@ class Breaker(_BreakerRules):
 
     def call(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Runs ``fn(*args, **kwargs)`` if the circuit allows it."""
+        mirror = self._mirror
+        if mirror is not None:
+            # The mirror's hot path, inline: a dict lookup, an attribute,
+            # the call, an append.
+            entry = mirror.entries.get(self.key)
+            if entry is not None:
+                local = entry.local
+                if local is not None:
+                    entry.used = True
+                    try:
+                        result = fn(*args, **kwargs)
+                    except BaseException as error:
+                        outcome = self.outcome(error)
+                        if outcome is not None:
+                            mirror.queue_outcome(local[1] if outcome == "failure" else local[0])
+                        raise
+                    # mirror.queue_outcome(local[0]), inline.
+                    queue = mirror.queue
+                    queued = len(queue)
+                    queue.append(local[0])
+                    if queued >= mirror.busy_at:
+                        mirror.queued_many(queued)
+                    elif queued == 0:
+                        mirror.wake_flusher.set()
+                    return result
         ticket = self._acquire()
         try:
             result = fn(*args, **kwargs)
