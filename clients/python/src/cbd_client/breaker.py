@@ -43,6 +43,8 @@ from typing import TYPE_CHECKING, Awaitable, Callable, ParamSpec, Protocol, Type
 from .errors import CbdError, CircuitOpen, is_unavailable
 from .types import AcquireReply, Outcome, ReportReply
 
+from .mirror import NO_ENTRY
+
 if TYPE_CHECKING:
     from .mirror import Mirror
 
@@ -150,6 +152,14 @@ class Breaker(_BreakerRules):
         super().__init__(key, fail_open, is_failure)
         self.client = client
         self._mirror: Mirror | None = getattr(client, "_mirror", None)
+        # Mirror mode: the key's entry (an entry the mirror forgets stops
+        # being local, and the slow path looks the key up again), the queue
+        # and its threshold, so that the hot path reads only this breaker.
+        self._entry = NO_ENTRY
+        if self._mirror is not None:
+            self._entry = self._mirror.entries.get(key, NO_ENTRY)
+            self._queue = self._mirror.queue
+            self._busy_at = self._mirror.busy_at
 
     def _acquire(self) -> _Ticket | None:
         mirror = self._mirror
@@ -162,16 +172,17 @@ class Breaker(_BreakerRules):
             return self.admit(reply)
         key = self.key
         now = _monotonic()
-        entry = mirror.entries.get(key)
-        if entry is not None:
-            local = entry.local
-            if local is not None:  # rule 2: closed, or pinned closed
-                entry.used = True
-                return _Ticket(None, None, local)
-            deny_until = entry.deny_until
-            if deny_until > now:  # rule 3: a deny time cbd gave
-                entry.used = True
-                raise CircuitOpen(key, math.ceil((deny_until - now) * 1000))
+        entry = self._entry
+        if entry.local is None:
+            self._entry = entry = mirror.entries.get(key, NO_ENTRY)
+        local = entry.local
+        if local is not None:  # rule 2: closed, or pinned closed
+            entry.used = True
+            return _Ticket(None, None, local)
+        deny_until = entry.deny_until
+        if deny_until > now:  # rule 3: a deny time cbd gave
+            entry.used = True
+            raise CircuitOpen(key, math.ceil((deny_until - now) * 1000))
         # Rules 1 and 4: cbd decides.
         token = mirror.before_acquire(key, now)
         try:
@@ -180,6 +191,7 @@ class Breaker(_BreakerRules):
             self.on_acquire_error(error)
             return None
         mirror.after_acquire(key, token, reply, _monotonic())
+        self._entry = mirror.entries.get(key, NO_ENTRY)
         ticket = self.admit(reply)
         generation = ticket.generation
         if ticket.permit is None and isinstance(generation, int) and not isinstance(generation, bool):
@@ -203,31 +215,29 @@ class Breaker(_BreakerRules):
 
     def call(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Runs ``fn(*args, **kwargs)`` if the circuit allows it."""
-        mirror = self._mirror
-        if mirror is not None:
-            # The mirror's hot path, inline: a dict lookup, an attribute,
-            # the call, an append.
-            entry = mirror.entries.get(self.key)
-            if entry is not None:
-                local = entry.local
-                if local is not None:
-                    entry.used = True
-                    try:
-                        result = fn(*args, **kwargs)
-                    except BaseException as error:
-                        outcome = self.outcome(error)
-                        if outcome is not None:
-                            mirror.queue_outcome(local[1] if outcome == "failure" else local[0])
-                        raise
-                    # mirror.queue_outcome(local[0]), inline.
-                    queue = mirror.queue
-                    queued = len(queue)
-                    queue.append(local[0])
-                    if queued >= mirror.busy_at:
-                        mirror.queued_many(queued)
-                    elif queued == 0:
-                        mirror.wake_flusher.set()
-                    return result
+        # The mirror's hot path, inline: the entry's reports, the call, an
+        # append. Without the mirror, or when the entry is not local, the
+        # first test fails and _acquire decides.
+        entry = self._entry
+        local = entry.local
+        if local is not None:
+            entry.used = True
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as error:
+                outcome = self.outcome(error)
+                if outcome is not None:
+                    self._mirror.queue_outcome(local[1] if outcome == "failure" else local[0])  # type: ignore[union-attr]
+                raise
+            # Mirror.queue_outcome(local[0]), inline.
+            queue = self._queue
+            queued = len(queue)
+            queue.append(local[0])
+            if queued >= self._busy_at:
+                self._mirror.queued_many(queued)  # type: ignore[union-attr]
+            elif queued == 0:
+                self._mirror.wake_flusher.set()  # type: ignore[union-attr]
+            return result
         ticket = self._acquire()
         try:
             result = fn(*args, **kwargs)

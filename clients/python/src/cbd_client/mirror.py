@@ -146,6 +146,10 @@ class _Entry:
         self.seq += 1
 
 
+# What a breaker holds before the mirror has an entry for its key: never local.
+NO_ENTRY = _Entry("", 0.0)
+
+
 class _WatchConnection:
     """A watch of a key set on a connection of its own, read without blocking."""
 
@@ -241,6 +245,10 @@ class Mirror:
         # wakes the flusher for the interval.
         self.busy_at = min(self.batch_size - 1, self.queue_limit)
         self._client = client
+        # The report entries of locally decided calls, oldest first; full,
+        # an append drops the oldest (counted in ``dropped``). One deque for
+        # the mirror's life (cleared after fork): breakers keep a reference.
+        self.queue: collections.deque[str] = collections.deque(maxlen=self.queue_limit)
         self._init_state()
 
     def _init_state(self) -> None:
@@ -250,9 +258,6 @@ class Mirror:
         # most MAX_WATCH_KEYS whose watch line fits MAX_BATCH_BYTES.
         self.entries: dict[str, _Entry] = {}
         self._watch_bytes = 0
-        # The report entries of locally decided calls, oldest first; full,
-        # an append drops the oldest (counted in ``dropped``).
-        self.queue: collections.deque[str] = collections.deque(maxlen=self.queue_limit)
         self._send_lock = threading.Lock()
         self._settle_lock = threading.Lock()
         # Batches written and not yet answered, in the order written:
@@ -434,6 +439,9 @@ class Mirror:
                     pass
         watch = self._watch
         stopping = self._stopping
+        for entry in self.entries.values():
+            entry.forget()  # breakers may hold them: no longer local
+        self.queue.clear()
         self._init_state()
         self._stopping = stopping
         if watch is not None:
