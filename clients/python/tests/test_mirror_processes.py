@@ -62,7 +62,9 @@ def redis_server() -> Iterator[str]:
 def backend(request, start_cbd):  # type: ignore[no-untyped-def]
     """A cbd on the memory backend, or on the module's Redis."""
     if request.param == "redis":
-        return start_cbd("--backend", "redis", "--redis", request.getfixturevalue("redis_server"))
+        # A generous backend timeout: the machine is shared with builds, and
+        # a Redis round trip that takes a second there is load, not a bug.
+        return start_cbd("--backend", "redis", "--redis", request.getfixturevalue("redis_server"), "--backend-timeout", "10s")
     return start_cbd()
 
 

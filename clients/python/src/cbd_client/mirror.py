@@ -277,6 +277,12 @@ class Mirror:
         self._wake_read = self._wake_write = -1
         self._watch: _WatchConnection | None = None
         self._send_failing = False
+        # Set when a call found the connection unable to take a batch at
+        # once: calls stop trying, and the flusher writes (waiting as it
+        # must) until it has caught up.
+        self._congested = False
+        self._last_warning = 0.0
+        self._unlogged = 0
         self.counts = {
             "asked": 0,  # acquires the breakers sent to cbd
             "applied": 0,  # outcomes cbd recorded
@@ -307,7 +313,7 @@ class Mirror:
         if queued >= self.queue_limit:
             with self._lock:
                 self.counts["dropped"] += 1
-        if queued + 1 >= self.batch_size:
+        if queued + 1 >= self.batch_size and not self._congested:
             self._send_queued(blocking=False)
 
     def before_acquire(self, key: str, now: float) -> tuple[_Entry | None, int, int, bool]:
@@ -650,9 +656,12 @@ class Mirror:
                     self._settle()
                 if self.queue:
                     # T after the first queued outcome, unless a call fills
-                    # the batch first (it writes it itself).
-                    self._stop.wait(self.batch_interval)
+                    # the batch first (it writes it itself), or calls found
+                    # the connection full and left the batches here.
+                    if not self._congested and len(self.queue) < self.batch_size:
+                        self._stop.wait(self.batch_interval)
                     self._send_queued(blocking=True, limit=len(self.queue))
+                    self._congested = False
                     self._settle()
             except Exception:
                 log.exception("cbd mirror: the flush thread failed a round")
@@ -661,12 +670,20 @@ class Mirror:
 
     def _send_queued(self, blocking: bool, limit: int | None = None) -> None:
         """Writes queued outcomes as reportBatch lines: one line from a
-        call that filled a batch (``blocking`` False: not while another
-        thread writes, not beyond _MAX_IN_FLIGHT), else up to ``limit``
-        outcomes."""
+        call that filled a batch (``blocking`` False: only if the line goes
+        out without waiting — not while another thread writes, not beyond
+        _MAX_IN_FLIGHT, not into a full socket), else up to ``limit``
+        outcomes, waiting for the socket as needed."""
         if not self._send_lock.acquire(blocking=blocking):
             return
         try:
+            if not blocking and (len(self._in_flight) >= _MAX_IN_FLIGHT or not self._client._writable_now()):
+                # cbd is behind (or there is no connection yet): the caller
+                # must not wait for it. The flusher takes over; should cbd
+                # stay behind, the queue fills and drops its oldest.
+                self._congested = True
+                self.wake_flusher.set()
+                return
             taken = 0
             carry: str | None = None
             while carry is not None or (self.queue and (limit is None or taken < limit)):
@@ -758,8 +775,15 @@ class Mirror:
     def _tell(self, failed: list[tuple[str, str, str]], summary: str) -> None:
         handler = self.on_report_error
         if handler is None:
+            # At most one warning a second: an outage fails every batch.
+            now = _monotonic()
+            if now - self._last_warning < 1.0:
+                self._unlogged += 1
+                return
             first = f": {failed[0][0]!r} {failed[0][1]}: {failed[0][2]}" if failed else ""
-            log.warning("cbd mirror: %s%s", summary, first)
+            more = f" (and {self._unlogged} more such warnings in the last second)" if self._unlogged else ""
+            log.warning("cbd mirror: %s%s%s", summary, first, more)
+            self._last_warning, self._unlogged = now, 0
             return
         for key, code, message in failed:
             try:
