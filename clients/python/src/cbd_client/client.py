@@ -362,6 +362,34 @@ class Client:
                         raise Unavailable(f"cbd at {self.socket_path}: {error}") from None
             raise AssertionError("unreachable")
 
+    def _read_ready(self) -> None:
+        """Reads the replies that have already come, without waiting (and
+        not while another thread reads): for the mirror's batches."""
+        connection = self._connection
+        if connection is None or not self._read_lock.acquire(blocking=False):
+            return
+        try:
+            # A deadline already past: _read_reply takes what is buffered
+            # or readable now, and returns False rather than wait.
+            while connection.alive and connection.pending and self._read_reply(connection, 0.0):
+                pass
+        finally:
+            self._read_lock.release()
+
+    def _wait_writable(self, deadline: float) -> None:
+        """Waits (holding no lock) until the live connection is writable,
+        so that the mirror's next batch line does not block the write lock
+        while cbd catches up; returns at the deadline or without one."""
+        connection = self._connection
+        while connection is not None and connection.alive and not self._writable_now():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                connection.poller.poll(max(1, min(100, int(remaining * 1000))))
+            except (OSError, ValueError):
+                return
+
     def _writable_now(self) -> bool:
         """Whether the live connection takes a mirror batch line without
         waiting: Linux reports a Unix stream socket writable only while at

@@ -39,6 +39,7 @@ Batches go on the client's own pipelined connection; the watch has its own.
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import logging
 import math
@@ -277,19 +278,18 @@ class Mirror:
         self._wake_read = self._wake_write = -1
         self._watch: _WatchConnection | None = None
         self._send_failing = False
-        # Set when a call found the connection unable to take a batch at
-        # once: calls stop trying, and the flusher writes (waiting as it
-        # must) until it has caught up.
-        self._congested = False
         self._last_warning = 0.0
         self._unlogged = 0
+        self._dropped = itertools.count()
+        # Batches callers tried to write: the flusher waits for replies only
+        # in a tick without any (the callers read them while they write).
+        self._caller_writes = 0
         self.counts = {
             "asked": 0,  # acquires the breakers sent to cbd
             "applied": 0,  # outcomes cbd recorded
             "stale": 0,  # outcomes of an older generation: they count nowhere
             "errors": 0,  # outcomes cbd refused (or that got no answer)
             "unsent": 0,  # outcomes that could not be written to cbd
-            "dropped": 0,  # outcomes dropped from the full queue
             "watch_losses": 0,  # watches lost or overflowed
             "watches": 0,  # watches confirmed
         }
@@ -309,12 +309,15 @@ class Mirror:
 
     def queued_many(self, queued: int) -> None:
         """After an append to a queue that held ``queued`` outcomes, at
-        least busy_at: count a drop, write a full batch."""
+        least busy_at: count a drop, write a full batch. While cbd is
+        behind, a write is tried once per batch_size calls."""
         if queued >= self.queue_limit:
-            with self._lock:
-                self.counts["dropped"] += 1
-        if queued + 1 >= self.batch_size and not self._congested:
-            self._send_queued(blocking=False)
+            dropped = next(self._dropped)  # atomic, and cheaper than the lock
+            if queued + 1 < self.batch_size or dropped % self.batch_size:
+                return
+        elif (queued + 1) % self.batch_size:
+            return
+        self._send_queued(blocking=False)
 
     def before_acquire(self, key: str, now: float) -> tuple[_Entry | None, int, int, bool]:
         """Before a breaker's acquire: what after_acquire needs to judge
@@ -387,6 +390,8 @@ class Mirror:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             stats: dict[str, Any] = dict(self.counts)
+            # itertools.count shows its next value only in its repr.
+            stats["dropped"] = int(repr(self._dropped)[6:-1])
             stats["keys"] = len(self.entries)
             stats["covered"] = sum(1 for key in self.entries if key in self._confirmed)
             stats["local"] = sum(1 for entry in self.entries.values() if entry.local is not None)
@@ -644,27 +649,24 @@ class Mirror:
         self._lose_watch(why)
 
     def _flush_loop(self) -> None:
+        """Idle until an outcome is queued; then a tick every batch interval
+        while outcomes or batches are outstanding: writes what the callers
+        left (a partial batch, or batches cbd was too slow to take at
+        once) and reads the replies. Callers that fill batches write and
+        read themselves, so that a busy caller rarely hands the GIL here."""
         wake = self.wake_flusher
         while not self._stopping:
-            if not self.queue and not self._in_flight:
-                wake.wait()
+            wake.wait()
             wake.clear()
-            if self._stopping:
-                return
-            try:
-                if self._in_flight:
-                    self._settle()
-                if self.queue:
-                    # T after the first queued outcome, unless a call fills
-                    # the batch first (it writes it itself), or calls found
-                    # the connection full and left the batches here.
-                    if not self._congested and len(self.queue) < self.batch_size:
-                        self._stop.wait(self.batch_interval)
-                    self._send_queued(blocking=True, limit=len(self.queue))
-                    self._congested = False
-                    self._settle()
-            except Exception:
-                log.exception("cbd mirror: the flush thread failed a round")
+            while not self._stopping and (self.queue or self._in_flight):
+                caller_writes = self._caller_writes
+                self._stop.wait(self.batch_interval)
+                try:
+                    if self.queue:
+                        self._send_queued(blocking=True, limit=len(self.queue))
+                    self._settle(wait=self._caller_writes == caller_writes)
+                except Exception:
+                    log.exception("cbd mirror: the flush thread failed a round")
 
     # --- batches ----------------------------------------------------------------
 
@@ -677,18 +679,26 @@ class Mirror:
         if not self._send_lock.acquire(blocking=blocking):
             return
         try:
-            if not blocking and (len(self._in_flight) >= _MAX_IN_FLIGHT or not self._client._writable_now()):
-                # cbd is behind (or there is no connection yet): the caller
-                # must not wait for it. The flusher takes over; should cbd
-                # stay behind, the queue fills and drops its oldest.
-                self._congested = True
-                self.wake_flusher.set()
-                return
+            if not blocking:
+                # The caller reads the replies that have come (no waiting,
+                # and no other thread to hand the GIL to), and writes only
+                # if the line goes out at once. If cbd is behind (or there
+                # is no connection yet) the caller does not wait for it:
+                # the queue fills, drops its oldest, and the flusher's next
+                # tick writes what is left.
+                self._caller_writes += 1
+                self._settle(wait=False)
+                if len(self._in_flight) >= _MAX_IN_FLIGHT or not self._client._writable_now():
+                    return
             taken = 0
             carry: str | None = None
             while carry is not None or (self.queue and (limit is None or taken < limit)):
                 if not blocking and carry is None and len(self._in_flight) >= _MAX_IN_FLIGHT:
                     return
+                if blocking:
+                    # Wait for room outside the client's write lock, which
+                    # the callers' own reads need.
+                    self._client._wait_writable(_monotonic() + self._client.timeout)
                 batch, carry = self._take_batch(carry)
                 if not batch:
                     return
@@ -727,14 +737,21 @@ class Mirror:
             return
         self._send_failing = False
         self._in_flight.append((connection, slot, batch))
-        self.wake_flusher.set()
 
-    def _settle(self) -> None:
-        """Reads the answers of the batches in flight, in order, and counts them."""
+    def _settle(self, wait: bool = True) -> None:
+        """Reads the answers of the batches in flight, in order, and counts
+        them; without ``wait`` only those already come (and not while
+        another thread settles)."""
         client = self._client
-        with self._settle_lock:
+        if not self._settle_lock.acquire(blocking=wait):
+            return
+        try:
+            if not wait:
+                client._read_ready()
             while self._in_flight:
                 connection, slot, batch = self._in_flight[0]
+                if not wait and not slot.done:
+                    return
                 try:
                     reply = _wire.result(client._receive(connection, slot, _monotonic() + client.timeout))
                 except CbdError as error:
@@ -742,6 +759,8 @@ class Mirror:
                 else:
                     self._count(batch, reply)
                 self._in_flight.popleft()
+        finally:
+            self._settle_lock.release()
 
     def _count(self, batch: list[str], reply: dict[str, Any]) -> None:
         applied, stale, errors = reply.get("applied"), reply.get("stale"), reply.get("errors")
