@@ -90,7 +90,7 @@ def finish(workers: list[subprocess.Popen[str]]) -> None:
 
 
 def test_8_mirroring_processes_x_10000_failures_count_exactly_80000(backend) -> None:  # type: ignore[no-untyped-def]
-    with Client(backend.socket) as client:
+    with Client(backend.socket, timeout=30.0) as client:
         client.configure("exact", {"failureThreshold": 1_000_000_000})
         started = time.monotonic()
         workers = [spawn(backend, "mirror-failures", "exact", "10000") for _ in range(8)]
@@ -111,7 +111,7 @@ def test_8_mirroring_processes_x_10000_failures_count_exactly_80000(backend) -> 
 
 
 def test_10_mirroring_processes_race_for_one_half_open_probe(backend) -> None:  # type: ignore[no-untyped-def]
-    with Client(backend.socket) as client:
+    with Client(backend.socket, timeout=30.0) as client:
         client.configure("race", {"failureThreshold": 1, "resetTimeoutMs": 1500, "halfOpenMax": 1, "probeLeaseMs": 60_000})
         workers = [spawn(backend, "mirror-probe", "race", stdin=True) for _ in range(10)]
         try:
@@ -141,7 +141,7 @@ def test_10_mirroring_processes_race_for_one_half_open_probe(backend) -> None:  
 
 
 def test_8_mirrors_all_see_a_circuit_cbd_opened(backend) -> None:  # type: ignore[no-untyped-def]
-    with Client(backend.socket) as client:
+    with Client(backend.socket, timeout=30.0) as client:
         client.configure("stale", {"resetTimeoutMs": 60_000})
         workers = [spawn(backend, "mirror-stale", "stale") for _ in range(8)]
         try:

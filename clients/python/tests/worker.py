@@ -11,7 +11,7 @@ until the mirror decides it locally, then prints "mirrored":
 
     mirror-failures KEY N   N guarded failures; flush; print the mirror's
                             counters as JSON (asked counts only these calls)
-    mirror-stale KEY        guarded no-op calls until the first denial decided
+    mirror-stale KEY        guarded no-op calls, 1 ms apart, until the first denial decided
                             locally; print {"denied_at": monotonic time of the
                             first denial (cbd's answer to the acquire the open
                             event caused), "local_at": of the first local one,
@@ -82,6 +82,10 @@ def mirror_main(client: Client, command: str, key: str) -> int:
         calls = 0
         denied_at = None
         while True:
+            # A caller that does something between calls (1 ms): 8 of them
+            # back to back would send cbd more reports than it applies on
+            # Redis, and the transition would wait behind them.
+            time.sleep(0.001)
             calls += 1
             try:
                 breaker.call(lambda: None)
