@@ -133,6 +133,46 @@ class _BreakerRules:
             return
         raise error
 
+    # --- mirror mode (both breakers) ------------------------------------------
+
+    def init_mirror(self, client: object) -> None:
+        self._mirror: Mirror | None = getattr(client, "_mirror", None)
+        # The key's entry (an entry the mirror forgets stops being local,
+        # and the slow path looks the key up again), the queue and its
+        # threshold, so that the hot path reads only this breaker.
+        self._entry = NO_ENTRY
+        if self._mirror is not None:
+            self._entry = self._mirror.entries.get(self.key, NO_ENTRY)
+            self._queue = self._mirror.queue
+            self._busy_at = self._mirror.busy_at
+
+    def decide_here(self, mirror: "Mirror", now: float) -> _Ticket | None:
+        """Rules 2 and 3: a ticket for a call allowed here, CircuitOpen for
+        one denied here; None: cbd decides (rules 1 and 4)."""
+        entry = self._entry
+        if entry.local is None:
+            self._entry = entry = mirror.entries.get(self.key, NO_ENTRY)
+        local = entry.local
+        if local is not None:  # closed, or pinned closed
+            entry.used = True
+            return _Ticket(None, None, local)
+        deny_until = entry.deny_until
+        if deny_until > now:  # a deny time cbd gave
+            entry.used = True
+            raise CircuitOpen(self.key, math.ceil((deny_until - now) * 1000))
+        return None
+
+    def admit_mirrored(self, mirror: "Mirror", token: tuple, reply: AcquireReply) -> _Ticket:  # type: ignore[type-arg]
+        """After cbd decided: the mirror learns from the reply; the call's
+        outcome goes in a batch unless it is a probe's (with its permit)."""
+        mirror.after_acquire(self.key, token, reply, _monotonic())  # type: ignore[arg-type]
+        self._entry = mirror.entries.get(self.key, NO_ENTRY)
+        ticket = self.admit(reply)
+        generation = ticket.generation
+        if ticket.permit is None and isinstance(generation, int) and not isinstance(generation, bool):
+            ticket.reports = mirror.reports_for(self.key, generation)
+        return ticket
+
     def outcome(self, error: BaseException | None) -> Outcome | None:
         if error is None:
             return "success"
@@ -151,15 +191,7 @@ class Breaker(_BreakerRules):
     ) -> None:
         super().__init__(key, fail_open, is_failure)
         self.client = client
-        self._mirror: Mirror | None = getattr(client, "_mirror", None)
-        # Mirror mode: the key's entry (an entry the mirror forgets stops
-        # being local, and the slow path looks the key up again), the queue
-        # and its threshold, so that the hot path reads only this breaker.
-        self._entry = NO_ENTRY
-        if self._mirror is not None:
-            self._entry = self._mirror.entries.get(key, NO_ENTRY)
-            self._queue = self._mirror.queue
-            self._busy_at = self._mirror.busy_at
+        self.init_mirror(client)
 
     def _acquire(self) -> _Ticket | None:
         mirror = self._mirror
@@ -170,35 +202,17 @@ class Breaker(_BreakerRules):
                 self.on_acquire_error(error)
                 return None
             return self.admit(reply)
-        key = self.key
         now = _monotonic()
-        entry = self._entry
-        if entry.local is None:
-            self._entry = entry = mirror.entries.get(key, NO_ENTRY)
-        local = entry.local
-        if local is not None:  # rule 2: closed, or pinned closed
-            entry.used = True
-            return _Ticket(None, None, local)
-        deny_until = entry.deny_until
-        if deny_until > now:  # rule 3: a deny time cbd gave
-            entry.used = True
-            raise CircuitOpen(key, math.ceil((deny_until - now) * 1000))
-        # Rules 1 and 4: cbd decides.
-        token = mirror.before_acquire(key, now)
+        ticket = self.decide_here(mirror, now)
+        if ticket is not None:
+            return ticket
+        token = mirror.before_acquire(self.key, now)
         try:
-            reply = self.client.acquire(key)
+            reply = self.client.acquire(self.key)
         except CbdError as error:
             self.on_acquire_error(error)
             return None
-        mirror.after_acquire(key, token, reply, _monotonic())
-        self._entry = mirror.entries.get(key, NO_ENTRY)
-        ticket = self.admit(reply)
-        generation = ticket.generation
-        if ticket.permit is None and isinstance(generation, int) and not isinstance(generation, bool):
-            # Allowed without a permit: the outcome goes in a batch. A
-            # probe's (with its permit) is reported at once, below.
-            ticket.reports = mirror.reports_for(key, generation)
-        return ticket
+        return self.admit_mirrored(mirror, token, reply)
 
     def _report(self, ticket: _Ticket | None, error: BaseException | None) -> None:
         outcome = self.outcome(error)
@@ -272,18 +286,38 @@ class AsyncBreaker(_BreakerRules):
     ) -> None:
         super().__init__(key, fail_open, is_failure)
         self.client = client
+        self.init_mirror(client)
 
     async def _acquire(self) -> _Ticket | None:
+        mirror = self._mirror
+        if mirror is None:
+            try:
+                reply = await self.client.acquire(self.key)
+            except CbdError as error:
+                self.on_acquire_error(error)
+                return None
+            return self.admit(reply)
+        now = _monotonic()
+        ticket = self.decide_here(mirror, now)
+        if ticket is not None:
+            return ticket
+        token = mirror.before_acquire(self.key, now)
         try:
             reply = await self.client.acquire(self.key)
         except CbdError as error:
             self.on_acquire_error(error)
             return None
-        return self.admit(reply)
+        return self.admit_mirrored(mirror, token, reply)
 
     async def _report(self, ticket: _Ticket | None, error: BaseException | None) -> None:
         outcome = self.outcome(error)
         if ticket is None or outcome is None:
+            return
+        if ticket.reports is not None:
+            assert self._mirror is not None
+            # Queued without awaiting: the batch goes from the mirror (a
+            # write only if the socket takes it at once, else its thread).
+            self._mirror.queue_outcome(ticket.reports[1] if outcome == "failure" else ticket.reports[0])
             return
         try:
             await self.client.report(self.key, outcome, generation=ticket.generation, permit=ticket.permit)
