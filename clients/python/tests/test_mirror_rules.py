@@ -33,6 +33,8 @@ class ScriptedCbd:
         self.answer_acquire = threading.Event()
         self.answer_acquire.set()
         self.acquires = 0
+        self.reports = 0
+        self.watching_all = False  # answer as a cbd before protocol 9
         self.watches: list[list[str]] = []
         self.batches: list[list[dict[str, Any]]] = []
         self.refuse_index: int | None = None
@@ -65,13 +67,15 @@ class ScriptedCbd:
                     with self._lock:
                         self.watches.append(request["keys"])
                     self.confirm_watch.wait()
-                    reply["watching"] = {"keys": len(request["keys"])}
+                    reply["watching"] = "all" if self.watching_all else {"keys": len(request["keys"])}
                 elif op == "acquire":
                     with self._lock:
                         self.acquires += 1
                     self.answer_acquire.wait()
                     reply.update(allowed=True, snapshot=CLOSED, generation=5)
                 elif op == "report":
+                    with self._lock:
+                        self.reports += 1
                     reply.update(snapshot=CLOSED, generation=5)
                 elif op == "reportBatch":
                     entries = request["reports"]
@@ -120,9 +124,11 @@ def test_acquires_before_the_watch_is_confirmed_do_not_seed_the_entry(tmp_path) 
                 breaker.call(lambda: None)
             assert cbd.acquires == 5
             client.flush()
-            # Every call's outcome went out, in batches, with the generation.
+            # Every call's outcome went out: before a watch of keys was
+            # confirmed (cbd might not speak protocol 9) alone, then in
+            # batches, with the generation.
             entries = [entry for batch in cbd.batches for entry in batch]
-            assert len(entries) == 15
+            assert (cbd.reports, len(entries)) == (4, 11)
             assert all(entry == {"key": "k", "outcome": "success", "generation": 5} for entry in entries)
     finally:
         cbd.close()
@@ -170,5 +176,24 @@ def test_refused_entries_are_counted_and_told_and_the_rest_applied(tmp_path) -> 
             after = client.mirror_stats()
             assert (after["applied"] - before["applied"], after["errors"] - before["errors"]) == (3, 1)
             assert told[-1] == ("k", "no_permit", "scripted")
+    finally:
+        cbd.close()
+
+
+def test_a_cbd_before_protocol_9_turns_the_mirror_off(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cbd = ScriptedCbd(str(tmp_path / "cbd.sock"))
+    cbd.watching_all = True  # it ignores "keys" and watches everything
+    cbd.confirm_watch.set()
+    try:
+        with Client(cbd.path, mirror=True) as client:
+            breaker = client.breaker("k")
+            breaker.call(lambda: None)
+            until(lambda: client.mirror_stats()["unsupported"], "the mirror did not notice")
+            for _ in range(5):
+                breaker.call(lambda: None)
+            client.flush()
+            # Every call asked and reported on its own, as without the mirror.
+            assert (cbd.acquires, cbd.reports, cbd.batches) == (6, 6, [])
+            assert client.mirror_stats()["keys"] == 0
     finally:
         cbd.close()

@@ -169,7 +169,7 @@ class _BreakerRules:
         self._entry = mirror.entries.get(self.key, NO_ENTRY)
         ticket = self.admit(reply)
         generation = ticket.generation
-        if ticket.permit is None and isinstance(generation, int) and not isinstance(generation, bool):
+        if ticket.permit is None and mirror.batching and isinstance(generation, int) and not isinstance(generation, bool):
             ticket.reports = mirror.reports_for(self.key, generation)
         return ticket
 

@@ -295,8 +295,10 @@ class Client:
         """Mirror mode's counters: ``asked`` (acquires sent to cbd),
         ``applied``, ``stale``, ``errors``, ``unsent``, ``dropped`` (batched
         outcomes by fate), ``watches``, ``watch_losses``, and now: ``keys``,
-        ``covered``, ``local`` (keys decided here), ``watching``, ``queued``,
-        ``in_flight`` (batches). Without the mirror: {}."""
+        ``covered``, ``local`` (keys decided here), ``watching``,
+        ``batching`` (cbd confirmed a watch of keys: protocol 9),
+        ``unsupported`` (cbd does not speak protocol 9: the mirror is off),
+        ``queued``, ``in_flight`` (batches). Without the mirror: {}."""
         return {} if self._mirror is None else self._mirror.stats()
 
     def mirror_entry(self, key: str) -> dict[str, Any] | None:

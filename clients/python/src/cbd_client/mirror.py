@@ -157,6 +157,9 @@ class _WatchConnection:
     def __init__(self, sock: socket_module.socket) -> None:
         self.sock = sock
         self.buffer = bytearray()
+        # What cbd confirmed: {"keys": n} from protocol 9; a cbd before it
+        # ignores ``keys`` and watches everything ("all").
+        self.watching: Any = None
 
     @classmethod
     def open(cls, path: str, keys: list[str], timeout: float) -> "_WatchConnection":
@@ -178,7 +181,7 @@ class _WatchConnection:
             newline = watch.buffer.index(b"\n")
             confirmation = _wire.decode(bytes(watch.buffer[:newline]))
             del watch.buffer[: newline + 1]
-            _wire.result(confirmation)
+            watch.watching = _wire.result(confirmation).get("watching")
             sock.setblocking(False)
             return watch
         except BaseException:
@@ -277,6 +280,11 @@ class Mirror:
         self._stop = threading.Event()
         self._wake_read = self._wake_write = -1
         self._watch: _WatchConnection | None = None
+        # Known once a watch of keys is confirmed (cbd speaks protocol 9):
+        # until then a call cbd allowed is reported alone, not batched.
+        self.batching = False
+        # cbd turned out not to speak protocol 9: the mirror stays empty.
+        self.unsupported = False
         self._send_failing = False
         self._last_warning = 0.0
         self._unlogged = 0
@@ -347,6 +355,8 @@ class Mirror:
                 return
             entry = self.entries.get(key)
             if entry is None:
+                if self.unsupported:
+                    return
                 # The key proved valid: it may join the watch set.
                 entry = self._add_entry(key, now)
                 if entry is None:
@@ -396,6 +406,8 @@ class Mirror:
             stats["covered"] = sum(1 for key in self.entries if key in self._confirmed)
             stats["local"] = sum(1 for entry in self.entries.values() if entry.local is not None)
             stats["watching"] = bool(self._confirmed)
+            stats["batching"] = self.batching
+            stats["unsupported"] = self.unsupported
         stats["queued"] = len(self.queue)
         stats["in_flight"] = len(self._in_flight)
         return stats
@@ -607,6 +619,18 @@ class Mirror:
                 self._rebuild = True
             log.debug("cbd mirror: could not watch %d keys: %s", len(keys), error)
             return False
+        if not (isinstance(fresh.watching, dict) and "keys" in fresh.watching):
+            # A cbd before protocol 9: no watch of a key set, no reportBatch.
+            # The breakers go on as without the mirror.
+            fresh.close()
+            with self._lock:
+                self.unsupported = True
+                for entry in self.entries.values():
+                    entry.forget()
+                self.entries.clear()
+                self._watch_bytes = 0
+            log.warning("cbd at %s does not speak protocol 9 (watch of keys, reportBatch): mirror mode is off", self._client.socket_path)
+            return True
         old = self._watch
         if old is not None:
             # Events the old watch carried before the new one was confirmed
@@ -624,6 +648,7 @@ class Mirror:
         with self._lock:
             self._confirmed = frozenset(keys)
             self.counts["watches"] += 1
+            self.batching = True
             # Keys that arrived while the watch was being opened need another.
             if any(key not in self._confirmed for key in self.entries):
                 self._rebuild = True
