@@ -289,6 +289,9 @@ class Mirror:
         self._last_warning = 0.0
         self._unlogged = 0
         self._dropped = itertools.count()
+        # Lines taken from the queue and not yet written (long keys make
+        # more than one line of a batch). Under the send lock.
+        self._split: collections.deque[list[str]] = collections.deque()
         # Batches callers tried to write: the flusher waits for replies only
         # in a tick without any (the callers read them while they write).
         self._caller_writes = 0
@@ -683,11 +686,11 @@ class Mirror:
         while not self._stopping:
             wake.wait()
             wake.clear()
-            while not self._stopping and (self.queue or self._in_flight):
+            while not self._stopping and (self.queue or self._in_flight or self._split):
                 caller_writes = self._caller_writes
                 self._stop.wait(self.batch_interval)
                 try:
-                    if self.queue:
+                    if self.queue or self._split:
                         self._send_queued(blocking=True, limit=len(self.queue))
                     self._settle(wait=self._caller_writes == caller_writes)
                 except Exception:
@@ -716,40 +719,42 @@ class Mirror:
                 if len(self._in_flight) >= _MAX_IN_FLIGHT or not self._client._writable_now():
                     return
             taken = 0
-            carry: str | None = None
-            while carry is not None or (self.queue and (limit is None or taken < limit)):
-                if not blocking and carry is None and len(self._in_flight) >= _MAX_IN_FLIGHT:
-                    return
+            while self._split or (self.queue and (limit is None or taken < limit)):
                 if blocking:
                     # Wait for room outside the client's write lock, which
                     # the callers' own reads need.
                     self._client._wait_writable(_monotonic() + self._client.timeout)
-                batch, carry = self._take_batch(carry)
-                if not batch:
-                    return
-                taken += len(batch)
-                self._write_batch(batch)
-                if not blocking and carry is None:
+                if not self._split:
+                    self._split.extend(self._take_lines())
+                line = self._split.popleft()
+                taken += len(line)
+                self._write_batch(line)
+                if not blocking:
                     return
         finally:
             self._send_lock.release()
 
-    def _take_batch(self, carry: str | None) -> tuple[list[str], str | None]:
-        """Up to MAX_BATCH_ENTRIES queued entries in under MAX_BATCH_BYTES;
-        and the one popped that did not fit, for the next line."""
-        batch = [] if carry is None else [carry]
-        size = _BATCH_LINE_OVERHEAD + (0 if carry is None else len(carry) + 1)
+    def _take_lines(self) -> list[list[str]]:
+        """Takes up to MAX_BATCH_ENTRIES queued entries, as lines of under
+        MAX_BATCH_BYTES (one, unless keys are long). Called with the send
+        lock held: the only taker, while others only append (an append to
+        the full deque drops one and adds one), so the count stays there."""
         queue = self.queue
-        while len(batch) < _wire.MAX_BATCH_ENTRIES:
-            try:
-                report = queue.popleft()
-            except IndexError:
-                break
+        popleft = queue.popleft
+        taken = [popleft() for _ in range(min(len(queue), _wire.MAX_BATCH_ENTRIES))]
+        if sum(map(len, taken)) + len(taken) + _BATCH_LINE_OVERHEAD <= _wire.MAX_BATCH_BYTES:
+            return [taken]
+        lines: list[list[str]] = []
+        line: list[str] = []
+        size = _BATCH_LINE_OVERHEAD
+        for report in taken:
+            if line and size + len(report) + 1 > _wire.MAX_BATCH_BYTES:
+                lines.append(line)
+                line, size = [], _BATCH_LINE_OVERHEAD
+            line.append(report)
             size += len(report) + 1
-            if size > _wire.MAX_BATCH_BYTES:
-                return batch, report
-            batch.append(report)
-        return batch, None
+        lines.append(line)
+        return lines
 
     def _write_batch(self, batch: list[str]) -> None:
         client = self._client
