@@ -226,6 +226,10 @@ def test_a_probe_is_reported_at_once_with_its_permit(start_cbd) -> None:  # type
 def test_a_lost_watch_falls_back_to_asking_and_recovers(daemon) -> None:  # type: ignore[no-untyped-def]
     with Client(daemon.socket, mirror=True) as client:
         breaker = client.breaker("lost")
+        with Client(daemon.socket) as admin:
+            for _ in range(3):  # generations a restarted cbd counts anew
+                admin.transition("lost", "open")
+                admin.transition("lost", "closed")
         mirrored(client, "lost")
         client.flush()
         daemon.stop()

@@ -23,7 +23,7 @@ def until(condition: Callable[[], Any], what: str, seconds: float = 10.0) -> Non
 
 
 class ScriptedCbd:
-    """Answers acquire (closed, generation 5), report and reportBatch;
+    """Answers acquire (closed, at ``generation``), report and reportBatch;
     confirms a watch only once ``confirm_watch`` is set, and an acquire only
     once ``answer_acquire`` is set. Records what it was sent."""
 
@@ -33,6 +33,7 @@ class ScriptedCbd:
         self.answer_acquire = threading.Event()
         self.answer_acquire.set()
         self.acquires = 0
+        self.generation = 5  # of the circuit acquire and report answer
         self.reports = 0
         self.watching_all = False  # answer as a cbd before protocol 9
         self.watches: list[list[str]] = []
@@ -43,6 +44,7 @@ class ScriptedCbd:
         self._listener.bind(path)
         self._listener.listen()
         self._peers: list[socket.socket] = []
+        self._watchers: list[socket.socket] = []
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
 
@@ -68,15 +70,17 @@ class ScriptedCbd:
                         self.watches.append(request["keys"])
                     self.confirm_watch.wait()
                     reply["watching"] = "all" if self.watching_all else {"keys": len(request["keys"])}
+                    with self._lock:
+                        self._watchers.append(peer)
                 elif op == "acquire":
                     with self._lock:
                         self.acquires += 1
                     self.answer_acquire.wait()
-                    reply.update(allowed=True, snapshot=CLOSED, generation=5)
+                    reply.update(allowed=True, snapshot=CLOSED, generation=self.generation)
                 elif op == "report":
                     with self._lock:
                         self.reports += 1
-                    reply.update(snapshot=CLOSED, generation=5)
+                    reply.update(snapshot=CLOSED, generation=self.generation)
                 elif op == "reportBatch":
                     entries = request["reports"]
                     with self._lock:
@@ -91,6 +95,12 @@ class ScriptedCbd:
                     peer.sendall((json.dumps(reply) + "\n").encode())
                 except OSError:
                     return
+
+    def event(self, event: dict[str, Any]) -> None:
+        """Sends an event line on the latest watch."""
+        with self._lock:
+            watcher = self._watchers[-1]
+        watcher.sendall((json.dumps(event) + "\n").encode())
 
     def close(self) -> None:
         self.confirm_watch.set()
@@ -195,5 +205,36 @@ def test_a_cbd_before_protocol_9_turns_the_mirror_off(tmp_path) -> None:  # type
             # Every call asked and reported on its own, as without the mirror.
             assert (cbd.acquires, cbd.reports, cbd.batches) == (6, 6, [])
             assert client.mirror_stats()["keys"] == 0
+    finally:
+        cbd.close()
+
+
+def test_events_newer_than_the_entry_apply_older_ones_do_not_and_an_overflow_forgets_all(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cbd = ScriptedCbd(str(tmp_path / "cbd.sock"))
+    cbd.confirm_watch.set()
+    opened = dict(CLOSED, state="open")
+    try:
+        with Client(cbd.path, mirror=True) as client:
+            breaker = client.breaker("k")
+            until(lambda: (breaker.call(lambda: None), client.mirror_entry("k")["local"])[1], "not mirrored")  # type: ignore[index]
+            cbd.event({"event": "transition", "key": "k", "from": "closed", "to": "open", "generation": 4, "snapshot": opened})
+            cbd.event({"event": "transition", "key": "other", "from": "closed", "to": "open", "generation": 9, "snapshot": opened})
+            cbd.event({"event": "transition", "key": "k", "from": "closed", "to": "closed", "generation": 6, "snapshot": CLOSED,
+                       "forced": {"state": "closed", "until": None, "by": {"uid": 0, "pid": 1}}})
+            until(lambda: client.mirror_entry("k")["generation"] == 6, "the newer event was not applied")  # type: ignore[index]
+            cbd.generation = 7  # what cbd's circuit is at by the time it is asked again
+            entry = client.mirror_entry("k")
+            assert entry is not None and entry["local"] and entry["forced"]["state"] == "closed"
+            # Generation 4 < 5 was ignored; an unknown key's event too.
+            assert client.mirror_stats()["keys"] == 1
+            cbd.event({"event": "overflow", "dropped": 7})
+            until(lambda: client.mirror_stats()["watch_losses"] == 1, "the overflow was not noticed")
+            # A new watch of the key set follows; an acquire then re-seeds.
+            until(lambda: client.mirror_stats()["watches"] == 2, "no new watch after the overflow")
+            assert not client.mirror_entry("k")["local"]  # type: ignore[index]
+            acquires = cbd.acquires
+            breaker.call(lambda: None)
+            assert cbd.acquires == acquires + 1
+            assert client.mirror_entry("k")["local"]  # type: ignore[index]
     finally:
         cbd.close()

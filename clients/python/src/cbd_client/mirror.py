@@ -507,6 +507,10 @@ class Mirror:
             self.counts["watch_losses"] += 1
             for entry in self.entries.values():
                 entry.forget()
+                # The cbd behind the next watch may be another one (a
+                # restart of the memory backend counts generations anew):
+                # only what comes after that watch is confirmed counts.
+                entry.generation = 0
 
     def _lose_watch(self, why: str) -> None:
         with self._lock:
