@@ -25,16 +25,21 @@ as without the mirror) until a new watch of the whole key set is confirmed;
 the watch reconnects with backoff. An entry unused for ``idle_timeout``
 seconds is dropped, and its key leaves the watch at its next rebuild.
 
-Threads: the mirror's state is guarded by one lock, except what the hot path
-reads and writes without it (a dict lookup, attribute reads, an append to a
-bounded deque: each one step under the GIL). Two daemon threads, started at
-the first guarded call: the watcher (the watch connection, its rebuilds, the
-idle scan) and the flusher (the batch interval, and reading the replies of
-the batches). A call that fills a batch writes it itself (a non-blocking
-write; it never waits for the reply), so that a busy caller holding the GIL
-does not leave the outcomes to a thread that seldom gets it.
+Threads: the mirror's state is guarded by one lock, except what the hot
+path reads and writes without it (attribute reads, an append to a bounded
+deque: each one step under the GIL). Two daemon threads, started at the
+first guarded call: the watcher (the watch connection, its rebuilds, the
+idle scan) and the flusher (a tick every batch interval while outcomes or
+batches are outstanding: it writes partial batches and what callers left,
+and reads replies while callers are idle). A call that fills a batch reads
+the replies that have come and writes the batch itself, and only if the
+socket takes the line at once: it never waits for cbd, and a busy caller
+holding the GIL does not leave the work to a thread that seldom gets it
+(a thread waiting for the GIL gets it only every switch interval, 5 ms).
 
 Batches go on the client's own pipelined connection; the watch has its own.
+A cbd before protocol 9 (it answers a watch of keys as a watch of all)
+turns the mirror off: the breakers then work as without it.
 """
 from __future__ import annotations
 
