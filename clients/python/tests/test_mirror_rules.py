@@ -238,3 +238,22 @@ def test_events_newer_than_the_entry_apply_older_ones_do_not_and_an_overflow_for
             assert client.mirror_entry("k")["local"]  # type: ignore[index]
     finally:
         cbd.close()
+
+
+def test_an_idle_key_leaves_the_watch_at_its_next_rebuild(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cbd = ScriptedCbd(str(tmp_path / "cbd.sock"))
+    cbd.confirm_watch.set()
+    try:
+        with Client(cbd.path, mirror=True, mirror_idle_timeout=0.2) as client:
+            for key in ("idle", "busy"):
+                breaker = client.breaker(key)
+                until(lambda: (breaker.call(lambda: None), (client.mirror_entry(key) or {}).get("local"))[1], f"{key} not mirrored")
+            assert sorted(cbd.watches[-1]) == ["busy", "idle"]
+            busy = client.breaker("busy")
+            until(lambda: (busy.call(lambda: None), client.mirror_entry("idle") is None)[1], "the idle key was not dropped")
+            watches = len(cbd.watches)
+            client.breaker("new").call(lambda: None)  # a new key: the watch is rebuilt
+            until(lambda: len(cbd.watches) > watches, "the watch was not rebuilt")
+            assert sorted(cbd.watches[-1]) == ["busy", "new"]
+    finally:
+        cbd.close()
