@@ -336,3 +336,33 @@ def test_a_key_cbd_refuses_stays_out_of_the_watch(daemon) -> None:  # type: igno
         assert caught.value.code == "invalid_key"
         assert client.mirror_stats()["keys"] == 0
         mirrored(client, "good")  # the watch of the valid keys works
+
+
+def test_threads_sharing_a_mirrored_breaker_count_exactly(daemon, admin) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    with Client(daemon.socket, mirror=True) as client:
+        breaker = client.breaker("threads")
+        mirrored(client, "threads")
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                for _ in range(2500):
+                    try:
+                        breaker.call(fail)
+                    except UpstreamDown:
+                        pass
+            except BaseException as error:  # surfaced below
+                errors.append(error)
+
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        client.flush()
+        assert errors == []
+        stats = client.mirror_stats()
+        assert (stats["dropped"], stats["errors"], stats["unsent"]) == (0, 0, 0)
+        assert counts(admin, "threads")[1] == 10_000
