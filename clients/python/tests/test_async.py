@@ -172,3 +172,51 @@ def test_async_watch(cbd) -> None:  # type: ignore[no-untyped-def]
             assert refused.value.code == "invalid_key"
 
     asyncio.run(main())
+
+
+def test_async_breaker_in_mirror_mode_decides_here_and_counts_exactly(start_cbd) -> None:  # type: ignore[no-untyped-def]
+    daemon = start_cbd("--failure-threshold", "1000000", "--reset-timeout-ms", "60000")
+
+    async def main() -> None:
+        async with AsyncClient(daemon.socket) as admin, AsyncClient(daemon.socket, mirror=True) as client:
+            breaker = client.breaker("amirror")
+
+            async def ok() -> int:
+                return 1
+
+            async def down() -> None:
+                raise RuntimeError("down")
+
+            deadline = time.monotonic() + 10
+            warmup = 0
+            while not (client.mirror_entry("amirror") or {}).get("local"):
+                assert time.monotonic() < deadline, "the mirror did not cover the key"
+                await breaker.call(ok)
+                warmup += 1
+                await asyncio.sleep(0.002)
+            asked = client.mirror_stats()["asked"]
+            for _ in range(300):
+                assert await breaker.call(ok) == 1
+            for _ in range(200):
+                with pytest.raises(RuntimeError):
+                    async with breaker:
+                        await down()
+            assert client.mirror_stats()["asked"] == asked
+            await client.flush()
+            stats = client.mirror_stats()
+            assert (stats["errors"], stats["dropped"], stats["unsent"]) == (0, 0, 0)
+            snapshot = (await admin.get("amirror"))["snapshot"]
+            assert (snapshot["failureCount"], snapshot["successCount"]) == (200, warmup + 300)
+            await admin.transition("amirror", "open")
+            while (client.mirror_entry("amirror") or {}).get("state") != "open":
+                assert time.monotonic() < deadline + 10, "the open event did not reach the mirror"
+                await asyncio.sleep(0.002)
+            with pytest.raises(CircuitOpen) as by_cbd:
+                await breaker.call(ok)
+            assert by_cbd.value.reply is not None
+            with pytest.raises(CircuitOpen) as here:
+                await breaker.call(ok)
+            assert here.value.reply is None
+            assert client.mirror_stats()["asked"] == asked + 1
+
+    asyncio.run(main())

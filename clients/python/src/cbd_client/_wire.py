@@ -136,6 +136,11 @@ def list_page(prefix: str | None, state: str | None, limit: int | None, after: s
     return body
 
 
+def watch_keys(keys: list[str]) -> dict[str, Any]:
+    """The watch of exactly these keys (protocol 9), as the mirror asks it."""
+    return {"op": "watch", "keys": [_key(key) for key in keys]}
+
+
 def watch(key: str | None, prefix: str | None) -> dict[str, Any]:
     if key is not None and prefix is not None:
         raise ValueError("watch takes a key or a prefix, not both")
@@ -162,6 +167,31 @@ def encode(body: Mapping[str, Any]) -> bytes:
     if len(line) > MAX_REQUEST_BYTES:
         raise ValueError(f"request of {len(line)} bytes is longer than cbd's line limit ({MAX_REQUEST_BYTES})")
     return line
+
+
+# reportBatch (protocol 9): at most this many entries per line, and lines
+# kept under this many bytes, well inside cbd's 64 KiB line limit.
+MAX_BATCH_ENTRIES = 1000
+MAX_BATCH_BYTES = 60 * 1024
+# The watch of a key set: at most this many keys, in a line of at most
+# MAX_BATCH_BYTES.
+MAX_WATCH_KEYS = 1000
+
+
+def key_json(key: str) -> str:
+    """The key as a JSON string, made once per mirrored key."""
+    return _encode_json(_key(key))
+
+
+def report_entry(key_json: str, outcome: str, generation: int) -> str:
+    """One entry of a reportBatch, made once per key, generation and
+    outcome, so that queueing an outcome is an append of a ready string."""
+    return f'{{"key":{key_json},"outcome":"{outcome}","generation":{generation}}}'
+
+
+def report_batch_line(request_id: int, entries: list[str]) -> bytes:
+    """A reportBatch request line from entries made by report_entry."""
+    return f'{{"op":"reportBatch","id":{request_id},"reports":[{",".join(entries)}]}}\n'.encode("ascii")
 
 
 def decode(line: bytes) -> dict[str, Any]:

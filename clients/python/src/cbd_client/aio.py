@@ -19,7 +19,15 @@ from typing import Any, AsyncIterator, Mapping
 
 from . import _wire
 from .breaker import AsyncBreaker, FailurePredicate
+from .client import Client
 from .errors import CbdError, Unavailable
+from .mirror import (
+    DEFAULT_BATCH_INTERVAL_S,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_QUEUE_LIMIT,
+    ReportErrorHandler,
+)
 from .types import (
     AcquireReply,
     CircuitReply,
@@ -54,14 +62,44 @@ class AsyncClient:
 
     ``socket`` and ``timeout`` as in Client. Replies are dicts with the wire's
     field names, without ``ok`` and ``id``.
+
+    ``mirror=True`` and the ``mirror_*`` options as in Client: the breakers
+    decide calls on closed circuits here. The mirror runs on threads with a
+    Client of its own (its batches, its watch): a breaker never awaits it on
+    the hot path; ``await flush()`` and ``aclose()`` wait for it.
     """
 
     socket_path: str
     timeout: float
 
-    def __init__(self, socket: str | os.PathLike[str] | None = None, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        socket: str | os.PathLike[str] | None = None,
+        timeout: float = 5.0,
+        *,
+        mirror: bool = False,
+        mirror_batch_size: int = DEFAULT_BATCH_SIZE,
+        mirror_batch_interval: float = DEFAULT_BATCH_INTERVAL_S,
+        mirror_idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S,
+        mirror_queue_limit: int = DEFAULT_QUEUE_LIMIT,
+        on_report_error: ReportErrorHandler | None = None,
+    ) -> None:
         self.socket_path = _wire.resolve_socket_path(socket)
         self.timeout = _wire.check_timeout(timeout)
+        self._mirror_client: Client | None = None
+        self._mirror = None
+        if mirror:
+            self._mirror_client = Client(
+                self.socket_path,
+                self.timeout,
+                mirror=True,
+                mirror_batch_size=mirror_batch_size,
+                mirror_batch_interval=mirror_batch_interval,
+                mirror_idle_timeout=mirror_idle_timeout,
+                mirror_queue_limit=mirror_queue_limit,
+                on_report_error=on_report_error,
+            )
+            self._mirror = self._mirror_client._mirror
         self._connection: _AsyncConnection | None = None
         self._connecting: asyncio.Future[_AsyncConnection] | None = None
         self._next_id = 1
@@ -166,10 +204,29 @@ class AsyncClient:
             raise
         return watch
 
+    # --- mirror mode -----------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Mirror mode: sends every queued outcome and returns once cbd has
+        answered them all (see Client.flush). Without the mirror: nothing."""
+        if self._mirror_client is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._mirror_client.flush)
+
+    def mirror_stats(self) -> dict[str, Any]:
+        """As Client.mirror_stats."""
+        return {} if self._mirror_client is None else self._mirror_client.mirror_stats()
+
+    def mirror_entry(self, key: str) -> dict[str, Any] | None:
+        """As Client.mirror_entry."""
+        return None if self._mirror_client is None else self._mirror_client.mirror_entry(key)
+
     # --- lifetime -------------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Closes the connection; calls waiting on it raise CbdError('closed')."""
+        """Closes the connection; calls waiting on it raise CbdError('closed').
+        In mirror mode it flushes the queued outcomes first."""
+        if self._mirror_client is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._mirror_client.close)
         self._closed = True
         connection = self._connection
         if connection is not None:

@@ -29,11 +29,19 @@ import socket as socket_module
 import threading
 import time
 import weakref
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from . import _wire
 from .breaker import Breaker, FailurePredicate
 from .errors import CbdError, Unavailable
+from .mirror import (
+    DEFAULT_BATCH_INTERVAL_S,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_QUEUE_LIMIT,
+    Mirror,
+    ReportErrorHandler,
+)
 from .types import (
     AcquireReply,
     CircuitReply,
@@ -73,6 +81,8 @@ class _Connection:
         self.pending: collections.deque[_Slot] = collections.deque()
         self.alive = True
         self.pid = os.getpid()
+        self.poller = select.poll()
+        self.poller.register(sock, select.POLLOUT)
 
 
 def _wait(connection: _Connection, events: int, deadline: float) -> bool:
@@ -126,14 +136,44 @@ class Client:
 
     Replies are dicts with the wire's field names, without ``ok`` and ``id``
     (see cbd_client.types). cbd's errors raise CbdError with its code.
+
+    ``mirror=True`` turns on mirror mode for the breakers of this client
+    (see cbd_client.mirror): calls on a closed circuit are decided here and
+    their outcomes sent in batches of ``mirror_batch_size`` (1 … 1000) or
+    ``mirror_batch_interval`` seconds after the first queued one, whichever
+    comes first; at most ``mirror_queue_limit`` outcomes wait (the oldest are
+    dropped beyond it); a key unused for ``mirror_idle_timeout`` seconds is
+    dropped from the mirror. ``on_report_error(key, code, message)`` hears of
+    every batched outcome cbd refused or that was lost (else they are logged).
     """
 
     socket_path: str
     timeout: float
 
-    def __init__(self, socket: str | os.PathLike[str] | None = None, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        socket: str | os.PathLike[str] | None = None,
+        timeout: float = 5.0,
+        *,
+        mirror: bool = False,
+        mirror_batch_size: int = DEFAULT_BATCH_SIZE,
+        mirror_batch_interval: float = DEFAULT_BATCH_INTERVAL_S,
+        mirror_idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S,
+        mirror_queue_limit: int = DEFAULT_QUEUE_LIMIT,
+        on_report_error: ReportErrorHandler | None = None,
+    ) -> None:
         self.socket_path = _wire.resolve_socket_path(socket)
         self.timeout = _wire.check_timeout(timeout)
+        self._mirror: Mirror | None = None
+        if mirror:
+            self._mirror = Mirror(
+                self,
+                batch_size=mirror_batch_size,
+                batch_interval=mirror_batch_interval,
+                idle_timeout=mirror_idle_timeout,
+                queue_limit=mirror_queue_limit,
+                on_report_error=on_report_error,
+            )
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._connection: _Connection | None = None
@@ -241,10 +281,38 @@ class Client:
         ``key``, or the keys starting with ``prefix``."""
         return Watch(self.socket_path, _wire.watch(key, prefix), self.timeout)
 
+    # --- mirror mode -----------------------------------------------------------
+
+    def flush(self) -> None:
+        """Mirror mode: sends every queued outcome and returns once cbd has
+        answered them all (outcomes it refused are counted in
+        ``mirror_stats()`` and told to ``on_report_error``, not raised).
+        Without the mirror: nothing to do."""
+        if self._mirror is not None:
+            self._mirror.flush()
+
+    def mirror_stats(self) -> dict[str, Any]:
+        """Mirror mode's counters: ``asked`` (acquires sent to cbd),
+        ``applied``, ``stale``, ``errors``, ``unsent``, ``dropped`` (batched
+        outcomes by fate), ``watches``, ``watch_losses``, and now: ``keys``,
+        ``covered``, ``local`` (keys decided here), ``watching``,
+        ``batching`` (cbd confirmed a watch of keys: protocol 9),
+        ``unsupported`` (cbd does not speak protocol 9: the mirror is off),
+        ``queued``, ``in_flight`` (batches). Without the mirror: {}."""
+        return {} if self._mirror is None else self._mirror.stats()
+
+    def mirror_entry(self, key: str) -> dict[str, Any] | None:
+        """What the mirror knows of ``key`` (``state``, ``generation``,
+        ``forced``, ``covered``, ``local``, ``deny_ms``), or None."""
+        return None if self._mirror is None else self._mirror.entry(key)
+
     # --- lifetime -------------------------------------------------------------
 
     def close(self) -> None:
-        """Closes the connection; calls waiting on it raise CbdError('closed')."""
+        """Closes the connection; calls waiting on it raise CbdError('closed').
+        In mirror mode it flushes the queued outcomes first."""
+        if self._mirror is not None:
+            self._mirror.close()
         with self._write_lock:
             self._closed = True
             if self._connection is not None:
@@ -264,6 +332,15 @@ class Client:
         return _wire.result(self._receive(connection, slot, deadline))
 
     def _send(self, body: dict[str, Any], deadline: float) -> tuple[_Connection, _Slot]:
+        def line_with(request_id: int) -> bytes:
+            body["id"] = request_id
+            return _wire.encode(body)
+
+        return self._send_line(line_with, deadline)
+
+    def _send_line(self, line_with: Callable[[int], bytes], deadline: float) -> tuple[_Connection, _Slot]:
+        """Writes the request line ``line_with(id)`` and queues its slot;
+        the reply is for _receive. The mirror sends its batches so."""
         with self._write_lock:
             # A send that fails on a connection cbd has closed (it stopped,
             # or dropped us as idle) delivered no complete line, so it is
@@ -272,8 +349,7 @@ class Client:
                 connection = self._connect()
                 request_id = self._next_id
                 self._next_id += 1
-                body["id"] = request_id
-                line = _wire.encode(body)
+                line = line_with(request_id)
                 slot = _Slot(request_id)
                 connection.pending.append(slot)
                 try:
@@ -287,6 +363,48 @@ class Client:
                     if attempt == 1:
                         raise Unavailable(f"cbd at {self.socket_path}: {error}") from None
             raise AssertionError("unreachable")
+
+    def _read_ready(self) -> None:
+        """Reads the replies that have already come, without waiting (and
+        not while another thread reads): for the mirror's batches."""
+        connection = self._connection
+        if connection is None or not self._read_lock.acquire(blocking=False):
+            return
+        try:
+            # A deadline already past: _read_reply takes what is buffered
+            # or readable now, and returns False rather than wait.
+            while connection.alive and connection.pending and self._read_reply(connection, 0.0):
+                pass
+        finally:
+            self._read_lock.release()
+
+    def _wait_writable(self, deadline: float) -> None:
+        """Waits (holding no lock) until the live connection is writable,
+        so that the mirror's next batch line does not block the write lock
+        while cbd catches up; returns at the deadline or without one."""
+        connection = self._connection
+        while connection is not None and connection.alive and not self._writable_now():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                connection.poller.poll(max(1, min(100, int(remaining * 1000))))
+            except (OSError, ValueError):
+                return
+
+    def _writable_now(self) -> bool:
+        """Whether the live connection takes a mirror batch line without
+        waiting: Linux reports a Unix stream socket writable only while at
+        most a quarter of its send buffer (208 KiB by default) is in use,
+        so a line of at most 60 KiB goes out whole. False without one."""
+        connection = self._connection
+        if connection is None or not connection.alive:
+            return False
+        try:
+            ready = connection.poller.poll(0)
+        except (OSError, ValueError):
+            return False
+        return bool(ready) and ready[0][1] & (select.POLLOUT | select.POLLERR | select.POLLHUP | select.POLLNVAL) == select.POLLOUT
 
     def _connect(self) -> _Connection:
         """The live connection, or a new one; Unavailable at once if not."""
@@ -414,6 +532,8 @@ class Client:
         if connection is not None:
             connection.alive = False
             connection.sock.close()
+        if self._mirror is not None:
+            self._mirror.after_fork()
 
 
 class Watch:
