@@ -512,7 +512,14 @@ void Dispatcher::handle_stats(const Request& req, RequestContext&, std::string& 
             {"up", b.up},
             {"disconnects", b.disconnects},
             {"unavailable", b.unavailable},
-            {"lastError", b.last_error.empty() ? nlohmann::json(nullptr) : nlohmann::json(b.last_error)}};
+            {"lastError", b.last_error.empty() ? nlohmann::json(nullptr) : nlohmann::json(b.last_error)},
+            // Sentinel, replication and policy agreement (docs/REDIS.md).
+            {"master", b.master.empty() ? nlohmann::json(nullptr) : nlohmann::json(b.master)},
+            {"sentinel", b.sentinel},
+            {"failovers", b.failovers},
+            {"minReplicas", b.min_replicas},
+            {"replicationFailures", b.replication_failures},
+            {"policyMismatch", b.policy_mismatch_hosts}};
         w.raw_field("backend",
                     backend.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
     }

@@ -11,6 +11,8 @@
 #include "daemon/clock.hpp"
 #include "daemon/redis_connection.hpp"
 #include "daemon/redis_scripts.hpp"
+#include "daemon/redis_sentinel.hpp"
+#include "daemon/sentinel_discovery.hpp"
 #include "daemon/stats.hpp"
 
 #include <array>
@@ -23,8 +25,14 @@
 namespace cbd {
 
 struct RedisStoreOptions {
-    RedisOptions connection;
-    std::string prefix = "cbd:"; // every key this daemon uses starts so
+    RedisOptions connection; // with `sentinel`, the endpoint is found, not given
+    // --redis sentinel://...: the master is the one the sentinels name (and
+    // ROLE confirms), followed through failovers.
+    std::optional<SentinelOptions> sentinel;
+    // --redis-min-replicas: a change is acknowledged only once this many
+    // replicas have it (WAIT); 0 acknowledges what the master applied.
+    std::size_t min_replicas = 0;
+    std::string prefix = "cbd:";                    // every key this daemon uses starts so
     std::size_t max_circuits = kDefaultMaxCircuits; // in the shared store
     // cbd --test-clock: every script (the sweep too) takes its time from
     // this clock instead of Redis's TIME, so tests can step time. Null in
@@ -48,9 +56,9 @@ struct RemoteResult {
     CircuitView circuit;
     std::optional<TransitionRecord> transition;
     bool stale = false;
-    std::int64_t extra1 = 0;  // acquire: allowed; reset: removed
-    std::string extra2;       // acquire: permit
-    std::int64_t extra3 = 0;  // acquire: retryAfterMs
+    std::int64_t extra1 = 0;     // acquire: allowed; reset: removed
+    std::string extra2;          // acquire: permit
+    std::int64_t extra3 = 0;     // acquire: retryAfterMs
     PolicyPatch policy_override; // policy script: the key's override in Redis (checked)
     ListPage page;               // list script
     ExportPage exported;         // export script
@@ -86,6 +94,8 @@ class RedisStore {
     struct Call;
     struct ListJob;
     struct ExportJob;
+    struct WaitBatch;
+    struct WaitTicket;
     using ReplyHandler = std::function<void(const redisReply* reply, RemoteResult failure)>;
 
     void on_event(const redisReply* reply);
@@ -99,6 +109,17 @@ class RedisStore {
     void list_step(std::shared_ptr<ListJob> job);
     void export_step(std::shared_ptr<ExportJob> job);
     void note_backend_error(const std::string& message);
+    // A master the sentinels named: moves both connections there when it is
+    // not where they are (logged once per switch).
+    void on_master_named(const RedisEndpoint& master, const std::string& how);
+    // --redis-min-replicas: the ticket's answer waits for the WAIT that
+    // follows its script on the connection. Scripts sent in one turn of the
+    // event loop share one WAIT, pipelined behind them.
+    std::shared_ptr<WaitTicket> enroll_wait(std::shared_ptr<WaitTicket> ticket);
+    void send_wait(std::shared_ptr<WaitBatch> batch);
+    void answer_ticket(const std::shared_ptr<WaitTicket>& ticket, RemoteResult result);
+
+    boost::asio::io_context& io_;
 
     RedisStoreOptions options_;
     DaemonStats& stats_;
@@ -106,10 +127,20 @@ class RedisStore {
     std::array<std::string, kRedisScriptCount> shas_; // from SCRIPT LOAD; empty until known
     bool sweeping_ = false;
     std::optional<CircuitCounts> counts_; // none until the first sweep answers
-    std::string last_logged_error_; // a bad key is logged once, not per request
+    std::string last_logged_error_;       // a bad key is logged once, not per request
+    MasterFollower follower_;
+    std::shared_ptr<WaitBatch> open_batch_; // its WAIT is not sent yet
     RedisConnection commands_;
     RedisConnection events_;
+    std::unique_ptr<SentinelDiscovery> discovery_; // with --redis sentinel://
 };
+
+// Whether a script call can change what Redis holds for a client, so that
+// --redis-min-replicas waits for it: every circuit write, configure (not a
+// policy read), import. `get` does not wait: what it may settle (an expired
+// lease or pin) the next operation settles again on any master; the sweep
+// likewise.
+bool redis_script_mutates(RedisScript script, const std::vector<std::string>& args);
 
 // The policy numbers to pass to run() for a key whose daemon-side policy
 // (defaults, prefix rules) is `daemon`: as resolved, except probeLeaseMs 0
