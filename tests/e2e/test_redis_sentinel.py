@@ -1,0 +1,331 @@
+"""Redis Sentinel end to end (issue #18): a master, one replica and three
+sentinels on 127.0.0.1, two cbd daemons on sentinel://.../cbdtest. Eight
+clients send `failure` on one key through both daemons; the master is
+SIGKILLed mid-load; after the failover every acknowledged failure is in the
+new master's count (--redis-min-replicas 1), both daemons serve again within
+2 s of +switch-master, and watchers on both still get events. The same run
+with --redis-min-replicas 0 prints how many acknowledged failures were lost
+(a figure for docs/REDIS.md, not a pass/fail)."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import Client
+
+MASTER_NAME = "cbdtest"
+SLOW = os.environ.get("CBD_SANITIZED") == "1"
+
+
+def free_ports(n):
+    """Ports nothing listens on now, picked by the kernel."""
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def cli(port, *args, timeout=5):
+    r = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port), *args],
+                       capture_output=True, text=True, timeout=timeout)
+    return r.stdout.strip()
+
+
+def wait_until(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except (subprocess.TimeoutExpired, OSError, ValueError):
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{what}: not within {timeout} s")
+
+
+class SwitchWatcher:
+    """Our own subscription to +switch-master on one sentinel: the time the
+    test sees the failover, which the 2 s bound is measured from."""
+
+    def __init__(self, port):
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=60)
+        self.s.sendall(b"SUBSCRIBE +switch-master\r\n")
+        self.seen = None  # (monotonic time, payload)
+        self.buf = b""
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        try:
+            while self.seen is None:
+                chunk = self.s.recv(65536)
+                if not chunk:
+                    return
+                self.buf += chunk
+                # ["message", "+switch-master", "NAME OLDIP OLDPORT NEWIP NEWPORT"]
+                at = self.buf.find(f"{MASTER_NAME} 127.0.0.1 ".encode())
+                if at >= 0 and b"\r\n" in self.buf[at:]:
+                    payload = self.buf[at:].split(b"\r\n", 1)[0].decode()
+                    self.seen = (time.monotonic(), payload)
+        except OSError:
+            return
+
+    def close(self):
+        self.s.close()
+
+
+class Deployment:
+    """Master, replica and three sentinels, each a redis-server of Debian's."""
+
+    def __init__(self, workdir):
+        self.dir = workdir / "sentinel"
+        self.dir.mkdir()
+        (self.master_port, self.replica_port, *self.sentinel_ports) = free_ports(5)
+        self.procs = {}
+
+    def _server(self, name, port, *extra):
+        log = open(self.dir / f"{name}.log", "wb")
+        self.procs[name] = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.dir), "--dbfilename", f"{name}.rdb",
+             *extra], stdout=log, stderr=subprocess.STDOUT)
+
+    def start(self):
+        self._server("master", self.master_port)
+        wait_until(lambda: cli(self.master_port, "ping") == "PONG", 10, "the master")
+        self._server("replica", self.replica_port, "--replicaof", "127.0.0.1",
+                     str(self.master_port))
+        for port in self.sentinel_ports:
+            conf = self.dir / f"sentinel-{port}.conf"
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {self.dir}\n"
+                f"sentinel monitor {MASTER_NAME} 127.0.0.1 {self.master_port} 2\n"
+                f"sentinel down-after-milliseconds {MASTER_NAME} 1000\n"
+                f"sentinel failover-timeout {MASTER_NAME} 10000\n"
+                f"sentinel parallel-syncs {MASTER_NAME} 1\n")
+            log = open(self.dir / f"sentinel-{port}.log", "wb")
+            self.procs[f"sentinel-{port}"] = subprocess.Popen(
+                ["redis-server", str(conf), "--sentinel"], stdout=log, stderr=subprocess.STDOUT)
+        wait_until(lambda: "master_link_status:up" in cli(self.replica_port, "info",
+                                                          "replication"), 20, "the replica")
+
+        # A failover needs each sentinel to know the replica and the other
+        # two sentinels (hello messages every 2 s).
+        def sentinels_ready():
+            for port in self.sentinel_ports:
+                fields = cli(port, "sentinel", "master", MASTER_NAME).split("\n")
+                info = dict(zip(fields[::2], fields[1::2]))
+                if info.get("num-slaves") != "1" or info.get("num-other-sentinels") != "2":
+                    return False
+            return True
+
+        wait_until(sentinels_ready, 30, "the sentinels to know each other and the replica")
+
+    def url(self):
+        return "sentinel://" + ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports) + \
+            f"/{MASTER_NAME}"
+
+    def kill_master(self):
+        self.procs["master"].send_signal(signal.SIGKILL)
+        self.procs["master"].wait()
+
+    def restart_old_master_as_replica_of(self, port):
+        self._server("old-master", self.master_port, "--replicaof", "127.0.0.1", str(port))
+
+    def stop(self):
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+@pytest.fixture
+def deployment(workdir):
+    if shutil.which("redis-server") is None:
+        raise RuntimeError("redis-server is missing: scripts/dev.sh deps installs it")
+    d = Deployment(workdir)
+    yield d
+    d.stop()
+
+
+class Load:
+    """Eight clients, four per daemon, each sending `failure` on one key and
+    counting what was sent and what was acknowledged."""
+
+    def __init__(self, daemons, key):
+        self.key = key
+        self.stop = threading.Event()
+        self.sent = [0] * 8
+        self.acked = [0] * 8
+        self.unexpected = []
+        self.threads = [threading.Thread(target=self._client, args=(i, daemons[i % 2].sock),
+                                         daemon=True) for i in range(8)]
+
+    def _client(self, i, sock):
+        c = Client(sock, timeout=30)
+        while not self.stop.is_set():
+            self.sent[i] += 1
+            r = c.call({"op": "failure", "key": self.key})
+            if r["ok"]:
+                self.acked[i] += 1
+            elif r["error"]["code"] != "backend_unavailable":
+                self.unexpected.append(r)
+            else:
+                time.sleep(0.005)  # down: do not spin
+
+    def start(self):
+        for t in self.threads:
+            t.start()
+
+    def finish(self):
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=30)
+        return sum(self.sent), sum(self.acked)
+
+
+def first_success_after(daemon, deadline):
+    """Polls `get` until one succeeds; returns the monotonic time of it."""
+    c = Client(daemon.sock, timeout=30)
+    while time.monotonic() < deadline:
+        r = c.call({"op": "get", "key": "probe"})
+        if r["ok"]:
+            return time.monotonic()
+        assert r["error"]["code"] == "backend_unavailable", r
+        time.sleep(0.01)
+    raise AssertionError(f"{daemon.sock} did not serve again: {r}")
+
+
+def events_for(watcher, keys, timeout):
+    """Reads a watcher's lines until a transition for every key in `keys` came."""
+    watcher.s.settimeout(timeout)
+    wanted = set(keys)
+    deadline = time.monotonic() + timeout
+    while wanted and time.monotonic() < deadline:
+        e = watcher.json()
+        if e.get("event") == "transition":
+            wanted.discard(e["key"])
+    return wanted
+
+
+def run_failover(start_cbd, workdir, deployment, min_replicas):
+    deployment.start()
+    daemons = [start_cbd("--backend", "redis", "--redis", deployment.url(),
+                         "--redis-min-replicas", str(min_replicas),
+                         "--failure-threshold", "1000000000", sock=workdir / f"{n}.sock")
+               for n in ("a", "b")]
+    for d in daemons:
+        s = Client(d.sock).call({"op": "stats"})["backend"]
+        assert s["sentinel"] is True and s["minReplicas"] == min_replicas
+        assert s["master"] == f"tcp://127.0.0.1:{deployment.master_port}", s
+        assert s["failovers"] == 0
+    watchers = []
+    for d in daemons:
+        w = Client(d.sock, timeout=60)
+        assert w.call({"op": "watch"})["ok"] is True
+        watchers.append(w)
+    switch = SwitchWatcher(deployment.sentinel_ports[0])
+
+    load = Load(daemons, "load")
+    load.start()
+    time.sleep(2.0 if SLOW else 1.5)
+    assert sum(load.acked) > 0, "no failure was acknowledged before the kill"
+    deployment.kill_master()
+    # Both daemons are probed from now on; the load stops soon after the
+    # kill so that what happens after it does not hide what was lost.
+    results = {}
+    deadline = time.monotonic() + 40
+
+    def probe(i):
+        try:
+            results[i] = first_success_after(daemons[i], deadline)
+        except AssertionError as e:
+            results[i] = e
+
+    probes = [threading.Thread(target=probe, args=(i,), daemon=True) for i in range(2)]
+    for p in probes:
+        p.start()
+    time.sleep(0.5)
+    sent, acked = load.finish()
+    assert not load.unexpected, load.unexpected[:3]
+
+    wait_until(lambda: switch.seen is not None, 40, "+switch-master")
+    seen_at, payload = switch.seen
+    switch.close()
+    new_port = int(payload.split()[4])
+    assert new_port == deployment.replica_port, payload
+    for p in probes:
+        p.join(timeout=45)
+    for i in range(2):
+        assert not isinstance(results.get(i), AssertionError), results.get(i)
+        assert i in results, "a probe did not finish"
+        # The issue's bound: serving again within 2 s of +switch-master.
+        assert results[i] - seen_at <= 2.0, \
+            f"daemon {i} served {results[i] - seen_at:.3f} s after +switch-master"
+
+    count = int(cli(new_port, "HGET", "cbd:c:load", "fc") or "0")
+    lost = max(0, acked - count)
+    print(f"\n[sentinel] --redis-min-replicas {min_replicas}: sent {sent}, acknowledged "
+          f"{acked}, in the new master {count}, acknowledged but lost {lost}")
+    assert count <= sent
+    if min_replicas >= 1:
+        assert count >= acked, f"{acked - count} acknowledged failures were lost"
+
+    for d in daemons:
+        s = Client(d.sock).call({"op": "stats"})["backend"]
+        assert s["master"] == f"tcp://127.0.0.1:{new_port}", s
+        assert s["failovers"] == 1 and s["up"] is True, s
+        metrics = Client(d.sock).call({"op": "metrics"})["text"]
+        assert "cbd_backend_failovers_total 1" in metrics
+        assert f'cbd_backend_master{{address="tcp://127.0.0.1:{new_port}"}} 1' in metrics
+        switched = [line for line in d.log().splitlines() if "Redis master switched" in line]
+        assert len(switched) == 1, switched
+        assert f"from tcp://127.0.0.1:{deployment.master_port} to tcp://127.0.0.1:{new_port}" \
+            in switched[0]
+
+    # The old master comes back as a replica of the new one, so that a
+    # change can be replicated again; then a transition through each daemon
+    # reaches the watchers on both.
+    deployment.restart_old_master_as_replica_of(new_port)
+    wait_until(lambda: "master_link_status:up" in cli(deployment.master_port, "info",
+                                                      "replication"), 30, "the old master syncing")
+    acknowledged = []  # one key per daemon, its transition acknowledged
+    for n, d in enumerate(daemons):
+        c = Client(d.sock, timeout=30)
+        deadline = time.monotonic() + 30
+        attempt = 0
+        while True:
+            key = f"ev-{n}-{attempt}"
+            r = c.call({"op": "transition", "key": key, "to": "open"})
+            if r["ok"]:
+                acknowledged.append(key)
+                break
+            assert r["error"]["code"] == "backend_unavailable", r
+            assert time.monotonic() < deadline, f"no acknowledged transition: {r}"
+            attempt += 1
+            time.sleep(0.1)
+    for i, w in enumerate(watchers):
+        missing = events_for(w, acknowledged, 30)
+        assert not missing, f"the watcher on daemon {i} never saw {missing}"
+    return lost
+
+
+def test_acknowledged_failures_survive_a_failover(start_cbd, workdir, deployment):
+    run_failover(start_cbd, workdir, deployment, 1)
+
+
+def test_without_replicas_acknowledged_failures_can_be_lost(start_cbd, workdir, deployment):
+    # The figure docs/REDIS.md quotes: printed, not asserted (on one host
+    # the replica usually keeps up, so it is often 0).
+    run_failover(start_cbd, workdir, deployment, 0)
