@@ -14,7 +14,6 @@
 
 #include <CLI/CLI.hpp>
 #include <array>
-#include <optional>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -108,8 +107,8 @@ int main(int argc, char** argv) {
     std::string state_file, sync_mode = "batch";
     std::int64_t sync_interval_ms = 100;
     bool move_corrupt_state = false;
-    std::string backend = "memory", redis_url, redis_password_file, redis_prefix = "cbd:",
-                backend_timeout = "1s", redis_sentinel_password_file;
+    std::string backend = "memory", redis_url, redis_password_file,
+                redis_prefix = "cbd:", backend_timeout = "1s", redis_sentinel_password_file;
     std::size_t redis_min_replicas = 0;
     std::string test_clock_file;
     // Empty = not given on the command line; names and help come from
@@ -118,8 +117,7 @@ int main(int argc, char** argv) {
 
     // A duration (300s, 5m) or 0 for "never".
     const auto duration_or_off = [](const std::string& v) {
-        return v == "0" || cbd::parse_duration(v) ? std::string()
-                                                   : "'" + v + "' is not a duration";
+        return v == "0" || cbd::parse_duration(v) ? std::string() : "'" + v + "' is not a duration";
     };
 
     app.add_option("--socket", socket_flag,

@@ -638,10 +638,14 @@ void RedisStore::send_wait(std::shared_ptr<WaitBatch> batch) {
     const auto timeout = options_.connection.timeout;
     const auto elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(
         std::chrono::steady_clock::now() - batch->first);
-    // What is left of the operations' deadline, less a tenth: Redis starts
-    // the WAIT's clock when it gets to it, and its answer must come before
-    // the connection's own deadline for it.
-    const auto wait_ms = std::max<std::int64_t>(1, (timeout * 9 / 10 - elapsed).count());
+    // What is left of the operations' deadline, less a margin: Redis starts
+    // the WAIT's clock when it gets to it and notices its end only when its
+    // event loop next wakes (up to 100 ms at the default hz), and the
+    // answer must come before the connection's own deadline for it, or the
+    // connection would be dropped for a missing replica.
+    const auto margin =
+        std::min(timeout / 2, std::max(timeout / 10, std::chrono::milliseconds(200)));
+    const auto wait_ms = std::max<std::int64_t>(1, (timeout - margin - elapsed).count());
     const auto want = options_.min_replicas;
     auto finish = [this, batch](std::optional<std::string> failure) {
         batch->answered = true;

@@ -329,3 +329,66 @@ def test_without_replicas_acknowledged_failures_can_be_lost(start_cbd, workdir, 
     # The figure docs/REDIS.md quotes: printed, not asserted (on one host
     # the replica usually keeps up, so it is often 0).
     run_failover(start_cbd, workdir, deployment, 0)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--redis", "sentinel://127.0.0.1:26379"], "MASTERNAME"),
+    (["--redis", "sentinel://sentinel.example:26379/m"], "not an IP"),
+    (["--redis", "sentinel://127.0.0.1:26379,,127.0.0.1:26380/m"], "empty sentinel"),
+    (["--redis", "sentinel://127.0.0.1:26379,127.0.0.1:26379/m"], "listed twice"),
+    (["--redis", "sentinel://" + ",".join(f"127.0.0.1:{p}" for p in range(20000, 20017)) + "/m"],
+     "more than 16 sentinels"),
+    (["--redis", "sentinel://127.0.0.1:26379/my master"], "not a master name"),
+    (["--redis", "tcp://127.0.0.1:6379", "--redis-sentinel-password-file", "/dev/null"],
+     "needs a sentinel:// address"),
+    (["--redis", "tcp://127.0.0.1:6379", "--redis-min-replicas", "17"], "--redis-min-replicas"),
+    (["--redis", "tcp://redis.example:6379"], "not an IP"),
+])
+@pytest.mark.parametrize("check", [False, True])
+def test_bad_redis_flags_are_usage_errors(workdir, args, says, check):
+    from conftest import CBD
+
+    argv = [CBD, "--socket", str(workdir / "x.sock"), "--backend", "redis", *args]
+    if check:
+        argv.append("--check-config")
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert says in r.stderr, r.stderr
+    assert not (workdir / "x.sock").exists()
+
+
+def test_min_replicas_without_a_replica_answers_unavailable(start_cbd, workdir):
+    """WAIT is really sent: with no replica a change is applied but not
+    acknowledged, within the backend timeout; reads still answer."""
+    port, = free_ports(1)
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: cli(port, "ping") == "PONG", 10, "redis-server")
+        d = start_cbd("--backend", "redis", "--redis", f"tcp://127.0.0.1:{port}",
+                      "--redis-min-replicas", "1", "--backend-timeout", "500ms",
+                      sock=workdir / "w.sock")
+        c = Client(d.sock)
+        started = time.monotonic()
+        r = c.call({"op": "failure", "key": "k"})
+        took = time.monotonic() - started
+        assert r["ok"] is False and r["error"]["code"] == "backend_unavailable", r
+        assert "0 of 1 replicas" in r["error"]["message"]
+        assert "may have been applied" in r["error"]["message"]
+        assert took < 2.0
+        assert cli(port, "HGET", "cbd:c:k", "fc") == "1"  # applied, not acknowledged
+        # A pipelined burst shares WAITs: 50 changes do not take 50 timeouts.
+        started = time.monotonic()
+        c.send(b"".join(b'{"op":"failure","key":"k"}\n' for _ in range(50)))
+        replies = [c.json() for _ in range(50)]
+        assert all(x["error"]["code"] == "backend_unavailable" for x in replies)
+        assert time.monotonic() - started < 5 * 0.5
+        assert c.call({"op": "get", "key": "k"})["snapshot"]["failureCount"] == 51
+        s = c.call({"op": "stats"})["backend"]
+        assert s["replicationFailures"] == 51 and s["minReplicas"] == 1 and s["failovers"] == 0
+        assert s["master"] == f"tcp://127.0.0.1:{port}" and s["sentinel"] is False
+        assert "cbd_backend_replication_failures_total 51" in c.call({"op": "metrics"})["text"]
+    finally:
+        proc.kill()
+        proc.wait()
