@@ -512,7 +512,8 @@ void Dispatcher::handle_stats(const Request& req, RequestContext&, std::string& 
             {"up", b.up},
             {"disconnects", b.disconnects},
             {"unavailable", b.unavailable},
-            {"lastError", b.last_error.empty() ? nlohmann::json(nullptr) : nlohmann::json(b.last_error)},
+            {"lastError",
+             b.last_error.empty() ? nlohmann::json(nullptr) : nlohmann::json(b.last_error)},
             // Sentinel, replication and policy agreement (docs/REDIS.md).
             {"master", b.master.empty() ? nlohmann::json(nullptr) : nlohmann::json(b.master)},
             {"sentinel", b.sentinel},

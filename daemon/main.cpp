@@ -14,6 +14,7 @@
 
 #include <CLI/CLI.hpp>
 #include <array>
+#include <optional>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -117,7 +118,8 @@ int main(int argc, char** argv) {
 
     // A duration (300s, 5m) or 0 for "never".
     const auto duration_or_off = [](const std::string& v) {
-        return v == "0" || cbd::parse_duration(v) ? std::string() : "'" + v + "' is not a duration";
+        return v == "0" || cbd::parse_duration(v) ? std::string()
+                                                   : "'" + v + "' is not a duration";
     };
 
     app.add_option("--socket", socket_flag,

@@ -32,7 +32,7 @@ struct RedisStoreOptions {
     // --redis-min-replicas: a change is acknowledged only once this many
     // replicas have it (WAIT); 0 acknowledges what the master applied.
     std::size_t min_replicas = 0;
-    std::string prefix = "cbd:";                    // every key this daemon uses starts so
+    std::string prefix = "cbd:"; // every key this daemon uses starts so
     std::size_t max_circuits = kDefaultMaxCircuits; // in the shared store
     // cbd --test-clock: every script (the sweep too) takes its time from
     // this clock instead of Redis's TIME, so tests can step time. Null in
@@ -56,9 +56,9 @@ struct RemoteResult {
     CircuitView circuit;
     std::optional<TransitionRecord> transition;
     bool stale = false;
-    std::int64_t extra1 = 0;     // acquire: allowed; reset: removed
-    std::string extra2;          // acquire: permit
-    std::int64_t extra3 = 0;     // acquire: retryAfterMs
+    std::int64_t extra1 = 0;  // acquire: allowed; reset: removed
+    std::string extra2;       // acquire: permit
+    std::int64_t extra3 = 0;  // acquire: retryAfterMs
     PolicyPatch policy_override; // policy script: the key's override in Redis (checked)
     ListPage page;               // list script
     ExportPage exported;         // export script
@@ -127,7 +127,7 @@ class RedisStore {
     std::array<std::string, kRedisScriptCount> shas_; // from SCRIPT LOAD; empty until known
     bool sweeping_ = false;
     std::optional<CircuitCounts> counts_; // none until the first sweep answers
-    std::string last_logged_error_;       // a bad key is logged once, not per request
+    std::string last_logged_error_; // a bad key is logged once, not per request
     MasterFollower follower_;
     std::shared_ptr<WaitBatch> open_batch_; // its WAIT is not sent yet
     RedisConnection commands_;
