@@ -17,6 +17,9 @@ namespace asio = boost::asio;
 
 namespace {
 constexpr auto kMaxBackoff = std::chrono::milliseconds(2000);
+// Up this long before it failed: an outage of a working connection, not a
+// server that keeps failing right after the set-up.
+constexpr auto kStableAfter = std::chrono::milliseconds(1000);
 constexpr std::size_t kReadChunk = 64 * 1024;
 } // namespace
 
@@ -171,8 +174,9 @@ void RedisConnection::on_ready() {
     // Only now is the connection known to work: a wrong password or a
     // refused SCRIPT LOAD fails before this, and must not read as connected.
     ready_ = true;
-    backoff_ = std::chrono::milliseconds(100);
-    log_info("connected to Redis at " + options_.endpoint.describe());
+    ready_at_ = std::chrono::steady_clock::now();
+    if (!flapping_)
+        log_info("connected to " + options_.what + " at " + options_.endpoint.describe());
     if (on_state_)
         on_state_(true, "");
 }
@@ -314,8 +318,20 @@ void RedisConnection::fail(const std::string& why) {
     close_and_fail_pending(why);
     if (state_ == State::Stopped)
         return; // a pending command's callback stopped us
-    if (was_ready || backoff_ == std::chrono::milliseconds(100))
-        log_warn("Redis at " + options_.endpoint.describe() + ": " + why + "; retrying");
+    // A connection that was up a while starts the backoff again; one that
+    // dies soon after coming up (a server that accepts, then answers
+    // garbage) keeps backing off, and is logged once, not every retry.
+    const bool stable = was_ready && std::chrono::steady_clock::now() - ready_at_ >= kStableAfter;
+    const bool was_flapping = flapping_;
+    if (stable) {
+        backoff_ = std::chrono::milliseconds(100);
+        flapping_ = false;
+    } else if (was_ready) {
+        flapping_ = true;
+    }
+    if (stable || (was_ready && !was_flapping) ||
+        (!was_ready && !flapping_ && backoff_ == std::chrono::milliseconds(100)))
+        log_warn(options_.what + " at " + options_.endpoint.describe() + ": " + why + "; retrying");
     if (on_state_)
         on_state_(false, why);
     if (state_ != State::Down)
@@ -340,6 +356,7 @@ void RedisConnection::retarget(const RedisEndpoint& to, const std::string& why) 
     if (state_ != State::Down)
         return;
     backoff_ = std::chrono::milliseconds(100);
+    flapping_ = false;
     connect();
 }
 

@@ -43,6 +43,7 @@ struct RedisOptions {
     RedisEndpoint endpoint;
     std::string password; // empty: no AUTH
     std::chrono::milliseconds timeout{1000};
+    std::string what = "Redis"; // in log lines: "Redis", "Redis Sentinel"
 };
 
 class RedisConnection {
@@ -123,6 +124,8 @@ class RedisConnection {
     boost::asio::steady_timer deadline_;
     boost::asio::steady_timer retry_;
     std::chrono::milliseconds backoff_{100};
+    std::chrono::steady_clock::time_point ready_at_; // when it last became ready
+    bool flapping_ = false; // it failed soon after becoming ready: quiet, backing off
     redisReader* reader_ = nullptr;
     std::deque<Pending> pending_;
     std::string out_;     // formatted commands not yet handed to the socket

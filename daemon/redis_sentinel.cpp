@@ -34,9 +34,10 @@ std::optional<RedisEndpoint> endpoint_from(std::string_view ip, std::string_view
         error = "the address " + shown(ip) + " port " + shown(port) + " is not an IP and a port";
         return std::nullopt;
     }
-    if (auto problem =
-            RedisEndpoint::parse("tcp://" + std::string(ip) + ":" + std::string(port), e)) {
-        error = "the address " + shown(ip) + " port " + shown(port) + ": " + *problem;
+    // The parser's own message would quote the bytes raw: say it here.
+    if (RedisEndpoint::parse("tcp://" + std::string(ip) + ":" + std::string(port), e)) {
+        error = "the address " + shown(ip) + " port " + shown(port) +
+                " is not an IP and a port (names are not resolved)";
         return std::nullopt;
     }
     return e;

@@ -27,7 +27,8 @@ SentinelDiscovery::SentinelDiscovery(boost::asio::io_context& io, SentinelOption
       query_rotation_(options_.address.sentinels.size()),
       subscription_rotation_(options_.address.sentinels.size()),
       query_(io,
-             RedisOptions{options_.address.sentinels.at(0), options_.password, options_.timeout},
+             RedisOptions{options_.address.sentinels.at(0), options_.password, options_.timeout,
+                          "Redis Sentinel"},
              {},
              [this](bool up, const std::string&) {
                  // A sentinel that cannot be reached or answers garbage gives
@@ -35,14 +36,15 @@ SentinelDiscovery::SentinelDiscovery(boost::asio::io_context& io, SentinelOption
                  if (!up && !stopped_)
                      query_.set_endpoint(options_.address.sentinels[query_rotation_.advance()]);
              }),
-      subscription_(
-          io, RedisOptions{options_.address.sentinels.at(0), options_.password, options_.timeout},
-          {RedisConnection::SetupCommand{{"SUBSCRIBE", "+switch-master"}, nullptr}},
-          [this](bool up, const std::string&) {
-              if (!up && !stopped_)
-                  subscription_.set_endpoint(
-                      options_.address.sentinels[subscription_rotation_.advance()]);
-          }),
+      subscription_(io,
+                    RedisOptions{options_.address.sentinels.at(0), options_.password,
+                                 options_.timeout, "Redis Sentinel"},
+                    {RedisConnection::SetupCommand{{"SUBSCRIBE", "+switch-master"}, nullptr}},
+                    [this](bool up, const std::string&) {
+                        if (!up && !stopped_)
+                            subscription_.set_endpoint(
+                                options_.address.sentinels[subscription_rotation_.advance()]);
+                    }),
       ask_timer_(io) {
     subscription_.on_push([this](const redisReply* reply) { on_message(reply); });
 }
@@ -92,7 +94,7 @@ void SentinelDiscovery::ask() {
     asking_ = true;
     const auto asked = query_.endpoint();
     query_.command({"SENTINEL", "get-master-addr-by-name", options_.address.master_name},
-                   [this, asked, next](const redisReply* reply, const std::string& error) {
+                   [this, asked, next](const redisReply* reply, const std::string&) {
                        asking_ = false;
                        if (stopped_)
                            return;
@@ -108,9 +110,8 @@ void SentinelDiscovery::ask() {
                                             "; asking the next sentinel");
                                query_.drop("its answer is not a master address");
                            }
-                       } else if (!error.empty()) {
-                           note_problem("sentinel " + sentinel_name(asked) + ": " + error);
                        }
+                       // No answer: the connection logs that, and moves on.
                        schedule_ask(next);
                    });
 }

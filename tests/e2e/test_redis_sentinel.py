@@ -392,3 +392,146 @@ def test_min_replicas_without_a_replica_answers_unavailable(start_cbd, workdir):
     finally:
         proc.kill()
         proc.wait()
+
+
+class FakeSentinel:
+    """Speaks just enough of the protocol to be a sentinel that answers
+    `answer` (raw bytes) to SENTINEL get-master-addr-by-name."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(8)
+        self.port = self.server.getsockname()[1]
+        self.asked = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        buf = b""
+        try:
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                buf += chunk
+                # Commands arrive as RESP arrays; the first bulk string names it.
+                while buf.startswith(b"*"):
+                    parts = buf.split(b"\r\n")
+                    n = int(parts[0][1:])
+                    if len(parts) < 1 + 2 * n + 1:
+                        break
+                    words = [parts[2 + 2 * i] for i in range(n)]
+                    buf = b"\r\n".join(parts[1 + 2 * n:])
+                    cmd = words[0].upper()
+                    if cmd == b"SENTINEL":
+                        self.asked += 1
+                        conn.sendall(self.answer)
+                    elif cmd == b"SUBSCRIBE":
+                        conn.sendall(b"*3\r\n$9\r\nsubscribe\r\n$14\r\n+switch-master\r\n:1\r\n")
+                    elif cmd == b"PING":
+                        conn.sendall(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n")
+                    else:
+                        conn.sendall(b"-ERR unknown command\r\n")
+        except OSError:
+            return
+
+    def close(self):
+        self.server.close()
+
+
+def resp_address(ip, port):
+    ip, port = ip.encode(), str(port).encode()
+    return b"*2\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(ip), ip, len(port), port)
+
+
+def fails_fast(daemon):
+    c = Client(daemon.sock)
+    for _ in range(5):
+        started = time.monotonic()
+        r = c.call({"op": "failure", "key": "k"})
+        assert r["ok"] is False and r["error"]["code"] == "backend_unavailable", r
+        assert time.monotonic() - started < 0.5  # at once, not after a timeout
+    assert c.call({"op": "ping"})["ok"]
+
+
+@pytest.mark.parametrize("answer, logged", [
+    (resp_address("redis.example", 6379), "is not an IP and a port"),
+    (resp_address("127.0.0.1", 99999), "is not an IP and a port"),
+    (b"$-1\r\n", "does not know the master name"),
+    (b":42\r\n", "not an address"),
+    (b"*2\r\n$3\r\nabc\r\n", None),  # half a reply: the question times out
+    (b"hello there\r\n", "unreadable reply"),
+])
+def test_a_sentinel_answering_garbage_is_logged_and_operations_fail_fast(start_cbd, workdir,
+                                                                          answer, logged):
+    fake = FakeSentinel(answer)
+    try:
+        d = start_cbd("--backend", "redis", "--redis", f"sentinel://127.0.0.1:{fake.port}/m",
+                      "--backend-timeout", "300ms", sock=workdir / "g.sock")
+        wait_until(lambda: fake.asked >= 2, 20, "cbd to ask the sentinel twice")
+        fails_fast(d)
+        assert d.proc.poll() is None
+        if logged:
+            wait_until(lambda: logged in d.log(), 10, f"the log to say {logged!r}")
+            assert d.log().count(logged) == 1, d.log()  # once, not every 200 ms
+        s = Client(d.sock).call({"op": "stats"})["backend"]
+        assert s["up"] is False and s["master"] is None and s["sentinel"] is True
+    finally:
+        fake.close()
+
+
+def test_the_next_sentinel_is_asked_and_role_is_checked(start_cbd, workdir):
+    """The first sentinel names a host name, the second a Redis that ROLE
+    says is a replica, the third the master: cbd ends on the master."""
+    master_port, replica_port = free_ports(2)
+    procs = [subprocess.Popen(["redis-server", "--port", str(master_port), "--bind", "127.0.0.1",
+                               "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    wait_until(lambda: cli(master_port, "ping") == "PONG", 10, "the master")
+    procs.append(subprocess.Popen(["redis-server", "--port", str(replica_port), "--bind",
+                                   "127.0.0.1", "--save", "", "--appendonly", "no", "--dir",
+                                   str(workdir), "--dbfilename", "r.rdb", "--replicaof",
+                                   "127.0.0.1", str(master_port)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    fakes = []
+    try:
+        wait_until(lambda: cli(replica_port, "ping") == "PONG", 10, "the replica")
+        garbage = FakeSentinel(resp_address("redis.example", 6379))
+        to_replica = FakeSentinel(resp_address("127.0.0.1", replica_port))
+        fakes = [garbage, to_replica]
+        d = start_cbd("--backend", "redis", "--redis",
+                      f"sentinel://127.0.0.1:{garbage.port},127.0.0.1:{to_replica.port}/m",
+                      sock=workdir / "r.sock")
+        wait_until(lambda: "is a slave, not the master" in d.log(), 20, "the ROLE check")
+        fails_fast(d)
+        assert "is not an IP and a port" in d.log()
+        # The sentinels change their minds: the second names the master now.
+        to_replica.answer = resp_address("127.0.0.1", master_port)
+        garbage.answer = resp_address("127.0.0.1", master_port)
+        c = Client(d.sock)
+        deadline = time.monotonic() + 20
+        while True:
+            r = c.call({"op": "failure", "key": "k"})
+            if r["ok"]:
+                break
+            assert time.monotonic() < deadline, r
+            time.sleep(0.05)
+        s = c.call({"op": "stats"})["backend"]
+        assert s["master"] == f"tcp://127.0.0.1:{master_port}" and s["failovers"] == 1, s
+        assert "Redis master switched from tcp://127.0.0.1:%d to tcp://127.0.0.1:%d" % (
+            replica_port, master_port) in d.log()
+    finally:
+        for f in fakes:
+            f.close()
+        for p in procs:
+            p.kill()
+            p.wait()
