@@ -20,11 +20,12 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <csignal>
+#include <cstdio>
+#include <functional>
 #include <malloc.h>
+#include <optional>
 #include <sys/resource.h>
 #include <unistd.h>
-#include <functional>
-#include <optional>
 
 namespace cbd {
 
@@ -193,6 +194,10 @@ int run_daemon(const DaemonConfig& config) {
             return 1;
         }
         options.min_replicas = config.redis_min_replicas;
+        char host[256] = {};
+        if (gethostname(host, sizeof host - 1) != 0 || host[0] == '\0')
+            std::snprintf(host, sizeof host, "unknown");
+        options.instance = std::string(host) + ":" + listener->path();
         options.connection.password = config.redis_password;
         options.connection.timeout = config.backend_timeout;
         options.prefix = config.redis_prefix;

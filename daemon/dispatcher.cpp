@@ -520,6 +520,8 @@ void Dispatcher::handle_stats(const Request& req, RequestContext&, std::string& 
             {"failovers", b.failovers},
             {"minReplicas", b.min_replicas},
             {"replicationFailures", b.replication_failures},
+            {"policyDigest",
+             b.policy_digest.empty() ? nlohmann::json(nullptr) : nlohmann::json(b.policy_digest)},
             {"policyMismatch", b.policy_mismatch_hosts}};
         w.raw_field("backend",
                     backend.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));

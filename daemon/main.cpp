@@ -318,10 +318,12 @@ int main(int argc, char** argv) {
                 return 2;
             }
         }
-    } else if (!redis_url.empty() || redis_min_replicas != 0 ||
-               !redis_sentinel_password_file.empty()) {
-        std::cerr << "cbd: --redis, --redis-min-replicas and --redis-sentinel-password-file "
-                     "need --backend redis\n";
+    } else if (!redis_url.empty()) {
+        std::cerr << "cbd: --redis needs --backend redis\n";
+        return 2;
+    } else if (redis_min_replicas != 0 || !redis_sentinel_password_file.empty()) {
+        std::cerr << "cbd: --redis-min-replicas and --redis-sentinel-password-file need "
+                     "--backend redis\n";
         return 2;
     }
     config.state_file = state_file;

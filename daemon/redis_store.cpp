@@ -3,6 +3,7 @@
 
 #include "daemon/log.hpp"
 #include "daemon/memory_store.hpp"
+#include "daemon/policy_digest.hpp"
 
 #include <algorithm>
 #include <boost/asio/post.hpp>
@@ -230,7 +231,13 @@ void RedisStore::note_backend_error(const std::string& message) {
 }
 
 void RedisStore::sweep() {
-    if (!commands_.up() || sweeping_)
+    if (!commands_.up())
+        return;
+    if (const auto now = std::chrono::steady_clock::now(); now >= next_exchange_) {
+        next_exchange_ = now + std::chrono::milliseconds(kPolicyDigestIntervalMs);
+        exchange_policy_digest();
+    }
+    if (sweeping_)
         return;
     sweeping_ = true; // one at a time: a slow Redis must not pile them up
     send(make_call(RedisScript::Sweep, "", Policy{}, {}),
@@ -697,6 +704,75 @@ void RedisStore::send_wait(std::shared_ptr<WaitBatch> batch) {
         stats_.backend.last_error = message;
         finish(message);
     });
+}
+
+void RedisStore::set_policy_digest(std::string digest) {
+    policy_digest_ = std::move(digest);
+    stats_.backend.policy_digest = policy_digest_;
+    next_exchange_ = {}; // publish the new one at the next sweep
+}
+
+void RedisStore::exchange_policy_digest() {
+    if (exchanging_ || policy_digest_.empty() || options_.instance.empty())
+        return;
+    exchanging_ = true;
+    const std::string key = options_.prefix + "policy-digests";
+    // Redis's clock for every entry, as for the circuits: hosts whose
+    // clocks disagree still agree on which entries are live.
+    commands_.command({"TIME"}, [this, key](const redisReply* reply, const std::string&) {
+        if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2) {
+            exchanging_ = false;
+            return;
+        }
+        const std::int64_t now_ms = num(reply->element[0]) * 1000 + num(reply->element[1]) / 1000;
+        const auto entry = policy_entry(policy_digest_, now_ms);
+        commands_.command({"HSET", key, options_.instance, entry},
+                          [](const redisReply*, const std::string&) {});
+        // HSCAN with a COUNT bounds what one round reads however many
+        // entries the hash holds.
+        commands_.command(
+            {"HSCAN", key, "0", "COUNT", std::to_string(kMaxPolicyHosts)},
+            [this, key, now_ms](const redisReply* scan, const std::string&) {
+                exchanging_ = false;
+                if (!scan || scan->type != REDIS_REPLY_ARRAY || scan->elements != 2 ||
+                    scan->element[1]->type != REDIS_REPLY_ARRAY)
+                    return;
+                const redisReply* fields = scan->element[1];
+                std::vector<std::pair<std::string, std::string>> entries;
+                for (std::size_t i = 0;
+                     i + 1 < fields->elements && entries.size() < kMaxPolicyHosts; i += 2)
+                    entries.emplace_back(std::string(str(fields->element[i])),
+                                         std::string(str(fields->element[i + 1])));
+                note_policy_mismatches(
+                    policy_mismatches(options_.instance, policy_digest_, now_ms, entries));
+                const auto gone = forgotten_policy_hosts(now_ms, entries);
+                if (!gone.empty()) {
+                    std::vector<std::string_view> argv{"HDEL", key};
+                    argv.insert(argv.end(), gone.begin(), gone.end());
+                    commands_.command(argv, [](const redisReply*, const std::string&) {});
+                }
+            });
+    });
+}
+
+void RedisStore::note_policy_mismatches(std::vector<std::string> hosts) {
+    auto& known = stats_.backend.policy_mismatch_hosts;
+    const bool news = std::any_of(hosts.begin(), hosts.end(), [&](const std::string& h) {
+        return std::find(known.begin(), known.end(), h) == known.end();
+    });
+    if (news) {
+        std::string list;
+        for (const auto& h : hosts)
+            list += (list.empty() ? "" : ", ") + h;
+        log_warn("policy: the defaults and prefix rules of " + list +
+                 " differ from this host's (digest " + policy_digest_ +
+                 "), so one circuit gets different rules by host; give every cbd on this Redis "
+                 "the same configuration");
+    } else if (hosts.empty() && !known.empty()) {
+        log_info("policy: every live cbd on this Redis has this host's defaults and prefix rules "
+                 "again");
+    }
+    known = std::move(hosts);
 }
 
 bool redis_script_mutates(RedisScript script, const std::vector<std::string>& args) {

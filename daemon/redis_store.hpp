@@ -32,6 +32,9 @@ struct RedisStoreOptions {
     // --redis-min-replicas: a change is acknowledged only once this many
     // replicas have it (WAIT); 0 acknowledges what the master applied.
     std::size_t min_replicas = 0;
+    // This cbd in the policy digest exchange (policy_digest.hpp): the host
+    // name and the socket path, so two daemons on one host are two entries.
+    std::string instance;
     std::string prefix = "cbd:"; // every key this daemon uses starts so
     std::size_t max_circuits = kDefaultMaxCircuits; // in the shared store
     // cbd --test-clock: every script (the sweep too) takes its time from
@@ -90,6 +93,10 @@ class RedisStore {
     // keep (exact while only cbd writes the keys).
     std::optional<CircuitCounts> counts() const { return counts_; }
 
+    // The digest of this daemon's defaults and prefix rules (at start and
+    // after each SIGHUP), published for the other hosts to compare.
+    void set_policy_digest(std::string digest);
+
   private:
     struct Call;
     struct ListJob;
@@ -117,6 +124,10 @@ class RedisStore {
     // event loop share one WAIT, pipelined behind them.
     std::shared_ptr<WaitTicket> enroll_wait(std::shared_ptr<WaitTicket> ticket);
     void send_wait(std::shared_ptr<WaitBatch> batch);
+    // Writes this daemon's policy digest and reads the other hosts' (every
+    // kPolicyDigestIntervalMs, from the sweep).
+    void exchange_policy_digest();
+    void note_policy_mismatches(std::vector<std::string> hosts);
     void answer_ticket(const std::shared_ptr<WaitTicket>& ticket, RemoteResult result);
 
     boost::asio::io_context& io_;
@@ -130,6 +141,9 @@ class RedisStore {
     std::string last_logged_error_; // a bad key is logged once, not per request
     MasterFollower follower_;
     std::shared_ptr<WaitBatch> open_batch_; // its WAIT is not sent yet
+    std::string policy_digest_;
+    std::chrono::steady_clock::time_point next_exchange_{};
+    bool exchanging_ = false;
     RedisConnection commands_;
     RedisConnection events_;
     std::unique_ptr<SentinelDiscovery> discovery_; // with --redis sentinel://

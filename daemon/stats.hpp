@@ -49,6 +49,7 @@ struct BackendStats {
     // Other live hosts on the same Redis and prefix whose policy digest
     // (defaults and prefix rules) differs from this one's (policy_digest.hpp).
     std::vector<std::string> policy_mismatch_hosts;
+    std::string policy_digest; // this daemon's
 };
 
 struct DaemonStats {
