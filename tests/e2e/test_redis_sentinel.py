@@ -535,3 +535,44 @@ def test_the_next_sentinel_is_asked_and_role_is_checked(start_cbd, workdir):
         for p in procs:
             p.kill()
             p.wait()
+
+
+def test_a_master_that_answers_readonly_is_left_for_the_one_the_sentinels_name(start_cbd,
+                                                                               workdir):
+    """The master is demoted behind cbd's back (REPLICAOF, no announcement
+    reaches cbd): its next write answers READONLY, cbd drops it, ROLE
+    refuses it, and cbd moves to the master the sentinel names now."""
+    a_port, b_port = free_ports(2)
+    procs = []
+    for port, name in ((a_port, "a"), (b_port, "b")):
+        procs.append(subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(workdir), "--dbfilename", f"{name}.rdb"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    fake = None
+    try:
+        for port in (a_port, b_port):
+            wait_until(lambda: cli(port, "ping") == "PONG", 10, "redis-server")
+        fake = FakeSentinel(resp_address("127.0.0.1", a_port))
+        d = start_cbd("--backend", "redis", "--redis", f"sentinel://127.0.0.1:{fake.port}/m",
+                      sock=workdir / "ro.sock")
+        c = Client(d.sock)
+        wait_until(lambda: c.call({"op": "failure", "key": "k"})["ok"], 20, "service on a")
+        fake.answer = resp_address("127.0.0.1", b_port)
+        assert cli(a_port, "REPLICAOF", "127.0.0.1", str(b_port)) == "OK"
+        r = c.call({"op": "failure", "key": "k"})
+        assert r["ok"] is False and r["error"]["code"] == "backend_unavailable", r
+        assert "READONLY" in r["error"]["message"]
+        started = time.monotonic()
+        while not c.call({"op": "failure", "key": "k"})["ok"]:
+            assert time.monotonic() - started < 10, "cbd did not move to the new master"
+            time.sleep(0.02)
+        assert "the master answered READONLY" in d.log()
+        s = c.call({"op": "stats"})["backend"]
+        assert s["master"] == f"tcp://127.0.0.1:{b_port}" and s["failovers"] == 1, s
+    finally:
+        if fake:
+            fake.close()
+        for p in procs:
+            p.kill()
+            p.wait()
