@@ -614,11 +614,27 @@ RedisStore::enroll_wait(std::shared_ptr<WaitTicket> ticket) {
     if (!open_batch_) {
         open_batch_ = std::make_shared<WaitBatch>();
         open_batch_->first = std::chrono::steady_clock::now();
-        boost::asio::post(io_, [this, batch = open_batch_] { send_wait(batch); });
     }
     ticket->batch = open_batch_;
     open_batch_->tickets.push_back(ticket);
+    schedule_wait();
     return ticket;
+}
+
+void RedisStore::schedule_wait() {
+    // One WAIT at a time: while one blocks the connection, the scripts sent
+    // meanwhile gather in the open batch and get the next one. A WAIT sent
+    // behind a blocked one would start its clock late and outlive its
+    // deadline.
+    if (wait_in_flight_ || wait_posted_ || !open_batch_)
+        return;
+    wait_posted_ = true;
+    // Posted: the scripts sent in this turn of the loop share the WAIT.
+    boost::asio::post(io_, [this] {
+        wait_posted_ = false;
+        if (open_batch_ && !wait_in_flight_)
+            send_wait(std::exchange(open_batch_, nullptr));
+    });
 }
 
 void RedisStore::answer_ticket(const std::shared_ptr<WaitTicket>& ticket, RemoteResult result) {
@@ -641,8 +657,7 @@ void RedisStore::answer_ticket(const std::shared_ptr<WaitTicket>& ticket, Remote
 }
 
 void RedisStore::send_wait(std::shared_ptr<WaitBatch> batch) {
-    if (open_batch_ == batch)
-        open_batch_.reset();
+    wait_in_flight_ = true;
     const auto timeout = options_.connection.timeout;
     const auto elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(
         std::chrono::steady_clock::now() - batch->first);
@@ -656,6 +671,7 @@ void RedisStore::send_wait(std::shared_ptr<WaitBatch> batch) {
     const auto wait_ms = std::max<std::int64_t>(1, (timeout - margin - elapsed).count());
     const auto want = options_.min_replicas;
     auto finish = [this, batch](std::optional<std::string> failure) {
+        wait_in_flight_ = false;
         batch->answered = true;
         for (auto& ticket : batch->tickets) {
             if (ticket->delivered || !ticket->result || ticket->batch != batch)
@@ -672,11 +688,12 @@ void RedisStore::send_wait(std::shared_ptr<WaitBatch> batch) {
             stats_.backend.replication_failures += 1;
             ticket->done(std::move(r));
         }
+        schedule_wait();
     };
     const auto n = std::to_string(want);
     const auto ms = std::to_string(wait_ms);
-    commands_.command({"WAIT", n, ms}, [this, finish, want, wait_ms](const redisReply* reply,
-                                                                     const std::string& error) {
+    commands_.command({"WAIT", n, ms}, [this, finish, want](const redisReply* reply,
+                                                            const std::string& error) {
         if (!reply) {
             finish("no answer to WAIT: " + error + "; the change may have been applied");
             return;
@@ -693,10 +710,10 @@ void RedisStore::send_wait(std::shared_ptr<WaitBatch> batch) {
             finish(std::nullopt);
             return;
         }
-        const std::string message =
-            std::to_string(std::max<long long>(0, acked)) + " of " + std::to_string(want) +
-            " replicas acknowledged the change within " + std::to_string(wait_ms) +
-            " ms (--redis-min-replicas); the change may have been applied";
+        const std::string message = std::to_string(std::max<long long>(0, acked)) + " of " +
+                                    std::to_string(want) +
+                                    " replicas acknowledged the change within the backend timeout "
+                                    "(--redis-min-replicas); the change may have been applied";
         if (message != last_logged_error_) {
             last_logged_error_ = message;
             log_warn("Redis backend: " + message);

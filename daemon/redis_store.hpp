@@ -123,6 +123,7 @@ class RedisStore {
     // follows its script on the connection. Scripts sent in one turn of the
     // event loop share one WAIT, pipelined behind them.
     std::shared_ptr<WaitTicket> enroll_wait(std::shared_ptr<WaitTicket> ticket);
+    void schedule_wait();
     void send_wait(std::shared_ptr<WaitBatch> batch);
     // Writes this daemon's policy digest and reads the other hosts' (every
     // kPolicyDigestIntervalMs, from the sweep).
@@ -141,6 +142,8 @@ class RedisStore {
     std::string last_logged_error_; // a bad key is logged once, not per request
     MasterFollower follower_;
     std::shared_ptr<WaitBatch> open_batch_; // its WAIT is not sent yet
+    bool wait_in_flight_ = false;           // a WAIT is out; the next waits for its answer
+    bool wait_posted_ = false;
     std::string policy_digest_;
     std::chrono::steady_clock::time_point next_exchange_{};
     bool exchanging_ = false;
