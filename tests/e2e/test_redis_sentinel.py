@@ -576,3 +576,40 @@ def test_a_master_that_answers_readonly_is_left_for_the_one_the_sentinels_name(s
         for p in procs:
             p.kill()
             p.wait()
+
+
+def test_sentinels_that_require_auth(start_cbd, workdir):
+    """--redis-sentinel-password-file: AUTH on every sentinel connection;
+    without it the sentinel refuses and cbd says so, serving nothing."""
+    master_port, sentinel_port = free_ports(2)
+    master = subprocess.Popen(["redis-server", "--port", str(master_port), "--bind", "127.0.0.1",
+                               "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    conf = workdir / "sentinel.conf"
+    conf.write_text(f"port {sentinel_port}\nbind 127.0.0.1\ndir {workdir}\n"
+                    "requirepass s3cret\n"
+                    f"sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 1\n")
+    sentinel = subprocess.Popen(["redis-server", str(conf), "--sentinel"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: cli(master_port, "ping") == "PONG", 10, "the master")
+        wait_until(lambda: "NOAUTH" in cli(sentinel_port, "ping") or
+                   "Authentication" in cli(sentinel_port, "ping"), 10, "the sentinel")
+        url = f"sentinel://127.0.0.1:{sentinel_port}/{MASTER_NAME}"
+        refused = start_cbd("--backend", "redis", "--redis", url, sock=workdir / "n.sock")
+        wait_until(lambda: "NOAUTH" in refused.log() or "Authentication" in refused.log(), 10,
+                   "the refusal in the log")
+        fails_fast(refused)
+        pw = workdir / "sentinel.pass"
+        pw.write_text("s3cret\n")
+        d = start_cbd("--backend", "redis", "--redis", url, "--redis-sentinel-password-file",
+                      str(pw), sock=workdir / "p.sock")
+        c = Client(d.sock)
+        wait_until(lambda: c.call({"op": "failure", "key": "k"})["ok"], 20, "service")
+        assert c.call({"op": "stats"})["backend"]["master"] == f"tcp://127.0.0.1:{master_port}"
+        # The Redis itself needs no password here: the sentinels' is theirs alone.
+        assert cli(master_port, "HGET", "cbd:c:k", "fc") == "1"
+    finally:
+        for p in (sentinel, master):
+            p.kill()
+            p.wait()
