@@ -204,6 +204,20 @@ void RedisStore::stop() {
         discovery_->stop();
     commands_.stop();
     events_.stop();
+    // A batch whose WAIT was never sent: its scripts have been answered
+    // (the connection failed them), or are answered now.
+    if (auto batch = std::exchange(open_batch_, nullptr)) {
+        for (auto& ticket : batch->tickets)
+            if (!ticket->delivered && ticket->done) {
+                ticket->delivered = true;
+                RemoteResult r;
+                r.error = ErrorCode::BackendUnavailable;
+                r.unavailable_reason = "cbd is stopping";
+                auto done = std::move(ticket->done);
+                done(std::move(r));
+            }
+        batch->tickets.clear();
+    }
 }
 
 void RedisStore::on_master_named(const RedisEndpoint& master, const std::string& how) {
@@ -643,7 +657,8 @@ void RedisStore::answer_ticket(const std::shared_ptr<WaitTicket>& ticket, Remote
     // Redis did not answer: the WAIT behind it fails too; say so now.
     if (result.error == ErrorCode::BackendUnavailable) {
         ticket->delivered = true;
-        ticket->done(std::move(result));
+        auto done = std::move(ticket->done);
+        done(std::move(result));
         return;
     }
     if (ticket->batch->answered) {
@@ -677,8 +692,9 @@ void RedisStore::send_wait(std::shared_ptr<WaitBatch> batch) {
             if (ticket->delivered || !ticket->result || ticket->batch != batch)
                 continue; // answered already, or its script is still to come
             ticket->delivered = true;
+            auto done = std::move(ticket->done);
             if (!failure) {
-                ticket->done(std::move(*ticket->result));
+                done(std::move(*ticket->result));
                 continue;
             }
             RemoteResult r;
@@ -686,8 +702,11 @@ void RedisStore::send_wait(std::shared_ptr<WaitBatch> batch) {
             r.unavailable_reason = *failure;
             stats_.backend.unavailable += 1;
             stats_.backend.replication_failures += 1;
-            ticket->done(std::move(r));
+            done(std::move(r));
         }
+        // Tickets hold their batch: the batch lets go of them, so neither
+        // keeps the other (a ticket still to answer re-enrolls elsewhere).
+        batch->tickets.clear();
         schedule_wait();
     };
     const auto n = std::to_string(want);
