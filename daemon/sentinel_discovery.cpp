@@ -31,9 +31,14 @@ SentinelDiscovery::SentinelDiscovery(boost::asio::io_context& io, SentinelOption
                           "Redis Sentinel"},
              {},
              [this](bool up, const std::string&) {
+                 if (stopped_)
+                     return;
+                 // Connected: ask now rather than at the next tick.
+                 if (up && !asking_)
+                     schedule_ask(std::chrono::milliseconds(0));
                  // A sentinel that cannot be reached or answers garbage gives
                  // way to the next one for the next attempt.
-                 if (!up && !stopped_)
+                 if (!up)
                      query_.set_endpoint(options_.address.sentinels[query_rotation_.advance()]);
              }),
       subscription_(io,

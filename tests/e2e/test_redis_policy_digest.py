@@ -53,6 +53,11 @@ def test_a_host_with_other_rules_is_reported_until_it_agrees(start_cbd, workdir,
     assert sorted(h.rsplit(":", 1)[1] for h in sb["policyMismatch"]) == sorted([a.sock, same.sock])
     assert sa["policyDigest"] != sb["policyDigest"] and len(sa["policyDigest"]) == 16
     assert backend(same)["policyDigest"] == sa["policyDigest"]  # 5 is the built-in default
+    # cbd --check-config prints the digest a start would publish.
+    from conftest import CBD
+    checked = subprocess.run([CBD, "--config", str(conf), "--check-config"], capture_output=True,
+                             text=True, timeout=30).stdout
+    assert f"policy digest: {sb['policyDigest']}" in checked.splitlines()
     assert "cbd_policy_config_mismatch 1" in Client(a.sock).call({"op": "metrics"})["text"]
     # Entries live in Redis under the prefix, with Redis's time.
     entries = redis.cli("HGETALL", "cbd:policy-digests").split("\n")
