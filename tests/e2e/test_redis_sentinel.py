@@ -274,6 +274,8 @@ def run_failover(start_cbd, workdir, deployment, min_replicas):
         assert results[i] - seen_at <= 2.0, \
             f"daemon {i} served {results[i] - seen_at:.3f} s after +switch-master"
 
+    print(f"\n[sentinel] served again {results[0] - seen_at:+.3f} s and "
+          f"{results[1] - seen_at:+.3f} s after the test saw +switch-master")
     count = int(cli(new_port, "HGET", "cbd:c:load", "fc") or "0")
     lost = max(0, acked - count)
     print(f"\n[sentinel] --redis-min-replicas {min_replicas}: sent {sent}, acknowledged "
