@@ -20,11 +20,12 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <csignal>
+#include <cstdio>
+#include <functional>
 #include <malloc.h>
+#include <optional>
 #include <sys/resource.h>
 #include <unistd.h>
-#include <functional>
-#include <optional>
 
 namespace cbd {
 
@@ -178,10 +179,25 @@ int run_daemon(const DaemonConfig& config) {
     std::unique_ptr<CircuitBackend> backend;
     if (!config.redis_url.empty()) {
         RedisStoreOptions options;
-        if (auto error = RedisEndpoint::parse(config.redis_url, options.connection.endpoint)) {
+        if (is_sentinel_url(config.redis_url)) {
+            SentinelOptions sentinel;
+            if (auto error = SentinelAddress::parse(config.redis_url, sentinel.address)) {
+                log_error("cannot start: --redis " + config.redis_url + ": " + *error);
+                return 1;
+            }
+            sentinel.password = config.redis_sentinel_password;
+            sentinel.timeout = config.backend_timeout;
+            options.sentinel = std::move(sentinel);
+        } else if (auto error =
+                       RedisEndpoint::parse(config.redis_url, options.connection.endpoint)) {
             log_error("cannot start: --redis " + config.redis_url + ": " + *error);
             return 1;
         }
+        options.min_replicas = config.redis_min_replicas;
+        char host[256] = {};
+        if (gethostname(host, sizeof host - 1) != 0 || host[0] == '\0')
+            std::snprintf(host, sizeof host, "unknown");
+        options.instance = std::string(host) + ":" + listener->path();
         options.connection.password = config.redis_password;
         options.connection.timeout = config.backend_timeout;
         options.prefix = config.redis_prefix;

@@ -52,6 +52,11 @@ struct DaemonConfig {
     std::string redis_url;
     std::string redis_password; // read from --redis-password-file
     std::string redis_prefix = "cbd:";
+    // With redis_url sentinel://...: the sentinels' password (AUTH), if any.
+    std::string redis_sentinel_password;
+    // --redis-min-replicas: replicas that must have a change before it is
+    // acknowledged (WAIT); 0 = the master's word.
+    std::size_t redis_min_replicas = 0;
     std::chrono::milliseconds backend_timeout{1000};
     // --test-clock FILE: the time comes from FILE (tests only; FileClock).
     std::string test_clock_file;

@@ -690,14 +690,23 @@ void Dispatcher::handle_stats(const Request& req, RequestContext&, std::string& 
     if (b.kind.empty()) {
         w.raw_field("backend", "null");
     } else {
-        nlohmann::json backend = {{"kind", b.kind},
-                                  {"address", b.address},
-                                  {"up", b.up},
-                                  {"disconnects", b.disconnects},
-                                  {"unavailable", b.unavailable},
-                                  {"lastError", b.last_error.empty()
-                                                    ? nlohmann::json(nullptr)
-                                                    : nlohmann::json(b.last_error)}};
+        nlohmann::json backend = {
+            {"kind", b.kind},
+            {"address", b.address},
+            {"up", b.up},
+            {"disconnects", b.disconnects},
+            {"unavailable", b.unavailable},
+            {"lastError",
+             b.last_error.empty() ? nlohmann::json(nullptr) : nlohmann::json(b.last_error)},
+            // Sentinel, replication and policy agreement (docs/REDIS.md).
+            {"master", b.master.empty() ? nlohmann::json(nullptr) : nlohmann::json(b.master)},
+            {"sentinel", b.sentinel},
+            {"failovers", b.failovers},
+            {"minReplicas", b.min_replicas},
+            {"replicationFailures", b.replication_failures},
+            {"policyDigest",
+             b.policy_digest.empty() ? nlohmann::json(nullptr) : nlohmann::json(b.policy_digest)},
+            {"policyMismatch", b.policy_mismatch_hosts}};
         w.raw_field("backend",
                     backend.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
     }

@@ -8,6 +8,8 @@
 #include "daemon/listener.hpp"
 #include "daemon/log.hpp"
 #include "daemon/persistence.hpp"
+#include "daemon/redis_connection.hpp"
+#include "daemon/redis_sentinel.hpp"
 #include "daemon/startup_config.hpp"
 
 #include <CLI/CLI.hpp>
@@ -26,6 +28,10 @@ namespace {
 // Far beyond any real password; a bound so that pointing the flag at a large
 // file (or /dev/zero) is an error, not memory spent.
 constexpr std::size_t kMaxPasswordFileBytes = 64 * 1024;
+
+// A bound for --redis-min-replicas: more replicas than any deployment has
+// (WAIT would only time out).
+constexpr std::size_t kMaxMinReplicas = 16;
 
 // Reads the Redis password: the file's bytes, less exactly one trailing "\n"
 // or "\r\n" (editors add one; a file written on Windows ends in CRLF, and a
@@ -102,8 +108,9 @@ int main(int argc, char** argv) {
     std::string state_file, sync_mode = "batch";
     std::int64_t sync_interval_ms = 100;
     bool move_corrupt_state = false;
-    std::string backend = "memory", redis_url, redis_password_file, redis_prefix = "cbd:",
-                backend_timeout = "1s";
+    std::string backend = "memory", redis_url, redis_password_file,
+                redis_prefix = "cbd:", backend_timeout = "1s", redis_sentinel_password_file;
+    std::size_t redis_min_replicas = 0;
     std::string test_clock_file;
     // Empty = not given on the command line; names and help come from
     // the policy's field table (common/policy.hpp).
@@ -198,8 +205,18 @@ int main(int argc, char** argv) {
         ->capture_default_str()
         ->check(CLI::IsMember({"memory", "redis"}));
     app.add_option("--redis", redis_url,
-                   "Redis address for --backend redis: unix:///path/redis.sock or "
-                   "tcp://HOST:PORT");
+                   "Redis address for --backend redis: unix:///path/redis.sock, "
+                   "tcp://HOST:PORT, or sentinel://HOST:PORT[,HOST:PORT...]/MASTERNAME to follow "
+                   "the master that Redis Sentinel names");
+    app.add_option("--redis-sentinel-password-file", redis_sentinel_password_file,
+                   "File holding the sentinels' password (AUTH), as --redis-password-file; "
+                   "only with a sentinel:// address");
+    app.add_option("--redis-min-replicas", redis_min_replicas,
+                   "Acknowledge a change only once this many replicas have it (WAIT); else "
+                   "backend_unavailable, and the change may have been applied. 0: acknowledge "
+                   "what the master applied")
+        ->capture_default_str()
+        ->check(CLI::Range(std::size_t{0}, kMaxMinReplicas));
     app.add_option("--redis-password-file", redis_password_file,
                    "File holding the Redis password (AUTH): the whole file, less one trailing "
                    "newline (\\n or \\r\\n)");
@@ -268,8 +285,32 @@ int main(int argc, char** argv) {
                          "circuits persist in Redis\n";
             return 2;
         }
+        // Checked here, so that a bad address is a usage error (exit 2), for
+        // --check-config too.
+        std::optional<std::string> bad_address;
+        if (cbd::is_sentinel_url(redis_url)) {
+            cbd::SentinelAddress sentinel;
+            bad_address = cbd::SentinelAddress::parse(redis_url, sentinel);
+        } else {
+            cbd::RedisEndpoint endpoint;
+            bad_address = cbd::RedisEndpoint::parse(redis_url, endpoint);
+            if (!bad_address && !redis_sentinel_password_file.empty())
+                bad_address = "--redis-sentinel-password-file needs a sentinel:// address";
+        }
+        if (bad_address) {
+            std::cerr << "cbd: --redis " << redis_url << ": " << *bad_address << "\n";
+            return 2;
+        }
         config.redis_url = redis_url;
         config.redis_prefix = redis_prefix;
+        config.redis_min_replicas = redis_min_replicas;
+        if (!redis_sentinel_password_file.empty()) {
+            if (auto problem = read_password_file(redis_sentinel_password_file,
+                                                  config.redis_sentinel_password)) {
+                std::cerr << "cbd: " << *problem << "\n";
+                return 2;
+            }
+        }
         config.backend_timeout = *cbd::parse_duration(backend_timeout);
         if (!redis_password_file.empty()) {
             if (auto problem = read_password_file(redis_password_file, config.redis_password)) {
@@ -279,6 +320,10 @@ int main(int argc, char** argv) {
         }
     } else if (!redis_url.empty()) {
         std::cerr << "cbd: --redis needs --backend redis\n";
+        return 2;
+    } else if (redis_min_replicas != 0 || !redis_sentinel_password_file.empty()) {
+        std::cerr << "cbd: --redis-min-replicas and --redis-sentinel-password-file need "
+                     "--backend redis\n";
         return 2;
     }
     config.state_file = state_file;

@@ -160,6 +160,20 @@ std::string render_metrics(const MetricsInput& in) {
         m.family("cbd_backend_unavailable_total", "counter",
                  "Operations answered backend_unavailable.");
         m.sample("cbd_backend_unavailable_total", "", s.backend.unavailable);
+        m.family("cbd_backend_failovers_total", "counter",
+                 "Times cbd moved to another Redis master (Sentinel).");
+        m.sample("cbd_backend_failovers_total", "", s.backend.failovers);
+        m.family("cbd_backend_master", "gauge", "1, labelled with the Redis master cbd uses now.");
+        m.sample("cbd_backend_master", label("address", s.backend.master),
+                 s.backend.master.empty() ? 0 : 1);
+        m.family("cbd_backend_replication_failures_total", "counter",
+                 "Changes answered backend_unavailable because fewer than --redis-min-replicas "
+                 "replicas acknowledged them.");
+        m.sample("cbd_backend_replication_failures_total", "", s.backend.replication_failures);
+        m.family("cbd_policy_config_mismatch", "gauge",
+                 "1 while another live cbd on the same Redis and prefix has other defaults or "
+                 "prefix rules.");
+        m.sample("cbd_policy_config_mismatch", "", s.backend.policy_mismatch_hosts.empty() ? 0 : 1);
     }
 
     m.family("cbd_resident_memory_bytes", "gauge", "Resident memory of the cbd process.");

@@ -1,6 +1,8 @@
 // RedisBackend (see redis_backend.hpp).
 #include "daemon/redis_backend.hpp"
 
+#include "daemon/policy_digest.hpp"
+
 namespace cbd {
 
 namespace {
@@ -145,6 +147,11 @@ bool RedisBackend::run(const Request& req, const Peer& peer, OpOutcome& now, Def
                    done(out);
                });
     return false;
+}
+
+void RedisBackend::set_policy_config(PolicyConfig config) {
+    redis_.set_policy_digest(policy_digest(config));
+    policies_.set_config(std::move(config));
 }
 
 std::optional<CircuitCounts> RedisBackend::counts() const { return redis_.counts(); }

@@ -17,7 +17,8 @@ class RedisBackend final : public CircuitBackend {
     bool run(const Request& req, const Peer& peer, OpOutcome& now, Deferral& deferral) override;
     std::optional<CircuitCounts> counts() const override;
     bool list_now(const ListQuery&, ListPage&) override { return false; }
-    void set_policy_config(PolicyConfig config) override { policies_.set_config(std::move(config)); }
+    // The other hosts on the Redis compare this one's digest with theirs.
+    void set_policy_config(PolicyConfig config) override;
     void tick() override { redis_.sweep(); }
 
   private:

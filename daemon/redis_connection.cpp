@@ -17,6 +17,9 @@ namespace asio = boost::asio;
 
 namespace {
 constexpr auto kMaxBackoff = std::chrono::milliseconds(2000);
+// Up this long before it failed: an outage of a working connection, not a
+// server that keeps failing right after the set-up.
+constexpr auto kStableAfter = std::chrono::milliseconds(1000);
 constexpr std::size_t kReadChunk = 64 * 1024;
 } // namespace
 
@@ -65,7 +68,9 @@ RedisConnection::~RedisConnection() {
         redisReaderFree(reader_);
 }
 
-void RedisConnection::start() { connect(); }
+void RedisConnection::start() {
+    connect();
+}
 
 void RedisConnection::stop() {
     state_ = State::Stopped;
@@ -135,7 +140,8 @@ void RedisConnection::on_connected() {
     ready_ = false;
     setup_unanswered_ = setup_.size() + (options_.password.empty() ? 0 : 1);
     const auto epoch = epoch_;
-    auto checked = [this, epoch](std::function<void(const redisReply&)> then) {
+    using Check = std::function<std::optional<std::string>(const redisReply&)>;
+    auto checked = [this, epoch](Check then) {
         return [this, epoch, then = std::move(then)](const redisReply* reply, const std::string&) {
             if (!reply)
                 return; // the connection is already failing
@@ -145,7 +151,10 @@ void RedisConnection::on_connected() {
                 return;
             }
             if (then)
-                then(*reply);
+                if (auto refused = then(*reply)) {
+                    fail(*refused);
+                    return;
+                }
             if (epoch == epoch_ && --setup_unanswered_ == 0)
                 on_ready();
         };
@@ -165,17 +174,19 @@ void RedisConnection::on_ready() {
     // Only now is the connection known to work: a wrong password or a
     // refused SCRIPT LOAD fails before this, and must not read as connected.
     ready_ = true;
-    backoff_ = std::chrono::milliseconds(100);
-    log_info("connected to Redis at " + options_.endpoint.describe());
+    ready_at_ = std::chrono::steady_clock::now();
+    if (!flapping_)
+        log_info("connected to " + options_.what + " at " + options_.endpoint.describe());
     if (on_state_)
         on_state_(true, "");
 }
 
 void RedisConnection::command(const std::vector<std::string_view>& argv, Callback done) {
     if (state_ != State::Up) {
+        const bool known = !options_.endpoint.host.empty() || !options_.endpoint.unix_path.empty();
         done(nullptr, state_ == State::Stopped ? "cbd is stopping"
-                                               : "not connected to Redis at " +
-                                                     options_.endpoint.describe());
+                      : known ? "not connected to Redis at " + options_.endpoint.describe()
+                              : "no Redis master known yet (asking the sentinels)");
         return;
     }
     send(argv, std::move(done), false);
@@ -192,8 +203,8 @@ void RedisConnection::send(const std::vector<std::string_view>& argv, Callback d
         lens.push_back(a.size());
     }
     char* formatted = nullptr;
-    const int n = redisFormatCommandArgv(&formatted, static_cast<int>(argv.size()), ptrs.data(),
-                                         lens.data());
+    const int n =
+        redisFormatCommandArgv(&formatted, static_cast<int>(argv.size()), ptrs.data(), lens.data());
     if (n < 0) {
         done(nullptr, "out of memory formatting a command");
         return;
@@ -201,8 +212,8 @@ void RedisConnection::send(const std::vector<std::string_view>& argv, Callback d
     out_.append(formatted, static_cast<std::size_t>(n));
     redisFreeCommand(formatted);
     const bool was_idle = pending_.empty();
-    pending_.push_back(Pending{std::move(done), std::chrono::steady_clock::now() + options_.timeout,
-                               internal});
+    pending_.push_back(
+        Pending{std::move(done), std::chrono::steady_clock::now() + options_.timeout, internal});
     if (was_idle)
         arm_deadline();
     flush();
@@ -283,6 +294,20 @@ void RedisConnection::arm_deadline() {
     });
 }
 
+void RedisConnection::close_and_fail_pending(const std::string& why) {
+    ready_ = false;
+    state_ = State::Down;
+    ++epoch_;
+    boost::system::error_code ignored;
+    socket_.close(ignored);
+    deadline_.cancel();
+    retry_.cancel();
+    auto pending = std::move(pending_);
+    pending_.clear();
+    for (auto& p : pending)
+        p.done(nullptr, why);
+}
+
 void RedisConnection::fail(const std::string& why) {
     if (state_ == State::Stopped)
         return;
@@ -290,26 +315,49 @@ void RedisConnection::fail(const std::string& why) {
     // the backoff grows and only its first failure is logged, not one line
     // every 100 ms.
     const bool was_ready = ready_;
-    ready_ = false;
-    state_ = State::Down;
-    ++epoch_;
-    boost::system::error_code ignored;
-    socket_.close(ignored);
-    deadline_.cancel();
-    auto pending = std::move(pending_);
-    pending_.clear();
-    for (auto& p : pending)
-        p.done(nullptr, why);
-    if (was_ready || backoff_ == std::chrono::milliseconds(100))
-        log_warn("Redis at " + options_.endpoint.describe() + ": " + why + "; retrying");
+    close_and_fail_pending(why);
+    if (state_ == State::Stopped)
+        return; // a pending command's callback stopped us
+    // A connection that was up a while starts the backoff again; one that
+    // dies soon after coming up (a server that accepts, then answers
+    // garbage) keeps backing off, and is logged once, not every retry.
+    const bool stable = was_ready && std::chrono::steady_clock::now() - ready_at_ >= kStableAfter;
+    const bool was_flapping = flapping_;
+    if (stable) {
+        backoff_ = std::chrono::milliseconds(100);
+        flapping_ = false;
+    } else if (was_ready) {
+        flapping_ = true;
+    }
+    if (stable || (was_ready && !was_flapping) ||
+        (!was_ready && !flapping_ && backoff_ == std::chrono::milliseconds(100)))
+        log_warn(options_.what + " at " + options_.endpoint.describe() + ": " + why + "; retrying");
     if (on_state_)
         on_state_(false, why);
+    if (state_ != State::Down)
+        return; // on_state moved the connection elsewhere (retarget)
     retry_.expires_after(backoff_);
     backoff_ = std::min(backoff_ * 2, kMaxBackoff);
-    retry_.async_wait([this](const boost::system::error_code& ec) {
-        if (!ec)
+    const auto epoch = epoch_;
+    retry_.async_wait([this, epoch](const boost::system::error_code& ec) {
+        if (!ec && epoch == epoch_ && state_ == State::Down)
             connect();
     });
+}
+
+void RedisConnection::retarget(const RedisEndpoint& to, const std::string& why) {
+    if (state_ == State::Stopped)
+        return;
+    const bool was_up = state_ != State::Down;
+    options_.endpoint = to;
+    close_and_fail_pending(why);
+    if (was_up && on_state_)
+        on_state_(false, why);
+    if (state_ != State::Down)
+        return;
+    backoff_ = std::chrono::milliseconds(100);
+    flapping_ = false;
+    connect();
 }
 
 } // namespace cbd

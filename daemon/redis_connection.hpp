@@ -43,6 +43,7 @@ struct RedisOptions {
     RedisEndpoint endpoint;
     std::string password; // empty: no AUTH
     std::chrono::milliseconds timeout{1000};
+    std::string what = "Redis"; // in log lines: "Redis", "Redis Sentinel"
 };
 
 class RedisConnection {
@@ -52,10 +53,11 @@ class RedisConnection {
     using Callback = std::function<void(const redisReply* reply, const std::string& error)>;
     // Commands sent first on every new connection (AUTH is added before
     // them), each with what to do with its reply. An error reply to one takes
-    // the connection down.
+    // the connection down, and so does an on_reply that returns a reason (a
+    // ROLE check that finds a replica).
     struct SetupCommand {
         std::vector<std::string> argv;
-        std::function<void(const redisReply&)> on_reply;
+        std::function<std::optional<std::string>(const redisReply&)> on_reply;
     };
     using Setup = std::vector<SetupCommand>;
     // Told when the connection is ready (true: connected, AUTH and every
@@ -69,6 +71,18 @@ class RedisConnection {
     void start();
     void stop();
     bool up() const { return state_ == State::Up; }
+    const RedisEndpoint& endpoint() const { return options_.endpoint; }
+
+    // Moves to another Redis (a new master): everything in flight fails with
+    // `why`, and the connection to `to` is made now, not after a backoff.
+    // Also the first start when the address was not known before.
+    void retarget(const RedisEndpoint& to, const std::string& why);
+    // The next connection attempt goes to `to` (a sentinel that failed gives
+    // way to the next); a connection that is up stays where it is.
+    void set_endpoint(const RedisEndpoint& to) { options_.endpoint = to; }
+    // Drops the connection as a failure (READONLY: the master is a replica
+    // now), failing what is in flight, and reconnects with backoff.
+    void drop(const std::string& why) { fail(why); }
 
     // Sends a command; `done` runs once with its reply, or with nullptr when
     // it failed. Fails at once while the connection is down.
@@ -96,6 +110,8 @@ class RedisConnection {
     void arm_deadline();
     // Fails every pending command, closes the socket, and reconnects later.
     void fail(const std::string& why);
+    // Closes the socket and fails every pending command with `why`.
+    void close_and_fail_pending(const std::string& why);
 
     boost::asio::io_context& io_;
     RedisOptions options_;
@@ -108,6 +124,8 @@ class RedisConnection {
     boost::asio::steady_timer deadline_;
     boost::asio::steady_timer retry_;
     std::chrono::milliseconds backoff_{100};
+    std::chrono::steady_clock::time_point ready_at_; // when it last became ready
+    bool flapping_ = false; // it failed soon after becoming ready: quiet, backing off
     redisReader* reader_ = nullptr;
     std::deque<Pending> pending_;
     std::string out_;     // formatted commands not yet handed to the socket

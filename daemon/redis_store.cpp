@@ -3,8 +3,10 @@
 
 #include "daemon/log.hpp"
 #include "daemon/memory_store.hpp"
+#include "daemon/policy_digest.hpp"
 
 #include <algorithm>
+#include <boost/asio/post.hpp>
 #include <charconv>
 #include <hiredis/hiredis.h>
 #include <nlohmann/json.hpp>
@@ -97,6 +99,21 @@ struct RedisStore::Call {
     bool retried = false;
 };
 
+// The scripts whose answers wait for one WAIT, and that WAIT's outcome.
+struct RedisStore::WaitBatch {
+    std::vector<std::shared_ptr<WaitTicket>> tickets;
+    std::chrono::steady_clock::time_point first; // when its first script was sent
+    bool answered = false;
+};
+
+// One operation's answer, held until its WAIT says enough replicas have it.
+struct RedisStore::WaitTicket {
+    std::function<void(RemoteResult)> done;
+    std::shared_ptr<WaitBatch> batch;
+    std::optional<RemoteResult> result; // the script answered; the WAIT has not
+    bool delivered = false;
+};
+
 struct RedisStore::ListJob {
     std::string prefix;
     std::string state; // '' = any
@@ -117,7 +134,7 @@ struct RedisStore::ExportJob {
 
 RedisStore::RedisStore(boost::asio::io_context& io, RedisStoreOptions options, DaemonStats& stats,
                        CircuitObserver* observer)
-    : options_(std::move(options)), stats_(stats), observer_(observer),
+    : io_(io), options_(std::move(options)), stats_(stats), observer_(observer),
       commands_(io, options_.connection, script_setup(),
                 [this](bool up, const std::string& why) {
                     stats_.backend.up = up;
@@ -125,34 +142,99 @@ RedisStore::RedisStore(boost::asio::io_context& io, RedisStoreOptions options, D
                         stats_.backend.disconnects += 1;
                         stats_.backend.last_error = why;
                     }
+                    if (discovery_)
+                        discovery_->master_usable(up);
                 }),
       events_(io, options_.connection,
               {RedisConnection::SetupCommand{
                   {"SUBSCRIBE", options_.prefix + std::string(kRedisEventsKey)}, nullptr}},
               nullptr) {
     stats_.backend.kind = "redis";
-    stats_.backend.address = options_.connection.endpoint.describe();
+    stats_.backend.min_replicas = options_.min_replicas;
+    if (options_.sentinel) {
+        stats_.backend.address = options_.sentinel->address.describe();
+        stats_.backend.sentinel = true;
+        discovery_ = std::make_unique<SentinelDiscovery>(
+            io, *options_.sentinel, [this](const RedisEndpoint& master, const std::string& how) {
+                on_master_named(master, how);
+            });
+    } else {
+        stats_.backend.address = options_.connection.endpoint.describe();
+        stats_.backend.master = stats_.backend.address;
+    }
     events_.on_push([this](const redisReply* reply) { on_event(reply); });
 }
 
 RedisConnection::Setup RedisStore::script_setup() {
     RedisConnection::Setup setup;
+    if (options_.sentinel) {
+        // What a sentinel names is used only once the Redis itself says it
+        // is the master: during a failover the sentinels' answers lag.
+        setup.push_back({{"ROLE"}, [this](const redisReply& reply) -> std::optional<std::string> {
+                             std::string problem;
+                             const auto role = role_from_reply(&reply, problem);
+                             if (!role)
+                                 return problem;
+                             if (*role != "master")
+                                 return "ROLE says " + commands_.endpoint().describe() + " is a " +
+                                        *role + ", not the master";
+                             return std::nullopt;
+                         }});
+    }
     for (std::size_t i = 0; i < kRedisScriptCount; ++i)
         setup.push_back({{"SCRIPT", "LOAD", redis_script_source(static_cast<RedisScript>(i))},
-                         [this, i](const redisReply& reply) {
+                         [this, i](const redisReply& reply) -> std::optional<std::string> {
                              shas_[i] = std::string(str(&reply));
+                             return std::nullopt;
                          }});
     return setup;
 }
 
 void RedisStore::start() {
+    if (discovery_) {
+        discovery_->start(); // the connections start once a master is named
+        return;
+    }
     commands_.start();
     events_.start();
 }
 
 void RedisStore::stop() {
+    if (discovery_)
+        discovery_->stop();
     commands_.stop();
     events_.stop();
+    // A batch whose WAIT was never sent: its scripts have been answered
+    // (the connection failed them), or are answered now.
+    if (auto batch = std::exchange(open_batch_, nullptr)) {
+        for (auto& ticket : batch->tickets)
+            if (!ticket->delivered && ticket->done) {
+                ticket->delivered = true;
+                RemoteResult r;
+                r.error = ErrorCode::BackendUnavailable;
+                r.unavailable_reason = "cbd is stopping";
+                auto done = std::move(ticket->done);
+                done(std::move(r));
+            }
+        batch->tickets.clear();
+    }
+}
+
+void RedisStore::on_master_named(const RedisEndpoint& master, const std::string& how) {
+    if (!follower_.should_switch(master))
+        return;
+    const auto old = follower_.master();
+    follower_.switched(master);
+    stats_.backend.master = master.describe();
+    stats_.backend.failovers = follower_.failovers();
+    const std::string why = "the Redis master moved to " + master.describe();
+    if (old)
+        log_warn("Redis master switched from " + old->describe() + " to " + master.describe() +
+                 " (" + how + ")");
+    else
+        log_info("Redis master is " + master.describe() + " (" + how + ")");
+    commands_.retarget(master, why);
+    events_.retarget(master, why);
 }
 
 void RedisStore::note_backend_error(const std::string& message) {
@@ -163,7 +245,13 @@ void RedisStore::note_backend_error(const std::string& message) {
 }
 
 void RedisStore::sweep() {
-    if (!commands_.up() || sweeping_)
+    if (!commands_.up())
+        return;
+    if (const auto now = std::chrono::steady_clock::now(); now >= next_exchange_) {
+        next_exchange_ = now + std::chrono::milliseconds(kPolicyDigestIntervalMs);
+        exchange_policy_digest();
+    }
+    if (sweeping_)
         return;
     sweeping_ = true; // one at a time: a slow Redis must not pile them up
     send(make_call(RedisScript::Sweep, "", Policy{}, {}),
@@ -186,9 +274,9 @@ void RedisStore::sweep() {
          });
 }
 
-std::shared_ptr<RedisStore::Call> RedisStore::make_call(RedisScript script, std::string_view key,
-                                                        const Policy& policy,
-                                                        const std::vector<std::string>& args) const {
+std::shared_ptr<RedisStore::Call>
+RedisStore::make_call(RedisScript script, std::string_view key, const Policy& policy,
+                      const std::vector<std::string>& args) const {
     auto call = std::make_shared<Call>();
     call->script = script;
     call->key = std::string(key);
@@ -202,7 +290,8 @@ std::shared_ptr<RedisStore::Call> RedisStore::make_call(RedisScript script, std:
         a.push_back(std::to_string(policy.get(static_cast<PolicyField>(i))));
     a.insert(a.end(), args.begin(), args.end());
     a.push_back(std::to_string(options_.max_circuits));
-    a.push_back(options_.test_clock ? std::to_string(options_.test_clock->now_ms()) : std::string());
+    a.push_back(options_.test_clock ? std::to_string(options_.test_clock->now_ms())
+                                    : std::string());
     return call;
 }
 
@@ -256,6 +345,11 @@ void RedisStore::send(std::shared_ptr<Call> call, ReplyHandler then) {
             return;
         case RedisErrorKind::Outage:
             unavailable("Redis answered: " + std::string(text), true);
+            // A master that answers READONLY has become a replica: find
+            // the one that replaced it (the connection's ROLE check and
+            // the sentinels decide where to go).
+            if (discovery_ && text.starts_with("READONLY"))
+                commands_.drop("the master answered READONLY: it is a replica now");
             return;
         case RedisErrorKind::Invalid:
             r.error = ErrorCode::InvalidRequest;
@@ -266,9 +360,10 @@ void RedisStore::send(std::shared_ptr<Call> call, ReplyHandler then) {
             r.error = ErrorCode::BackendError;
             // The scripts' own errors name the Redis key (and field); an
             // error Redis raised outside them gets the circuit's key here.
-            r.message = text.starts_with(kRedisErrBackend) || call->key.empty()
-                            ? redis_error_text(text)
-                            : "for key '" + call->key + "' Redis answered: " + redis_error_text(text);
+            r.message =
+                text.starts_with(kRedisErrBackend) || call->key.empty()
+                    ? redis_error_text(text)
+                    : "for key '" + call->key + "' Redis answered: " + redis_error_text(text);
             note_backend_error(r.message);
             then(nullptr, std::move(r));
             return;
@@ -318,7 +413,16 @@ void RedisStore::run(RedisScript script, std::string_view key, const Policy& pol
         return;
     }
 
-    send(make_call(script, key, policy, args), [script, done = std::move(safely)](
+    std::function<void(RemoteResult)> answer = std::move(safely);
+    if (options_.min_replicas > 0 && redis_script_mutates(script, args)) {
+        // Enrolled now, before the script is sent, so that the batch's WAIT
+        // (sent later in this turn of the loop) follows the script.
+        auto ticket = std::make_shared<WaitTicket>();
+        ticket->done = std::move(answer);
+        enroll_wait(ticket);
+        answer = [this, ticket](RemoteResult r) { answer_ticket(ticket, std::move(r)); };
+    }
+    send(make_call(script, key, policy, args), [script, done = std::move(answer)](
                                                    const redisReply* reply,
                                                    RemoteResult failure) mutable {
         if (!reply) {
@@ -367,10 +471,9 @@ void RedisStore::run(RedisScript script, std::string_view key, const Policy& pol
         if (auto to = parse_state(str(reply->element[kResTo]))) {
             auto from = parse_state(str(reply->element[kResFrom]));
             auto cause = cause_named(str(reply->element[kResCause]));
-            r.transition = TransitionRecord{from.value_or(*to), *to,
-                                            cause.value_or(TransitionCause::Manual),
-                                            r.circuit.snapshot.last_state_change,
-                                            r.circuit.generation};
+            r.transition =
+                TransitionRecord{from.value_or(*to), *to, cause.value_or(TransitionCause::Manual),
+                                 r.circuit.snapshot.last_state_change, r.circuit.generation};
         }
         r.extra1 = num(reply->element[kResExtra1]);
         r.extra2 = std::string(str(reply->element[kResExtra2]));
@@ -394,9 +497,9 @@ void RedisStore::list_step(std::shared_ptr<ListJob> job) {
     }
     const std::size_t want = job->limit + 1 - job->page.circuits.size();
     const std::size_t budget = std::min(kRedisScanPerCall, kRedisMaxListScan - job->examined);
-    send(make_call(RedisScript::List, "", Policy{},
-                   {job->prefix, job->after, std::to_string(want), job->state,
-                    std::to_string(budget)}),
+    send(make_call(
+             RedisScript::List, "", Policy{},
+             {job->prefix, job->after, std::to_string(want), job->state, std::to_string(budget)}),
          [this, job](const redisReply* reply, RemoteResult failure) {
              if (!reply) {
                  job->done(std::move(failure));
@@ -410,11 +513,11 @@ void RedisStore::list_step(std::shared_ptr<ListJob> job) {
              }
              const bool more = str(reply->element[0]) == kRedisPageMore;
              const std::string last(str(reply->element[1]));
-             job->examined += static_cast<std::size_t>(std::max<std::int64_t>(0, num(reply->element[2])));
+             job->examined +=
+                 static_cast<std::size_t>(std::max<std::int64_t>(0, num(reply->element[2])));
              for (std::size_t i = 3; i + kEntry <= reply->elements; i += kEntry)
-                 job->page.circuits.push_back(
-                     ListEntry{std::string(str(reply->element[i])),
-                               view_from_fields(reply->element + i + 1)});
+                 job->page.circuits.push_back(ListEntry{std::string(str(reply->element[i])),
+                                                        view_from_fields(reply->element + i + 1)});
              auto& page = job->page;
              if (page.circuits.size() > job->limit) {
                  page.circuits.resize(job->limit); // the look-ahead match
@@ -497,10 +600,11 @@ void RedisStore::on_event(const redisReply* reply) {
         }
         if (kind != kRedisEventTransition || event.size() != 17)
             return;
-        TransitionRecord t{parse_state(event[2].get<std::string>()).value_or(State::Closed),
-                           parse_state(event[3].get<std::string>()).value_or(State::Closed),
-                           cause_named(event[5].get<std::string>()).value_or(TransitionCause::Manual),
-                           event_int(event[4]), static_cast<std::uint64_t>(event_int(event[6]))};
+        TransitionRecord t{
+            parse_state(event[2].get<std::string>()).value_or(State::Closed),
+            parse_state(event[3].get<std::string>()).value_or(State::Closed),
+            cause_named(event[5].get<std::string>()).value_or(TransitionCause::Manual),
+            event_int(event[4]), static_cast<std::uint64_t>(event_int(event[6]))};
         CircuitView v;
         v.snapshot = Snapshot{parse_state(event[7].get<std::string>()).value_or(State::Closed),
                               static_cast<std::uint64_t>(event_int(event[8])),
@@ -519,10 +623,225 @@ void RedisStore::on_event(const redisReply* reply) {
     }
 }
 
+std::shared_ptr<RedisStore::WaitTicket>
+RedisStore::enroll_wait(std::shared_ptr<WaitTicket> ticket) {
+    if (!open_batch_) {
+        open_batch_ = std::make_shared<WaitBatch>();
+        open_batch_->first = std::chrono::steady_clock::now();
+    }
+    ticket->batch = open_batch_;
+    open_batch_->tickets.push_back(ticket);
+    schedule_wait();
+    return ticket;
+}
+
+void RedisStore::schedule_wait() {
+    // One WAIT at a time: while one blocks the connection, the scripts sent
+    // meanwhile gather in the open batch and get the next one. A WAIT sent
+    // behind a blocked one would start its clock late and outlive its
+    // deadline.
+    if (wait_in_flight_ || wait_posted_ || !open_batch_)
+        return;
+    wait_posted_ = true;
+    // Posted: the scripts sent in this turn of the loop share the WAIT.
+    boost::asio::post(io_, [this] {
+        wait_posted_ = false;
+        if (open_batch_ && !wait_in_flight_)
+            send_wait(std::exchange(open_batch_, nullptr));
+    });
+}
+
+void RedisStore::answer_ticket(const std::shared_ptr<WaitTicket>& ticket, RemoteResult result) {
+    if (ticket->delivered)
+        return;
+    // Redis did not answer: the WAIT behind it fails too; say so now.
+    if (result.error == ErrorCode::BackendUnavailable) {
+        ticket->delivered = true;
+        auto done = std::move(ticket->done);
+        done(std::move(result));
+        return;
+    }
+    if (ticket->batch->answered) {
+        // The script ran after its batch's WAIT (sent again after NOSCRIPT):
+        // a later WAIT must cover it.
+        ticket->result = std::move(result);
+        enroll_wait(ticket);
+        return;
+    }
+    ticket->result = std::move(result);
+}
+
+void RedisStore::send_wait(std::shared_ptr<WaitBatch> batch) {
+    wait_in_flight_ = true;
+    const auto timeout = options_.connection.timeout;
+    const auto elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::chrono::steady_clock::now() - batch->first);
+    // What is left of the operations' deadline, less a margin: Redis starts
+    // the WAIT's clock when it gets to it and notices its end only when its
+    // event loop next wakes (up to 100 ms at the default hz), and the
+    // answer must come before the connection's own deadline for it, or the
+    // connection would be dropped for a missing replica.
+    const auto margin =
+        std::min(timeout / 2, std::max(timeout / 10, std::chrono::milliseconds(200)));
+    const auto wait_ms = std::max<std::int64_t>(1, (timeout - margin - elapsed).count());
+    const auto want = options_.min_replicas;
+    auto finish = [this, batch](std::optional<std::string> failure) {
+        wait_in_flight_ = false;
+        batch->answered = true;
+        for (auto& ticket : batch->tickets) {
+            if (ticket->delivered || !ticket->result || ticket->batch != batch)
+                continue; // answered already, or its script is still to come
+            ticket->delivered = true;
+            auto done = std::move(ticket->done);
+            if (!failure) {
+                done(std::move(*ticket->result));
+                continue;
+            }
+            RemoteResult r;
+            r.error = ErrorCode::BackendUnavailable;
+            r.unavailable_reason = *failure;
+            stats_.backend.unavailable += 1;
+            stats_.backend.replication_failures += 1;
+            done(std::move(r));
+        }
+        // Tickets hold their batch: the batch lets go of them, so neither
+        // keeps the other (a ticket still to answer re-enrolls elsewhere).
+        batch->tickets.clear();
+        schedule_wait();
+    };
+    const auto n = std::to_string(want);
+    const auto ms = std::to_string(wait_ms);
+    commands_.command({"WAIT", n, ms}, [this, finish, want](const redisReply* reply,
+                                                            const std::string& error) {
+        if (!reply) {
+            finish("no answer to WAIT: " + error + "; the change may have been applied");
+            return;
+        }
+        if (reply->type == REDIS_REPLY_ERROR) {
+            const std::string text(reply->str, reply->len);
+            finish("Redis answered WAIT: " + text + "; the change may have been applied");
+            if (discovery_)
+                commands_.drop("WAIT refused: " + text); // a replica answers WAIT so
+            return;
+        }
+        const auto acked = reply->type == REDIS_REPLY_INTEGER ? reply->integer : -1;
+        if (acked >= static_cast<long long>(want)) {
+            finish(std::nullopt);
+            return;
+        }
+        const std::string message = std::to_string(std::max<long long>(0, acked)) + " of " +
+                                    std::to_string(want) +
+                                    " replicas acknowledged the change within the backend timeout "
+                                    "(--redis-min-replicas); the change may have been applied";
+        if (message != last_logged_error_) {
+            last_logged_error_ = message;
+            log_warn("Redis backend: " + message);
+        }
+        stats_.backend.last_error = message;
+        finish(message);
+    });
+}
+
+void RedisStore::set_policy_digest(std::string digest) {
+    policy_digest_ = std::move(digest);
+    stats_.backend.policy_digest = policy_digest_;
+    next_exchange_ = {}; // publish the new one at the next sweep
+}
+
+void RedisStore::exchange_policy_digest() {
+    if (exchanging_ || policy_digest_.empty() || options_.instance.empty())
+        return;
+    exchanging_ = true;
+    const std::string key = options_.prefix + "policy-digests";
+    // Redis's clock for every entry, as for the circuits: hosts whose
+    // clocks disagree still agree on which entries are live.
+    commands_.command({"TIME"}, [this, key](const redisReply* reply, const std::string&) {
+        if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2) {
+            exchanging_ = false;
+            return;
+        }
+        const std::int64_t now_ms = num(reply->element[0]) * 1000 + num(reply->element[1]) / 1000;
+        const auto entry = policy_entry(policy_digest_, now_ms);
+        commands_.command({"HSET", key, options_.instance, entry},
+                          [](const redisReply*, const std::string&) {});
+        // HSCAN with a COUNT bounds what one round reads however many
+        // entries the hash holds.
+        commands_.command(
+            {"HSCAN", key, "0", "COUNT", std::to_string(kMaxPolicyHosts)},
+            [this, key, now_ms](const redisReply* scan, const std::string&) {
+                exchanging_ = false;
+                if (!scan || scan->type != REDIS_REPLY_ARRAY || scan->elements != 2 ||
+                    scan->element[1]->type != REDIS_REPLY_ARRAY)
+                    return;
+                const redisReply* fields = scan->element[1];
+                std::vector<std::pair<std::string, std::string>> entries;
+                for (std::size_t i = 0;
+                     i + 1 < fields->elements && entries.size() < kMaxPolicyHosts; i += 2)
+                    entries.emplace_back(std::string(str(fields->element[i])),
+                                         std::string(str(fields->element[i + 1])));
+                note_policy_mismatches(
+                    policy_mismatches(options_.instance, policy_digest_, now_ms, entries));
+                const auto gone = forgotten_policy_hosts(now_ms, entries);
+                if (!gone.empty()) {
+                    std::vector<std::string_view> argv{"HDEL", key};
+                    argv.insert(argv.end(), gone.begin(), gone.end());
+                    commands_.command(argv, [](const redisReply*, const std::string&) {});
+                }
+            });
+    });
+}
+
+void RedisStore::note_policy_mismatches(std::vector<std::string> hosts) {
+    auto& known = stats_.backend.policy_mismatch_hosts;
+    const bool news = std::any_of(hosts.begin(), hosts.end(), [&](const std::string& h) {
+        return std::find(known.begin(), known.end(), h) == known.end();
+    });
+    if (news) {
+        std::string list;
+        for (const auto& h : hosts)
+            list += (list.empty() ? "" : ", ") + h;
+        log_warn("policy: the defaults and prefix rules of " + list +
+                 " differ from this host's (digest " + policy_digest_ +
+                 "), so one circuit gets different rules by host; give every cbd on this Redis "
+                 "the same configuration");
+    } else if (hosts.empty() && !known.empty()) {
+        log_info("policy: every live cbd on this Redis has this host's defaults and prefix rules "
+                 "again");
+    }
+    known = std::move(hosts);
+}
+
+bool redis_script_mutates(RedisScript script, const std::vector<std::string>& args) {
+    switch (script) {
+    case RedisScript::Success:
+    case RedisScript::Failure:
+    case RedisScript::Transition:
+    case RedisScript::Reset:
+    case RedisScript::Acquire:
+    case RedisScript::Report:
+    case RedisScript::Force:
+    case RedisScript::Unforce:
+    case RedisScript::Import:
+        return true;
+    case RedisScript::Policy:
+        // ARGV: clear, then per field "" (keep), "-" (remove) or a value.
+        return std::any_of(args.begin(), args.end(), [&](const std::string& a) {
+            return &a == &args.front() ? a == kRedisArgTrue : !a.empty();
+        });
+    case RedisScript::Get:
+    case RedisScript::List:
+    case RedisScript::Sweep:
+    case RedisScript::Export:
+        return false;
+    }
+    return true;
+}
+
 Policy redis_policy_numbers(const ResolvedPolicy& daemon) {
     Policy p = daemon.policy;
     if (!daemon.lease_set)
-        p.set(PolicyField::ProbeLeaseMs, 0); // not a valid lease (1..): the scripts' sign to derive it
+        p.set(PolicyField::ProbeLeaseMs,
+              0); // not a valid lease (1..): the scripts' sign to derive it
     if (!daemon.timeout_max_set)
         p.set(PolicyField::ResetTimeoutMaxMs, 0); // likewise: no layer sets a backoff
     return p;

@@ -11,6 +11,8 @@
 #include "daemon/clock.hpp"
 #include "daemon/redis_connection.hpp"
 #include "daemon/redis_scripts.hpp"
+#include "daemon/redis_sentinel.hpp"
+#include "daemon/sentinel_discovery.hpp"
 #include "daemon/stats.hpp"
 
 #include <array>
@@ -23,7 +25,16 @@
 namespace cbd {
 
 struct RedisStoreOptions {
-    RedisOptions connection;
+    RedisOptions connection; // with `sentinel`, the endpoint is found, not given
+    // --redis sentinel://...: the master is the one the sentinels name (and
+    // ROLE confirms), followed through failovers.
+    std::optional<SentinelOptions> sentinel;
+    // --redis-min-replicas: a change is acknowledged only once this many
+    // replicas have it (WAIT); 0 acknowledges what the master applied.
+    std::size_t min_replicas = 0;
+    // This cbd in the policy digest exchange (policy_digest.hpp): the host
+    // name and the socket path, so two daemons on one host are two entries.
+    std::string instance;
     std::string prefix = "cbd:"; // every key this daemon uses starts so
     std::size_t max_circuits = kDefaultMaxCircuits; // in the shared store
     // cbd --test-clock: every script (the sweep too) takes its time from
@@ -82,10 +93,16 @@ class RedisStore {
     // keep (exact while only cbd writes the keys).
     std::optional<CircuitCounts> counts() const { return counts_; }
 
+    // The digest of this daemon's defaults and prefix rules (at start and
+    // after each SIGHUP), published for the other hosts to compare.
+    void set_policy_digest(std::string digest);
+
   private:
     struct Call;
     struct ListJob;
     struct ExportJob;
+    struct WaitBatch;
+    struct WaitTicket;
     using ReplyHandler = std::function<void(const redisReply* reply, RemoteResult failure)>;
 
     void on_event(const redisReply* reply);
@@ -99,6 +116,22 @@ class RedisStore {
     void list_step(std::shared_ptr<ListJob> job);
     void export_step(std::shared_ptr<ExportJob> job);
     void note_backend_error(const std::string& message);
+    // A master the sentinels named: moves both connections there when it is
+    // not where they are (logged once per switch).
+    void on_master_named(const RedisEndpoint& master, const std::string& how);
+    // --redis-min-replicas: the ticket's answer waits for the WAIT that
+    // follows its script on the connection. Scripts sent in one turn of the
+    // event loop share one WAIT, pipelined behind them.
+    std::shared_ptr<WaitTicket> enroll_wait(std::shared_ptr<WaitTicket> ticket);
+    void schedule_wait();
+    void send_wait(std::shared_ptr<WaitBatch> batch);
+    // Writes this daemon's policy digest and reads the other hosts' (every
+    // kPolicyDigestIntervalMs, from the sweep).
+    void exchange_policy_digest();
+    void note_policy_mismatches(std::vector<std::string> hosts);
+    void answer_ticket(const std::shared_ptr<WaitTicket>& ticket, RemoteResult result);
+
+    boost::asio::io_context& io_;
 
     RedisStoreOptions options_;
     DaemonStats& stats_;
@@ -107,9 +140,24 @@ class RedisStore {
     bool sweeping_ = false;
     std::optional<CircuitCounts> counts_; // none until the first sweep answers
     std::string last_logged_error_; // a bad key is logged once, not per request
+    MasterFollower follower_;
+    std::shared_ptr<WaitBatch> open_batch_; // its WAIT is not sent yet
+    bool wait_in_flight_ = false;           // a WAIT is out; the next waits for its answer
+    bool wait_posted_ = false;
+    std::string policy_digest_;
+    std::chrono::steady_clock::time_point next_exchange_{};
+    bool exchanging_ = false;
     RedisConnection commands_;
     RedisConnection events_;
+    std::unique_ptr<SentinelDiscovery> discovery_; // with --redis sentinel://
 };
+
+// Whether a script call can change what Redis holds for a client, so that
+// --redis-min-replicas waits for it: every circuit write, configure (not a
+// policy read), import. `get` does not wait: what it may settle (an expired
+// lease or pin) the next operation settles again on any master; the sweep
+// likewise.
+bool redis_script_mutates(RedisScript script, const std::vector<std::string>& args);
 
 // The policy numbers to pass to run() for a key whose daemon-side policy
 // (defaults, prefix rules) is `daemon`: as resolved, except probeLeaseMs 0

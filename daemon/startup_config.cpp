@@ -3,6 +3,7 @@
 
 #include "common/policy.hpp"
 #include "daemon/config_file.hpp"
+#include "daemon/policy_digest.hpp"
 
 #include <nlohmann/json.hpp>
 #include <ostream>
@@ -82,6 +83,9 @@ int check_config(const DaemonConfig& config, std::ostream& out, std::ostream& er
     for (const auto& rule : settings.policy.rules)
         out << "  " << quoted(rule.prefix) << ": " << policy_json(policies.effective(rule.prefix))
             << "\n";
+    // What a cbd on Redis publishes for the other hosts to compare: equal
+    // digests on two hosts mean they resolve every key alike.
+    out << "policy digest: " << policy_digest(settings.policy) << "\n";
     out << "access: writer group " << group_text(settings.access.writer_group)
         << ", admin group " << group_text(settings.access.admin_group)
         << (settings.access.restricted() ? "" : " (everyone who can connect is admin)") << "\n";

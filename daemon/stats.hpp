@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace cbd {
 
@@ -31,11 +32,24 @@ struct StorageStats {
 // The Redis backend's connection (kind empty with the memory backend).
 struct BackendStats {
     std::string kind;    // "redis"
-    std::string address; // unix:///… or tcp://…
+    std::string address; // unix:///…, tcp://… or sentinel://…/NAME, as configured
     bool up = false;
     std::uint64_t disconnects = 0; // times the connection was lost or never came up
     std::uint64_t unavailable = 0; // operations answered backend_unavailable
     std::string last_error;
+    // The Redis cbd uses now (with sentinel://, the master the sentinels
+    // named; empty until one is known), and how often it moved to another.
+    std::string master;
+    bool sentinel = false;
+    std::uint64_t failovers = 0;
+    // --redis-min-replicas, and changes answered backend_unavailable because
+    // fewer replicas acknowledged them in time (counted in `unavailable` too).
+    std::size_t min_replicas = 0;
+    std::uint64_t replication_failures = 0;
+    // Other live hosts on the same Redis and prefix whose policy digest
+    // (defaults and prefix rules) differs from this one's (policy_digest.hpp).
+    std::vector<std::string> policy_mismatch_hosts;
+    std::string policy_digest; // this daemon's
 };
 
 struct DaemonStats {
