@@ -27,6 +27,8 @@
 //      failure-rate, slow-call-rate, consecutive.
 //   9  mirrors: reportBatch (many reports in one line, one reply with
 //      counts and per-entry errors); watch takes `keys`, a set of keys.
+//      Redis Sentinel: stats.backend gains master, sentinel, failovers,
+//      minReplicas, replicationFailures, policyDigest, policyMismatch.
 #pragma once
 
 #include <cstddef>
