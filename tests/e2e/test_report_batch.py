@@ -86,7 +86,11 @@ def test_a_flood_of_batches_leaves_a_writer_its_turn(start_cbd):
         writer = Client(d.sock, timeout=30)
         counts = []
         for _ in range(80):
-            counts.append(writer.call({"op": "get", "key": "flood"})["snapshot"]["failureCount"])
+            # On Redis, batch entries are refused first once Redis falls
+            # behind, so the writer's own operation still gets through.
+            reply = writer.call({"op": "get", "key": "flood"})
+            assert reply["ok"] is True, reply
+            counts.append(reply["snapshot"]["failureCount"])
         steps = [b - a for a, b in zip(counts, counts[1:])]
         assert counts[-1] > 0, "the flooders applied nothing"
         median = statistics.median(steps)
