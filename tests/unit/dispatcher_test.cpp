@@ -382,18 +382,22 @@ TEST_CASE("reportBatch applies its entries as reports, in order", "[dispatcher]"
 
 namespace {
 
+// What the fake backends below do not care about.
+struct FakeBackend : CircuitBackend {
+    std::optional<CircuitCounts> counts() const override { return std::nullopt; }
+    bool list_now(const ListQuery&, ListPage&) override { return false; }
+    void set_policy_config(PolicyConfig) override {}
+    void tick() override {}
+};
+
 // A backend that answers every operation later, when the test says, in any
 // order: what Redis and durable mode do to the dispatcher.
-struct LateBackend final : CircuitBackend {
+struct LateBackend final : FakeBackend {
     std::vector<std::pair<std::string, Completion>> waiting;
     bool run(const Request& req, const Peer&, OpOutcome&, Deferral& deferral) override {
         waiting.emplace_back(req.key, deferral.later());
         return false;
     }
-    std::optional<CircuitCounts> counts() const override { return std::nullopt; }
-    bool list_now(const ListQuery&, ListPage&) override { return false; }
-    void set_policy_config(PolicyConfig) override {}
-    void tick() override {}
 };
 
 } // namespace
@@ -465,7 +469,7 @@ namespace {
 // A backend that takes a slot for key "boom" and then throws, having
 // answered first (answer_first) or keeping the completion for later; other
 // keys answer later, when the test says.
-struct ThrowingBackend final : CircuitBackend {
+struct ThrowingBackend final : FakeBackend {
     bool answer_first = false;
     std::vector<Completion> kept;
     bool run(const Request& req, const Peer&, OpOutcome&, Deferral& deferral) override {
@@ -480,10 +484,6 @@ struct ThrowingBackend final : CircuitBackend {
         kept.push_back(std::move(done));
         return false;
     }
-    std::optional<CircuitCounts> counts() const override { return std::nullopt; }
-    bool list_now(const ListQuery&, ListPage&) override { return false; }
-    void set_policy_config(PolicyConfig) override {}
-    void tick() override {}
 };
 
 } // namespace
