@@ -81,9 +81,6 @@ struct Request {
     // `get` of an unknown key answers the default snapshot without creating
     // the circuit (the circuit table belongs to writers).
     bool create_unknown = true;
-    // Not on the wire: set by the dispatcher on a reportBatch's entries, the
-    // bulk work a saturated backend refuses first (see RedisConnection).
-    bool batched = false;
 
     bool operator==(const Request&) const = default;
 };

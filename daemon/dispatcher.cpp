@@ -445,7 +445,6 @@ void Dispatcher::run_report_batch(const Request& req, RequestContext& ctx) {
         Request entry;
         entry.op = Op::Report;
         entry.create_unknown = true; // reportBatch is write level
-        entry.batched = true;
         for (std::size_t i = 0; i < req.reports.size(); ++i) {
             const BatchReport& report = req.reports[i];
             outcome_.clear();

@@ -121,7 +121,7 @@ bool RedisBackend::run(const Request& req, const Peer& peer, OpOutcome& now, Def
     // The daemon's layers; the script lays the key's override from Redis
     // over them (and derives the lease after it, as PolicySet does).
     const Policy numbers = redis_policy_numbers(policies_.resolve_with(req.key, nullptr));
-    redis_.run(script, req.key, numbers, args, req.batched,
+    redis_.run(script, req.key, numbers, args,
                [this, done = deferral.later(), op = req.op, key = req.key](RemoteResult r) {
                    OpOutcome out;
                    out.error = r.error;

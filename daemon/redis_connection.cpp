@@ -182,21 +182,11 @@ void RedisConnection::on_ready() {
 }
 
 void RedisConnection::command(const std::vector<std::string_view>& argv, Callback done) {
-    command(argv, kMaxRedisPendingCommands, std::move(done));
-}
-
-void RedisConnection::command(const std::vector<std::string_view>& argv, std::size_t max_pending,
-                              Callback done) {
     if (state_ != State::Up) {
         const bool known = !options_.endpoint.host.empty() || !options_.endpoint.unix_path.empty();
         done(nullptr, state_ == State::Stopped ? "cbd is stopping"
                       : known ? "not connected to Redis at " + options_.endpoint.describe()
                               : "no Redis master known yet (asking the sentinels)");
-        return;
-    }
-    if (pending_.size() >= max_pending) {
-        done(nullptr, std::to_string(pending_.size()) + " commands are already waiting for " +
-                          options_.what + " (it is not keeping up); this one was not sent");
         return;
     }
     send(argv, std::move(done), false);

@@ -17,7 +17,6 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <chrono>
-#include <cstddef>
 #include <deque>
 #include <functional>
 #include <optional>
@@ -39,18 +38,6 @@ struct RedisEndpoint {
     static std::optional<std::string> parse(std::string_view url, RedisEndpoint& out);
     std::string describe() const;
 };
-
-// Most commands one connection keeps waiting for Redis. Every connection to
-// cbd may have 1024 operations waiting (a batch more), so many busy clients
-// could queue more than Redis runs within --backend-timeout; the oldest
-// would then time out and take the connection down, failing everyone's
-// operations. Past this many, a command is refused at once instead
-// (backend_unavailable, in microseconds), and what is queued still finishes
-// in time: 4096 scripts are 0.1-0.3 s of Redis at 30-70 us each.
-// Batch entries (reportBatch) stop at 3072, so that a flood of batches
-// leaves single operations the last 1024.
-inline constexpr std::size_t kMaxRedisPendingCommands = 4096;
-inline constexpr std::size_t kMaxRedisPendingBulkCommands = 3072;
 
 struct RedisOptions {
     RedisEndpoint endpoint;
@@ -98,10 +85,8 @@ class RedisConnection {
     void drop(const std::string& why) { fail(why); }
 
     // Sends a command; `done` runs once with its reply, or with nullptr when
-    // it failed. Fails at once while the connection is down, and while
-    // `max_pending` commands already wait for Redis.
+    // it failed. Fails at once while the connection is down.
     void command(const std::vector<std::string_view>& argv, Callback done);
-    void command(const std::vector<std::string_view>& argv, std::size_t max_pending, Callback done);
 
     // Subscriber connections: every reply with no command waiting for it
     // (a published message) goes here.

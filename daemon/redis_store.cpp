@@ -97,7 +97,6 @@ struct RedisStore::Call {
     std::string key;
     std::vector<std::string> args; // numkeys, KEYS, ARGV
     bool retried = false;
-    bool bulk = false; // a batch entry: kMaxRedisPendingBulkCommands applies
 };
 
 // The scripts whose answers wait for one WAIT, and that WAIT's outcome.
@@ -308,76 +307,72 @@ void RedisStore::send(std::shared_ptr<Call> call, ReplyHandler then) {
     for (const auto& a : call->args)
         argv.push_back(a);
 
-    const std::size_t max_pending =
-        call->bulk ? kMaxRedisPendingBulkCommands : kMaxRedisPendingCommands;
-    commands_.command(
-        argv, max_pending,
-        [this, call, then = std::move(then)](const redisReply* reply, const std::string& error) {
-            RemoteResult r;
-            auto unavailable = [&](std::string why, bool log) {
-                r.error = ErrorCode::BackendUnavailable;
-                r.unavailable_reason = std::move(why);
-                stats_.backend.unavailable += 1;
-                if (log) {
-                    stats_.backend.last_error = r.unavailable_reason;
-                    log_error("Redis backend: " + r.unavailable_reason);
-                }
-                then(nullptr, std::move(r));
-            };
-            if (!reply) {
-                unavailable(error, false);
+    commands_.command(argv, [this, call, then = std::move(then)](const redisReply* reply,
+                                                                 const std::string& error) {
+        RemoteResult r;
+        auto unavailable = [&](std::string why, bool log) {
+            r.error = ErrorCode::BackendUnavailable;
+            r.unavailable_reason = std::move(why);
+            stats_.backend.unavailable += 1;
+            if (log) {
+                stats_.backend.last_error = r.unavailable_reason;
+                log_error("Redis backend: " + r.unavailable_reason);
+            }
+            then(nullptr, std::move(r));
+        };
+        if (!reply) {
+            unavailable(error, false);
+            return;
+        }
+        if (reply->type != REDIS_REPLY_ERROR) {
+            then(reply, std::move(r));
+            return;
+        }
+        const auto text = str(reply);
+        switch (classify_redis_error(text)) {
+        case RedisErrorKind::NoScript:
+            if (!call->retried) {
+                call->retried = true;
+                send(call, then);
                 return;
             }
-            if (reply->type != REDIS_REPLY_ERROR) {
-                then(reply, std::move(r));
-                return;
-            }
-            const auto text = str(reply);
-            switch (classify_redis_error(text)) {
-            case RedisErrorKind::NoScript:
-                if (!call->retried) {
-                    call->retried = true;
-                    send(call, then);
-                    return;
-                }
-                unavailable("Redis does not keep cbd's scripts: " + std::string(text), true);
-                return;
-            case RedisErrorKind::TooMany:
-                r.error = ErrorCode::TooManyCircuits;
-                r.message = redis_error_text(text);
-                then(nullptr, std::move(r));
-                return;
-            case RedisErrorKind::Outage:
-                unavailable("Redis answered: " + std::string(text), true);
-                // A master that answers READONLY has become a replica: find
-                // the one that replaced it (the connection's ROLE check and
-                // the sentinels decide where to go).
-                if (discovery_ && text.starts_with("READONLY"))
-                    commands_.drop("the master answered READONLY: it is a replica now");
-                return;
-            case RedisErrorKind::Invalid:
-                r.error = ErrorCode::InvalidRequest;
-                r.message = redis_error_text(text);
-                then(nullptr, std::move(r));
-                return;
-            case RedisErrorKind::Data:
-                r.error = ErrorCode::BackendError;
-                // The scripts' own errors name the Redis key (and field); an
-                // error Redis raised outside them gets the circuit's key here.
-                r.message =
-                    text.starts_with(kRedisErrBackend) || call->key.empty()
-                        ? redis_error_text(text)
-                        : "for key '" + call->key + "' Redis answered: " + redis_error_text(text);
-                note_backend_error(r.message);
-                then(nullptr, std::move(r));
-                return;
-            }
-        });
+            unavailable("Redis does not keep cbd's scripts: " + std::string(text), true);
+            return;
+        case RedisErrorKind::TooMany:
+            r.error = ErrorCode::TooManyCircuits;
+            r.message = redis_error_text(text);
+            then(nullptr, std::move(r));
+            return;
+        case RedisErrorKind::Outage:
+            unavailable("Redis answered: " + std::string(text), true);
+            // A master that answers READONLY has become a replica: find
+            // the one that replaced it (the connection's ROLE check and
+            // the sentinels decide where to go).
+            if (discovery_ && text.starts_with("READONLY"))
+                commands_.drop("the master answered READONLY: it is a replica now");
+            return;
+        case RedisErrorKind::Invalid:
+            r.error = ErrorCode::InvalidRequest;
+            r.message = redis_error_text(text);
+            then(nullptr, std::move(r));
+            return;
+        case RedisErrorKind::Data:
+            r.error = ErrorCode::BackendError;
+            // The scripts' own errors name the Redis key (and field); an
+            // error Redis raised outside them gets the circuit's key here.
+            r.message =
+                text.starts_with(kRedisErrBackend) || call->key.empty()
+                    ? redis_error_text(text)
+                    : "for key '" + call->key + "' Redis answered: " + redis_error_text(text);
+            note_backend_error(r.message);
+            then(nullptr, std::move(r));
+            return;
+        }
+    });
 }
 
 void RedisStore::run(RedisScript script, std::string_view key, const Policy& policy,
-                     const std::vector<std::string>& args, bool bulk,
-                     std::function<void(RemoteResult)> done) {
+                     const std::vector<std::string>& args, std::function<void(RemoteResult)> done) {
     // A completion handler must never throw: whatever goes wrong here is an
     // answer, not an exception on the event loop.
     auto safely = [done = std::move(done)](RemoteResult r) mutable {
@@ -427,10 +422,9 @@ void RedisStore::run(RedisScript script, std::string_view key, const Policy& pol
         enroll_wait(ticket);
         answer = [this, ticket](RemoteResult r) { answer_ticket(ticket, std::move(r)); };
     }
-    auto call = make_call(script, key, policy, args);
-    call->bulk = bulk;
-    send(std::move(call), [script, done = std::move(answer)](const redisReply* reply,
-                                                             RemoteResult failure) mutable {
+    send(make_call(script, key, policy, args), [script, done = std::move(answer)](
+                                                   const redisReply* reply,
+                                                   RemoteResult failure) mutable {
         if (!reply) {
             done(std::move(failure));
             return;

@@ -85,10 +85,8 @@ class RedisStore {
     // `list` and `export` run as several script calls, each examining at
     // most kRedisScanPerCall keys, joined before `done` runs. `done` runs
     // exactly once, on the event loop, and never throws out of here.
-    // `bulk`: a batch entry, refused first when Redis is not keeping up.
     void run(RedisScript script, std::string_view key, const Policy& policy,
-             const std::vector<std::string>& args, bool bulk,
-             std::function<void(RemoteResult)> done);
+             const std::vector<std::string>& args, std::function<void(RemoteResult)> done);
 
     // Circuits in the shared store as of the last sweep (every 100 ms):
     // total from the index; by state and pinned from counters the scripts
