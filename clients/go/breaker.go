@@ -67,21 +67,37 @@ func (b *Breaker) Execute(ctx context.Context, fn func(context.Context) error) (
 
 // executeRemote is Execute without the mirror: acquire, call, report.
 func (b *Breaker) executeRemote(ctx context.Context, fn func(context.Context) error) error {
-	acquired, acquireErr := b.client.Acquire(ctx, b.key)
-	switch {
-	case acquireErr == nil:
-	case errors.Is(acquireErr, ErrUnavailable) && ctx.Err() == nil:
-		if b.failClosed {
-			return fmt.Errorf("cbd: circuit %q: %w", b.key, acquireErr)
-		}
-		return fn(ctx)
-	default:
-		return acquireErr
+	acquired, done, err := b.acquire(ctx, fn)
+	if done {
+		return err
 	}
 	if !acquired.Allowed {
-		return &OpenError{Key: b.key, RetryAfter: time.Duration(acquired.RetryAfterMs) * time.Millisecond, Circuit: acquired.Circuit}
+		return b.openError(acquired)
 	}
 	return b.runReported(ctx, acquired, fn)
+}
+
+// acquire asks cbd whether the call may go ahead. done is true when err is
+// already the call's result: acquiring failed, or cbd was unavailable and
+// the breaker failed closed, or failed open and ran fn.
+func (b *Breaker) acquire(ctx context.Context, fn func(context.Context) error) (acquired AcquireResult, done bool, err error) {
+	acquired, err = b.client.Acquire(ctx, b.key)
+	switch {
+	case err == nil:
+		return acquired, false, nil
+	case errors.Is(err, ErrUnavailable) && ctx.Err() == nil:
+		if b.failClosed {
+			return acquired, true, fmt.Errorf("cbd: circuit %q: %w", b.key, err)
+		}
+		return acquired, true, fn(ctx)
+	default:
+		return acquired, true, err
+	}
+}
+
+// openError is the denial cbd answered, as the caller sees it.
+func (b *Breaker) openError(acquired AcquireResult) error {
+	return &OpenError{Key: b.key, RetryAfter: time.Duration(acquired.RetryAfterMs) * time.Millisecond, Circuit: acquired.Circuit}
 }
 
 // executeMirrored is Execute in mirror mode. Its first part is the hot path:
@@ -137,20 +153,13 @@ func (b *Breaker) executeMirroredSlow(ctx context.Context, m *mirror, fn func(co
 
 	// Rules 1 and 4: ask cbd.
 	m.remote.Add(1)
-	acquired, acquireErr := b.client.Acquire(ctx, b.key)
-	switch {
-	case acquireErr == nil:
-	case errors.Is(acquireErr, ErrUnavailable) && ctx.Err() == nil:
-		if b.failClosed {
-			return fmt.Errorf("cbd: circuit %q: %w", b.key, acquireErr)
-		}
-		return fn(ctx)
-	default:
-		return acquireErr
+	acquired, done, err := b.acquire(ctx, fn)
+	if done {
+		return err
 	}
 	m.learn(e, acquired, covered, drops)
 	if !acquired.Allowed {
-		return &OpenError{Key: b.key, RetryAfter: time.Duration(acquired.RetryAfterMs) * time.Millisecond, Circuit: acquired.Circuit}
+		return b.openError(acquired)
 	}
 	if acquired.Permit != "" {
 		// A probe settles at once: reported directly, with its permit.
