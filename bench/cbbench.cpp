@@ -2,7 +2,7 @@
 // P pipelined operations and prints throughput, latency percentiles and
 // errors, in the manner of redis-benchmark.
 #include "bench/load.hpp"
-#include "daemon/redis_scripts.hpp"
+#include "daemon/backends/redis/redis_scripts.hpp"
 #include "common/socket_path.hpp"
 
 #include <CLI/CLI.hpp>

@@ -3,7 +3,7 @@
 
 #include "common/protocol.hpp"
 
-#include "daemon/redis_scripts.hpp"
+#include "daemon/backends/redis/redis_scripts.hpp"
 
 #include <charconv>
 #include <cstring>

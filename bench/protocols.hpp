@@ -76,7 +76,7 @@ class RedisIncrProtocol final : public Protocol {
     bool is_error(std::string_view reply) override;
 };
 
-// cbd's own Redis-backend scripts (daemon/redis_scripts.cpp), driven
+// cbd's own Redis-backend scripts (daemon/backends/redis/redis_scripts.cpp), driven
 // directly with the keys and arguments cbd passes: what `--backend redis`
 // costs Redis, without cbd in between.
 class RedisCbdScriptProtocol final : public Protocol {

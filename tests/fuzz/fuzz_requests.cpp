@@ -15,13 +15,13 @@
 // of our own, left out of the coverage: a DOM parse of each reply with
 // nlohmann, instrumented in this file, took most of each run and filled
 // the fuzzer's coverage with the checker's branches instead of the daemon's.
-#include "daemon/clock.hpp"
-#include "daemon/dispatcher.hpp"
-#include "daemon/event_hub.hpp"
-#include "daemon/line_buffer.hpp"
-#include "daemon/log.hpp"
-#include "daemon/memory_backend.hpp"
-#include "daemon/memory_store.hpp"
+#include "daemon/core/clock.hpp"
+#include "daemon/dispatch/dispatcher.hpp"
+#include "daemon/dispatch/event_hub.hpp"
+#include "daemon/net/line_buffer.hpp"
+#include "daemon/core/log.hpp"
+#include "daemon/backends/memory/memory_backend.hpp"
+#include "daemon/backends/memory/memory_store.hpp"
 
 #include <cstdint>
 #include <cstdio>

@@ -21,15 +21,15 @@
 // -fsanitize=fuzzer when CBD_FUZZ is on, and linked with replay_main.cpp
 // otherwise, so the committed seeds replay as a test.
 #include "common/reply.hpp"
-#include "daemon/circuit_json.hpp"
-#include "daemon/clock.hpp"
-#include "daemon/commit_gate.hpp"
-#include "daemon/dispatcher.hpp"
-#include "daemon/log.hpp"
-#include "daemon/memory_backend.hpp"
-#include "daemon/memory_store.hpp"
-#include "daemon/reply_queue.hpp"
-#include "daemon/session.hpp"
+#include "daemon/dispatch/circuit_json.hpp"
+#include "daemon/core/clock.hpp"
+#include "daemon/dispatch/commit_gate.hpp"
+#include "daemon/dispatch/dispatcher.hpp"
+#include "daemon/core/log.hpp"
+#include "daemon/backends/memory/memory_backend.hpp"
+#include "daemon/backends/memory/memory_store.hpp"
+#include "daemon/dispatch/reply_queue.hpp"
+#include "daemon/net/session.hpp"
 
 #include <algorithm>
 #include <cstdarg>
@@ -236,7 +236,7 @@ class Run {
     void send_burst(std::uint8_t how);
     void send(Line line);
 
-    // The session model (see daemon/session.cpp): the same steps, with the
+    // The session model (see daemon/net/session.cpp): the same steps, with the
     // client's reads standing in for the socket.
     bool over_bound() const {
         return replies_->ready_bytes() + out_.size() >= cbd::kMaxUnsentReplyBytes ||

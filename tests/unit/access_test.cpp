@@ -1,6 +1,6 @@
 // Access levels from peer credentials, and who may open one more connection.
-#include "daemon/access.hpp"
-#include "daemon/connection_limits.hpp"
+#include "daemon/net/access.hpp"
+#include "daemon/net/connection_limits.hpp"
 
 #include <catch2/catch.hpp>
 

@@ -1,7 +1,7 @@
 // The breaker policy in MemoryCircuitStore, with a hand-driven clock: the
 // reference policy's own cases, then what cbd adds (shared probe permits,
 // generations, leases, pins, policies).
-#include "daemon/memory_store.hpp"
+#include "daemon/backends/memory/memory_store.hpp"
 
 #include <catch2/catch.hpp>
 #include <vector>

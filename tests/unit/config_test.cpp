@@ -1,5 +1,5 @@
 // The policy configuration file and policy patches.
-#include "daemon/config_file.hpp"
+#include "daemon/config/config_file.hpp"
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>

@@ -1,8 +1,8 @@
 // The dispatcher: lines in, reply lines out, no sockets.
-#include "daemon/dispatcher.hpp"
-#include "daemon/log.hpp"
-#include "daemon/memory_backend.hpp"
-#include "daemon/memory_store.hpp"
+#include "daemon/dispatch/dispatcher.hpp"
+#include "daemon/core/log.hpp"
+#include "daemon/backends/memory/memory_backend.hpp"
+#include "daemon/backends/memory/memory_store.hpp"
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>

@@ -1,7 +1,7 @@
 // The HTTP listener's pure parts: targets and their query parameters, the
 // protocol requests they become, the Host check, listen addresses, SSE
 // framing and the bounded SSE queue.
-#include "daemon/http_request.hpp"
+#include "daemon/http/http_request.hpp"
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>

@@ -1,6 +1,6 @@
 // KeyIndex against std::set, and the store's list paging on top of it.
-#include "daemon/key_index.hpp"
-#include "daemon/memory_store.hpp"
+#include "daemon/backends/memory/key_index.hpp"
+#include "daemon/backends/memory/memory_store.hpp"
 
 #include <catch2/catch.hpp>
 #include <deque>

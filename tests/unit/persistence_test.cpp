@@ -2,9 +2,9 @@
 // file (round trip, refusals, injected write failures), and the durable
 // mode's group commit and undo, with a hand-driven clock and a real file in a
 // temporary directory.
-#include "daemon/memory_store.hpp"
-#include "daemon/persistence.hpp"
-#include "daemon/state_file.hpp"
+#include "daemon/backends/memory/memory_store.hpp"
+#include "daemon/backends/persist/persistence.hpp"
+#include "daemon/backends/persist/state_file.hpp"
 
 #include <boost/asio/io_context.hpp>
 #include <catch2/catch.hpp>

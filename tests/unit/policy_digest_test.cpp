@@ -1,7 +1,7 @@
 // Policy digests: equal for configurations that resolve every key alike,
 // different otherwise; entries in Redis parsed strictly; only live hosts
 // compared, at most kMaxPolicyHosts of them.
-#include "daemon/policy_digest.hpp"
+#include "daemon/breaker/policy_digest.hpp"
 
 #include <catch2/catch.hpp>
 

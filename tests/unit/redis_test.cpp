@@ -1,6 +1,6 @@
 // The Redis backend's pure parts: addresses and the script key layout.
-#include "daemon/redis_connection.hpp"
-#include "daemon/redis_scripts.hpp"
+#include "daemon/backends/redis/redis_connection.hpp"
+#include "daemon/backends/redis/redis_scripts.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -36,7 +36,7 @@ TEST_CASE("every script's keys sit under the prefix, as docs/REDIS.md lays them 
     }
 }
 
-#include "daemon/redis_store.hpp"
+#include "daemon/backends/redis/redis_store.hpp"
 
 #include <regex>
 #include <set>

@@ -1,6 +1,6 @@
 // The reply queue: replies leave in request order whatever order the
 // backend answers in; it counts what it holds for the session's bound.
-#include "daemon/reply_queue.hpp"
+#include "daemon/dispatch/reply_queue.hpp"
 
 #include <catch2/catch.hpp>
 

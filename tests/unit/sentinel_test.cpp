@@ -2,8 +2,8 @@
 // ROLE answer (real hiredis replies, parsed from the bytes a server would
 // send), choosing the next sentinel, deciding to switch, and which scripts
 // wait for replicas.
-#include "daemon/redis_sentinel.hpp"
-#include "daemon/redis_store.hpp"
+#include "daemon/backends/redis/redis_sentinel.hpp"
+#include "daemon/backends/redis/redis_store.hpp"
 
 #include <catch2/catch.hpp>
 #include <hiredis/hiredis.h>

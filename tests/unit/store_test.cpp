@@ -1,5 +1,5 @@
 // MemoryCircuitStore against the reference semantics, with a hand-driven clock.
-#include "daemon/memory_store.hpp"
+#include "daemon/backends/memory/memory_store.hpp"
 
 #include <catch2/catch.hpp>
 

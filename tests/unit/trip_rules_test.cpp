@@ -4,7 +4,7 @@
 // file keeps. The same rules on Redis are proven by the conformance corpus
 // (tests/conformance/cases/trip_rules.json).
 #include "common/policy.hpp"
-#include "daemon/memory_store.hpp"
+#include "daemon/backends/memory/memory_store.hpp"
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>

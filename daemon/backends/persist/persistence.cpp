@@ -1,0 +1,400 @@
+// Persistence (see persistence.hpp).
+#include "daemon/backends/persist/persistence.hpp"
+
+#include "daemon/core/log.hpp"
+
+#include <boost/asio/post.hpp>
+#include <cerrno>
+#include <cstring>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+namespace cbd {
+
+namespace asio = boost::asio;
+
+namespace {
+
+constexpr auto kFailureLogInterval = std::chrono::minutes(1);
+
+std::int64_t epoch_ms() {
+    using namespace std::chrono;
+    return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
+}
+
+} // namespace
+
+std::string_view sync_mode_name(SyncMode mode) {
+    switch (mode) {
+    case SyncMode::Always:
+        return "always";
+    case SyncMode::Batch:
+        return "batch";
+    case SyncMode::Off:
+        return "off";
+    }
+    return "batch";
+}
+
+std::optional<SyncMode> parse_sync_mode(std::string_view name) {
+    for (auto mode : {SyncMode::Always, SyncMode::Batch, SyncMode::Off})
+        if (sync_mode_name(mode) == name)
+            return mode;
+    return std::nullopt;
+}
+
+Persistence::Persistence(std::unique_ptr<StateFile> file, const PersistenceOptions& options,
+                         CircuitStore& store, DaemonStats& stats)
+    : file_(std::move(file)), options_(options), store_(store), stats_(stats.storage) {
+    stats_.mode = sync_mode_name(options_.mode);
+    stats_.path = file_->path();
+}
+
+Persistence::~Persistence() {
+    store_.set_change_tracker(nullptr);
+    if (writer_.joinable()) {
+        {
+            std::lock_guard lock(mutex_);
+            stop_writer_ = true;
+        }
+        wake_.notify_one();
+        writer_.join();
+    }
+    done_signal_.reset();
+    if (done_fd_ >= 0)
+        ::close(done_fd_);
+}
+
+std::size_t Persistence::load() {
+    std::size_t loaded = 0;
+    const auto started = std::chrono::steady_clock::now();
+    const std::uint64_t last_generation = file_->load([&](const StoredCircuit& record) {
+        if (auto error = store_.restore(record))
+            throw StateFileError(
+                StateFileError::Kind::Unreadable,
+                "state file " + file_->path() +
+                    (*error == ErrorCode::TooManyCircuits
+                         ? " holds more circuits than --max-circuits allows"
+                         : ": row '" + record.key +
+                                 "' holds a number out of range or an unreadable trip-rule state"));
+        ++loaded;
+    });
+    store_.advance_generation(last_generation);
+    store_.set_change_tracker(this);
+    const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::chrono::steady_clock::now() - started);
+    log_info("loaded " + std::to_string(loaded) + " circuits from " + file_->path() + " in " +
+             std::to_string(took.count()) + " ms (sync " + std::string(sync_mode_name(options_.mode)) +
+             ")");
+    return loaded;
+}
+
+void Persistence::start(asio::io_context& io) {
+    io_ = &io;
+    if (options_.mode == SyncMode::Off)
+        return;
+    if (options_.mode == SyncMode::Always) {
+        done_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (done_fd_ < 0)
+            throw StateFileError(StateFileError::Kind::Unwritable,
+                                 std::string("cannot create an eventfd: ") + std::strerror(errno));
+        done_signal_.emplace(io, ::dup(done_fd_));
+    }
+    writer_ = std::thread([this] { writer_main(); });
+    if (options_.mode != SyncMode::Batch)
+        return;
+    timer_.emplace(io);
+    // Re-armed from its own handler until stop_timer().
+    struct Tick {
+        Persistence* self;
+        void operator()(const boost::system::error_code& ec) const {
+            if (ec || self->stopped_)
+                return;
+            self->batch_tick();
+            self->timer_->expires_after(self->options_.interval);
+            self->timer_->async_wait(*this);
+        }
+    };
+    timer_->expires_after(options_.interval);
+    timer_->async_wait(Tick{this});
+}
+
+void Persistence::before_change(std::string_view key) {
+    if (undoing_)
+        return;
+    if (options_.mode != SyncMode::Always || io_ == nullptr) {
+        if (dirty_.find(key) == dirty_.end())
+            dirty_.emplace(key);
+        return;
+    }
+    if (forming_.before.find(key) == forming_.before.end())
+        forming_.before.emplace(std::string(key), store_.stored(key));
+    if (!commit_posted_ && !committing_active_) {
+        commit_posted_ = true;
+        // Runs after the handlers already queued in this turn of the loop
+        // (the other sockets that were ready): they join this group.
+        asio::post(*io_, [this] { start_commit(); });
+    }
+}
+
+void Persistence::when_durable(std::function<void(const KeySet*)> done) {
+    // Everything applied so far is durable once the forming group is (it
+    // commits after the running one), or, when nothing is forming, once the
+    // running one is.
+    if (!forming_.before.empty() || !committing_active_)
+        forming_.waiters.push_back(std::move(done));
+    else
+        committing_.waiters.push_back(std::move(done));
+}
+
+std::vector<StoredCircuit> Persistence::records_for(const KeySet& keys) const {
+    std::vector<StoredCircuit> records;
+    records.reserve(keys.size());
+    for (const auto& key : keys)
+        records.push_back(store_.stored(key));
+    return records;
+}
+
+void Persistence::start_commit() {
+    commit_posted_ = false;
+    if (committing_active_)
+        return;
+    if (forming_.before.empty()) {
+        // Nothing changed (a waiter may still have come for reads).
+        auto waiters = std::move(forming_.waiters);
+        forming_.waiters.clear();
+        for (auto& w : waiters)
+            w(nullptr);
+        return;
+    }
+    std::vector<StoredCircuit> records;
+    records.reserve(forming_.before.size());
+    for (const auto& [key, before] : forming_.before)
+        records.push_back(store_.stored(key));
+    committing_ = std::move(forming_);
+    forming_ = Group{};
+    committing_active_ = true;
+    hand_to_writer(std::move(records));
+    wait_for_writer();
+}
+
+void Persistence::wait_for_writer() {
+    if (signal_armed_)
+        return;
+    signal_armed_ = true;
+    done_signal_->async_read_some(
+        asio::buffer(&done_count_, sizeof done_count_),
+        [this](const boost::system::error_code& ec, std::size_t) {
+            signal_armed_ = false;
+            if (ec)
+                return;
+            std::optional<std::string> error;
+            std::size_t rows = 0;
+            bool finished = false;
+            {
+                std::lock_guard lock(mutex_);
+                if (job_running_ && job_done_) {
+                    job_running_ = job_done_ = false;
+                    error = std::move(job_error_);
+                    job_error_.reset();
+                    rows = job_.size();
+                    job_.clear();
+                    finished = true;
+                }
+            }
+            if (finished)
+                on_commit_done(std::move(error), rows);
+            // While stopping, stop listening once idle, so the loop can end
+            // (start_commit() listens again should a late change come).
+            if (!(stopped_ && !committing_active_))
+                wait_for_writer();
+        });
+}
+
+void Persistence::on_commit_done(std::optional<std::string> error, std::size_t rows) {
+    committing_active_ = false;
+    if (!error) {
+        note_success(rows);
+        auto waiters = std::move(committing_.waiters);
+        committing_ = Group{};
+        for (auto& w : waiters)
+            w(nullptr);
+        if (!forming_.before.empty() || !forming_.waiters.empty())
+            start_commit();
+        return;
+    }
+    note_failure(*error, rows);
+    // Undo in memory what did not reach the disk, newest group first: the
+    // forming group's before-images were taken on top of the failed one's.
+    // Nothing is answered as done that a crash could lose.
+    KeySet undone;
+    undoing_ = true;
+    for (Group* g : {&forming_, &committing_})
+        for (auto& [key, before] : g->before) {
+            store_.restore(before);
+            undone.insert(key);
+        }
+    undoing_ = false;
+    stats_.undone += undone.size();
+    auto waiters = std::move(committing_.waiters);
+    for (auto& w : forming_.waiters)
+        waiters.push_back(std::move(w));
+    committing_ = Group{};
+    forming_ = Group{};
+    for (auto& w : waiters)
+        w(&undone);
+}
+
+void Persistence::hand_to_writer(std::vector<StoredCircuit> records) {
+    std::lock_guard lock(mutex_);
+    job_ = std::move(records);
+    job_generation_ = store_.last_generation();
+    job_ready_ = job_running_ = true;
+    job_done_ = false;
+    wake_.notify_one();
+}
+
+void Persistence::batch_tick() {
+    bool collected = false;
+    std::optional<std::string> error;
+    std::vector<StoredCircuit> finished;
+    {
+        std::lock_guard lock(mutex_);
+        if (job_running_ && job_done_) {
+            job_running_ = job_done_ = false;
+            error = std::move(job_error_);
+            job_error_.reset();
+            finished = std::move(job_);
+            job_.clear();
+            collected = true;
+        }
+        if (job_running_) {
+            stats_.pending = dirty_.size();
+            return; // still writing: the keys wait for the next tick
+        }
+    }
+    if (collected) {
+        if (error) {
+            note_failure(*error, finished.size());
+            for (const auto& r : finished) // written again, as they are then
+                if (dirty_.find(r.key) == dirty_.end())
+                    dirty_.emplace(r.key);
+        } else {
+            note_success(finished.size());
+        }
+    }
+    stats_.pending = dirty_.size();
+    if (dirty_.empty())
+        return;
+    auto records = records_for(dirty_);
+    dirty_.clear();
+    hand_to_writer(std::move(records));
+}
+
+void Persistence::writer_main() {
+    std::unique_lock lock(mutex_);
+    for (;;) {
+        wake_.wait(lock, [this] { return stop_writer_ || job_ready_; });
+        if (!job_ready_)
+            return; // stopping, and nothing was handed over
+        job_ready_ = false;
+        // The loop does not touch job_ while job_running_ and not done.
+        lock.unlock();
+        auto error = file_->write(job_, job_generation_);
+        lock.lock();
+        job_error_ = std::move(error);
+        job_done_ = true;
+        if (done_fd_ >= 0) {
+            const std::uint64_t one = 1;
+            [[maybe_unused]] auto n = ::write(done_fd_, &one, sizeof one);
+        }
+        if (stop_writer_)
+            return;
+    }
+}
+
+void Persistence::stop_timer() {
+    stopped_ = true;
+    if (timer_)
+        timer_->cancel();
+    // Durable mode keeps committing while sessions flush their last
+    // replies; with nothing in flight it stops listening to the writer.
+    if (done_signal_ && !committing_active_ && !commit_posted_)
+        done_signal_->cancel();
+}
+
+bool Persistence::shut_down() {
+    stop_timer();
+    if (done_signal_)
+        done_signal_->cancel();
+    if (writer_.joinable()) {
+        {
+            std::lock_guard lock(mutex_);
+            stop_writer_ = true;
+        }
+        wake_.notify_one();
+        writer_.join();
+        // A job handed over but not collected: if it did not commit, its
+        // keys are written below (with what they hold now).
+        if (job_running_) {
+            if (job_done_ && !job_error_)
+                note_success(job_.size());
+            else
+                for (const auto& r : job_)
+                    dirty_.emplace(r.key);
+            job_running_ = job_done_ = job_ready_ = false;
+        }
+    }
+    for (Group* g : {&forming_, &committing_}) {
+        for (const auto& [key, before] : g->before)
+            dirty_.emplace(key);
+        g->before.clear();
+        g->waiters.clear(); // their sessions are gone with the loop
+    }
+    committing_active_ = false;
+    store_.set_change_tracker(nullptr);
+    auto records = records_for(dirty_);
+    if (auto error = file_->write(records, store_.last_generation())) {
+        log_error("state file " + file_->path() + ": the final write of " +
+                  std::to_string(records.size()) + " changed circuits failed: " + *error +
+                  "; those changes are lost");
+        return false;
+    }
+    dirty_.clear();
+    log_info("wrote " + std::to_string(records.size()) + " changed circuits to " +
+             file_->path());
+    file_.reset(); // closes the file, checkpointing the log into it
+    return true;
+}
+
+void Persistence::note_success(std::size_t rows) {
+    stats_.commits += 1;
+    stats_.written += rows;
+    stats_.last_commit_ms = epoch_ms();
+    if (!stats_.healthy) {
+        stats_.healthy = true;
+        log_warn("state file " + file_->path() + ": writes work again");
+        last_failure_log_ = {};
+    }
+}
+
+void Persistence::note_failure(const std::string& why, std::size_t rows) {
+    stats_.failures += 1;
+    stats_.healthy = false;
+    stats_.last_error = why;
+    const auto now = std::chrono::steady_clock::now();
+    if (last_failure_log_ != std::chrono::steady_clock::time_point{} &&
+        now - last_failure_log_ < kFailureLogInterval)
+        return;
+    last_failure_log_ = now;
+    const std::string consequence =
+        options_.mode == SyncMode::Always
+            ? "; those changes were undone and answered storage_unavailable"
+            : "; cbd keeps serving from memory and retries every " +
+                  std::to_string(options_.interval.count()) + " ms";
+    log_error("state file " + file_->path() + ": cannot write " + std::to_string(rows) +
+              " changed circuits: " + why + consequence + " (" +
+              std::to_string(stats_.failures) + " failed commits so far)");
+}
+
+} // namespace cbd

@@ -1,0 +1,159 @@
+// RedisBackend (see redis_backend.hpp).
+#include "daemon/backends/redis/redis_backend.hpp"
+
+#include "daemon/breaker/policy_digest.hpp"
+
+namespace cbd {
+
+namespace {
+
+std::string generation_arg(const std::optional<std::uint64_t>& g) {
+    return g ? std::to_string(*g) : std::string();
+}
+
+// The script for `req` and its own arguments (docs/REDIS.md has each
+// script's ARGV). False for an op that is not a circuit operation.
+bool script_call(const Request& req, const Peer& peer, RedisScript& script,
+                 std::vector<std::string>& args) {
+    switch (req.op) {
+    case Op::Get:
+        script = RedisScript::Get;
+        args = {req.create_unknown ? std::string(kRedisArgTrue) : "0"};
+        return true;
+    case Op::Success:
+        script = RedisScript::Success;
+        return true;
+    case Op::Failure:
+        script = RedisScript::Failure;
+        return true;
+    case Op::Transition:
+        script = RedisScript::Transition;
+        args = {std::string(state_name(*req.to)),
+                req.expect ? std::string(state_name(*req.expect)) : std::string(),
+                generation_arg(req.expect_generation)};
+        return true;
+    case Op::Reset:
+        script = RedisScript::Reset;
+        return true;
+    case Op::Acquire:
+        script = RedisScript::Acquire;
+        return true;
+    case Op::Report:
+        script = RedisScript::Report;
+        args = {std::string(outcome_name(req.outcome)), generation_arg(req.generation),
+                req.permit, req.duration_ms ? std::to_string(*req.duration_ms) : std::string()};
+        return true;
+    case Op::Force:
+        script = RedisScript::Force;
+        args = {std::string(state_name(req.state)), std::to_string(req.ttl_ms), req.reason,
+                std::to_string(peer.uid), std::to_string(peer.pid)};
+        return true;
+    case Op::Unforce:
+        script = RedisScript::Unforce;
+        return true;
+    case Op::Configure:
+    case Op::Policy: {
+        // One script reads (and for configure first changes) the key's
+        // override in Redis: ARGV clear, then per field "" (keep), "-"
+        // (remove) or the new value.
+        script = RedisScript::Policy;
+        const bool configure = req.op == Op::Configure;
+        args.push_back(configure && req.policy_clear ? std::string(kRedisArgTrue) : "0");
+        for (std::size_t i = 0; i < kPolicyFieldCount; ++i)
+            args.push_back(!configure                     ? std::string()
+                           : req.policy.values[i]         ? std::to_string(*req.policy.values[i])
+                           : req.policy_removed.values[i] ? std::string(kRedisArgRemove)
+                                                          : std::string());
+        return true;
+    }
+    case Op::List:
+        script = RedisScript::List;
+        args = {req.prefix, req.after, std::to_string(req.limit),
+                req.state_filter ? std::string(state_name(*req.state_filter)) : std::string()};
+        return true;
+    case Op::Export:
+        script = RedisScript::Export;
+        args = {req.prefix, req.after, std::to_string(req.limit)};
+        return true;
+    case Op::Import: {
+        script = RedisScript::Import;
+        args.push_back(req.snapshot ? std::string(kRedisArgTrue) : "0");
+        if (req.snapshot) {
+            const Snapshot& sn = *req.snapshot;
+            args.insert(args.end(),
+                        {std::string(state_name(sn.state)), std::to_string(sn.failure_count),
+                         std::to_string(sn.success_count), std::to_string(sn.last_failure_time),
+                         std::to_string(sn.last_state_change), std::to_string(*req.generation)});
+            if (const auto& pin = req.forced)
+                args.insert(args.end(),
+                            {std::string(state_name(pin->state)), std::to_string(pin->until),
+                             pin->reason, std::to_string(pin->uid), std::to_string(pin->pid)});
+            else
+                args.insert(args.end(), 5, std::string());
+        } else {
+            args.insert(args.end(), 11, std::string());
+        }
+        for (std::size_t i = 0; i < kPolicyFieldCount; ++i)
+            args.push_back(req.policy.values[i] ? std::to_string(*req.policy.values[i])
+                                                : std::string());
+        return true;
+    }
+    case Op::Ping:
+    case Op::Watch:
+    case Op::Stats:
+    case Op::Metrics:
+    case Op::ReportBatch: // the dispatcher runs each entry as a report
+        break;
+    }
+    return false;
+}
+
+} // namespace
+
+bool RedisBackend::run(const Request& req, const Peer& peer, OpOutcome& now, Deferral& deferral) {
+    RedisScript script{};
+    std::vector<std::string> args;
+    if (!script_call(req, peer, script, args)) {
+        now.error = ErrorCode::InternalError;
+        now.error_message = "not a circuit operation";
+        return true;
+    }
+    // The daemon's layers; the script lays the key's override from Redis
+    // over them (and derives the lease after it, as PolicySet does).
+    const Policy numbers = redis_policy_numbers(policies_.resolve_with(req.key, nullptr));
+    redis_.run(script, req.key, numbers, args,
+               [this, done = deferral.later(), op = req.op, key = req.key](RemoteResult r) {
+                   OpOutcome out;
+                   out.error = r.error;
+                   if (r.error == ErrorCode::BackendUnavailable)
+                       out.error_message = "the Redis backend is unavailable: " + r.unavailable_reason;
+                   else if (r.error == ErrorCode::TooManyCircuits)
+                       out.error_message = "the shared store holds its maximum number of " +
+                                           (r.message.empty() ? std::string("circuits") : r.message);
+                   else if (r.error == ErrorCode::BackendError ||
+                            r.error == ErrorCode::InvalidRequest)
+                       out.error_message = std::move(r.message);
+                   out.circuit = std::move(r.circuit);
+                   out.transition = r.transition;
+                   out.stale = r.stale;
+                   out.allowed = r.extra1 != 0;
+                   out.removed = r.extra1 != 0;
+                   out.permit = std::move(r.extra2);
+                   out.retry_after_ms = r.extra3;
+                   out.page = std::move(r.page);
+                   out.exported = std::move(r.exported);
+                   if (op == Op::Policy || op == Op::Configure)
+                       out.policy = policies_.resolve_with(key, &r.policy_override);
+                   done(out);
+               });
+    return false;
+}
+
+void RedisBackend::set_policy_config(PolicyConfig config) {
+    redis_.set_policy_digest(policy_digest(config));
+    policies_.set_config(std::move(config));
+}
+
+std::optional<CircuitCounts> RedisBackend::counts() const { return redis_.counts(); }
+
+} // namespace cbd

@@ -1,0 +1,850 @@
+// RedisStore (see redis_store.hpp).
+#include "daemon/backends/redis/redis_store.hpp"
+
+#include "daemon/core/log.hpp"
+#include "daemon/backends/memory/memory_store.hpp"
+#include "daemon/breaker/policy_digest.hpp"
+
+#include <algorithm>
+#include <boost/asio/post.hpp>
+#include <charconv>
+#include <hiredis/hiredis.h>
+#include <nlohmann/json.hpp>
+
+namespace cbd {
+
+// Both backends cut `list` pages alike.
+static_assert(kRedisMaxListScan == MemoryCircuitStore::kMaxListScan);
+
+namespace {
+
+std::string_view str(const redisReply* r) {
+    return r && (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS ||
+                 r->type == REDIS_REPLY_ERROR)
+               ? std::string_view(r->str, r->len)
+               : std::string_view();
+}
+
+// An integer reply, or a string holding one. The scripts check every value
+// they read from Redis before answering it (redis_scripts.cpp), so what
+// comes here is in range; this only never throws.
+std::int64_t num(const redisReply* r) {
+    if (r && r->type == REDIS_REPLY_INTEGER)
+        return static_cast<std::int64_t>(r->integer);
+    const auto text = str(r);
+    std::int64_t value = 0;
+    std::from_chars(text.data(), text.data() + text.size(), value);
+    return value;
+}
+
+std::optional<TransitionCause> cause_named(std::string_view name) {
+    for (std::size_t i = 0; i < kTransitionCauseCount; ++i) {
+        const auto cause = static_cast<TransitionCause>(i);
+        if (transition_cause_name(cause) == name)
+            return cause;
+    }
+    return std::nullopt;
+}
+
+// A circuit from kRedisCircuitFieldCount consecutive replies in the hash's
+// field order (a circuit script's result from kResState on, or a paged
+// script's entry after its key).
+CircuitView view_from_fields(redisReply* const* f) {
+    auto as_int = [&](std::size_t i) { return num(f[i]); };
+    CircuitView v;
+    v.snapshot.state = parse_state(str(f[0])).value_or(State::Closed);
+    v.snapshot.failure_count = static_cast<std::uint64_t>(as_int(1));
+    v.snapshot.success_count = static_cast<std::uint64_t>(as_int(2));
+    v.snapshot.last_failure_time = as_int(3);
+    v.snapshot.last_state_change = as_int(4);
+    v.generation = static_cast<std::uint64_t>(as_int(5));
+    if (auto pin = parse_state(str(f[6]))) {
+        ForcePin p{*pin, as_int(7), std::string(str(f[8])), Peer{}};
+        p.by.uid = static_cast<uid_t>(as_int(9));
+        p.by.pid = static_cast<pid_t>(as_int(10));
+        v.forced = std::move(p);
+    }
+    return v;
+}
+
+RemoteResult unexpected_answer() {
+    RemoteResult r;
+    r.error = ErrorCode::BackendError;
+    r.message = "Redis answered in a shape cbd does not know (a script of another cbd version?)";
+    return r;
+}
+
+// An event's number: the scripts send decimal strings (cjson would round
+// past 14 digits); older ones sent numbers.
+std::int64_t event_int(const nlohmann::json& v) {
+    if (v.is_number_integer())
+        return v.get<std::int64_t>();
+    if (v.is_string()) {
+        const auto& s = v.get_ref<const std::string&>();
+        std::int64_t value = 0;
+        auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), value);
+        if (ec == std::errc() && end == s.data() + s.size())
+            return value;
+    }
+    throw nlohmann::json::type_error::create(302, "an event's number is not an integer", &v);
+}
+
+} // namespace
+
+// One script call, kept whole so that it can be sent again (NOSCRIPT).
+struct RedisStore::Call {
+    RedisScript script;
+    std::string key;
+    std::vector<std::string> args; // numkeys, KEYS, ARGV
+    bool retried = false;
+};
+
+// The scripts whose answers wait for one WAIT, and that WAIT's outcome.
+struct RedisStore::WaitBatch {
+    std::vector<std::shared_ptr<WaitTicket>> tickets;
+    std::chrono::steady_clock::time_point first; // when its first script was sent
+    bool answered = false;
+};
+
+// One operation's answer, held until its WAIT says enough replicas have it.
+struct RedisStore::WaitTicket {
+    std::function<void(RemoteResult)> done;
+    std::shared_ptr<WaitBatch> batch;
+    std::optional<RemoteResult> result; // the script answered; the WAIT has not
+    bool delivered = false;
+};
+
+struct RedisStore::ListJob {
+    std::string prefix;
+    std::string state; // '' = any
+    std::size_t limit = 0;
+    std::string after;
+    std::size_t examined = 0;
+    ListPage page;
+    std::function<void(RemoteResult)> done;
+};
+
+struct RedisStore::ExportJob {
+    std::string prefix;
+    std::size_t limit = 0;
+    std::string after;
+    ExportPage page;
+    std::function<void(RemoteResult)> done;
+};
+
+RedisStore::RedisStore(boost::asio::io_context& io, RedisStoreOptions options, DaemonStats& stats,
+                       CircuitObserver* observer)
+    : io_(io), options_(std::move(options)), stats_(stats), observer_(observer),
+      commands_(io, options_.connection, script_setup(),
+                [this](bool up, const std::string& why) {
+                    stats_.backend.up = up;
+                    if (!up) {
+                        stats_.backend.disconnects += 1;
+                        stats_.backend.last_error = why;
+                    }
+                    if (discovery_)
+                        discovery_->master_usable(up);
+                }),
+      events_(io, options_.connection,
+              {RedisConnection::SetupCommand{
+                  {"SUBSCRIBE", options_.prefix + std::string(kRedisEventsKey)}, nullptr}},
+              nullptr) {
+    stats_.backend.kind = "redis";
+    stats_.backend.min_replicas = options_.min_replicas;
+    if (options_.sentinel) {
+        stats_.backend.address = options_.sentinel->address.describe();
+        stats_.backend.sentinel = true;
+        discovery_ = std::make_unique<SentinelDiscovery>(
+            io, *options_.sentinel, [this](const RedisEndpoint& master, const std::string& how) {
+                on_master_named(master, how);
+            });
+    } else {
+        stats_.backend.address = options_.connection.endpoint.describe();
+        stats_.backend.master = stats_.backend.address;
+    }
+    events_.on_push([this](const redisReply* reply) { on_event(reply); });
+}
+
+RedisConnection::Setup RedisStore::script_setup() {
+    RedisConnection::Setup setup;
+    if (options_.sentinel) {
+        // What a sentinel names is used only once the Redis itself says it
+        // is the master: during a failover the sentinels' answers lag.
+        setup.push_back({{"ROLE"}, [this](const redisReply& reply) -> std::optional<std::string> {
+                             std::string problem;
+                             const auto role = role_from_reply(&reply, problem);
+                             if (!role)
+                                 return problem;
+                             if (*role != "master")
+                                 return "ROLE says " + commands_.endpoint().describe() + " is a " +
+                                        *role + ", not the master";
+                             return std::nullopt;
+                         }});
+    }
+    for (std::size_t i = 0; i < kRedisScriptCount; ++i)
+        setup.push_back({{"SCRIPT", "LOAD", redis_script_source(static_cast<RedisScript>(i))},
+                         [this, i](const redisReply& reply) -> std::optional<std::string> {
+                             shas_[i] = std::string(str(&reply));
+                             return std::nullopt;
+                         }});
+    return setup;
+}
+
+void RedisStore::start() {
+    if (discovery_) {
+        discovery_->start(); // the connections start once a master is named
+        return;
+    }
+    commands_.start();
+    events_.start();
+}
+
+void RedisStore::stop() {
+    if (discovery_)
+        discovery_->stop();
+    commands_.stop();
+    events_.stop();
+    // A batch whose WAIT was never sent: its scripts have been answered
+    // (the connection failed them), or are answered now.
+    if (auto batch = std::exchange(open_batch_, nullptr)) {
+        for (auto& ticket : batch->tickets)
+            if (!ticket->delivered && ticket->done) {
+                ticket->delivered = true;
+                RemoteResult r;
+                r.error = ErrorCode::BackendUnavailable;
+                r.unavailable_reason = "cbd is stopping";
+                auto done = std::move(ticket->done);
+                done(std::move(r));
+            }
+        batch->tickets.clear();
+    }
+}
+
+void RedisStore::on_master_named(const RedisEndpoint& master, const std::string& how) {
+    if (!follower_.should_switch(master))
+        return;
+    const auto old = follower_.master();
+    follower_.switched(master);
+    stats_.backend.master = master.describe();
+    stats_.backend.failovers = follower_.failovers();
+    const std::string why = "the Redis master moved to " + master.describe();
+    if (old)
+        log_warn("Redis master switched from " + old->describe() + " to " + master.describe() +
+                 " (" + how + ")");
+    else
+        log_info("Redis master is " + master.describe() + " (" + how + ")");
+    commands_.retarget(master, why);
+    events_.retarget(master, why);
+}
+
+void RedisStore::note_backend_error(const std::string& message) {
+    if (message == last_logged_error_)
+        return;
+    last_logged_error_ = message;
+    log_warn("Redis backend: " + message);
+}
+
+void RedisStore::sweep() {
+    if (!commands_.up())
+        return;
+    if (const auto now = std::chrono::steady_clock::now(); now >= next_exchange_) {
+        next_exchange_ = now + std::chrono::milliseconds(kPolicyDigestIntervalMs);
+        exchange_policy_digest();
+    }
+    if (sweeping_)
+        return;
+    sweeping_ = true; // one at a time: a slow Redis must not pile them up
+    send(make_call(RedisScript::Sweep, "", Policy{}, {}),
+         [this](const redisReply* reply, RemoteResult failure) {
+             sweeping_ = false;
+             if (!reply) {
+                 if (failure.error == ErrorCode::BackendError)
+                     note_backend_error(failure.message);
+                 return;
+             }
+             // {ok, settled, total, closed, open, half-open, pinned, first error}
+             if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 8)
+                 return;
+             auto count = [&](std::size_t i) {
+                 return static_cast<std::size_t>(std::max<std::int64_t>(0, num(reply->element[i])));
+             };
+             counts_ = CircuitCounts{count(2), count(3), count(4), count(5), count(6)};
+             if (const auto error = str(reply->element[7]); !error.empty())
+                 note_backend_error("the sweep skipped a circuit: " + redis_error_text(error));
+         });
+}
+
+std::shared_ptr<RedisStore::Call>
+RedisStore::make_call(RedisScript script, std::string_view key, const Policy& policy,
+                      const std::vector<std::string>& args) const {
+    auto call = std::make_shared<Call>();
+    call->script = script;
+    call->key = std::string(key);
+    const auto keys = redis_script_keys(options_.prefix, key);
+    auto& a = call->args;
+    a.reserve(1 + keys.size() + 1 + kPolicyFieldCount + args.size() + 2);
+    a.push_back(std::to_string(keys.size()));
+    a.insert(a.end(), keys.begin(), keys.end());
+    a.emplace_back(key);
+    for (std::size_t i = 0; i < kPolicyFieldCount; ++i)
+        a.push_back(std::to_string(policy.get(static_cast<PolicyField>(i))));
+    a.insert(a.end(), args.begin(), args.end());
+    a.push_back(std::to_string(options_.max_circuits));
+    a.push_back(options_.test_clock ? std::to_string(options_.test_clock->now_ms())
+                                    : std::string());
+    return call;
+}
+
+void RedisStore::send(std::shared_ptr<Call> call, ReplyHandler then) {
+    const auto idx = static_cast<std::size_t>(call->script);
+    // Until SCRIPT LOAD has answered (the first connection), and once after
+    // a NOSCRIPT, send the source: EVAL also puts it in Redis's cache.
+    const bool by_sha = !shas_[idx].empty() && !call->retried;
+    std::vector<std::string_view> argv;
+    argv.reserve(2 + call->args.size());
+    argv.push_back(by_sha ? "EVALSHA" : "EVAL");
+    argv.push_back(by_sha ? std::string_view(shas_[idx]) : redis_script_source(call->script));
+    for (const auto& a : call->args)
+        argv.push_back(a);
+
+    commands_.command(argv, [this, call, then = std::move(then)](const redisReply* reply,
+                                                                 const std::string& error) {
+        RemoteResult r;
+        auto unavailable = [&](std::string why, bool log) {
+            r.error = ErrorCode::BackendUnavailable;
+            r.unavailable_reason = std::move(why);
+            stats_.backend.unavailable += 1;
+            if (log) {
+                stats_.backend.last_error = r.unavailable_reason;
+                log_error("Redis backend: " + r.unavailable_reason);
+            }
+            then(nullptr, std::move(r));
+        };
+        if (!reply) {
+            unavailable(error, false);
+            return;
+        }
+        if (reply->type != REDIS_REPLY_ERROR) {
+            then(reply, std::move(r));
+            return;
+        }
+        const auto text = str(reply);
+        switch (classify_redis_error(text)) {
+        case RedisErrorKind::NoScript:
+            if (!call->retried) {
+                call->retried = true;
+                send(call, then);
+                return;
+            }
+            unavailable("Redis does not keep cbd's scripts: " + std::string(text), true);
+            return;
+        case RedisErrorKind::TooMany:
+            r.error = ErrorCode::TooManyCircuits;
+            r.message = redis_error_text(text);
+            then(nullptr, std::move(r));
+            return;
+        case RedisErrorKind::Outage:
+            unavailable("Redis answered: " + std::string(text), true);
+            // A master that answers READONLY has become a replica: find
+            // the one that replaced it (the connection's ROLE check and
+            // the sentinels decide where to go).
+            if (discovery_ && text.starts_with("READONLY"))
+                commands_.drop("the master answered READONLY: it is a replica now");
+            return;
+        case RedisErrorKind::Invalid:
+            r.error = ErrorCode::InvalidRequest;
+            r.message = redis_error_text(text);
+            then(nullptr, std::move(r));
+            return;
+        case RedisErrorKind::Data:
+            r.error = ErrorCode::BackendError;
+            // The scripts' own errors name the Redis key (and field); an
+            // error Redis raised outside them gets the circuit's key here.
+            r.message =
+                text.starts_with(kRedisErrBackend) || call->key.empty()
+                    ? redis_error_text(text)
+                    : "for key '" + call->key + "' Redis answered: " + redis_error_text(text);
+            note_backend_error(r.message);
+            then(nullptr, std::move(r));
+            return;
+        }
+    });
+}
+
+void RedisStore::run(RedisScript script, std::string_view key, const Policy& policy,
+                     const std::vector<std::string>& args, std::function<void(RemoteResult)> done) {
+    // A completion handler must never throw: whatever goes wrong here is an
+    // answer, not an exception on the event loop.
+    auto safely = [done = std::move(done)](RemoteResult r) mutable {
+        try {
+            done(std::move(r));
+        } catch (const std::exception& e) {
+            log_error(std::string("Redis backend: answering a request failed: ") + e.what());
+        }
+    };
+
+    if (script == RedisScript::List) {
+        // args: prefix, after, limit, state filter ('' = any).
+        auto job = std::make_shared<ListJob>();
+        if (args.size() != 4) {
+            safely(unexpected_answer());
+            return;
+        }
+        job->prefix = args[0];
+        job->after = args[1];
+        std::from_chars(args[2].data(), args[2].data() + args[2].size(), job->limit);
+        job->state = args[3];
+        job->done = std::move(safely);
+        list_step(std::move(job));
+        return;
+    }
+    if (script == RedisScript::Export) {
+        // args: prefix, after, limit.
+        auto job = std::make_shared<ExportJob>();
+        if (args.size() != 3) {
+            safely(unexpected_answer());
+            return;
+        }
+        job->prefix = args[0];
+        job->after = args[1];
+        std::from_chars(args[2].data(), args[2].data() + args[2].size(), job->limit);
+        job->done = std::move(safely);
+        export_step(std::move(job));
+        return;
+    }
+
+    std::function<void(RemoteResult)> answer = std::move(safely);
+    if (options_.min_replicas > 0 && redis_script_mutates(script, args)) {
+        // Enrolled now, before the script is sent, so that the batch's WAIT
+        // (sent later in this turn of the loop) follows the script.
+        auto ticket = std::make_shared<WaitTicket>();
+        ticket->done = std::move(answer);
+        enroll_wait(ticket);
+        answer = [this, ticket](RemoteResult r) { answer_ticket(ticket, std::move(r)); };
+    }
+    send(make_call(script, key, policy, args), [script, done = std::move(answer)](
+                                                   const redisReply* reply,
+                                                   RemoteResult failure) mutable {
+        if (!reply) {
+            done(std::move(failure));
+            return;
+        }
+        RemoteResult r;
+        if (script == RedisScript::Import || script == RedisScript::Sweep) {
+            done(std::move(r));
+            return;
+        }
+        if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1) {
+            done(unexpected_answer());
+            return;
+        }
+        if (script == RedisScript::Policy) {
+            if (reply->elements != 1 + kPolicyFieldCount) {
+                done(unexpected_answer());
+                return;
+            }
+            for (std::size_t i = 0; i < kPolicyFieldCount; ++i)
+                if (!str(reply->element[i + 1]).empty())
+                    r.policy_override.values[i] = num(reply->element[i + 1]);
+            done(std::move(r));
+            return;
+        }
+        if (script == RedisScript::Reset) {
+            r.extra1 = reply->elements >= 2 ? num(reply->element[1]) : 0;
+            done(std::move(r));
+            return;
+        }
+        if (reply->elements != kResFieldCount) {
+            done(unexpected_answer());
+            return;
+        }
+        const auto status = str(reply->element[kResStatus]);
+        r.circuit = view_from_fields(reply->element + kResState);
+        if (status == kRedisStatusNames[1])
+            r.error = ErrorCode::Conflict;
+        else if (status == kRedisStatusNames[2])
+            r.error = ErrorCode::Forced;
+        else if (status == kRedisStatusNames[3])
+            r.error = ErrorCode::NoPermit;
+        else if (status == kRedisStatusNames[4])
+            r.stale = true;
+        if (auto to = parse_state(str(reply->element[kResTo]))) {
+            auto from = parse_state(str(reply->element[kResFrom]));
+            auto cause = cause_named(str(reply->element[kResCause]));
+            r.transition =
+                TransitionRecord{from.value_or(*to), *to, cause.value_or(TransitionCause::Manual),
+                                 r.circuit.snapshot.last_state_change, r.circuit.generation};
+        }
+        r.extra1 = num(reply->element[kResExtra1]);
+        r.extra2 = std::string(str(reply->element[kResExtra2]));
+        r.extra3 = num(reply->element[kResExtra3]);
+        r.circuit.would_deny = num(reply->element[kResWouldDeny]) != 0;
+        if (num(reply->element[kResWindow]) != 0)
+            r.circuit.window = window_view(num(reply->element[kResWindowCalls]),
+                                           num(reply->element[kResWindowFailures]),
+                                           num(reply->element[kResWindowSlow]));
+        done(std::move(r));
+    });
+}
+
+// A list page: calls of at most kRedisScanPerCall keys each, asking for one
+// match more than the page holds, so that a page that ends exactly at the
+// last match has no `next` (as in memory).
+void RedisStore::list_step(std::shared_ptr<ListJob> job) {
+    if (job->limit == 0) {
+        job->done(RemoteResult{});
+        return;
+    }
+    const std::size_t want = job->limit + 1 - job->page.circuits.size();
+    const std::size_t budget = std::min(kRedisScanPerCall, kRedisMaxListScan - job->examined);
+    send(make_call(
+             RedisScript::List, "", Policy{},
+             {job->prefix, job->after, std::to_string(want), job->state, std::to_string(budget)}),
+         [this, job](const redisReply* reply, RemoteResult failure) {
+             if (!reply) {
+                 job->done(std::move(failure));
+                 return;
+             }
+             constexpr std::size_t kEntry = 1 + kRedisCircuitFieldCount;
+             if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 3 ||
+                 (reply->elements - 3) % kEntry != 0) {
+                 job->done(unexpected_answer());
+                 return;
+             }
+             const bool more = str(reply->element[0]) == kRedisPageMore;
+             const std::string last(str(reply->element[1]));
+             job->examined +=
+                 static_cast<std::size_t>(std::max<std::int64_t>(0, num(reply->element[2])));
+             for (std::size_t i = 3; i + kEntry <= reply->elements; i += kEntry)
+                 job->page.circuits.push_back(ListEntry{std::string(str(reply->element[i])),
+                                                        view_from_fields(reply->element + i + 1)});
+             auto& page = job->page;
+             if (page.circuits.size() > job->limit) {
+                 page.circuits.resize(job->limit); // the look-ahead match
+                 page.next = page.circuits.back().key;
+             } else if (more && job->examined >= kRedisMaxListScan) {
+                 page.next = page.circuits.size() == job->limit ? page.circuits.back().key : last;
+             } else if (more && !last.empty() && last > job->after) {
+                 job->after = last;
+                 list_step(job);
+                 return;
+             }
+             RemoteResult r;
+             r.page = std::move(page);
+             job->done(std::move(r));
+         });
+}
+
+void RedisStore::export_step(std::shared_ptr<ExportJob> job) {
+    if (job->limit == 0) {
+        job->done(RemoteResult{});
+        return;
+    }
+    const std::size_t want = job->limit + 1 - job->page.circuits.size();
+    send(make_call(RedisScript::Export, "", Policy{},
+                   {job->prefix, job->after, std::to_string(want)}),
+         [this, job](const redisReply* reply, RemoteResult failure) {
+             if (!reply) {
+                 job->done(std::move(failure));
+                 return;
+             }
+             constexpr std::size_t kEntry = 1 + kRedisCircuitFieldCount + kPolicyFieldCount;
+             if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 2 ||
+                 (reply->elements - 2) % kEntry != 0) {
+                 job->done(unexpected_answer());
+                 return;
+             }
+             const bool more = str(reply->element[0]) == kRedisPageMore;
+             const std::string last(str(reply->element[1]));
+             for (std::size_t i = 2; i + kEntry <= reply->elements; i += kEntry) {
+                 StoredCircuit record;
+                 record.key = std::string(str(reply->element[i]));
+                 if (!str(reply->element[i + 1]).empty())
+                     record.circuit = view_from_fields(reply->element + i + 1);
+                 for (std::size_t f = 0; f < kPolicyFieldCount; ++f) {
+                     const auto* v = reply->element[i + 1 + kRedisCircuitFieldCount + f];
+                     if (!str(v).empty())
+                         record.policy.values[f] = num(v);
+                 }
+                 job->page.circuits.push_back(std::move(record));
+             }
+             auto& page = job->page;
+             if (page.circuits.size() > job->limit) {
+                 page.circuits.resize(job->limit);
+                 page.next = page.circuits.back().key;
+             } else if (more && !last.empty() && last > job->after) {
+                 job->after = last;
+                 export_step(job);
+                 return;
+             }
+             RemoteResult r;
+             r.exported = std::move(page);
+             job->done(std::move(r));
+         });
+}
+
+void RedisStore::on_event(const redisReply* reply) {
+    // ["message", channel, payload]
+    if (!observer_ || reply->type != REDIS_REPLY_ARRAY || reply->elements != 3 ||
+        str(reply->element[0]) != "message")
+        return;
+    auto event = nlohmann::json::parse(str(reply->element[2]), nullptr, false);
+    if (!event.is_array() || event.empty() || !event[0].is_string())
+        return;
+    try {
+        const auto kind = event[0].get<std::string>();
+        const auto key = event.at(1).get<std::string>();
+        if (kind == kRedisEventReset) {
+            observer_->on_reset(key, event_int(event.at(2)));
+            return;
+        }
+        if (kind != kRedisEventTransition || event.size() != 17)
+            return;
+        TransitionRecord t{
+            parse_state(event[2].get<std::string>()).value_or(State::Closed),
+            parse_state(event[3].get<std::string>()).value_or(State::Closed),
+            cause_named(event[5].get<std::string>()).value_or(TransitionCause::Manual),
+            event_int(event[4]), static_cast<std::uint64_t>(event_int(event[6]))};
+        CircuitView v;
+        v.snapshot = Snapshot{parse_state(event[7].get<std::string>()).value_or(State::Closed),
+                              static_cast<std::uint64_t>(event_int(event[8])),
+                              static_cast<std::uint64_t>(event_int(event[9])), event_int(event[10]),
+                              event_int(event[11])};
+        v.generation = t.generation;
+        if (auto pin = parse_state(event[12].get<std::string>())) {
+            ForcePin p{*pin, event_int(event[13]), event[14].get<std::string>(), Peer{}};
+            p.by.uid = static_cast<uid_t>(event_int(event[15]));
+            p.by.pid = static_cast<pid_t>(event_int(event[16]));
+            v.forced = std::move(p);
+        }
+        observer_->on_transition(key, t, v);
+    } catch (const nlohmann::json::exception& e) {
+        log_warn(std::string("Redis backend: an event that does not parse: ") + e.what());
+    }
+}
+
+std::shared_ptr<RedisStore::WaitTicket>
+RedisStore::enroll_wait(std::shared_ptr<WaitTicket> ticket) {
+    if (!open_batch_) {
+        open_batch_ = std::make_shared<WaitBatch>();
+        open_batch_->first = std::chrono::steady_clock::now();
+    }
+    ticket->batch = open_batch_;
+    open_batch_->tickets.push_back(ticket);
+    schedule_wait();
+    return ticket;
+}
+
+void RedisStore::schedule_wait() {
+    // One WAIT at a time: while one blocks the connection, the scripts sent
+    // meanwhile gather in the open batch and get the next one. A WAIT sent
+    // behind a blocked one would start its clock late and outlive its
+    // deadline.
+    if (wait_in_flight_ || wait_posted_ || !open_batch_)
+        return;
+    wait_posted_ = true;
+    // Posted: the scripts sent in this turn of the loop share the WAIT.
+    boost::asio::post(io_, [this] {
+        wait_posted_ = false;
+        if (open_batch_ && !wait_in_flight_)
+            send_wait(std::exchange(open_batch_, nullptr));
+    });
+}
+
+void RedisStore::answer_ticket(const std::shared_ptr<WaitTicket>& ticket, RemoteResult result) {
+    if (ticket->delivered)
+        return;
+    // Redis did not answer: the WAIT behind it fails too; say so now.
+    if (result.error == ErrorCode::BackendUnavailable) {
+        ticket->delivered = true;
+        auto done = std::move(ticket->done);
+        done(std::move(result));
+        return;
+    }
+    if (ticket->batch->answered) {
+        // The script ran after its batch's WAIT (sent again after NOSCRIPT):
+        // a later WAIT must cover it.
+        ticket->result = std::move(result);
+        enroll_wait(ticket);
+        return;
+    }
+    ticket->result = std::move(result);
+}
+
+void RedisStore::send_wait(std::shared_ptr<WaitBatch> batch) {
+    wait_in_flight_ = true;
+    const auto timeout = options_.connection.timeout;
+    const auto elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::chrono::steady_clock::now() - batch->first);
+    // What is left of the operations' deadline, less a margin: Redis starts
+    // the WAIT's clock when it gets to it and notices its end only when its
+    // event loop next wakes (up to 100 ms at the default hz), and the
+    // answer must come before the connection's own deadline for it, or the
+    // connection would be dropped for a missing replica.
+    const auto margin =
+        std::min(timeout / 2, std::max(timeout / 10, std::chrono::milliseconds(200)));
+    const auto wait_ms = std::max<std::int64_t>(1, (timeout - margin - elapsed).count());
+    const auto want = options_.min_replicas;
+    auto finish = [this, batch](std::optional<std::string> failure) {
+        wait_in_flight_ = false;
+        batch->answered = true;
+        for (auto& ticket : batch->tickets) {
+            if (ticket->delivered || !ticket->result || ticket->batch != batch)
+                continue; // answered already, or its script is still to come
+            ticket->delivered = true;
+            auto done = std::move(ticket->done);
+            if (!failure) {
+                done(std::move(*ticket->result));
+                continue;
+            }
+            RemoteResult r;
+            r.error = ErrorCode::BackendUnavailable;
+            r.unavailable_reason = *failure;
+            stats_.backend.unavailable += 1;
+            stats_.backend.replication_failures += 1;
+            done(std::move(r));
+        }
+        // Tickets hold their batch: the batch lets go of them, so neither
+        // keeps the other (a ticket still to answer re-enrolls elsewhere).
+        batch->tickets.clear();
+        schedule_wait();
+    };
+    const auto n = std::to_string(want);
+    const auto ms = std::to_string(wait_ms);
+    commands_.command({"WAIT", n, ms}, [this, finish, want](const redisReply* reply,
+                                                            const std::string& error) {
+        if (!reply) {
+            finish("no answer to WAIT: " + error + "; the change may have been applied");
+            return;
+        }
+        if (reply->type == REDIS_REPLY_ERROR) {
+            const std::string text(reply->str, reply->len);
+            finish("Redis answered WAIT: " + text + "; the change may have been applied");
+            if (discovery_)
+                commands_.drop("WAIT refused: " + text); // a replica answers WAIT so
+            return;
+        }
+        const auto acked = reply->type == REDIS_REPLY_INTEGER ? reply->integer : -1;
+        if (acked >= static_cast<long long>(want)) {
+            finish(std::nullopt);
+            return;
+        }
+        const std::string message = std::to_string(std::max<long long>(0, acked)) + " of " +
+                                    std::to_string(want) +
+                                    " replicas acknowledged the change within the backend timeout "
+                                    "(--redis-min-replicas); the change may have been applied";
+        if (message != last_logged_error_) {
+            last_logged_error_ = message;
+            log_warn("Redis backend: " + message);
+        }
+        stats_.backend.last_error = message;
+        finish(message);
+    });
+}
+
+void RedisStore::set_policy_digest(std::string digest) {
+    policy_digest_ = std::move(digest);
+    stats_.backend.policy_digest = policy_digest_;
+    next_exchange_ = {}; // publish the new one at the next sweep
+}
+
+void RedisStore::exchange_policy_digest() {
+    if (exchanging_ || policy_digest_.empty() || options_.instance.empty())
+        return;
+    exchanging_ = true;
+    const std::string key = options_.prefix + "policy-digests";
+    // Redis's clock for every entry, as for the circuits: hosts whose
+    // clocks disagree still agree on which entries are live.
+    commands_.command({"TIME"}, [this, key](const redisReply* reply, const std::string&) {
+        if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2) {
+            exchanging_ = false;
+            return;
+        }
+        const std::int64_t now_ms = num(reply->element[0]) * 1000 + num(reply->element[1]) / 1000;
+        const auto entry = policy_entry(policy_digest_, now_ms);
+        commands_.command({"HSET", key, options_.instance, entry},
+                          [](const redisReply*, const std::string&) {});
+        // HSCAN with a COUNT bounds what one round reads however many
+        // entries the hash holds.
+        commands_.command(
+            {"HSCAN", key, "0", "COUNT", std::to_string(kMaxPolicyHosts)},
+            [this, key, now_ms](const redisReply* scan, const std::string&) {
+                exchanging_ = false;
+                if (!scan || scan->type != REDIS_REPLY_ARRAY || scan->elements != 2 ||
+                    scan->element[1]->type != REDIS_REPLY_ARRAY)
+                    return;
+                const redisReply* fields = scan->element[1];
+                std::vector<std::pair<std::string, std::string>> entries;
+                for (std::size_t i = 0;
+                     i + 1 < fields->elements && entries.size() < kMaxPolicyHosts; i += 2)
+                    entries.emplace_back(std::string(str(fields->element[i])),
+                                         std::string(str(fields->element[i + 1])));
+                note_policy_mismatches(
+                    policy_mismatches(options_.instance, policy_digest_, now_ms, entries));
+                const auto gone = forgotten_policy_hosts(now_ms, entries);
+                if (!gone.empty()) {
+                    std::vector<std::string_view> argv{"HDEL", key};
+                    argv.insert(argv.end(), gone.begin(), gone.end());
+                    commands_.command(argv, [](const redisReply*, const std::string&) {});
+                }
+            });
+    });
+}
+
+void RedisStore::note_policy_mismatches(std::vector<std::string> hosts) {
+    auto& known = stats_.backend.policy_mismatch_hosts;
+    const bool news = std::any_of(hosts.begin(), hosts.end(), [&](const std::string& h) {
+        return std::find(known.begin(), known.end(), h) == known.end();
+    });
+    if (news) {
+        std::string list;
+        for (const auto& h : hosts)
+            list += (list.empty() ? "" : ", ") + h;
+        log_warn("policy: the defaults and prefix rules of " + list +
+                 " differ from this host's (digest " + policy_digest_ +
+                 "), so one circuit gets different rules by host; give every cbd on this Redis "
+                 "the same configuration");
+    } else if (hosts.empty() && !known.empty()) {
+        log_info("policy: every live cbd on this Redis has this host's defaults and prefix rules "
+                 "again");
+    }
+    known = std::move(hosts);
+}
+
+bool redis_script_mutates(RedisScript script, const std::vector<std::string>& args) {
+    switch (script) {
+    case RedisScript::Success:
+    case RedisScript::Failure:
+    case RedisScript::Transition:
+    case RedisScript::Reset:
+    case RedisScript::Acquire:
+    case RedisScript::Report:
+    case RedisScript::Force:
+    case RedisScript::Unforce:
+    case RedisScript::Import:
+        return true;
+    case RedisScript::Policy:
+        // ARGV: clear, then per field "" (keep), "-" (remove) or a value.
+        return std::any_of(args.begin(), args.end(), [&](const std::string& a) {
+            return &a == &args.front() ? a == kRedisArgTrue : !a.empty();
+        });
+    case RedisScript::Get:
+    case RedisScript::List:
+    case RedisScript::Sweep:
+    case RedisScript::Export:
+        return false;
+    }
+    return true;
+}
+
+Policy redis_policy_numbers(const ResolvedPolicy& daemon) {
+    Policy p = daemon.policy;
+    if (!daemon.lease_set)
+        p.set(PolicyField::ProbeLeaseMs,
+              0); // not a valid lease (1..): the scripts' sign to derive it
+    if (!daemon.timeout_max_set)
+        p.set(PolicyField::ResetTimeoutMaxMs, 0); // likewise: no layer sets a backoff
+    return p;
+}
+
+} // namespace cbd

@@ -1,0 +1,170 @@
+// The Redis backend (--backend redis): circuits live in Redis, and every
+// operation is one Lua script (redis_scripts.cpp) called by EVALSHA, so each
+// is atomic across every cbd on every host that shares the Redis. Answers
+// come back later, on the event loop; the dispatcher turns them into the
+// same replies the memory store gives. Transitions made anywhere come back
+// through Redis pub/sub and go to this daemon's EventHub (log, counters,
+// watchers).
+#pragma once
+
+#include "daemon/breaker/circuit_store.hpp"
+#include "daemon/core/clock.hpp"
+#include "daemon/backends/redis/redis_connection.hpp"
+#include "daemon/backends/redis/redis_scripts.hpp"
+#include "daemon/backends/redis/redis_sentinel.hpp"
+#include "daemon/backends/redis/sentinel_discovery.hpp"
+#include "daemon/dispatch/stats.hpp"
+
+#include <array>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace cbd {
+
+struct RedisStoreOptions {
+    RedisOptions connection; // with `sentinel`, the endpoint is found, not given
+    // --redis sentinel://...: the master is the one the sentinels name (and
+    // ROLE confirms), followed through failovers.
+    std::optional<SentinelOptions> sentinel;
+    // --redis-min-replicas: a change is acknowledged only once this many
+    // replicas have it (WAIT); 0 acknowledges what the master applied.
+    std::size_t min_replicas = 0;
+    // This cbd in the policy digest exchange (policy_digest.hpp): the host
+    // name and the socket path, so two daemons on one host are two entries.
+    std::string instance;
+    std::string prefix = "cbd:"; // every key this daemon uses starts so
+    std::size_t max_circuits = kDefaultMaxCircuits; // in the shared store
+    // cbd --test-clock: every script (the sweep too) takes its time from
+    // this clock instead of Redis's TIME, so tests can step time. Null in
+    // production.
+    const Clock* test_clock = nullptr;
+};
+
+// One script's answer, in the memory store's terms.
+struct RemoteResult {
+    // BackendUnavailable (an outage: Redis unreachable, slow, loading...),
+    // BackendError (Redis answered, but what it holds for the key cannot be
+    // used, or a limit such as the generation counter's is reached: not an
+    // outage, not retried), TooManyCircuits, or the circuit script's own
+    // (Conflict, Forced, NoPermit).
+    std::optional<ErrorCode> error;
+    std::string unavailable_reason; // BackendUnavailable: why
+    // BackendError: what is wrong and where, naming the Redis key (and the
+    // field when one is bad), for the client's error message.
+    // TooManyCircuits: which limit ("circuits" or "key policies").
+    std::string message;
+    CircuitView circuit;
+    std::optional<TransitionRecord> transition;
+    bool stale = false;
+    std::int64_t extra1 = 0;  // acquire: allowed; reset: removed
+    std::string extra2;       // acquire: permit
+    std::int64_t extra3 = 0;  // acquire: retryAfterMs
+    PolicyPatch policy_override; // policy script: the key's override in Redis (checked)
+    ListPage page;               // list script
+    ExportPage exported;         // export script
+};
+
+class RedisStore {
+  public:
+    RedisStore(boost::asio::io_context& io, RedisStoreOptions options, DaemonStats& stats,
+               CircuitObserver* observer);
+
+    void start();
+    void stop();
+    // Settles expired leases and pins in Redis (run from the expiry timer).
+    void sweep();
+
+    // Runs `script` for `key` with the policy the daemon resolves for it
+    // (its defaults and prefix rules; a key override in Redis wins) and the
+    // operation's own arguments. `policy` as redis_policy_numbers() makes
+    // it: probeLeaseMs 0 means no layer of the daemon sets it (resetTimeoutMaxMs
+    // 0 alike).
+    // `list` and `export` run as several script calls, each examining at
+    // most kRedisScanPerCall keys, joined before `done` runs. `done` runs
+    // exactly once, on the event loop, and never throws out of here.
+    void run(RedisScript script, std::string_view key, const Policy& policy,
+             const std::vector<std::string>& args, std::function<void(RemoteResult)> done);
+
+    // Circuits in the shared store as of the last sweep (every 100 ms):
+    // total from the index; by state and pinned from counters the scripts
+    // keep (exact while only cbd writes the keys).
+    std::optional<CircuitCounts> counts() const { return counts_; }
+
+    // The digest of this daemon's defaults and prefix rules (at start and
+    // after each SIGHUP), published for the other hosts to compare.
+    void set_policy_digest(std::string digest);
+
+  private:
+    struct Call;
+    struct ListJob;
+    struct ExportJob;
+    struct WaitBatch;
+    struct WaitTicket;
+    using ReplyHandler = std::function<void(const redisReply* reply, RemoteResult failure)>;
+
+    void on_event(const redisReply* reply);
+    RedisConnection::Setup script_setup();
+    std::shared_ptr<Call> make_call(RedisScript script, std::string_view key, const Policy& policy,
+                                    const std::vector<std::string>& args) const;
+    // Sends a call; `then` gets the reply, or nullptr and the failure. A
+    // NOSCRIPT answer (a flushed script cache, a failover) sends the script
+    // itself once, which also loads it again.
+    void send(std::shared_ptr<Call> call, ReplyHandler then);
+    void list_step(std::shared_ptr<ListJob> job);
+    void export_step(std::shared_ptr<ExportJob> job);
+    void note_backend_error(const std::string& message);
+    // A master the sentinels named: moves both connections there when it is
+    // not where they are (logged once per switch).
+    void on_master_named(const RedisEndpoint& master, const std::string& how);
+    // --redis-min-replicas: the ticket's answer waits for the WAIT that
+    // follows its script on the connection. Scripts sent in one turn of the
+    // event loop share one WAIT, pipelined behind them.
+    std::shared_ptr<WaitTicket> enroll_wait(std::shared_ptr<WaitTicket> ticket);
+    void schedule_wait();
+    void send_wait(std::shared_ptr<WaitBatch> batch);
+    // Writes this daemon's policy digest and reads the other hosts' (every
+    // kPolicyDigestIntervalMs, from the sweep).
+    void exchange_policy_digest();
+    void note_policy_mismatches(std::vector<std::string> hosts);
+    void answer_ticket(const std::shared_ptr<WaitTicket>& ticket, RemoteResult result);
+
+    boost::asio::io_context& io_;
+
+    RedisStoreOptions options_;
+    DaemonStats& stats_;
+    CircuitObserver* observer_;
+    std::array<std::string, kRedisScriptCount> shas_; // from SCRIPT LOAD; empty until known
+    bool sweeping_ = false;
+    std::optional<CircuitCounts> counts_; // none until the first sweep answers
+    std::string last_logged_error_; // a bad key is logged once, not per request
+    MasterFollower follower_;
+    std::shared_ptr<WaitBatch> open_batch_; // its WAIT is not sent yet
+    bool wait_in_flight_ = false;           // a WAIT is out; the next waits for its answer
+    bool wait_posted_ = false;
+    std::string policy_digest_;
+    std::chrono::steady_clock::time_point next_exchange_{};
+    bool exchanging_ = false;
+    RedisConnection commands_;
+    RedisConnection events_;
+    std::unique_ptr<SentinelDiscovery> discovery_; // with --redis sentinel://
+};
+
+// Whether a script call can change what Redis holds for a client, so that
+// --redis-min-replicas waits for it: every circuit write, configure (not a
+// policy read), import. `get` does not wait: what it may settle (an expired
+// lease or pin) the next operation settles again on any master; the sweep
+// likewise.
+bool redis_script_mutates(RedisScript script, const std::vector<std::string>& args);
+
+// The policy numbers to pass to run() for a key whose daemon-side policy
+// (defaults, prefix rules) is `daemon`: as resolved, except probeLeaseMs 0
+// when no layer sets it, so that the script derives the lease from the reset
+// timeout after the key's own override, as PolicySet does. (The `policy`
+// reply lays the override over the same layers with
+// PolicySet::resolve_with(), the one place that rule lives in C++.)
+Policy redis_policy_numbers(const ResolvedPolicy& daemon);
+
+} // namespace cbd

@@ -1,0 +1,735 @@
+// Dispatcher (see dispatcher.hpp).
+#include "daemon/dispatch/dispatcher.hpp"
+
+#include "common/reply.hpp"
+#include "daemon/dispatch/circuit_json.hpp"
+#include "daemon/core/log.hpp"
+#include "daemon/dispatch/metrics.hpp"
+
+#include <algorithm>
+#include <array>
+#include <exception>
+#include <nlohmann/json.hpp>
+#include <utility>
+
+namespace cbd {
+
+namespace {
+
+std::string error_message(ErrorCode code, const CircuitView& v) {
+    switch (code) {
+    case ErrorCode::TooManyCircuits:
+        return "the daemon holds its maximum number of circuits";
+    case ErrorCode::Conflict:
+        return "the circuit is " + std::string(state_name(v.snapshot.state)) + " at generation " +
+               std::to_string(v.generation) + "; the expectation did not hold";
+    case ErrorCode::Forced:
+        return "the circuit is forced " + std::string(v.forced ? state_name(v.forced->state) : "") +
+               "; unforce it before changing its state";
+    case ErrorCode::NoPermit:
+        return "the circuit is half-open and this report carries no valid probe permit";
+    default:
+        return "the operation failed";
+    }
+}
+
+// Errors that concern a circuit carry its current state, so the client can
+// decide what to do next without another round trip.
+void circuit_error(std::string& out, const Request& req, ErrorCode code, const CircuitView& v,
+                   DaemonStats& stats) {
+    stats.errors[static_cast<std::size_t>(code)] += 1;
+    ReplyWriter w(out, req.id_json, false);
+    w.error(code, error_message(code, v));
+    if (code == ErrorCode::Conflict || code == ErrorCode::Forced || code == ErrorCode::NoPermit)
+        circuit_fields(w, v);
+    w.finish();
+}
+
+void circuit_reply(std::string& out, const Request& req, const StoreResult& r, DaemonStats& stats) {
+    if (r.error) {
+        circuit_error(out, req, *r.error, r.circuit, stats);
+        return;
+    }
+    ReplyWriter w(out, req.id_json, true);
+    circuit_fields(w, r.circuit);
+    if (r.transition)
+        w.raw_field("transition", transition_json(*r.transition));
+    w.finish();
+}
+
+void acquire_reply(std::string& out, const Request& req, const AcquireResult& r,
+                   DaemonStats& stats) {
+    if (r.error) {
+        circuit_error(out, req, *r.error, r.circuit, stats);
+        return;
+    }
+    ReplyWriter w(out, req.id_json, true);
+    w.field("allowed", r.allowed);
+    if (r.allowed && !r.permit.empty())
+        w.string_field("permit", r.permit);
+    if (!r.allowed)
+        w.field("retryAfterMs", r.retry_after_ms);
+    circuit_fields(w, r.circuit);
+    if (r.transition)
+        w.raw_field("transition", transition_json(*r.transition));
+    w.finish();
+}
+
+void report_reply(std::string& out, const Request& req, const ReportResult& r, DaemonStats& stats) {
+    if (r.error) {
+        circuit_error(out, req, *r.error, r.circuit, stats);
+        return;
+    }
+    ReplyWriter w(out, req.id_json, true);
+    if (r.stale)
+        w.field("stale", true);
+    circuit_fields(w, r.circuit);
+    if (r.transition)
+        w.raw_field("transition", transition_json(*r.transition));
+    w.finish();
+}
+
+void audit(const Request& req, const Peer& peer, std::string_view what) {
+    if (!log_enabled(LogLevel::Info))
+        return;
+    // Keys and reasons hold no control characters (validated), so a log
+    // line stays one line.
+    log_info("audit: " + std::string(op_spec(req.op).name) + " key=" + req.key + " " +
+             std::string(what) + " uid=" + std::to_string(peer.uid) +
+             " pid=" + std::to_string(peer.pid));
+}
+
+void list_reply(std::string& out, const Request& req, const ListPage& page) {
+    ReplyWriter w(out, req.id_json, true);
+    std::string circuits = "[";
+    for (const auto& e : page.circuits) {
+        if (circuits.size() > 1)
+            circuits += ',';
+        append_list_entry(circuits, e.key, e.circuit);
+    }
+    circuits += ']';
+    w.raw_field("circuits", circuits);
+    if (page.next.empty())
+        w.raw_field("next", "null");
+    else
+        w.string_field("next", page.next);
+    w.finish();
+}
+
+void export_reply(std::string& out, const Request& req, const ExportPage& page) {
+    std::string circuits = "[";
+    for (const auto& record : page.circuits) {
+        if (circuits.size() > 1)
+            circuits += ',';
+        append_stored_circuit(circuits, record);
+    }
+    circuits += ']';
+    ReplyWriter w(out, req.id_json, true);
+    w.raw_field("circuits", circuits);
+    if (page.next.empty())
+        w.raw_field("next", "null");
+    else
+        w.string_field("next", page.next);
+    w.finish();
+}
+
+// The audit texts of operator actions, shared by both backends.
+std::string transition_audit_text(const Request& req, const std::optional<ErrorCode>& error) {
+    return "to=" + std::string(state_name(*req.to)) +
+           (error ? " refused=" + std::string(error_code_name(*error)) : "");
+}
+
+std::string force_audit_text(const Request& req) {
+    return "state=" + std::string(state_name(req.state)) + " ttlMs=" + std::to_string(req.ttl_ms) +
+           " reason=\"" + req.reason + "\"";
+}
+
+std::string import_audit_text(const StoredCircuit& record) {
+    return record.circuit ? "state=" + std::string(state_name(record.circuit->snapshot.state)) +
+                                " generation=" + std::to_string(record.circuit->generation)
+                          : std::string("policy only");
+}
+
+void import_reply(std::string& out, const Request& req, const StoredCircuit& record) {
+    ReplyWriter w(out, req.id_json, true);
+    w.string_field("key", req.key);
+    if (record.circuit)
+        circuit_fields(w, *record.circuit);
+    w.finish();
+}
+
+// What a configure request changes, for its audit line.
+std::string configure_audit_text(const Request& req) {
+    std::string what = req.policy_clear ? "clear=true " : "";
+    what += "set=";
+    std::string set_fields;
+    for (std::size_t i = 0; i < kPolicyFieldCount; ++i)
+        if (req.policy.values[i])
+            set_fields += (set_fields.empty() ? "" : ",") + std::string(kPolicyFieldNames[i]) +
+                          ":" + std::to_string(*req.policy.values[i]);
+    std::string unset_fields;
+    for (std::size_t i = 0; i < kPolicyFieldCount; ++i)
+        if (req.policy_removed.values[i])
+            unset_fields += (unset_fields.empty() ? "" : ",") + std::string(kPolicyFieldNames[i]);
+    return what + (set_fields.empty() ? "-" : set_fields) +
+           (unset_fields.empty() ? "" : " unset=" + unset_fields);
+}
+
+void policy_reply(std::string& out, const Request& req, const PolicyResult& r) {
+    std::string sources = "{";
+    for (std::size_t i = 0; i < kPolicyFieldCount; ++i) {
+        if (i)
+            sources += ',';
+        sources += '"';
+        sources += kPolicyFieldNames[i];
+        sources += "\":\"";
+        sources += policy_source_name(r.resolved.sources[i]);
+        sources += '"';
+    }
+    sources += '}';
+    ReplyWriter w(out, req.id_json, true);
+    w.string_field("key", req.key)
+        .raw_field("policy", policy_json(r.resolved.policy))
+        .raw_field("source", sources);
+    if (r.resolved.prefix.empty())
+        w.raw_field("prefix", "null");
+    else
+        w.string_field("prefix", r.resolved.prefix);
+    w.finish();
+}
+
+// One reportBatch in progress. Its entries answer now or later, in any
+// order (each is a backend operation); the one reply is written when the
+// last has answered and every entry has been handed to the backend.
+struct BatchTally {
+    struct EntryError {
+        std::size_t index;
+        ErrorCode code;
+        std::string message;
+    };
+    std::string id_json;
+    std::size_t entries = 0;
+    std::size_t outstanding = 0; // entries whose answer is still to come
+    bool dispatched = false;     // every entry has been handed to the backend
+    std::uint64_t applied = 0;
+    std::uint64_t stale = 0;
+    std::vector<EntryError> errors;
+    std::vector<bool> answered; // by entry
+    bool abandoned = false;     // answered internal_error as a whole
+    std::shared_ptr<ReplyQueue> replies;
+    std::optional<ReplyQueue::Ticket> ticket; // taken at the first entry that answers later
+
+    bool done() const { return dispatched && outstanding == 0; }
+};
+
+// The message of an entry's error: the backend's own when it has one, else
+// the one its report would have had.
+std::string entry_error_message(const OpOutcome& r) {
+    if (!r.error_message.empty())
+        return r.error_message;
+    if (*r.error == ErrorCode::Conflict || *r.error == ErrorCode::Forced ||
+        *r.error == ErrorCode::NoPermit || *r.error == ErrorCode::TooManyCircuits)
+        return error_message(*r.error, r.circuit);
+    return "the operation failed";
+}
+
+// Entry errors are not counted in stats.errors, which counts error replies:
+// the batch's reply is ok, and a line of 1000 bad entries must not move an
+// error-rate alert 1000 times.
+void tally_entry(BatchTally& tally, std::size_t index, const OpOutcome& r) {
+    if (r.error) {
+        tally.errors.push_back({index, *r.error, entry_error_message(r)});
+    } else if (r.stale) {
+        tally.stale += 1;
+    } else {
+        tally.applied += 1;
+    }
+}
+
+void batch_reply(std::string& out, BatchTally& tally) {
+    std::sort(tally.errors.begin(), tally.errors.end(),
+              [](const auto& a, const auto& b) { return a.index < b.index; });
+    std::string errors = "[";
+    for (const auto& e : tally.errors) {
+        if (errors.size() > 1)
+            errors += ',';
+        errors += "{\"index\":";
+        append_uint(errors, e.index);
+        errors += ",\"code\":";
+        append_json_string(errors, error_code_name(e.code));
+        errors += ",\"message\":";
+        append_json_string(errors, e.message);
+        errors += '}';
+    }
+    errors += ']';
+    ReplyWriter w(out, tally.id_json, true);
+    w.field("applied", tally.applied).field("stale", tally.stale).raw_field("errors", errors);
+    w.finish();
+}
+
+} // namespace
+
+Dispatcher::Dispatcher(CircuitBackend& backend, DaemonStats& stats)
+    : backend_(backend), stats_(stats) {}
+
+Dispatcher::Handler Dispatcher::handler_for(Op op) {
+    // The daemon's own ops; every other op is a circuit operation and goes
+    // to the backend (nullptr here). A switch, so that an op without a
+    // decision does not compile (-Wswitch).
+    switch (op) {
+    case Op::Ping:
+        return &Dispatcher::handle_ping;
+    case Op::Watch:
+        return &Dispatcher::handle_watch;
+    case Op::Stats:
+        return &Dispatcher::handle_stats;
+    case Op::Metrics:
+        return &Dispatcher::handle_metrics;
+    case Op::Get:
+    case Op::Success:
+    case Op::Failure:
+    case Op::Transition:
+    case Op::Reset:
+    case Op::Acquire:
+    case Op::Report:
+    case Op::Force:
+    case Op::Unforce:
+    case Op::Configure:
+    case Op::Policy:
+    case Op::List:
+    case Op::Export:
+    case Op::Import:
+    case Op::ReportBatch: // run_report_batch()
+        break;
+    }
+    return nullptr;
+}
+
+void Dispatcher::handle_line(std::string_view line, RequestContext& ctx, std::string& out) {
+    // One queue for every such call: these callers answer at once, so it is
+    // empty again by the end of each.
+    if (!scratch_replies_)
+        scratch_replies_ = std::make_shared<ReplyQueue>();
+    auto replies = std::exchange(ctx.replies, scratch_replies_);
+    handle_line(line, ctx);
+    ctx.replies->take_ready(out);
+    if (!ctx.replies->empty()) {
+        // A backend that answers later has nowhere to go here.
+        log_error("a reply was deferred on a connection that cannot wait for it");
+        append_error_reply(out, request_.id_json, ErrorCode::InternalError,
+                           "this connection cannot wait for the backend");
+        scratch_replies_.reset(); // its late answer fills a queue nobody reads
+    }
+    ctx.replies = std::move(replies);
+}
+
+void Dispatcher::handle_line(std::string_view line, RequestContext& ctx) {
+    ctx.operations = 0;
+    if (is_blank_line(line))
+        return;
+    ctx.operations = 1;
+    std::string& out = ctx.replies->ready_tail();
+    const std::size_t reply_start = out.size();
+    try {
+        if (auto err = parse_request(line, request_)) {
+            stats_.errors[static_cast<std::size_t>(err->code)] += 1;
+            append_error_reply(out, request_.id_json, err->code, err->message);
+            return;
+        }
+        stats_.requests[static_cast<std::size_t>(request_.op)] += 1;
+        const OpSpec& spec = op_spec(request_.op);
+        if (spec.level > ctx.level) {
+            refuse(request_, ctx, spec, out);
+            return;
+        }
+        request_.create_unknown = ctx.level != AccessLevel::Read;
+        if (Handler handler = handler_for(request_.op)) {
+            (this->*handler)(request_, ctx, out);
+            return;
+        }
+        if (request_.op == Op::ReportBatch)
+            run_report_batch(request_, ctx);
+        else
+            run_circuit_op(request_, ctx);
+    } catch (const std::exception& e) {
+        // Whatever happened, the client still gets exactly one line (a
+        // backend that threw took no slot: it answers or throws, not both).
+        std::string& tail = ctx.replies->ready_tail();
+        if (&tail == &out)
+            out.resize(reply_start);
+        ctx.start_watch.reset();
+        log_error(std::string("internal error while handling a request: ") + e.what());
+        stats_.errors[static_cast<std::size_t>(ErrorCode::InternalError)] += 1;
+        append_error_reply(tail, request_.id_json, ErrorCode::InternalError, "internal error");
+    }
+}
+
+void Dispatcher::run_circuit_op(const Request& req, RequestContext& ctx) {
+    // Where an answer that comes later goes: a slot reserved now, in request
+    // order, filled by the completion. Only a backend that defers asks.
+    struct SlotDeferral final : Deferral {
+        Dispatcher& d;
+        const Request& req;
+        RequestContext& ctx;
+        std::optional<ReplyQueue::Ticket> taken;
+        SlotDeferral(Dispatcher& dd, const Request& r, RequestContext& c) : d(dd), req(r), ctx(c) {}
+        Completion later() override {
+            const auto ticket = ctx.replies->reserve();
+            taken = ticket;
+            return
+                [&dispatcher = d, replies = ctx.replies, ticket,
+                 held = std::make_shared<const Request>(req), peer = ctx.peer](const OpOutcome& r) {
+                    std::string text;
+                    dispatcher.reply_for(*held, peer, r, text);
+                    replies->fill(ticket, std::move(text));
+                };
+        }
+    } deferral(*this, req, ctx);
+    outcome_.clear();
+    try {
+        if (backend_.run(req, ctx.peer, outcome_, deferral))
+            reply_for(req, ctx.peer, outcome_, ctx.replies->ready_tail());
+    } catch (const std::exception& e) {
+        if (!deferral.taken)
+            throw; // handle_line() answers internal_error in the ready tail
+        // The backend took a slot and then failed: answer in the slot, so the
+        // connection's later replies are not stuck behind it forever.
+        log_error(std::string("internal error while handling a request: ") + e.what());
+        stats_.errors[static_cast<std::size_t>(ErrorCode::InternalError)] += 1;
+        std::string text;
+        append_error_reply(text, req.id_json, ErrorCode::InternalError, "internal error");
+        ctx.replies->fill(*deferral.taken, std::move(text));
+    }
+}
+
+void Dispatcher::run_report_batch(const Request& req, RequestContext& ctx) {
+    ctx.operations = req.reports.size();
+    auto tally = std::make_shared<BatchTally>();
+    tally->id_json = req.id_json;
+    tally->entries = req.reports.size();
+    tally->answered.assign(req.reports.size(), false);
+    tally->replies = ctx.replies;
+    // Where entries that answer later go: the batch's one slot, reserved at
+    // the first of them (so it sits behind every earlier reply) and weighed
+    // by the entries, so a connection's batches count against its bound on
+    // operations waiting for the backend as the same reports would.
+    struct EntryDeferral final : Deferral {
+        std::shared_ptr<BatchTally> tally;
+        std::size_t index = 0;
+        bool taken = false;
+        explicit EntryDeferral(std::shared_ptr<BatchTally> t) : tally(std::move(t)) {}
+        Completion later() override {
+            if (!tally->ticket)
+                tally->ticket = tally->replies->reserve(tally->entries);
+            tally->outstanding += 1;
+            taken = true;
+            return [tally = tally, index = index](const OpOutcome& r) {
+                // An entry answers once: a backend that answered and then
+                // threw has had its entry answered for it (and the other way
+                // round), and a batch given up answers nothing more.
+                if (tally->abandoned || tally->answered[index])
+                    return;
+                tally->answered[index] = true;
+                tally->outstanding -= 1;
+                tally_entry(*tally, index, r);
+                if (tally->done()) {
+                    std::string text;
+                    batch_reply(text, *tally);
+                    tally->replies->fill(*tally->ticket, std::move(text));
+                }
+            };
+        }
+    } deferral(tally);
+
+    try {
+        Request entry;
+        entry.op = Op::Report;
+        entry.create_unknown = true; // reportBatch is write level
+        for (std::size_t i = 0; i < req.reports.size(); ++i) {
+            const BatchReport& report = req.reports[i];
+            outcome_.clear();
+            if (report.error) {
+                outcome_.error = report.error->code;
+                outcome_.error_message = report.error->message;
+                tally->answered[i] = true;
+                tally_entry(*tally, i, outcome_);
+                continue;
+            }
+            entry.key = report.key;
+            entry.outcome = report.outcome;
+            entry.generation = report.generation;
+            entry.permit = report.permit;
+            entry.duration_ms = report.duration_ms;
+            deferral.index = i;
+            deferral.taken = false;
+            try {
+                if (backend_.run(entry, ctx.peer, outcome_, deferral)) {
+                    tally->answered[i] = true;
+                    tally_entry(*tally, i, outcome_);
+                }
+            } catch (const std::exception& e) {
+                // One entry failed inside the backend: it answers
+                // internal_error, unless its completion already answered,
+                // and the others go on.
+                log_error(std::string("internal error while handling a batch report: ") + e.what());
+                if (!tally->answered[i]) {
+                    tally->answered[i] = true;
+                    if (deferral.taken)
+                        tally->outstanding -= 1;
+                    outcome_.clear();
+                    outcome_.error = ErrorCode::InternalError;
+                    outcome_.error_message = "internal error";
+                    tally_entry(*tally, i, outcome_);
+                }
+            }
+        }
+        tally->dispatched = true;
+        if (!tally->done())
+            return;
+        std::string text;
+        batch_reply(text, *tally);
+        if (tally->ticket)
+            ctx.replies->fill(*tally->ticket, std::move(text));
+        else
+            ctx.replies->ready_tail() += text;
+    } catch (const std::exception& e) {
+        if (!tally->ticket)
+            throw; // nothing reserved: handle_line() answers in the ready tail
+        // The batch's slot is taken: answer there, or every later reply on
+        // the connection would wait behind it forever.
+        tally->abandoned = true;
+        log_error(std::string("internal error while handling a request: ") + e.what());
+        stats_.errors[static_cast<std::size_t>(ErrorCode::InternalError)] += 1;
+        std::string text;
+        append_error_reply(text, req.id_json, ErrorCode::InternalError, "internal error");
+        ctx.replies->fill(*tally->ticket, std::move(text));
+    }
+}
+
+void Dispatcher::reply_for(const Request& req, const Peer& peer, const OpOutcome& r,
+                           std::string& out) {
+    // Audit lines of operator actions, whether or not the backend agreed.
+    switch (req.op) {
+    case Op::Transition:
+        audit(req, peer, transition_audit_text(req, r.error));
+        break;
+    case Op::Force:
+        audit(req, peer,
+              force_audit_text(req) +
+                  (r.error ? " refused=" + std::string(error_code_name(*r.error)) : ""));
+        break;
+    case Op::Unforce:
+        audit(req, peer, r.transition ? "lifted=true" : "lifted=false");
+        break;
+    case Op::Reset:
+        if (!r.error)
+            audit(req, peer, r.removed ? "removed=true" : "removed=false");
+        break;
+    case Op::Configure:
+        if (!r.error)
+            audit(req, peer, configure_audit_text(req));
+        break;
+    case Op::Import:
+        if (!r.error)
+            audit(req, peer, import_audit_text(imported_record(req)));
+        break;
+    default:
+        break;
+    }
+    if (r.error && *r.error != ErrorCode::Conflict && *r.error != ErrorCode::Forced &&
+        *r.error != ErrorCode::NoPermit) {
+        // Errors about the operation as a whole, not the circuit's state.
+        const ErrorCode code = *r.error;
+        stats_.errors[static_cast<std::size_t>(code)] += 1;
+        std::string message = r.error_message;
+        if (message.empty())
+            message = code == ErrorCode::TooManyCircuits
+                          ? (req.op == Op::Configure
+                                 ? "the daemon holds its maximum number of key policies"
+                                 : "the daemon holds its maximum number of circuits")
+                          : "the operation failed";
+        append_error_reply(out, req.id_json, code, message);
+        return;
+    }
+    switch (req.op) {
+    case Op::List:
+        list_reply(out, req, r.page);
+        return;
+    case Op::Export:
+        export_reply(out, req, r.exported);
+        return;
+    case Op::Import:
+        import_reply(out, req, imported_record(req));
+        return;
+    case Op::Configure:
+    case Op::Policy:
+        policy_reply(out, req, PolicyResult{std::nullopt, r.policy});
+        return;
+    case Op::Reset:
+        append_reset_reply(out, req.id_json, r.removed);
+        return;
+    case Op::Acquire:
+        acquire_reply(
+            out, req,
+            AcquireResult{r.error, r.allowed, r.retry_after_ms, r.permit, r.circuit, r.transition},
+            stats_);
+        return;
+    case Op::Report:
+        report_reply(out, req, ReportResult{r.error, r.stale, r.circuit, r.transition}, stats_);
+        return;
+    default:
+        circuit_reply(out, req, StoreResult{r.error, r.circuit, r.transition}, stats_);
+        return;
+    }
+}
+
+void Dispatcher::refuse(const Request& req, const RequestContext& ctx, const OpSpec& spec,
+                        std::string& out) {
+    stats_.errors[static_cast<std::size_t>(ErrorCode::PermissionDenied)] += 1;
+    log_warn("audit: denied " + std::string(spec.name) +
+             (req.key.empty() ? "" : " key=" + req.key) +
+             " needs=" + std::string(access_level_name(spec.level)) +
+             " has=" + std::string(access_level_name(ctx.level)) +
+             " uid=" + std::to_string(ctx.peer.uid) + " pid=" + std::to_string(ctx.peer.pid));
+    append_error_reply(out, req.id_json, ErrorCode::PermissionDenied,
+                       "'" + std::string(spec.name) + "' needs the " +
+                           std::string(access_level_name(spec.level)) +
+                           " level; this connection (uid " + std::to_string(ctx.peer.uid) +
+                           ") has " + std::string(access_level_name(ctx.level)));
+}
+
+void Dispatcher::handle_ping(const Request& req, RequestContext&, std::string& out) {
+    append_ping_reply(out, req.id_json);
+}
+
+void Dispatcher::handle_watch(const Request& req, RequestContext& ctx, std::string& out) {
+    WatchFilter filter; // parse_request() let through one of key, prefix, keys at most
+    ReplyWriter w(out, req.id_json, true);
+    if (!req.watch_keys.empty()) {
+        filter.kind = WatchFilter::Kind::Keys;
+        filter.keys = std::make_shared<const std::vector<std::string>>(req.watch_keys);
+        w.raw_field("watching", "{\"keys\":" + std::to_string(req.watch_keys.size()) + "}");
+    } else if (!req.key.empty()) {
+        filter = {WatchFilter::Kind::Key, req.key, nullptr};
+        std::string what = "{\"key\":";
+        append_json_string(what, req.key);
+        w.raw_field("watching", what + "}");
+    } else if (req.has_prefix) {
+        filter = {WatchFilter::Kind::Prefix, req.prefix, nullptr};
+        std::string what = "{\"prefix\":";
+        append_json_string(what, req.prefix);
+        w.raw_field("watching", what + "}");
+    } else {
+        w.string_field("watching", "all");
+    }
+    w.finish();
+    ctx.start_watch = std::move(filter);
+}
+
+void Dispatcher::handle_stats(const Request& req, RequestContext&, std::string& out) {
+    const auto counts = backend_.counts();
+    const auto uptime = std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::chrono::steady_clock::now() - stats_.started);
+    auto object = [](auto&& name_of, const auto& values, std::size_t n) {
+        std::string o = "{";
+        for (std::size_t i = 0; i < n; ++i) {
+            if (i)
+                o += ',';
+            o += '"';
+            o += name_of(i);
+            o += "\":";
+            append_uint(o, values[i]);
+        }
+        return o + "}";
+    };
+    ReplyWriter w(out, req.id_json, true);
+    w.string_field("version", kVersion)
+        .field("protocol", std::int64_t{kProtocolVersion})
+        .field("uptimeMs", static_cast<std::int64_t>(uptime.count()))
+        .raw_field("connections", "{\"current\":" + std::to_string(stats_.connections_current) +
+                                      ",\"total\":" + std::to_string(stats_.connections_total) +
+                                      ",\"refused\":" + std::to_string(stats_.connections_refused) +
+                                      "}")
+        .raw_field("requests",
+                   object([](std::size_t i) { return op_spec(static_cast<Op>(i)).name; },
+                          stats_.requests, kOpCount))
+        .raw_field("errors",
+                   object([](std::size_t i) { return error_code_name(static_cast<ErrorCode>(i)); },
+                          stats_.errors, kErrorCodeCount))
+        // null until a backend that counts elsewhere (Redis) has a count.
+        .raw_field("circuits", !counts ? std::string("null")
+                                       : "{\"total\":" + std::to_string(counts->total) +
+                                             ",\"closed\":" + std::to_string(counts->closed) +
+                                             ",\"open\":" + std::to_string(counts->open) +
+                                             ",\"halfOpen\":" + std::to_string(counts->half_open) +
+                                             ",\"forced\":" + std::to_string(counts->forced) + "}")
+        .field("watchers", stats_.watchers)
+        .raw_field("events", "{\"emitted\":" + std::to_string(stats_.events_emitted) +
+                                 ",\"dropped\":" + std::to_string(stats_.events_dropped) + "}")
+        .field("residentMemoryBytes", resident_memory_bytes());
+    const StorageStats& st = stats_.storage;
+    if (st.mode.empty()) {
+        w.raw_field("storage", "null");
+    } else {
+        nlohmann::json storage = {{"mode", st.mode},
+                                  {"path", st.path},
+                                  {"healthy", st.healthy},
+                                  {"commits", st.commits},
+                                  {"failures", st.failures},
+                                  {"written", st.written},
+                                  {"undone", st.undone},
+                                  {"pending", st.pending},
+                                  {"lastCommitMs", st.last_commit_ms},
+                                  {"lastError", st.last_error.empty()
+                                                    ? nlohmann::json(nullptr)
+                                                    : nlohmann::json(st.last_error)}};
+        w.raw_field("storage",
+                    storage.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+    }
+    const BackendStats& b = stats_.backend;
+    if (b.kind.empty()) {
+        w.raw_field("backend", "null");
+    } else {
+        nlohmann::json backend = {
+            {"kind", b.kind},
+            {"address", b.address},
+            {"up", b.up},
+            {"disconnects", b.disconnects},
+            {"unavailable", b.unavailable},
+            {"lastError",
+             b.last_error.empty() ? nlohmann::json(nullptr) : nlohmann::json(b.last_error)},
+            // Sentinel, replication and policy agreement (docs/REDIS.md).
+            {"master", b.master.empty() ? nlohmann::json(nullptr) : nlohmann::json(b.master)},
+            {"sentinel", b.sentinel},
+            {"failovers", b.failovers},
+            {"minReplicas", b.min_replicas},
+            {"replicationFailures", b.replication_failures},
+            {"policyDigest",
+             b.policy_digest.empty() ? nlohmann::json(nullptr) : nlohmann::json(b.policy_digest)},
+            {"policyMismatch", b.policy_mismatch_hosts}};
+        w.raw_field("backend",
+                    backend.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+    }
+    w.finish();
+}
+
+std::string Dispatcher::metrics_text(bool per_circuit) {
+    const auto counts = backend_.counts();
+    MetricsInput in{stats_, counts.value_or(CircuitCounts{}), resident_memory_bytes()};
+    in.circuits_known = counts.has_value();
+    ListPage page;
+    if (per_circuit &&
+        backend_.list_now(ListQuery{"", std::nullopt, kMaxPerCircuitSeries, ""}, page)) {
+        in.per_circuit = &page.circuits;
+        in.per_circuit_truncated = !page.next.empty();
+    }
+    return render_metrics(in);
+}
+
+void Dispatcher::handle_metrics(const Request& req, RequestContext&, std::string& out) {
+    ReplyWriter(out, req.id_json, true)
+        .string_field("text", metrics_text(req.per_circuit))
+        .finish();
+}
+
+} // namespace cbd

@@ -1,0 +1,205 @@
+// Listener (see listener.hpp).
+#include "daemon/net/listener.hpp"
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fcntl.h>
+#include <string_view>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+namespace cbd {
+
+namespace {
+
+std::string errno_text(int err) { return std::strerror(err); }
+
+std::string parent_dir(const std::string& path) {
+    auto slash = path.rfind('/');
+    if (slash == std::string::npos)
+        return ".";
+    if (slash == 0)
+        return "/";
+    return path.substr(0, slash);
+}
+
+// mkdir -p; the directories we create are 0755 so clients can reach the
+// socket, whose own mode is the guard.
+void make_dirs(const std::string& dir) {
+    if (dir.empty() || dir == "/" || dir == ".")
+        return;
+    struct stat st {};
+    if (stat(dir.c_str(), &st) == 0) {
+        if (!S_ISDIR(st.st_mode))
+            throw StartupError(dir + " exists and is not a directory");
+        return;
+    }
+    make_dirs(parent_dir(dir));
+    if (mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST)
+        throw StartupError("cannot create directory " + dir + ": " + errno_text(errno));
+}
+
+// As chronyd does for its command socket: a directory that others can write
+// to lets them replace our socket with their own, unless the sticky bit (as
+// on /tmp) keeps them from removing files they do not own.
+void check_socket_directory(const std::string& dir) {
+    struct stat st {};
+    if (stat(dir.c_str(), &st) != 0)
+        throw StartupError("cannot inspect directory " + dir + ": " + errno_text(errno));
+    if ((st.st_mode & S_IWOTH) && !(st.st_mode & S_ISVTX)) {
+        char mode[8];
+        std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+        throw StartupError("refusing to serve from " + dir + " (mode " + mode +
+                           "): every user may write there and it has no sticky bit, so anyone "
+                           "could replace cbd's socket with their own. Use a directory only "
+                           "cbd's user can write (e.g. /run/cbd), or add the sticky bit");
+    }
+}
+
+// Holds an exclusive flock on PATH.lock for the daemon's lifetime. The file
+// records the holder's pid for the error message of the next one to try.
+int take_lock(const std::string& socket_path) {
+    const std::string lock_path = socket_path + ".lock";
+    int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0)
+        throw StartupError("cannot open lock file " + lock_path + ": " + errno_text(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        const int err = errno;
+        char buf[32] = {};
+        ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+        ::close(fd);
+        if (err == EWOULDBLOCK) {
+            std::string holder = n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : "";
+            while (!holder.empty() && (holder.back() == '\n' || holder.back() == ' '))
+                holder.pop_back();
+            throw StartupError("another cbd" + (holder.empty() ? "" : " (pid " + holder + ")") +
+                               " is already serving " + socket_path);
+        }
+        throw StartupError("cannot lock " + lock_path + ": " + errno_text(err));
+    }
+    const std::string pid = std::to_string(getpid()) + "\n";
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid.data(), pid.size(), 0) < 0) {
+        // The pid is only for messages; the lock itself is what matters.
+    }
+    return fd;
+}
+
+// We hold the lock, so a socket file at the path is a dead daemon's.
+void remove_stale_socket(const std::string& path) {
+    struct stat st {};
+    if (lstat(path.c_str(), &st) != 0)
+        return;
+    if (!S_ISSOCK(st.st_mode))
+        throw StartupError(path + " exists and is not a socket; refusing to replace it");
+    if (unlink(path.c_str()) != 0)
+        throw StartupError("cannot remove stale socket " + path + ": " + errno_text(errno));
+}
+
+int bind_and_listen(const std::string& path, mode_t mode) {
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    if (path.size() >= sizeof addr.sun_path)
+        throw StartupError("socket path " + path + " is longer than " +
+                           std::to_string(sizeof addr.sun_path - 1) + " bytes");
+    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        throw StartupError("cannot create socket: " + errno_text(errno));
+    // The file is born owner-only, and opened up to `mode` before anyone can
+    // connect (listen comes after chmod).
+    const mode_t old_umask = umask(0177);
+    const int bound = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+    const int bind_err = errno;
+    umask(old_umask);
+    if (bound != 0) {
+        ::close(fd);
+        throw StartupError("cannot bind " + path + ": " + errno_text(bind_err));
+    }
+    if (chmod(path.c_str(), mode) != 0 || listen(fd, SOMAXCONN) != 0) {
+        const int err = errno;
+        ::close(fd);
+        unlink(path.c_str());
+        throw StartupError("cannot listen on " + path + ": " + errno_text(err));
+    }
+    return fd;
+}
+
+} // namespace
+
+mode_t parse_socket_mode(const std::string& text) {
+    if (text.empty() || text.size() > 4 || text.find_first_not_of("01234567") != std::string::npos)
+        throw StartupError("invalid --socket-mode '" + text + "': expected octal such as 0660");
+    return static_cast<mode_t>(std::stoul(text, nullptr, 8));
+}
+
+Listener Listener::open(const ListenerOptions& options) {
+    Listener l;
+    const int passed = sd_listen_fds(1);
+    if (passed < 0)
+        throw StartupError("cannot read the sockets systemd passed: " + errno_text(-passed));
+    if (passed > 1)
+        throw StartupError("systemd passed " + std::to_string(passed) +
+                           " sockets; cbd serves exactly one");
+    if (passed == 1) {
+        const int fd = SD_LISTEN_FDS_START;
+        if (sd_is_socket_unix(fd, SOCK_STREAM, 1, nullptr, 0) <= 0)
+            throw StartupError("the socket systemd passed is not a listening Unix stream socket");
+        l.fd_ = fd;
+        l.activated_ = true;
+        sockaddr_un addr{};
+        socklen_t len = sizeof addr;
+        if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0 && addr.sun_path[0])
+            l.path_ = addr.sun_path;
+        else
+            l.path_ = "(socket from systemd)";
+        return l;
+    }
+
+    l.path_ = options.path;
+    make_dirs(parent_dir(options.path));
+    check_socket_directory(parent_dir(options.path));
+    l.lock_fd_ = take_lock(options.path);
+    remove_stale_socket(options.path);
+    l.fd_ = bind_and_listen(options.path, options.mode);
+    l.created_file_ = true;
+    return l;
+}
+
+Listener::Listener(Listener&& other) noexcept
+    : fd_(other.fd_), lock_fd_(other.lock_fd_), activated_(other.activated_),
+      created_file_(other.created_file_), path_(std::move(other.path_)) {
+    other.fd_ = -1;
+    other.lock_fd_ = -1;
+    other.created_file_ = false;
+}
+
+Listener::~Listener() {
+    if (fd_ >= 0)
+        ::close(fd_);
+    remove_socket_file();
+    // The lock file stays: unlinking it while another daemon may be opening
+    // it would let two daemons lock two different files.
+    if (lock_fd_ >= 0)
+        ::close(lock_fd_);
+}
+
+int Listener::release_fd() {
+    int fd = fd_;
+    fd_ = -1;
+    return fd;
+}
+
+void Listener::remove_socket_file() {
+    if (created_file_) {
+        unlink(path_.c_str());
+        created_file_ = false;
+    }
+}
+
+} // namespace cbd
