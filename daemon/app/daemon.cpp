@@ -1,6 +1,8 @@
 // run_daemon: wires the listener, store, dispatcher and server to one
 // event-loop thread, and handles signals and systemd notifications.
 #include "daemon/app/daemon.hpp"
+#include "daemon/backends/persist/persistence.hpp"
+#include "daemon/core/log.hpp"
 
 #include "daemon/net/access.hpp"
 #include "daemon/core/clock.hpp"
@@ -8,6 +10,7 @@
 #include "daemon/dispatch/dispatcher.hpp"
 #include "daemon/dispatch/event_hub.hpp"
 #include "daemon/net/listener.hpp"
+#include "daemon/backends/memory/durable_backend.hpp"
 #include "daemon/backends/memory/memory_backend.hpp"
 #include "daemon/backends/memory/memory_store.hpp"
 #include "daemon/backends/redis/redis_backend.hpp"

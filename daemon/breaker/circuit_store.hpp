@@ -116,6 +116,10 @@ struct TransitionCondition {
     std::optional<std::uint64_t> expect_generation;
 };
 
+// Most keys one `list` page examines (see ListPage::next): every backend
+// cuts pages at the same place.
+inline constexpr std::size_t kMaxListScan = 100'000;
+
 // One page of `list`: circuits in key order.
 struct ListQuery {
     std::string prefix;         // only keys starting with this

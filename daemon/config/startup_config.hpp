@@ -3,8 +3,8 @@
 // `cbd --check-config`, so the check cannot accept what a start refuses.
 #pragma once
 
-#include "daemon/net/access.hpp"
-#include "daemon/app/daemon.hpp"
+#include "daemon/config/access_config.hpp"
+#include "daemon/config/daemon_config.hpp"
 #include "daemon/breaker/policy_set.hpp"
 
 #include <iosfwd>

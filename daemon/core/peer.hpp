@@ -1,4 +1,6 @@
-// Who is on the other end of a connection, from the socket's credentials.
+// Who is on the other end of a connection: a plain value that the store, the
+// dispatcher and the network all pass around (net/peer_credentials.hpp reads
+// it off a socket).
 #pragma once
 
 #include <sys/types.h>
@@ -10,9 +12,5 @@ struct Peer {
     gid_t gid = static_cast<gid_t>(-1);
     pid_t pid = 0;
 };
-
-// SO_PEERCRED of a connected Unix socket; unknown fields stay at their
-// defaults when the kernel does not say.
-Peer peer_of(int fd);
 
 } // namespace cbd

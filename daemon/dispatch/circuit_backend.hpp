@@ -5,9 +5,10 @@
 // dispatcher turns every outcome into a reply, an audit line and counters in
 // one place, so nothing about a reply depends on the backend.
 //
-//   MemoryBackend   (memory_backend.*)  the in-process CircuitStore
-//   DurableBackend  (memory_backend.*)  the same, answers held for the commit
-//   RedisBackend    (redis_backend.*)   Lua scripts in a shared Redis
+//   MemoryBackend   (backends/memory/memory_backend.*)   the in-process CircuitStore
+//   DurableBackend  (backends/memory/durable_backend.*)  the same, answers held
+//                                                        for the commit
+//   RedisBackend    (backends/redis/redis_backend.*)     Lua scripts in a shared Redis
 #pragma once
 
 #include "common/request.hpp"

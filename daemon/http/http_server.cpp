@@ -4,7 +4,7 @@
 
 #include "common/reply.hpp"
 #include "daemon/http/http_dashboard.hpp"
-#include "daemon/net/listener.hpp"
+#include "daemon/core/startup_error.hpp"
 #include "daemon/core/log.hpp"
 
 #include <array>

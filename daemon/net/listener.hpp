@@ -3,16 +3,12 @@
 // one path. No business rules here.
 #pragma once
 
-#include <stdexcept>
+#include "daemon/core/startup_error.hpp"
+
 #include <string>
 #include <sys/types.h>
 
 namespace cbd {
-
-// A reason cbd cannot start; main() prints it and exits non-zero.
-struct StartupError : std::runtime_error {
-    using std::runtime_error::runtime_error;
-};
 
 struct ListenerOptions {
     std::string path;   // socket path (ignored under socket activation)

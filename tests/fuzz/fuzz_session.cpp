@@ -26,6 +26,7 @@
 #include "daemon/dispatch/commit_gate.hpp"
 #include "daemon/dispatch/dispatcher.hpp"
 #include "daemon/core/log.hpp"
+#include "daemon/backends/memory/durable_backend.hpp"
 #include "daemon/backends/memory/memory_backend.hpp"
 #include "daemon/backends/memory/memory_store.hpp"
 #include "daemon/dispatch/reply_queue.hpp"

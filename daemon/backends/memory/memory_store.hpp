@@ -93,9 +93,6 @@ class MemoryCircuitStore final : public CircuitStore {
     // daemon never calls it: generations are never reused in one history.
     void start_over();
 
-    // Most keys one list page examines (see ListPage::next).
-    static constexpr std::size_t kMaxListScan = 100'000;
-
     // What the trip rules keep beyond the snapshot: the consecutive rule's
     // run of failures and the rate rule's window. Held only by circuits whose
     // policy uses one of those rules (and only while it holds something), so

@@ -24,25 +24,6 @@ std::int64_t epoch_ms() {
 
 } // namespace
 
-std::string_view sync_mode_name(SyncMode mode) {
-    switch (mode) {
-    case SyncMode::Always:
-        return "always";
-    case SyncMode::Batch:
-        return "batch";
-    case SyncMode::Off:
-        return "off";
-    }
-    return "batch";
-}
-
-std::optional<SyncMode> parse_sync_mode(std::string_view name) {
-    for (auto mode : {SyncMode::Always, SyncMode::Batch, SyncMode::Off})
-        if (sync_mode_name(mode) == name)
-            return mode;
-    return std::nullopt;
-}
-
 Persistence::Persistence(std::unique_ptr<StateFile> file, const PersistenceOptions& options,
                          CircuitStore& store, DaemonStats& stats)
     : file_(std::move(file)), options_(options), store_(store), stats_(stats.storage) {

@@ -23,6 +23,7 @@
 #include "daemon/breaker/circuit_store.hpp"
 #include "daemon/dispatch/commit_gate.hpp"
 #include "daemon/backends/persist/state_file.hpp"
+#include "daemon/config/daemon_config.hpp"
 #include "daemon/dispatch/stats.hpp"
 
 #include <boost/asio/io_context.hpp>
@@ -38,10 +39,6 @@
 #include <vector>
 
 namespace cbd {
-
-enum class SyncMode : std::uint8_t { Always, Batch, Off };
-std::string_view sync_mode_name(SyncMode mode);
-std::optional<SyncMode> parse_sync_mode(std::string_view name);
 
 struct PersistenceOptions {
     StateFileOptions file;

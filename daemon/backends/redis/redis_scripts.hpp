@@ -47,9 +47,6 @@ inline constexpr std::int64_t kRedisMaxInteger = kMaxSafeInteger;
 // blocks Redis while it runs, so a page is gathered by several calls, each
 // well under a millisecond, with other clients' commands between them.
 inline constexpr std::size_t kRedisScanPerCall = 64;
-// Most keys one `list` page examines in all (the memory store's bound, so
-// the two backends cut pages alike; redis_store.cpp checks they agree).
-inline constexpr std::size_t kRedisMaxListScan = 100'000;
 // Most circuits one sweep call settles.
 inline constexpr std::size_t kRedisSweepPerCall = 100;
 // Most bytes of a bad value quoted back in an error message.

@@ -2,7 +2,6 @@
 #include "daemon/backends/redis/redis_store.hpp"
 
 #include "daemon/core/log.hpp"
-#include "daemon/backends/memory/memory_store.hpp"
 #include "daemon/breaker/policy_digest.hpp"
 
 #include <algorithm>
@@ -12,9 +11,6 @@
 #include <nlohmann/json.hpp>
 
 namespace cbd {
-
-// Both backends cut `list` pages alike.
-static_assert(kRedisMaxListScan == MemoryCircuitStore::kMaxListScan);
 
 namespace {
 
@@ -496,7 +492,7 @@ void RedisStore::list_step(std::shared_ptr<ListJob> job) {
         return;
     }
     const std::size_t want = job->limit + 1 - job->page.circuits.size();
-    const std::size_t budget = std::min(kRedisScanPerCall, kRedisMaxListScan - job->examined);
+    const std::size_t budget = std::min(kRedisScanPerCall, kMaxListScan - job->examined);
     send(make_call(
              RedisScript::List, "", Policy{},
              {job->prefix, job->after, std::to_string(want), job->state, std::to_string(budget)}),
@@ -522,7 +518,7 @@ void RedisStore::list_step(std::shared_ptr<ListJob> job) {
              if (page.circuits.size() > job->limit) {
                  page.circuits.resize(job->limit); // the look-ahead match
                  page.next = page.circuits.back().key;
-             } else if (more && job->examined >= kRedisMaxListScan) {
+             } else if (more && job->examined >= kMaxListScan) {
                  page.next = page.circuits.size() == job->limit ? page.circuits.back().key : last;
              } else if (more && !last.empty() && last > job->after) {
                  job->after = last;
