@@ -2,8 +2,8 @@
 // P pipelined operations and prints throughput, latency percentiles and
 // errors, in the manner of redis-benchmark.
 #include "bench/load.hpp"
-#include "daemon/backends/redis/redis_scripts.hpp"
 #include "common/socket_path.hpp"
+#include "daemon/backends/redis/redis_scripts.hpp"
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
@@ -18,21 +18,28 @@ int main(int argc, char** argv) {
     std::string socket_flag, op_text = "get", target = "cbd", redis_socket;
     bool json = false, sequential = false;
     app.add_option("--socket", socket_flag, "Server socket (cbd's default rule; the floor's path)");
-    app.add_option("-c,--connections", o.connections, "Connections")->capture_default_str()
+    app.add_option("-c,--connections", o.connections, "Connections")
+        ->capture_default_str()
         ->check(CLI::Range(1, 100000));
     app.add_option("-P,--pipeline", o.pipeline, "Operations in flight per connection")
-        ->capture_default_str()->check(CLI::Range(1, 10000));
-    auto* dur = app.add_option("-d,--duration", o.seconds, "Seconds to run")->capture_default_str()
-        ->check(CLI::Range(0.1, 86400.0));
+        ->capture_default_str()
+        ->check(CLI::Range(1, 10000));
+    auto* dur = app.add_option("-d,--duration", o.seconds, "Seconds to run")
+                    ->capture_default_str()
+                    ->check(CLI::Range(0.1, 86400.0));
     app.add_option("-n,--requests", o.requests, "Operations to run (instead of a duration)")
         ->excludes(dur);
-    app.add_option("--keys", o.keys, "Distinct keys (api-0 ...)")->capture_default_str()
+    app.add_option("--keys", o.keys, "Distinct keys (api-0 ...)")
+        ->capture_default_str()
         ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 40));
     app.add_flag("--sequential-keys", sequential, "Touch the keys in order (to fill a store)");
     app.add_option("--op", op_text, "get|success|failure|acquire-report|mix:get=80,failure=20")
         ->capture_default_str();
-    app.add_option("--target", target, "cbd, redis, redis-incr (HINCRBY), redis-cbd (cbd's own Redis-backend scripts) or floor")
-        ->capture_default_str()->check(CLI::IsMember({"cbd", "redis", "redis-incr", "redis-cbd", "floor"}));
+    app.add_option(
+           "--target", target,
+           "cbd, redis, redis-incr (HINCRBY), redis-cbd (cbd's own Redis-backend scripts) or floor")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"cbd", "redis", "redis-incr", "redis-cbd", "floor"}));
     app.add_option("--redis-socket", redis_socket, "Redis's Unix socket (targets redis*)");
     app.add_flag("--json", json, "One JSON object instead of text");
     try {
@@ -84,14 +91,14 @@ int main(int argc, char** argv) {
         const double rate = r.seconds > 0 ? static_cast<double>(r.ops) / r.seconds : 0;
         const auto& h = r.latency;
         if (json) {
-            std::printf("{\"target\":\"%s\",\"op\":\"%s\",\"connections\":%d,\"pipeline\":%d,"
-                        "\"ops\":%llu,\"errors\":%llu,\"seconds\":%.3f,\"opsPerSec\":%.0f,"
-                        "\"p50Us\":%.1f,\"p90Us\":%.1f,\"p99Us\":%.1f,\"p999Us\":%.1f,\"maxUs\":%.1f}\n",
-                        target.c_str(), op_text.c_str(), o.connections, o.pipeline,
-                        static_cast<unsigned long long>(r.ops),
-                        static_cast<unsigned long long>(r.errors), r.seconds, rate,
-                        h.percentile(0.5), h.percentile(0.9), h.percentile(0.99),
-                        h.percentile(0.999), h.max());
+            std::printf(
+                "{\"target\":\"%s\",\"op\":\"%s\",\"connections\":%d,\"pipeline\":%d,"
+                "\"ops\":%llu,\"errors\":%llu,\"seconds\":%.3f,\"opsPerSec\":%.0f,"
+                "\"p50Us\":%.1f,\"p90Us\":%.1f,\"p99Us\":%.1f,\"p999Us\":%.1f,\"maxUs\":%.1f}\n",
+                target.c_str(), op_text.c_str(), o.connections, o.pipeline,
+                static_cast<unsigned long long>(r.ops), static_cast<unsigned long long>(r.errors),
+                r.seconds, rate, h.percentile(0.5), h.percentile(0.9), h.percentile(0.99),
+                h.percentile(0.999), h.max());
         } else {
             std::printf("%s %s: %d connections, pipeline %d\n", target.c_str(), op_text.c_str(),
                         o.connections, o.pipeline);

@@ -27,7 +27,8 @@ class Histogram {
     double percentile(double fraction) const {
         if (total_ == 0)
             return 0;
-        const auto target = static_cast<std::uint64_t>(std::ceil(fraction * static_cast<double>(total_)));
+        const auto target =
+            static_cast<std::uint64_t>(std::ceil(fraction * static_cast<double>(total_)));
         std::uint64_t seen = 0;
         for (std::size_t i = 0; i < counts_.size(); ++i) {
             seen += counts_[i];
@@ -41,7 +42,7 @@ class Histogram {
     std::uint64_t count() const { return total_; }
 
   private:
-    static constexpr double kLogStep = 0.01; // ~1% per bucket
+    static constexpr double kLogStep = 0.01;   // ~1% per bucket
     std::array<std::uint64_t, 2000> counts_{}; // e^(2000*0.01) µs ≈ 8 minutes
     std::uint64_t total_ = 0;
     double max_ = 0;

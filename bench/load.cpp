@@ -111,8 +111,8 @@ LoadResult run_load(const LoadOptions& o, Protocol& protocol) {
     auto flush = [&](std::size_t index) {
         Conn& c = conns[index];
         while (c.out_sent < c.out.size()) {
-            ssize_t n = send(c.fd, c.out.data() + c.out_sent, c.out.size() - c.out_sent,
-                             MSG_NOSIGNAL);
+            ssize_t n =
+                send(c.fd, c.out.data() + c.out_sent, c.out.size() - c.out_sent, MSG_NOSIGNAL);
             if (n < 0) {
                 if (errno == EAGAIN)
                     break;

@@ -16,9 +16,9 @@ struct LoadOptions {
     std::string socket;
     int connections = 50;
     int pipeline = 1;
-    double seconds = 5;          // used when requests == 0
-    std::uint64_t requests = 0;  // stop after this many operations (0: run for `seconds`)
-    std::uint64_t keys = 1000;   // keys api-0 ... api-(keys-1)
+    double seconds = 5;           // used when requests == 0
+    std::uint64_t requests = 0;   // stop after this many operations (0: run for `seconds`)
+    std::uint64_t keys = 1000;    // keys api-0 ... api-(keys-1)
     bool sequential_keys = false; // each key in turn (to fill a store), not at random
     std::vector<MixEntry> mix{{OpKind::Get, 100}};
 };

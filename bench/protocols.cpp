@@ -48,7 +48,9 @@ void append_command(std::string& out, std::initializer_list<std::string_view> ar
 
 } // namespace
 
-std::string key_name(std::uint64_t key) { return "api-" + std::to_string(key); }
+std::string key_name(std::uint64_t key) {
+    return "api-" + std::to_string(key);
+}
 
 std::optional<std::vector<MixEntry>> parse_op_mix(std::string_view text, std::string& error) {
     auto single = [](std::string_view name) -> std::optional<OpKind> {
@@ -174,17 +176,21 @@ bool RedisProtocol::follow_up(OpKind, std::uint64_t, std::string_view, std::stri
     return false;
 }
 
-std::size_t RedisProtocol::reply_length(std::string_view data) { return resp_value_length(data); }
+std::size_t RedisProtocol::reply_length(std::string_view data) {
+    return resp_value_length(data);
+}
 
-bool RedisProtocol::is_error(std::string_view reply) { return !reply.empty() && reply[0] == '-'; }
+bool RedisProtocol::is_error(std::string_view reply) {
+    return !reply.empty() && reply[0] == '-';
+}
 
 void RedisIncrProtocol::first_request(OpKind op, std::uint64_t key, std::string& out) {
     const std::string k = key_name(key);
     if (op == OpKind::Get)
         append_command(out, {"HGETALL", k});
     else
-        append_command(out, {"HINCRBY", k, op == OpKind::Success ? "successCount" : "failureCount",
-                             "1"});
+        append_command(
+            out, {"HINCRBY", k, op == OpKind::Success ? "successCount" : "failureCount", "1"});
 }
 
 std::size_t RedisIncrProtocol::reply_length(std::string_view data) {
@@ -277,12 +283,13 @@ RedisCbdScriptProtocol::RedisCbdScriptProtocol(std::string get_sha, std::string 
 void RedisCbdScriptProtocol::first_request(OpKind op, std::uint64_t key, std::string& out) {
     const std::string k = key_name(key);
     const auto keys = cbd::redis_script_keys("cbd:", k);
-    const std::string& sha =
-        op == OpKind::Get ? get_sha_ : op == OpKind::Success ? success_sha_ : failure_sha_;
+    const std::string& sha = op == OpKind::Get       ? get_sha_
+                             : op == OpKind::Success ? success_sha_
+                                                     : failure_sha_;
     // The default policy, as cbd passes it.
-    append_command(out, {"EVALSHA", sha, "6", keys[0], keys[1], keys[2], keys[3], keys[4], keys[5],
-                         k, "5", "30000", "1", "1", "30000",
-                         std::to_string(cbd::kDefaultMaxCircuits), ""});
+    append_command(out,
+                   {"EVALSHA", sha, "6", keys[0], keys[1], keys[2], keys[3], keys[4], keys[5], k,
+                    "5", "30000", "1", "1", "30000", std::to_string(cbd::kDefaultMaxCircuits), ""});
 }
 
 std::size_t RedisCbdScriptProtocol::reply_length(std::string_view data) {

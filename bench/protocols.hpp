@@ -30,7 +30,8 @@ class Protocol {
     virtual void first_request(OpKind op, std::uint64_t key, std::string& out) = 0;
     // For a two-step operation (acquire, then report): the follow-up request
     // built from the first reply; false when the operation is complete.
-    virtual bool follow_up(OpKind op, std::uint64_t key, std::string_view reply, std::string& out) = 0;
+    virtual bool follow_up(OpKind op, std::uint64_t key, std::string_view reply,
+                           std::string& out) = 0;
     // Bytes of the first complete reply in `data`; 0 when it is incomplete.
     virtual std::size_t reply_length(std::string_view data) = 0;
     virtual bool is_error(std::string_view reply) = 0;

@@ -152,8 +152,8 @@ int run_pipe(const GlobalOptions& options, int input_fd, const PipeHooks& hooks)
     std::string request;
     try {
         auto conn = Connection::open(options.socket_path, Clock::now() + options.timeout);
-        std::string pending;      // complete request lines not yet written
-        std::string partial;      // an unfinished line from stdin
+        std::string pending; // complete request lines not yet written
+        std::string partial; // an unfinished line from stdin
         bool input_open = true;
         bool send_closed = false;
         std::string line;
@@ -197,8 +197,7 @@ int run_pipe(const GlobalOptions& options, int input_fd, const PipeHooks& hooks)
                         ++input_line;
                         if (hooks.rewrite) {
                             if (auto error = hooks.rewrite(input_line, l, request)) {
-                                std::cerr << "cbctl: line " << input_line << ": " << *error
-                                          << "\n";
+                                std::cerr << "cbctl: line " << input_line << ": " << *error << "\n";
                                 any_error = true;
                                 start = nl + 1;
                                 continue;
@@ -234,10 +233,9 @@ int run_pipe(const GlobalOptions& options, int input_fd, const PipeHooks& hooks)
                         any_error = true;
                 }
                 if (!open)
-                    throw ConnectionError("cbd at " + options.socket_path +
-                                          " closed the connection after " +
-                                          std::to_string(replies) + " of " +
-                                          std::to_string(sent_lines) + " replies");
+                    throw ConnectionError(
+                        "cbd at " + options.socket_path + " closed the connection after " +
+                        std::to_string(replies) + " of " + std::to_string(sent_lines) + " replies");
             }
         }
     } catch (const ConnectionError& e) {

@@ -139,6 +139,8 @@ std::string Connection::read_line(Clock::time_point deadline) {
     return line;
 }
 
-void Connection::shutdown_send() { ::shutdown(fd_, SHUT_WR); }
+void Connection::shutdown_send() {
+    ::shutdown(fd_, SHUT_WR);
+}
 
 } // namespace cbctl

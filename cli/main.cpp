@@ -2,11 +2,11 @@
 // run_command.hpp). Every subcommand only builds a request; the daemon
 // validates it.
 #include "cli/commands.hpp"
-#include "common/duration.hpp"
 #include "cli/exit_codes.hpp"
 #include "cli/observe_commands.hpp"
 #include "cli/run_command.hpp"
 #include "cli/state_commands.hpp"
+#include "common/duration.hpp"
 #include "common/policy.hpp"
 #include "common/protocol.hpp"
 #include "common/socket_path.hpp"
@@ -60,10 +60,9 @@ struct WholeNumberRange : public CLI::Validator {
             const bool digits_only =
                 !text.empty() && text.find_first_not_of("0123456789") == std::string::npos;
             const auto [stop, error] = std::from_chars(text.data(), end, value);
-            if (!digits_only || error != std::errc{} || stop != end || value < min ||
-                value > max)
-                return "'" + text + "' is not a whole number from " + std::to_string(min) +
-                       " to " + std::to_string(max);
+            if (!digits_only || error != std::errc{} || stop != end || value < min || value > max)
+                return "'" + text + "' is not a whole number from " + std::to_string(min) + " to " +
+                       std::to_string(max);
             text = std::to_string(value);
             return {};
         };
@@ -91,12 +90,12 @@ int main(int argc, char** argv) {
         ->capture_default_str()
         ->transform(WholeNumberRange(1, 3'600'000));
 
-    const std::vector<std::string> snapshot_fields = {
-        "state", "failureCount", "successCount", "lastFailureTime", "lastStateChange",
-        "generation"};
+    const std::vector<std::string> snapshot_fields = {"state",           "failureCount",
+                                                      "successCount",    "lastFailureTime",
+                                                      "lastStateChange", "generation"};
     const std::vector<std::string> acquire_fields = {
-        "allowed", "permit", "retryAfterMs", "generation", "state", "failureCount",
-        "successCount", "lastFailureTime", "lastStateChange"};
+        "allowed",      "permit",       "retryAfterMs",    "generation",     "state",
+        "failureCount", "successCount", "lastFailureTime", "lastStateChange"};
 
     // The command that runs once parsing succeeded.
     std::function<int(const GlobalOptions&)> command;
@@ -123,13 +122,15 @@ int main(int argc, char** argv) {
 
     // --- the store: get, success, failure, transition, reset ---------------
     for (const std::string op : {"get", "success", "failure"}) {
-        auto* sub = add_key_command(
-            op, op == "get"       ? "Print a circuit's snapshot (created if unknown)"
-                : op == "success" ? "Record a success; print the new snapshot"
-                                  : "Record a failure; print the new snapshot");
+        auto* sub =
+            add_key_command(op, op == "get" ? "Print a circuit's snapshot (created if unknown)"
+                                : op == "success" ? "Record a success; print the new snapshot"
+                                                  : "Record a failure; print the new snapshot");
         add_field_option(sub, snapshot_fields);
         sub->callback([&, op] {
-            single([&, op] { return SingleRequest{key_request(op, key), Output::Snapshot, field}; });
+            single([&, op] {
+                return SingleRequest{key_request(op, key), Output::Snapshot, field};
+            });
         });
     }
 
@@ -169,9 +170,8 @@ int main(int argc, char** argv) {
     auto* pipe = app.add_subcommand(
         "pipe", "Send NDJSON requests from stdin, pipelined; print every reply line. "
                 "Exits 1 if any reply was an error");
-    pipe->callback([&] {
-        command = [](const GlobalOptions& g) { return run_pipe(g, STDIN_FILENO); };
-    });
+    pipe->callback(
+        [&] { command = [](const GlobalOptions& g) { return run_pipe(g, STDIN_FILENO); }; });
 
     // --- the breaker ----------------------------------------------------------
     auto* acquire = add_key_command(
@@ -242,15 +242,14 @@ int main(int argc, char** argv) {
     for (std::size_t i = 0; i < cbd::kPolicyFieldCount; ++i) {
         const auto policy_field = static_cast<cbd::PolicyField>(i);
         // The protocol's range (or names) for each field, checked here too.
-        policy_opts[i] = configure
-                             ->add_option(cbd::policy_flag_name(policy_field), policy_values[i],
-                                          std::string(cbd::kPolicyFieldHelp[i]))
-                             ->check([policy_field](const std::string& v) {
-                                 std::string error;
-                                 return cbd::parse_policy_text(policy_field, v, error)
-                                            ? std::string()
-                                            : error;
-                             });
+        policy_opts[i] =
+            configure
+                ->add_option(cbd::policy_flag_name(policy_field), policy_values[i],
+                             std::string(cbd::kPolicyFieldHelp[i]))
+                ->check([policy_field](const std::string& v) {
+                    std::string error;
+                    return cbd::parse_policy_text(policy_field, v, error) ? std::string() : error;
+                });
     }
     configure
         ->add_option("--unset", unset_fields, "Drop this field from the key's policy (repeatable)")
@@ -271,16 +270,17 @@ int main(int argc, char** argv) {
                         std::string error;
                         const auto policy_field = static_cast<cbd::PolicyField>(i);
                         add(cbd::kPolicyFieldNames[i],
-                            cbd::policy_value_json(policy_field,
-                                                   *cbd::parse_policy_text(
-                                                       policy_field, policy_values[i], error)));
+                            cbd::policy_value_json(
+                                policy_field,
+                                *cbd::parse_policy_text(policy_field, policy_values[i], error)));
                     }
                 for (const auto& name : unset_fields)
                     add(name, "null");
                 policy += "}";
             }
-            return SingleRequest{with_fields(key_request("configure", key), ",\"policy\":" + policy),
-                                 Output::Reply, ""};
+            return SingleRequest{
+                with_fields(key_request("configure", key), ",\"policy\":" + policy), Output::Reply,
+                ""};
         });
     });
 
@@ -291,7 +291,8 @@ int main(int argc, char** argv) {
 
     // --- observing --------------------------------------------------------------
     WatchOptions watch_options;
-    auto* watch = app.add_subcommand("watch", "Print state changes as they happen, until interrupted");
+    auto* watch =
+        app.add_subcommand("watch", "Print state changes as they happen, until interrupted");
     watch->add_option("KEY", watch_options.key, "Only this circuit");
     auto* watch_prefix =
         watch->add_option("--prefix", watch_options.prefix, "Only circuits whose key starts so");
@@ -316,24 +317,22 @@ int main(int argc, char** argv) {
     list->add_flag("--keys", list_options.keys,
                    "Only the keys, one a line (shell completion uses this)")
         ->excludes(list_json);
-    list->callback([&] {
-        command = [&](const GlobalOptions& g) { return run_list(g, list_options); };
-    });
+    list->callback(
+        [&] { command = [&](const GlobalOptions& g) { return run_list(g, list_options); }; });
 
     bool stats_json = false;
-    auto* stats = app.add_subcommand("stats", "Daemon counters: readable on a terminal, JSON otherwise");
+    auto* stats =
+        app.add_subcommand("stats", "Daemon counters: readable on a terminal, JSON otherwise");
     stats->add_flag("--json", stats_json, "JSON even on a terminal");
-    stats->callback([&] {
-        command = [&](const GlobalOptions& g) { return run_stats(g, stats_json); };
-    });
+    stats->callback(
+        [&] { command = [&](const GlobalOptions& g) { return run_stats(g, stats_json); }; });
 
     bool per_circuit = false;
     auto* metrics = app.add_subcommand("metrics", "Prometheus text exposition of the counters");
     metrics->add_flag("--per-circuit", per_circuit,
                       "Add a state gauge per circuit (the first 10,000 keys)");
-    metrics->callback([&] {
-        command = [&](const GlobalOptions& g) { return run_metrics(g, per_circuit); };
-    });
+    metrics->callback(
+        [&] { command = [&](const GlobalOptions& g) { return run_metrics(g, per_circuit); }; });
 
     // --- moving state -----------------------------------------------------------
     std::string export_prefix;
@@ -341,15 +340,13 @@ int main(int argc, char** argv) {
         "export", "Write every circuit (snapshot, generation, pin, policy override) as JSON "
                   "lines, for backups and for `import` elsewhere");
     export_cmd->add_option("--prefix", export_prefix, "Only keys starting so");
-    export_cmd->callback([&] {
-        command = [&](const GlobalOptions& g) { return run_export(g, export_prefix); };
-    });
+    export_cmd->callback(
+        [&] { command = [&](const GlobalOptions& g) { return run_export(g, export_prefix); }; });
     auto* import_cmd = app.add_subcommand(
         "import", "Read `cbctl export` lines from stdin and make each key hold exactly that "
                   "(admin). Exits 1 if any line failed; errors name the line");
-    import_cmd->callback([&] {
-        command = [](const GlobalOptions& g) { return run_import(g, STDIN_FILENO); };
-    });
+    import_cmd->callback(
+        [&] { command = [](const GlobalOptions& g) { return run_import(g, STDIN_FILENO); }; });
 
     // --- run ------------------------------------------------------------------
     auto* run = app.add_subcommand("run", "Run CMD through the circuit: denied calls exit 75 "

@@ -56,8 +56,8 @@ void print_table(const std::vector<std::vector<std::string>>& rows) {
 
 // Sends one request on `conn` and returns the reply, or prints the error and
 // returns nullopt with `exit_code` set.
-std::optional<nlohmann::ordered_json> ask(Connection& conn, const GlobalOptions& g, const std::string& line,
-                        int& exit_code) {
+std::optional<nlohmann::ordered_json> ask(Connection& conn, const GlobalOptions& g,
+                                          const std::string& line, int& exit_code) {
     const auto deadline = Clock::now() + g.timeout;
     conn.send_all(line, deadline);
     Json reply = Json::parse(conn.read_line(deadline), nullptr, false);
@@ -77,7 +77,8 @@ std::optional<nlohmann::ordered_json> ask(Connection& conn, const GlobalOptions&
 
 // One request on a connection of its own: the reply, or nullopt with the
 // error printed and `exit_code` set.
-std::optional<nlohmann::ordered_json> ask_once(const GlobalOptions& g, const std::string& line, int& exit_code) {
+std::optional<nlohmann::ordered_json> ask_once(const GlobalOptions& g, const std::string& line,
+                                               int& exit_code) {
     try {
         auto conn = Connection::open(g.socket_path, Clock::now() + g.timeout);
         return ask(conn, g, line, exit_code);
@@ -87,7 +88,6 @@ std::optional<nlohmann::ordered_json> ask_once(const GlobalOptions& g, const std
         return std::nullopt;
     }
 }
-
 
 std::string human_time(std::int64_t epoch_ms) {
     if (epoch_ms <= 0)
@@ -135,8 +135,7 @@ int run_watch(const GlobalOptions& g, const WatchOptions& o) {
                     change = "pin lifted, " + event.value("to", "");
                 std::cout << human_time(event.value("at", std::int64_t{0})) << "  "
                           << event.value("key", "") << "  " << change << "  (" << cause
-                          << ", failures " << event["snapshot"].value("failureCount", 0)
-                          << ")\n";
+                          << ", failures " << event["snapshot"].value("failureCount", 0) << ")\n";
             } else if (event.value("event", "") == "reset") {
                 std::cout << human_time(event.value("at", std::int64_t{0})) << "  "
                           << event.value("key", "") << "  removed (reset)\n";
@@ -155,8 +154,8 @@ int run_list(const GlobalOptions& g, const ListOptions& o) {
     const bool table = !o.json && !o.keys && isatty(STDOUT_FILENO);
     std::vector<std::vector<std::string>> rows;
     if (table)
-        rows.push_back({"KEY", "STATE", "FAILURES", "SUCCESSES", "LAST FAILURE", "LAST CHANGE",
-                        "FORCED"});
+        rows.push_back(
+            {"KEY", "STATE", "FAILURES", "SUCCESSES", "LAST FAILURE", "LAST CHANGE", "FORCED"});
     int exit_code = kExitOk;
     try {
         auto conn = Connection::open(g.socket_path, Clock::now() + g.timeout);
@@ -233,9 +232,8 @@ int run_stats(const GlobalOptions& g, bool json) {
     if (r.contains("backend") && r["backend"].is_object()) {
         const auto& b = r["backend"];
         std::cout << "backend:     " << b.value("kind", "") << " at " << b.value("address", "")
-                  << (b.value("up", false) ? ", up" : ", DOWN") << "; "
-                  << b.value("unavailable", 0) << " operations unavailable, "
-                  << b.value("disconnects", 0) << " disconnects";
+                  << (b.value("up", false) ? ", up" : ", DOWN") << "; " << b.value("unavailable", 0)
+                  << " operations unavailable, " << b.value("disconnects", 0) << " disconnects";
         if (b["lastError"].is_string())
             std::cout << "; last error: " << b["lastError"].get<std::string>();
         std::cout << "\n";
@@ -244,8 +242,7 @@ int run_stats(const GlobalOptions& g, bool json) {
         const auto& st = r["storage"];
         std::cout << "storage:     " << st.value("path", "") << " (sync " << st.value("mode", "")
                   << ")" << (st.value("healthy", true) ? ", healthy" : ", FAILING") << "; "
-                  << st.value("commits", 0) << " commits, " << st.value("failures", 0)
-                  << " failed";
+                  << st.value("commits", 0) << " commits, " << st.value("failures", 0) << " failed";
         if (st["lastError"].is_string())
             std::cout << "; last error: " << st["lastError"].get<std::string>();
         std::cout << "\n";
@@ -265,10 +262,9 @@ int run_stats(const GlobalOptions& g, bool json) {
 
 int run_metrics(const GlobalOptions& g, bool per_circuit) {
     int exit_code = kExitOk;
-    auto reply = ask_once(g,
-                          per_circuit ? "{\"op\":\"metrics\",\"perCircuit\":true}\n"
-                                      : "{\"op\":\"metrics\"}\n",
-                          exit_code);
+    auto reply = ask_once(
+        g, per_circuit ? "{\"op\":\"metrics\",\"perCircuit\":true}\n" : "{\"op\":\"metrics\"}\n",
+        exit_code);
     if (!reply)
         return exit_code;
     std::cout << (*reply)["text"].get<std::string>();

@@ -158,9 +158,9 @@ ChildResult run_child(const RunOptions& options) {
                 kill(-pid, SIGCONT);
             } else if (got == pid && !WIFSTOPPED(status)) {
                 result.wait_status = status;
-                result.duration_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                                         Clock::now() - start)
-                                         .count();
+                result.duration_ms =
+                    std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start)
+                        .count();
                 reaped = true;
             }
         }
@@ -253,7 +253,8 @@ int run_guarded(const GlobalOptions& global, const RunOptions& options) {
     Json acquired;
     bool reachable = true;
     try {
-        acquired = request_reply(global, "{\"op\":\"acquire\",\"key\":" + json_string(options.key) + "}\n");
+        acquired = request_reply(global,
+                                 "{\"op\":\"acquire\",\"key\":" + json_string(options.key) + "}\n");
     } catch (const ConnectionError& e) {
         reachable = false;
         if (options.fail_closed) {
@@ -300,10 +301,10 @@ int run_guarded(const GlobalOptions& global, const RunOptions& options) {
         std::cerr << "cbctl: '" << cmd << "' timed out after "
                   << seconds_text(options.timeout->count()) << "\n";
     const int status = exit_status_of(child);
-    const bool success = !child.timed_out && child.exec_errno == 0 &&
-                         WIFEXITED(child.wait_status) &&
-                         std::find(options.success_codes.begin(), options.success_codes.end(),
-                                   status) != options.success_codes.end();
+    const bool success =
+        !child.timed_out && child.exec_errno == 0 && WIFEXITED(child.wait_status) &&
+        std::find(options.success_codes.begin(), options.success_codes.end(), status) !=
+            options.success_codes.end();
 
     if (reachable) {
         // A report says how long CMD ran (slow-call accounting) and, when
@@ -312,8 +313,9 @@ int run_guarded(const GlobalOptions& global, const RunOptions& options) {
         std::string line = "{\"op\":\"report\",\"key\":" + json_string(options.key) +
                            ",\"outcome\":\"" + outcome + "\"";
         if (child.exec_errno == 0)
-            line += ",\"durationMs\":" +
-                    std::to_string(std::clamp<std::int64_t>(child.duration_ms, 0, cbd::kMaxDurationMs));
+            line +=
+                ",\"durationMs\":" +
+                std::to_string(std::clamp<std::int64_t>(child.duration_ms, 0, cbd::kMaxDurationMs));
         if (acquired.contains("generation"))
             line += ",\"generation\":" + acquired["generation"].dump();
         if (acquired.contains("permit"))

@@ -24,8 +24,9 @@ int run_export(const GlobalOptions& g, const std::string& prefix) {
                 request["prefix"] = prefix;
             if (!after.empty())
                 request["after"] = after;
-            auto reply = ask(conn, g, request.dump(-1, ' ', false, Json::error_handler_t::replace) + "\n",
-                             exit_code);
+            auto reply =
+                ask(conn, g, request.dump(-1, ' ', false, Json::error_handler_t::replace) + "\n",
+                    exit_code);
             if (!reply)
                 return exit_code;
             for (const auto& c : (*reply)["circuits"]) {
@@ -74,9 +75,9 @@ int run_import(const GlobalOptions& g, int input_fd) {
         ++failed;
         const Json error = reply.is_object() && reply.contains("error") ? reply["error"] : Json();
         std::cerr << "cbctl: line " << n << ": "
-                  << (error.is_object() ? error.value("code", "error") + ": " +
-                                              error.value("message", "")
-                                        : "unreadable reply: " + line)
+                  << (error.is_object()
+                          ? error.value("code", "error") + ": " + error.value("message", "")
+                          : "unreadable reply: " + line)
                   << "\n";
         return false;
     };

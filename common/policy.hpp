@@ -72,7 +72,7 @@ struct PolicyFieldSpec {
     std::string_view name;
     std::int64_t min;
     std::int64_t max;
-    std::int64_t fallback; // the built-in default
+    std::int64_t fallback;                   // the built-in default
     std::span<const std::string_view> names; // empty: an integer field
 };
 
@@ -133,7 +133,9 @@ struct Policy {
     std::int64_t minimum_calls() const { return get(PolicyField::MinimumCalls); }
     std::int64_t failure_rate_threshold() const { return get(PolicyField::FailureRateThreshold); }
     std::int64_t slow_call_duration_ms() const { return get(PolicyField::SlowCallDurationMs); }
-    std::int64_t slow_call_rate_threshold() const { return get(PolicyField::SlowCallRateThreshold); }
+    std::int64_t slow_call_rate_threshold() const {
+        return get(PolicyField::SlowCallRateThreshold);
+    }
     std::int64_t reset_timeout_max_ms() const { return get(PolicyField::ResetTimeoutMaxMs); }
     BreakerMode mode() const { return static_cast<BreakerMode>(get(PolicyField::Mode)); }
 

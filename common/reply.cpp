@@ -17,12 +17,16 @@ template <typename Int> void append_integer(std::string& out, Int value) {
 
 } // namespace
 
-void append_int(std::string& out, std::int64_t value) { append_integer(out, value); }
-void append_uint(std::string& out, std::uint64_t value) { append_integer(out, value); }
+void append_int(std::string& out, std::int64_t value) {
+    append_integer(out, value);
+}
+void append_uint(std::string& out, std::uint64_t value) {
+    append_integer(out, value);
+}
 
 void append_json_string(std::string& out, std::string_view text) {
-    out += nlohmann::json(std::string(text)).dump(-1, ' ', false,
-                                                  nlohmann::json::error_handler_t::replace);
+    out += nlohmann::json(std::string(text))
+               .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 void append_snapshot_json(std::string& out, const Snapshot& s) {
@@ -101,7 +105,9 @@ ReplyWriter& ReplyWriter::error(ErrorCode code, std::string_view message) {
     return *this;
 }
 
-void ReplyWriter::finish() { out_ += "}\n"; }
+void ReplyWriter::finish() {
+    out_ += "}\n";
+}
 
 void append_snapshot_reply(std::string& out, std::string_view id_json, const Snapshot& snapshot) {
     ReplyWriter(out, id_json, true).snapshot(snapshot).finish();

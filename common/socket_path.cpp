@@ -21,8 +21,8 @@ std::string resolve_socket_path(std::string_view flag) {
         const char* value = std::getenv(name);
         return std::string(value ? value : "");
     };
-    return resolve_socket_path(SocketPathInputs{
-        std::string(flag), env("CBD_SOCKET"), env("XDG_RUNTIME_DIR"), geteuid() == 0});
+    return resolve_socket_path(SocketPathInputs{std::string(flag), env("CBD_SOCKET"),
+                                                env("XDG_RUNTIME_DIR"), geteuid() == 0});
 }
 
 } // namespace cbd

@@ -4,20 +4,20 @@
 #include "daemon/backends/persist/persistence.hpp"
 #include "daemon/core/log.hpp"
 
-#include "daemon/net/access.hpp"
-#include "daemon/core/clock.hpp"
-#include "daemon/config/config_file.hpp"
-#include "daemon/dispatch/dispatcher.hpp"
-#include "daemon/dispatch/event_hub.hpp"
-#include "daemon/net/listener.hpp"
+#include "daemon/app/service_manager.hpp"
 #include "daemon/backends/memory/durable_backend.hpp"
 #include "daemon/backends/memory/memory_backend.hpp"
 #include "daemon/backends/memory/memory_store.hpp"
 #include "daemon/backends/redis/redis_backend.hpp"
-#include "daemon/http/http_server.hpp"
-#include "daemon/net/server.hpp"
-#include "daemon/app/service_manager.hpp"
+#include "daemon/config/config_file.hpp"
 #include "daemon/config/startup_config.hpp"
+#include "daemon/core/clock.hpp"
+#include "daemon/dispatch/dispatcher.hpp"
+#include "daemon/dispatch/event_hub.hpp"
+#include "daemon/http/http_server.hpp"
+#include "daemon/net/access.hpp"
+#include "daemon/net/listener.hpp"
+#include "daemon/net/server.hpp"
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
@@ -61,12 +61,13 @@ std::string describe(const AccessConfig& a) {
 void run_every(asio::steady_timer& timer, std::chrono::steady_clock::duration interval,
                std::function<void()> task) {
     timer.expires_after(interval);
-    timer.async_wait([&timer, interval, task = std::move(task)](const boost::system::error_code& ec) {
-        if (ec)
-            return;
-        task();
-        run_every(timer, interval, task);
-    });
+    timer.async_wait(
+        [&timer, interval, task = std::move(task)](const boost::system::error_code& ec) {
+            if (ec)
+                return;
+            task();
+            run_every(timer, interval, task);
+        });
 }
 
 // Each connection is a descriptor: raise the soft limit to the hard one (as
@@ -95,16 +96,16 @@ void raise_descriptor_limit(std::size_t max_connections, std::size_t http_descri
 // unreadable file is moved aside and the daemon starts empty (with a fresh
 // store: a load that failed half-way may have filled the old one). Throws
 // StateFileError.
-std::unique_ptr<Persistence> open_state(const DaemonConfig& config,
-                                        std::unique_ptr<MemoryCircuitStore>& store,
-                                        const std::function<std::unique_ptr<MemoryCircuitStore>()>& fresh_store,
-                                        DaemonStats& stats) {
-    const PersistenceOptions options{{config.state_file, config.storage_fault_file},
-                                     config.sync_mode, config.sync_interval};
+std::unique_ptr<Persistence>
+open_state(const DaemonConfig& config, std::unique_ptr<MemoryCircuitStore>& store,
+           const std::function<std::unique_ptr<MemoryCircuitStore>()>& fresh_store,
+           DaemonStats& stats) {
+    const PersistenceOptions options{
+        {config.state_file, config.storage_fault_file}, config.sync_mode, config.sync_interval};
     for (bool moved = false;; moved = true) {
         try {
-            auto persistence =
-                std::make_unique<Persistence>(StateFile::open(options.file), options, *store, stats);
+            auto persistence = std::make_unique<Persistence>(StateFile::open(options.file), options,
+                                                             *store, stats);
             persistence->load();
             return persistence;
         } catch (const StateFileError& e) {
@@ -217,13 +218,13 @@ int run_daemon(const DaemonConfig& config) {
 
     Dispatcher dispatcher(*backend, stats);
     SessionSet sessions(stats); // outlives io, see SessionSet
-    Server server(io, listener->release_fd(),
-                  SessionShared{dispatcher, sessions, events, stats, access,
-                                config.max_line_bytes, config.watch_queue,
-                                ConnectionLimits{config.max_connections,
-                                                 config.max_connections_per_uid,
-                                                 config.reserved_connections, geteuid()},
-                                config.idle_timeout, config.request_timeout});
+    Server server(
+        io, listener->release_fd(),
+        SessionShared{dispatcher, sessions, events, stats, access, config.max_line_bytes,
+                      config.watch_queue,
+                      ConnectionLimits{config.max_connections, config.max_connections_per_uid,
+                                       config.reserved_connections, geteuid()},
+                      config.idle_timeout, config.request_timeout});
 
     std::optional<HttpServer> http;
     if (!config.http_listen.empty()) {

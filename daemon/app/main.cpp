@@ -2,19 +2,18 @@
 #include "common/duration.hpp"
 #include "common/protocol.hpp"
 #include "common/socket_path.hpp"
-#include "daemon/net/connection_limits.hpp"
 #include "daemon/app/daemon.hpp"
-#include "daemon/http/http_request.hpp"
-#include "daemon/net/listener.hpp"
-#include "daemon/core/log.hpp"
 #include "daemon/backends/persist/persistence.hpp"
 #include "daemon/backends/redis/redis_connection.hpp"
 #include "daemon/backends/redis/redis_sentinel.hpp"
 #include "daemon/config/startup_config.hpp"
+#include "daemon/core/log.hpp"
+#include "daemon/http/http_request.hpp"
+#include "daemon/net/connection_limits.hpp"
+#include "daemon/net/listener.hpp"
 
 #include <CLI/CLI.hpp>
 #include <array>
-#include <optional>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -118,8 +117,7 @@ int main(int argc, char** argv) {
 
     // A duration (300s, 5m) or 0 for "never".
     const auto duration_or_off = [](const std::string& v) {
-        return v == "0" || cbd::parse_duration(v) ? std::string()
-                                                   : "'" + v + "' is not a duration";
+        return v == "0" || cbd::parse_duration(v) ? std::string() : "'" + v + "' is not a duration";
     };
 
     app.add_option("--socket", socket_flag,

@@ -11,9 +11,13 @@ void notify_ready(std::string_view status) {
     sd_notify(0, message.c_str());
 }
 
-void notify_stopping() { sd_notify(0, "STOPPING=1\nSTATUS=Shutting down"); }
+void notify_stopping() {
+    sd_notify(0, "STOPPING=1\nSTATUS=Shutting down");
+}
 
-void notify_watchdog() { sd_notify(0, "WATCHDOG=1"); }
+void notify_watchdog() {
+    sd_notify(0, "WATCHDOG=1");
+}
 
 std::optional<std::chrono::microseconds> watchdog_ping_interval() {
     uint64_t usec = 0;

@@ -7,8 +7,8 @@
 
 #include "common/policy.hpp"
 #include "common/protocol.hpp"
-#include "daemon/core/peer.hpp"
 #include "daemon/breaker/policy_set.hpp"
+#include "daemon/core/peer.hpp"
 
 #include <cstddef>
 #include <cstdint>
@@ -79,12 +79,12 @@ struct CircuitView {
     std::uint64_t generation = 0;
     std::optional<ForcePin> forced;
     std::optional<WindowView> window = std::nullopt; // the circuit's policy uses the rate rule
-    bool would_deny = false;          // observe mode: acquire allowed what enforce would deny
+    bool would_deny = false; // observe mode: acquire allowed what enforce would deny
 };
 
 struct StoreResult {
     std::optional<ErrorCode> error;
-    CircuitView circuit;                         // also filled for Conflict and Forced
+    CircuitView circuit;                        // also filled for Conflict and Forced
     std::optional<TransitionRecord> transition; // the change this operation made
 };
 
@@ -160,15 +160,15 @@ struct StoredCircuit {
     bool operator==(const StoredCircuit& o) const {
         return key == o.key && policy == o.policy && rule == o.rule &&
                circuit.has_value() == o.circuit.has_value() &&
-               (!circuit || (circuit->snapshot == o.circuit->snapshot &&
-                             circuit->generation == o.circuit->generation &&
-                             circuit->forced.has_value() == o.circuit->forced.has_value() &&
-                             (!circuit->forced ||
-                              (circuit->forced->state == o.circuit->forced->state &&
-                               circuit->forced->until == o.circuit->forced->until &&
-                               circuit->forced->reason == o.circuit->forced->reason &&
-                               circuit->forced->by.uid == o.circuit->forced->by.uid &&
-                               circuit->forced->by.pid == o.circuit->forced->by.pid))));
+               (!circuit ||
+                (circuit->snapshot == o.circuit->snapshot &&
+                 circuit->generation == o.circuit->generation &&
+                 circuit->forced.has_value() == o.circuit->forced.has_value() &&
+                 (!circuit->forced || (circuit->forced->state == o.circuit->forced->state &&
+                                       circuit->forced->until == o.circuit->forced->until &&
+                                       circuit->forced->reason == o.circuit->forced->reason &&
+                                       circuit->forced->by.uid == o.circuit->forced->by.uid &&
+                                       circuit->forced->by.pid == o.circuit->forced->by.pid))));
     }
 };
 

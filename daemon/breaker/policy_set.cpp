@@ -15,7 +15,9 @@ std::string_view policy_source_name(PolicySource s) {
     return "default";
 }
 
-void PolicySet::set_config(PolicyConfig config) { config_ = std::move(config); }
+void PolicySet::set_config(PolicyConfig config) {
+    config_ = std::move(config);
+}
 
 ResolvedPolicy PolicySet::resolve_with(std::string_view key, const PolicyPatch* own) const {
     ResolvedPolicy r;

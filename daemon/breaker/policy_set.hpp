@@ -6,9 +6,9 @@
 #include "common/policy.hpp"
 
 #include <array>
+#include <map>
 #include <string>
 #include <string_view>
-#include <map>
 #include <vector>
 
 namespace cbd {
@@ -43,7 +43,9 @@ class PolicySet {
     void set_config(PolicyConfig config);
 
     Policy effective(std::string_view key) const { return resolve(key).policy; }
-    ResolvedPolicy resolve(std::string_view key) const { return resolve_with(key, key_override(key)); }
+    ResolvedPolicy resolve(std::string_view key) const {
+        return resolve_with(key, key_override(key));
+    }
     // The same with `own` as the key's override (nullptr: none), for a
     // backend that keeps overrides elsewhere (Redis).
     ResolvedPolicy resolve_with(std::string_view key, const PolicyPatch* own) const;

@@ -11,8 +11,7 @@ std::optional<gid_t> resolve_group(const std::string& name_or_gid, std::string& 
         error = "empty group name";
         return std::nullopt;
     }
-    if (name_or_gid.find_first_not_of("0123456789") == std::string::npos &&
-        name_or_gid.size() <= 9)
+    if (name_or_gid.find_first_not_of("0123456789") == std::string::npos && name_or_gid.size() <= 9)
         return static_cast<gid_t>(std::stoul(name_or_gid));
     group entry{};
     group* found = nullptr;

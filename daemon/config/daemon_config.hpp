@@ -34,7 +34,8 @@ struct DaemonConfig {
     // dashboard, read-only API and event stream (see http_server.hpp).
     std::string http_listen;
     bool http_allow_remote = false; // else only a loopback address may be bound
-    std::size_t http_max_event_clients = 32; // /api/events streams at once (kDefaultHttpEventClients)
+    std::size_t http_max_event_clients =
+        32; // /api/events streams at once (kDefaultHttpEventClients)
     // Access groups (names or gids); they beat the config file's.
     std::string writer_group;
     std::string admin_group;

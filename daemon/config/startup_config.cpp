@@ -2,8 +2,8 @@
 #include "daemon/config/startup_config.hpp"
 
 #include "common/policy.hpp"
-#include "daemon/config/config_file.hpp"
 #include "daemon/breaker/policy_digest.hpp"
+#include "daemon/config/config_file.hpp"
 
 #include <nlohmann/json.hpp>
 #include <ostream>
@@ -86,8 +86,8 @@ int check_config(const DaemonConfig& config, std::ostream& out, std::ostream& er
     // What a cbd on Redis publishes for the other hosts to compare: equal
     // digests on two hosts mean they resolve every key alike.
     out << "policy digest: " << policy_digest(settings.policy) << "\n";
-    out << "access: writer group " << group_text(settings.access.writer_group)
-        << ", admin group " << group_text(settings.access.admin_group)
+    out << "access: writer group " << group_text(settings.access.writer_group) << ", admin group "
+        << group_text(settings.access.admin_group)
         << (settings.access.restricted() ? "" : " (everyone who can connect is admin)") << "\n";
     out << "configuration OK\n";
     return 0;

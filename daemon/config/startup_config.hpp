@@ -3,9 +3,9 @@
 // `cbd --check-config`, so the check cannot accept what a start refuses.
 #pragma once
 
+#include "daemon/breaker/policy_set.hpp"
 #include "daemon/config/access_config.hpp"
 #include "daemon/config/daemon_config.hpp"
-#include "daemon/breaker/policy_set.hpp"
 
 #include <iosfwd>
 

@@ -61,7 +61,9 @@ void log_init(LogLevel threshold) {
     g_journal = stderr_is_journal();
 }
 
-bool log_enabled(LogLevel level) { return static_cast<int>(level) <= static_cast<int>(g_threshold); }
+bool log_enabled(LogLevel level) {
+    return static_cast<int>(level) <= static_cast<int>(g_threshold);
+}
 
 void log_message(LogLevel level, std::string_view message) {
     if (!log_enabled(level))

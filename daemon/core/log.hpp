@@ -15,9 +15,17 @@ void log_init(LogLevel threshold);
 bool log_enabled(LogLevel level);
 void log_message(LogLevel level, std::string_view message);
 
-inline void log_error(std::string_view m) { log_message(LogLevel::Error, m); }
-inline void log_warn(std::string_view m) { log_message(LogLevel::Warn, m); }
-inline void log_info(std::string_view m) { log_message(LogLevel::Info, m); }
-inline void log_debug(std::string_view m) { log_message(LogLevel::Debug, m); }
+inline void log_error(std::string_view m) {
+    log_message(LogLevel::Error, m);
+}
+inline void log_warn(std::string_view m) {
+    log_message(LogLevel::Warn, m);
+}
+inline void log_info(std::string_view m) {
+    log_message(LogLevel::Info, m);
+}
+inline void log_debug(std::string_view m) {
+    log_message(LogLevel::Debug, m);
+}
 
 } // namespace cbd

@@ -13,8 +13,8 @@
 
 #include "common/request.hpp"
 #include "daemon/breaker/circuit_store.hpp"
-#include "daemon/core/peer.hpp"
 #include "daemon/breaker/policy_set.hpp"
+#include "daemon/core/peer.hpp"
 
 #include <functional>
 #include <optional>
@@ -67,8 +67,7 @@ class CircuitBackend {
     // true, or takes deferral.later(), returns false and calls the
     // completion exactly once, later, on the loop. `req` is valid only
     // during the call: a backend that answers later copies what it needs.
-    virtual bool run(const Request& req, const Peer& peer, OpOutcome& now,
-                     Deferral& deferral) = 0;
+    virtual bool run(const Request& req, const Peer& peer, OpOutcome& now, Deferral& deferral) = 0;
 
     // The circuits held, for stats and metrics. Redis answers the last count
     // it took (see RedisBackend); nullopt when it has none yet.

@@ -35,12 +35,11 @@ std::string transition_json(const TransitionRecord& t) {
 }
 
 std::string window_json(const WindowView& w) {
-    const std::pair<std::string_view, std::int64_t> fields[] = {
-        {"calls", w.calls},
-        {"failures", w.failures},
-        {"slow", w.slow},
-        {"failureRate", w.failure_rate},
-        {"slowRate", w.slow_rate}};
+    const std::pair<std::string_view, std::int64_t> fields[] = {{"calls", w.calls},
+                                                                {"failures", w.failures},
+                                                                {"slow", w.slow},
+                                                                {"failureRate", w.failure_rate},
+                                                                {"slowRate", w.slow_rate}};
     std::string out = "{";
     for (const auto& [name, value] : fields) {
         if (out.size() > 1)

@@ -2,8 +2,8 @@
 #include "daemon/dispatch/dispatcher.hpp"
 
 #include "common/reply.hpp"
-#include "daemon/dispatch/circuit_json.hpp"
 #include "daemon/core/log.hpp"
+#include "daemon/dispatch/circuit_json.hpp"
 #include "daemon/dispatch/metrics.hpp"
 
 #include <algorithm>

@@ -10,9 +10,9 @@
 
 #include "common/protocol.hpp"
 #include "common/request.hpp"
+#include "daemon/core/peer.hpp"
 #include "daemon/dispatch/circuit_backend.hpp"
 #include "daemon/dispatch/event_hub.hpp"
-#include "daemon/core/peer.hpp"
 #include "daemon/dispatch/reply_queue.hpp"
 #include "daemon/dispatch/stats.hpp"
 

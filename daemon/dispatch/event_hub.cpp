@@ -1,8 +1,8 @@
 // EventHub (see event_hub.hpp).
 #include "daemon/dispatch/event_hub.hpp"
 
-#include "daemon/dispatch/circuit_json.hpp"
 #include "daemon/core/log.hpp"
+#include "daemon/dispatch/circuit_json.hpp"
 
 #include <algorithm>
 #include <fstream>
@@ -45,8 +45,8 @@ void EventHub::on_transition(std::string_view key, const TransitionRecord& t,
                              const CircuitView& circuit) {
     stats_.count_transition(t);
     if (log_enabled(LogLevel::Info))
-        log_info("circuit '" + std::string(key) + "': " + std::string(state_name(t.from)) +
-                 " -> " + std::string(state_name(t.to)) + " (" +
+        log_info("circuit '" + std::string(key) + "': " + std::string(state_name(t.from)) + " -> " +
+                 std::string(state_name(t.to)) + " (" +
                  std::string(transition_cause_name(t.cause)) + "), generation " +
                  std::to_string(t.generation));
     if (!subscriptions_.empty())

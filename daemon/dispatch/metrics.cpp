@@ -105,8 +105,8 @@ std::string render_metrics(const MetricsInput& in) {
                     m.sample("cbd_transitions_total",
                              label("from", state_name(static_cast<State>(from))) + "," +
                                  label("to", state_name(static_cast<State>(to))) + "," +
-                                 label("cause", transition_cause_name(
-                                                    static_cast<TransitionCause>(cause))),
+                                 label("cause",
+                                       transition_cause_name(static_cast<TransitionCause>(cause))),
                              n);
 
     // Absent, not zero, while a backend that counts elsewhere has no count.
@@ -130,7 +130,8 @@ std::string render_metrics(const MetricsInput& in) {
     m.sample("cbd_watchers", "", s.watchers);
     m.family("cbd_events_total", "counter", "Event lines queued to watchers.");
     m.sample("cbd_events_total", "", s.events_emitted);
-    m.family("cbd_events_dropped_total", "counter", "Event lines lost to watchers that fell behind.");
+    m.family("cbd_events_dropped_total", "counter",
+             "Event lines lost to watchers that fell behind.");
     m.sample("cbd_events_dropped_total", "", s.events_dropped);
 
     if (!s.storage.mode.empty()) {
@@ -138,7 +139,8 @@ std::string render_metrics(const MetricsInput& in) {
         m.family("cbd_storage_healthy", "gauge",
                  "1 when the last commit to the state file succeeded, else 0.");
         m.sample("cbd_storage_healthy", label("mode", st.mode), st.healthy ? 1 : 0);
-        m.family("cbd_storage_commits_total", "counter", "Transactions committed to the state file.");
+        m.family("cbd_storage_commits_total", "counter",
+                 "Transactions committed to the state file.");
         m.sample("cbd_storage_commits_total", "", st.commits);
         m.family("cbd_storage_failures_total", "counter", "Transactions that failed.");
         m.sample("cbd_storage_failures_total", "", st.failures);
@@ -195,11 +197,11 @@ std::string render_metrics(const MetricsInput& in) {
                                             [](const ListEntry& e) { return e.circuit.window; });
         if (any_window) {
             const std::tuple<std::string_view, std::string_view, std::int64_t WindowView::*>
-                rates[] = {{"cbd_circuit_failure_rate",
-                            "rate rule: failed calls in the window, percent.",
-                            &WindowView::failure_rate},
-                           {"cbd_circuit_slow_call_rate",
-                            "rate rule: slow calls in the window, percent.", &WindowView::slow_rate}};
+                rates[] = {
+                    {"cbd_circuit_failure_rate", "rate rule: failed calls in the window, percent.",
+                     &WindowView::failure_rate},
+                    {"cbd_circuit_slow_call_rate", "rate rule: slow calls in the window, percent.",
+                     &WindowView::slow_rate}};
             for (const auto& [name, help, member] : rates) {
                 m.family(name, "gauge", help);
                 for (const auto& e : *in.per_circuit)
@@ -209,8 +211,8 @@ std::string render_metrics(const MetricsInput& in) {
             }
         }
         if (in.per_circuit_truncated)
-            m.comment("cbd: per-circuit series stop after " +
-                      std::to_string(kMaxPerCircuitSeries) + " circuits");
+            m.comment("cbd: per-circuit series stop after " + std::to_string(kMaxPerCircuitSeries) +
+                      " circuits");
     }
     return m.take();
 }

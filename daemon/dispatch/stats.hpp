@@ -19,14 +19,14 @@ inline constexpr std::size_t kTransitionCauseCount = 12;
 struct StorageStats {
     std::string mode; // "always", "batch", "off"; empty without --state-file
     std::string path;
-    bool healthy = true;          // the last commit succeeded
-    std::uint64_t commits = 0;    // transactions committed
-    std::uint64_t failures = 0;   // transactions that failed
-    std::uint64_t written = 0;    // circuit rows written by them
-    std::uint64_t undone = 0;     // durable mode: changes undone by failed commits
-    std::uint64_t pending = 0;    // keys changed and not yet committed (as of the last tick)
+    bool healthy = true;             // the last commit succeeded
+    std::uint64_t commits = 0;       // transactions committed
+    std::uint64_t failures = 0;      // transactions that failed
+    std::uint64_t written = 0;       // circuit rows written by them
+    std::uint64_t undone = 0;        // durable mode: changes undone by failed commits
+    std::uint64_t pending = 0;       // keys changed and not yet committed (as of the last tick)
     std::int64_t last_commit_ms = 0; // epoch ms of the last successful commit
-    std::string last_error;       // of the last failure, kept after recovery
+    std::string last_error;          // of the last failure, kept after recovery
 };
 
 // The Redis backend's connection (kind empty with the memory backend).
@@ -55,8 +55,8 @@ struct BackendStats {
 struct DaemonStats {
     std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
 
-    std::array<std::uint64_t, kOpCount> requests{};       // by Op, requests that parsed
-    std::array<std::uint64_t, kErrorCodeCount> errors{};  // by ErrorCode, error replies
+    std::array<std::uint64_t, kOpCount> requests{};      // by Op, requests that parsed
+    std::array<std::uint64_t, kErrorCodeCount> errors{}; // by ErrorCode, error replies
 
     std::uint64_t connections_current = 0;
     std::uint64_t connections_total = 0;

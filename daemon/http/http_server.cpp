@@ -3,9 +3,9 @@
 #include "daemon/http/http_server.hpp"
 
 #include "common/reply.hpp"
-#include "daemon/http/http_dashboard.hpp"
-#include "daemon/core/startup_error.hpp"
 #include "daemon/core/log.hpp"
+#include "daemon/core/startup_error.hpp"
+#include "daemon/http/http_dashboard.hpp"
 
 #include <array>
 #include <boost/asio/post.hpp>

@@ -22,8 +22,8 @@
 
 #include "daemon/dispatch/dispatcher.hpp"
 #include "daemon/dispatch/event_hub.hpp"
-#include "daemon/http/http_request.hpp"
 #include "daemon/dispatch/stats.hpp"
+#include "daemon/http/http_request.hpp"
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>

@@ -36,7 +36,8 @@ class LineBuffer {
             const auto* nl = static_cast<const char*>(std::memchr(begin, '\n', used_ - start));
             if (nl == nullptr)
                 break;
-            const bool go_on = on_line(std::string_view(begin, static_cast<std::size_t>(nl - begin)));
+            const bool go_on =
+                on_line(std::string_view(begin, static_cast<std::size_t>(nl - begin)));
             start = static_cast<std::size_t>(nl - data_.data()) + 1;
             if (!go_on) {
                 paused = true;

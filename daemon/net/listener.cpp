@@ -17,7 +17,9 @@ namespace cbd {
 
 namespace {
 
-std::string errno_text(int err) { return std::strerror(err); }
+std::string errno_text(int err) {
+    return std::strerror(err);
+}
 
 std::string parent_dir(const std::string& path) {
     auto slash = path.rfind('/');

@@ -16,7 +16,9 @@ Server::Server(asio::io_context& io, int listen_fd, const SessionShared& shared)
     acceptor_.assign(asio::local::stream_protocol(), listen_fd);
 }
 
-void Server::start() { accept_next(); }
+void Server::start() {
+    accept_next();
+}
 
 void Server::accept_next() {
     acceptor_.async_accept([this](const boost::system::error_code& ec,
@@ -64,9 +66,9 @@ void Server::refuse(asio::local::stream_protocol::socket socket, Admission why,
     if (now - last_refusal_warning_ >= std::chrono::minutes(1)) {
         last_refusal_warning_ = now;
         log_warn("refusing a connection from uid " + std::to_string(who.peer.uid) + " (pid " +
-                 std::to_string(who.peer.pid) + ", " +
-                 std::string(access_level_name(who.level)) + " level): " + message + "; " +
-                 std::to_string(shared_.stats.connections_refused) + " refused so far");
+                 std::to_string(who.peer.pid) + ", " + std::string(access_level_name(who.level)) +
+                 " level): " + message + "; " + std::to_string(shared_.stats.connections_refused) +
+                 " refused so far");
     }
     // One line, written without waiting: a fresh socket's buffer takes it.
     std::string line;

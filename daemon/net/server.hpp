@@ -23,7 +23,6 @@ class Server {
     // `on_drained` runs once they all have.
     void stop(std::function<void()> on_drained);
 
-
   private:
     void accept_next();
     // Answers too_many_connections, saying which limit, and closes.

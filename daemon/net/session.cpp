@@ -2,8 +2,8 @@
 #include "daemon/net/session.hpp"
 
 #include "common/reply.hpp"
-#include "daemon/dispatch/circuit_json.hpp"
 #include "daemon/core/log.hpp"
+#include "daemon/dispatch/circuit_json.hpp"
 
 #include <algorithm>
 #include <boost/asio/post.hpp>
@@ -25,9 +25,9 @@ constexpr auto kOverflowGrace = std::chrono::seconds(5);
 
 Session::Session(Socket socket, const SessionShared& shared, const PeerIdentity& who)
     : socket_(std::move(socket)), shared_(shared), in_(shared.max_line_bytes),
-      replies_(std::make_shared<ReplyQueue>()),
-      overflow_deadline_(socket_.get_executor()), idle_timer_(socket_.get_executor()),
-      last_request_(std::chrono::steady_clock::now()), request_timer_(socket_.get_executor()) {
+      replies_(std::make_shared<ReplyQueue>()), overflow_deadline_(socket_.get_executor()),
+      idle_timer_(socket_.get_executor()), last_request_(std::chrono::steady_clock::now()),
+      request_timer_(socket_.get_executor()) {
     ctx_.peer = who.peer;
     ctx_.level = who.level;
     boost::system::error_code ignored;
@@ -225,11 +225,9 @@ void Session::read_more() {
     // already has (and skips the speculative read after one that drained the
     // socket), so a request costs one read and one write.
     const std::size_t space = in_.write_space();
-    socket_.async_read_some(
-        asio::buffer(in_.write_pos(), space),
-        [self = shared_from_this()](const boost::system::error_code& ec, std::size_t n) {
-            self->on_read(ec, n);
-        });
+    socket_.async_read_some(asio::buffer(in_.write_pos(), space),
+                            [self = shared_from_this()](const boost::system::error_code& ec,
+                                                        std::size_t n) { self->on_read(ec, n); });
 }
 
 void Session::on_read(const boost::system::error_code& ec, std::size_t n) {

@@ -11,19 +11,19 @@
 // reply.
 #pragma once
 
-#include "daemon/net/peer_credentials.hpp"
-#include "daemon/net/session_set.hpp"
-#include "daemon/net/connection_limits.hpp"
+#include "daemon/core/peer.hpp"
 #include "daemon/dispatch/dispatcher.hpp"
 #include "daemon/dispatch/event_hub.hpp"
-#include "daemon/net/line_buffer.hpp"
 #include "daemon/dispatch/reply_queue.hpp"
-#include "daemon/core/peer.hpp"
 #include "daemon/dispatch/stats.hpp"
+#include "daemon/net/connection_limits.hpp"
+#include "daemon/net/line_buffer.hpp"
+#include "daemon/net/peer_credentials.hpp"
+#include "daemon/net/session_set.hpp"
 
+#include <array>
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <array>
 #include <deque>
 #include <functional>
 #include <memory>
@@ -60,8 +60,8 @@ struct SessionShared {
     DaemonStats& stats;
     const AccessConfig& access; // read when a connection opens
     std::size_t max_line_bytes;
-    std::size_t watch_queue;     // most event lines a watcher may have unsent
-    ConnectionLimits limits;     // the server refuses more
+    std::size_t watch_queue;                // most event lines a watcher may have unsent
+    ConnectionLimits limits;                // the server refuses more
     std::chrono::milliseconds idle_timeout; // no request line this long: close; 0 = never
     // An unfinished request line must be finished within this (0 = never),
     // whatever trickle of bytes it arrives in: a slot is not held by

@@ -15,13 +15,13 @@
 // of our own, left out of the coverage: a DOM parse of each reply with
 // nlohmann, instrumented in this file, took most of each run and filled
 // the fuzzer's coverage with the checker's branches instead of the daemon's.
+#include "daemon/backends/memory/memory_backend.hpp"
+#include "daemon/backends/memory/memory_store.hpp"
 #include "daemon/core/clock.hpp"
+#include "daemon/core/log.hpp"
 #include "daemon/dispatch/dispatcher.hpp"
 #include "daemon/dispatch/event_hub.hpp"
 #include "daemon/net/line_buffer.hpp"
-#include "daemon/core/log.hpp"
-#include "daemon/backends/memory/memory_backend.hpp"
-#include "daemon/backends/memory/memory_store.hpp"
 
 #include <cstdint>
 #include <cstdio>
@@ -65,7 +65,8 @@ void check_parsers_agree(std::string_view line) {
 // instrumented file, took most of each run.
 class ReplyReader {
   public:
-    explicit ReplyReader(std::string_view text) : p_(text.data()), end_(text.data() + text.size()) {}
+    explicit ReplyReader(std::string_view text)
+        : p_(text.data()), end_(text.data() + text.size()) {}
 
     // nullptr when the reply keeps the rules; else what it breaks.
     CBD_NOT_FUZZED const char* check() {
@@ -344,8 +345,8 @@ class Rig {
         clock_.set(kStartMs);
         stats_ = cbd::DaemonStats{};
         input_.emplace(512);
-        ctx_ = cbd::RequestContext{cbd::Peer{1000, 1000, 42}, cbd::AccessLevel::Admin,
-                                   std::nullopt, nullptr};
+        ctx_ = cbd::RequestContext{cbd::Peer{1000, 1000, 42}, cbd::AccessLevel::Admin, std::nullopt,
+                                   nullptr};
     }
 
     // One request line in, its reply (or nothing) in `out`.

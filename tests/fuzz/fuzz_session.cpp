@@ -21,14 +21,14 @@
 // -fsanitize=fuzzer when CBD_FUZZ is on, and linked with replay_main.cpp
 // otherwise, so the committed seeds replay as a test.
 #include "common/reply.hpp"
-#include "daemon/dispatch/circuit_json.hpp"
-#include "daemon/core/clock.hpp"
-#include "daemon/dispatch/commit_gate.hpp"
-#include "daemon/dispatch/dispatcher.hpp"
-#include "daemon/core/log.hpp"
 #include "daemon/backends/memory/durable_backend.hpp"
 #include "daemon/backends/memory/memory_backend.hpp"
 #include "daemon/backends/memory/memory_store.hpp"
+#include "daemon/core/clock.hpp"
+#include "daemon/core/log.hpp"
+#include "daemon/dispatch/circuit_json.hpp"
+#include "daemon/dispatch/commit_gate.hpp"
+#include "daemon/dispatch/dispatcher.hpp"
 #include "daemon/dispatch/reply_queue.hpp"
 #include "daemon/net/session.hpp"
 
@@ -95,13 +95,13 @@ enum class IdRule : std::uint8_t { Exact, None };
 enum class Fate : std::uint8_t { NotHeld, Held, Durable, Undone };
 
 struct Line {
-    std::string text;       // without "\n"
-    std::string id_json;    // the id the reply must carry (IdRule::Exact)
+    std::string text;    // without "\n"
+    std::string id_json; // the id the reply must carry (IdRule::Exact)
     IdRule id_rule = IdRule::None;
-    int key = -1;           // index into kKeys of the key it names, if any
+    int key = -1; // index into kKeys of the key it names, if any
     Answer answer = Answer::Now;
     bool blank = false;
-    bool watch = false;     // a valid watch request: the connection turns into a stream
+    bool watch = false;      // a valid watch request: the connection turns into a stream
     bool circuit_op = false; // valid, and a circuit operation (goes to the backend)
     Fate fate = Fate::NotHeld;
 };
@@ -206,8 +206,8 @@ World& world() {
 class Run {
   public:
     explicit Run(World& w)
-        : clock_(w.clock), store_(w.store), gate_(*this, store_),
-          durable_(store_, gate_), backend_(*this, durable_), dispatcher_(backend_, stats_) {
+        : clock_(w.clock), store_(w.store), gate_(*this, store_), durable_(store_, gate_),
+          backend_(*this, durable_), dispatcher_(backend_, stats_) {
         store_.set_change_tracker(&gate_);
         replies_ = std::make_shared<cbd::ReplyQueue>();
         replies_->on_front_ready = [this] { pump_posted_ = true; };
@@ -274,10 +274,10 @@ class Run {
     std::shared_ptr<cbd::ReplyQueue> replies_;
     cbd::RequestContext ctx_;
 
-    std::vector<Line> lines_;          // every line the client sent, in order
-    std::size_t current_ = 0;          // the line being dispatched
-    std::deque<std::size_t> kernel_;   // sent, not yet read by the session
-    std::deque<std::size_t> in_;       // read, not yet dispatched
+    std::vector<Line> lines_;             // every line the client sent, in order
+    std::size_t current_ = 0;             // the line being dispatched
+    std::deque<std::size_t> kernel_;      // sent, not yet read by the session
+    std::deque<std::size_t> in_;          // read, not yet dispatched
     std::vector<std::size_t> dispatched_; // non-blank lines dispatched, in order
     std::size_t watch_line_ = SIZE_MAX;
     std::size_t bursts_ = 0;
@@ -297,7 +297,7 @@ class Run {
     std::deque<std::string> events_;
     std::uint64_t event_seq_ = 0;
 
-    std::string partial_;             // the client's unfinished line
+    std::string partial_; // the client's unfinished line
     std::size_t replies_seen_ = 0;
     std::size_t events_seen_ = 0;
     bool overflow_seen_ = false;
@@ -457,10 +457,18 @@ void Run::send_request(std::uint8_t how, std::uint8_t what) {
     bool keyed = true;
     l.circuit_op = true;
     switch (how & 15) {
-    case 0: body = "\"op\":\"get\""; break;
-    case 1: body = "\"op\":\"success\""; break;
-    case 2: body = "\"op\":\"failure\""; break;
-    case 3: body = "\"op\":\"acquire\""; break;
+    case 0:
+        body = "\"op\":\"get\"";
+        break;
+    case 1:
+        body = "\"op\":\"success\"";
+        break;
+    case 2:
+        body = "\"op\":\"failure\"";
+        break;
+    case 3:
+        body = "\"op\":\"acquire\"";
+        break;
     case 4:
         body = "\"op\":\"report\"";
         extra_field = extra ? ",\"outcome\":\"success\"" : ",\"outcome\":\"failure\"";
@@ -469,14 +477,22 @@ void Run::send_request(std::uint8_t how, std::uint8_t what) {
         body = "\"op\":\"transition\"";
         extra_field = extra ? ",\"to\":\"half-open\"" : ",\"to\":\"open\"";
         break;
-    case 6: body = "\"op\":\"reset\""; break;
+    case 6:
+        body = "\"op\":\"reset\"";
+        break;
     case 7:
         body = "\"op\":\"force\",\"state\":\"open\"";
         extra_field = extra ? ",\"ttlMs\":1000" : "";
         break;
-    case 8: body = "\"op\":\"unforce\""; break;
-    case 9: body = "\"op\":\"configure\",\"policy\":{\"failureThreshold\":2}"; break;
-    case 10: body = "\"op\":\"policy\""; break;
+    case 8:
+        body = "\"op\":\"unforce\"";
+        break;
+    case 9:
+        body = "\"op\":\"configure\",\"policy\":{\"failureThreshold\":2}";
+        break;
+    case 10:
+        body = "\"op\":\"policy\"";
+        break;
     case 11:
         body = "\"op\":\"list\"";
         extra_field = extra ? ",\"prefix\":\"db.\"" : ",\"limit\":2";
@@ -573,7 +589,11 @@ void Run::execute(const std::uint8_t* data, std::size_t size) {
     for (std::size_t step = 0; step < kMaxSteps && pos_ < size_ && !closed_; ++step) {
         const std::uint8_t op = next();
         switch (op & 15) {
-        case 0: case 1: case 2: case 3: case 4: {
+        case 0:
+        case 1:
+        case 2:
+        case 3:
+        case 4: {
             const std::uint8_t how = next();
             send_request(how, next());
             break;
@@ -847,7 +867,8 @@ void Run::check_line(std::string_view text) {
     const bool ok = rest.starts_with("\"ok\":true");
     if (!ok && !rest.starts_with("\"ok\":false"))
         fail("reply to line %zu has no ok: %.*s", i, static_cast<int>(text.size()), text.data());
-    const bool unavailable = text.find("\"code\":\"storage_unavailable\"") != std::string_view::npos;
+    const bool unavailable =
+        text.find("\"code\":\"storage_unavailable\"") != std::string_view::npos;
     switch (l.fate) {
     case Fate::Held:
         fail("line %zu was answered before the commit it waited for landed", i);
@@ -867,8 +888,8 @@ void Run::check_line(std::string_view text) {
     }
     if (l.answer == Answer::Throw && l.circuit_op &&
         text.find("\"code\":\"internal_error\"") == std::string_view::npos)
-        fail("line %zu: the backend threw, but the reply is %.*s", i,
-             static_cast<int>(text.size()), text.data());
+        fail("line %zu: the backend threw, but the reply is %.*s", i, static_cast<int>(text.size()),
+             text.data());
 }
 
 void Run::finish() {

@@ -42,8 +42,8 @@ TEST_CASE("groups resolve by name or number", "[access]") {
 // --- connection admission (connection_limits.hpp) ---------------------------
 
 TEST_CASE("connection admission: total, per uid, and the reserve for writers", "[access]") {
-    using cbd::Admission;
     using cbd::AccessLevel;
+    using cbd::Admission;
     const cbd::ConnectionLimits limits{64, 10, 4, 999};
     auto admit = [&](std::size_t total, std::size_t by_uid, uid_t uid, AccessLevel level) {
         return cbd::admit(limits, cbd::OpenConnections{total, by_uid}, uid, level);
@@ -67,11 +67,13 @@ TEST_CASE("connection admission: total, per uid, and the reserve for writers", "
     // each refusal names its flag
     CHECK(cbd::refusal_message(limits, Admission::Full, 1).find("--max-connections 64") !=
           std::string::npos);
-    CHECK(cbd::refusal_message(limits, Admission::UidFull, 1000).find(
-              "uid 1000 has as many connections as one user may hold (--max-connections-per-uid "
-              "10)") != std::string::npos);
-    CHECK(cbd::refusal_message(limits, Admission::ReservedOnly, 1).find(
-              "(--reserved-connections 4); read-level peers may hold 60 at once") !=
+    CHECK(
+        cbd::refusal_message(limits, Admission::UidFull, 1000)
+            .find(
+                "uid 1000 has as many connections as one user may hold (--max-connections-per-uid "
+                "10)") != std::string::npos);
+    CHECK(cbd::refusal_message(limits, Admission::ReservedOnly, 1)
+              .find("(--reserved-connections 4); read-level peers may hold 60 at once") !=
           std::string::npos);
     CHECK(cbd::default_reserved_connections(1024) == 64);
     CHECK(cbd::default_reserved_connections(8) == 1);

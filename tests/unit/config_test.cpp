@@ -64,7 +64,8 @@ TEST_CASE("policy patches take positive integers only", "[config]") {
     CHECK(parse_policy_patch(nlohmann::json::parse(R"({"successThreshold":true})"), p));
     CHECK(parse_policy_patch(nlohmann::json::parse(R"({"successThreshold":null})"), p));
     CHECK(parse_policy_patch(nlohmann::json::parse(R"({"successThreshold":2.0})"), p));
-    CHECK(parse_policy_patch(nlohmann::json::parse(R"({"successThreshold":18446744073709551615})"), p));
+    CHECK(parse_policy_patch(nlohmann::json::parse(R"({"successThreshold":18446744073709551615})"),
+                             p));
     PolicyPatch removed;
     CHECK_FALSE(parse_policy_patch(nlohmann::json::parse(R"({"successThreshold":null})"), p, true,
                                    &removed));

@@ -1,8 +1,8 @@
 // The dispatcher: lines in, reply lines out, no sockets.
-#include "daemon/dispatch/dispatcher.hpp"
-#include "daemon/core/log.hpp"
 #include "daemon/backends/memory/memory_backend.hpp"
 #include "daemon/backends/memory/memory_store.hpp"
+#include "daemon/core/log.hpp"
+#include "daemon/dispatch/dispatcher.hpp"
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>

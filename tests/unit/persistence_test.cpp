@@ -39,7 +39,8 @@ struct TempDir {
 StoredCircuit sample(const std::string& key, State state, std::uint64_t generation) {
     StoredCircuit r;
     r.key = key;
-    r.circuit = CircuitView{Snapshot{state, 4, 1, kStart - 10, kStart - 20}, generation, std::nullopt};
+    r.circuit =
+        CircuitView{Snapshot{state, 4, 1, kStart - 10, kStart - 20}, generation, std::nullopt};
     return r;
 }
 
@@ -85,8 +86,7 @@ TEST_CASE("restore makes a key hold exactly the record, counts and indexes inclu
     CHECK_FALSE(store.stored("api").circuit->forced);
 }
 
-TEST_CASE("restoring a record without a circuit removes it but keeps the policy",
-          "[persistence]") {
+TEST_CASE("restoring a record without a circuit removes it but keeps the policy", "[persistence]") {
     ManualClock clock(kStart);
     MemoryCircuitStore store(clock, 100);
     store.record_failure("api");
@@ -189,7 +189,8 @@ TEST_CASE("the state file round-trips circuits, pins, policies and the generatio
     both.policy[PolicyField::HalfOpenMax] = 3;
     {
         auto file = StateFile::open({path, {}});
-        REQUIRE_FALSE(file->write({forced, policy_only, both, sample("gone", State::Closed, 3)}, 12));
+        REQUIRE_FALSE(
+            file->write({forced, policy_only, both, sample("gone", State::Closed, 3)}, 12));
         StoredCircuit gone;
         gone.key = "gone";
         REQUIRE_FALSE(file->write({gone}, 13)); // an empty record deletes
@@ -494,8 +495,7 @@ TEST_CASE("a state file with numbers past 2^53-1 is refused at load", "[persiste
     }
 }
 
-TEST_CASE("a row whose key no request could carry is refused at load, naming it",
-          "[persistence]") {
+TEST_CASE("a row whose key no request could carry is refused at load, naming it", "[persistence]") {
     TempDir dir;
     // Keys at the edges of the rules load: multi-byte UTF-8, 1024 bytes.
     CHECK(load_error_after(dir, "UPDATE circuits SET key = CAST(X'C3A9E282ACF09F9880' AS TEXT)") ==
@@ -515,8 +515,7 @@ TEST_CASE("a row whose key no request could carry is refused at load, naming it"
         {"UPDATE circuits SET key = CAST(X'61F4908080' AS TEXT)", "row 'a\\xF4\\x90\\x80\\x80'",
          "UTF-8"},
         {"UPDATE circuits SET key = CAST(X'61E282' AS TEXT)", "row 'a\\xE2\\x82'", "UTF-8"},
-        {"UPDATE circuits SET key = CAST(X'610962' AS TEXT)", "row 'a\\x09b'",
-         "control character"},
+        {"UPDATE circuits SET key = CAST(X'610962' AS TEXT)", "row 'a\\x09b'", "control character"},
         {"UPDATE circuits SET key = ''", "row ''", "empty"},
         {"UPDATE circuits SET key = substr(hex(zeroblob(513)), 1, 1025)", "(1025 bytes)",
          "longer than 1024 bytes"},

@@ -57,7 +57,8 @@ TEST_CASE("integer ids of any sign and size are echoed as given", "[protocol]") 
 TEST_CASE("parse_error for anything that is not JSON", "[protocol]") {
     CHECK(code_of("hello") == ErrorCode::ParseError);
     CHECK(code_of("{\"op\":") == ErrorCode::ParseError);
-    CHECK(code_of(std::string_view("{\"op\":\"get\",\"key\":\"a\0\"}", 22)) == ErrorCode::ParseError);
+    CHECK(code_of(std::string_view("{\"op\":\"get\",\"key\":\"a\0\"}", 22)) ==
+          ErrorCode::ParseError);
     CHECK(code_of("{\"op\":\"get\",\"key\":\"\xff\xfe\"}") == ErrorCode::ParseError);
     CHECK(code_of(R"({"op":"get"} trailing)") == ErrorCode::ParseError);
 }
@@ -65,12 +66,12 @@ TEST_CASE("parse_error for anything that is not JSON", "[protocol]") {
 TEST_CASE("a NUL byte anywhere in a line is parse_error on both paths", "[protocol]") {
     using namespace std::string_literals;
     const std::string lines[] = {
-        "{\"op\":\"failure\",\"key\":\"a\"}\0junk"s, // after a valid object
-        "{\"op\":\"failure\",\"key\":\"a\"}\0"s,     // as the last byte
-        "\0{\"op\":\"failure\",\"key\":\"a\"}"s,     // before it
-        "{\"op\":\"failure\",\0\"key\":\"a\"}"s,     // between fields
-        "{\"op\":\"failure\",\"key\":\"a\"} \0 "s,   // amid trailing whitespace
-        "{\"op\":\"failure\",\"key\":\"a\"}\0\r"s,  // before a CR
+        "{\"op\":\"failure\",\"key\":\"a\"}\0junk"s,              // after a valid object
+        "{\"op\":\"failure\",\"key\":\"a\"}\0"s,                  // as the last byte
+        "\0{\"op\":\"failure\",\"key\":\"a\"}"s,                  // before it
+        "{\"op\":\"failure\",\0\"key\":\"a\"}"s,                  // between fields
+        "{\"op\":\"failure\",\"key\":\"a\"} \0 "s,                // amid trailing whitespace
+        "{\"op\":\"failure\",\"key\":\"a\"}\0\r"s,                // before a CR
         "{\"op\":\"configure\",\"key\":\"a\",\"policy\":{}}\0x"s, // a DOM-only op
     };
     for (const auto& line : lines) {
@@ -158,21 +159,26 @@ TEST_CASE("blank lines are recognised", "[protocol]") {
 
 TEST_CASE("breaker fields are parsed for the ops that read them", "[protocol]") {
     Request req;
-    REQUIRE_FALSE(parse(R"({"op":"report","key":"k","outcome":"failure","generation":12,"permit":"ab12"})", req));
+    REQUIRE_FALSE(parse(
+        R"({"op":"report","key":"k","outcome":"failure","generation":12,"permit":"ab12"})", req));
     CHECK(req.outcome == Outcome::Failure);
     CHECK(req.generation == 12u);
     CHECK(req.permit == "ab12");
 
-    REQUIRE_FALSE(parse(R"({"op":"transition","key":"k","to":"open","expect":"closed","expectGeneration":3})", req));
+    REQUIRE_FALSE(
+        parse(R"({"op":"transition","key":"k","to":"open","expect":"closed","expectGeneration":3})",
+              req));
     CHECK(req.expect == State::Closed);
     CHECK(req.expect_generation == 3u);
 
-    REQUIRE_FALSE(parse(R"({"op":"force","key":"k","state":"open","ttlMs":60000,"reason":"db migration"})", req));
+    REQUIRE_FALSE(parse(
+        R"({"op":"force","key":"k","state":"open","ttlMs":60000,"reason":"db migration"})", req));
     CHECK(req.state == State::Open);
     CHECK(req.ttl_ms == 60000);
     CHECK(req.reason == "db migration");
 
-    REQUIRE_FALSE(parse(R"({"op":"configure","key":"k","policy":{"failureThreshold":3,"halfOpenMax":null}})", req));
+    REQUIRE_FALSE(parse(
+        R"({"op":"configure","key":"k","policy":{"failureThreshold":3,"halfOpenMax":null}})", req));
     CHECK(req.policy[PolicyField::FailureThreshold] == 3);
     CHECK(req.policy_removed[PolicyField::HalfOpenMax]);
     CHECK_FALSE(req.policy_clear);
@@ -187,17 +193,26 @@ TEST_CASE("breaker fields are parsed for the ops that read them", "[protocol]") 
 TEST_CASE("breaker fields are validated", "[protocol]") {
     CHECK(code_of(R"({"op":"report","key":"k"})") == ErrorCode::InvalidRequest);
     CHECK(code_of(R"({"op":"report","key":"k","outcome":"maybe"})") == ErrorCode::InvalidRequest);
-    CHECK(code_of(R"({"op":"report","key":"k","outcome":"success","generation":-1})") == ErrorCode::InvalidRequest);
-    CHECK(code_of(R"({"op":"report","key":"k","outcome":"success","generation":1.5})") == ErrorCode::InvalidRequest);
-    CHECK(code_of(R"({"op":"report","key":"k","outcome":"success","permit":7})") == ErrorCode::InvalidRequest);
-    CHECK(code_of(R"({"op":"report","key":"k","outcome":"success","permit":")" + std::string(65, 'p') + "\"}") == ErrorCode::InvalidRequest);
-    CHECK(code_of(R"({"op":"transition","key":"k","to":"open","expect":"shut"})") == ErrorCode::InvalidState);
-    CHECK(code_of(R"({"op":"transition","key":"k","to":"open","expectGeneration":"1"})") == ErrorCode::InvalidRequest);
+    CHECK(code_of(R"({"op":"report","key":"k","outcome":"success","generation":-1})") ==
+          ErrorCode::InvalidRequest);
+    CHECK(code_of(R"({"op":"report","key":"k","outcome":"success","generation":1.5})") ==
+          ErrorCode::InvalidRequest);
+    CHECK(code_of(R"({"op":"report","key":"k","outcome":"success","permit":7})") ==
+          ErrorCode::InvalidRequest);
+    CHECK(code_of(R"({"op":"report","key":"k","outcome":"success","permit":")" +
+                  std::string(65, 'p') + "\"}") == ErrorCode::InvalidRequest);
+    CHECK(code_of(R"({"op":"transition","key":"k","to":"open","expect":"shut"})") ==
+          ErrorCode::InvalidState);
+    CHECK(code_of(R"({"op":"transition","key":"k","to":"open","expectGeneration":"1"})") ==
+          ErrorCode::InvalidRequest);
     CHECK(code_of(R"({"op":"force","key":"k"})") == ErrorCode::InvalidRequest);
     CHECK(code_of(R"({"op":"force","key":"k","state":"half-open"})") == ErrorCode::InvalidState);
-    CHECK(code_of(R"({"op":"force","key":"k","state":"open","ttlMs":0})") == ErrorCode::InvalidRequest);
-    CHECK(code_of(R"({"op":"force","key":"k","state":"open","reason":"a\nb"})") == ErrorCode::InvalidRequest);
-    CHECK(code_of(R"({"op":"force","key":"k","state":"open","reason":")" + std::string(257, 'r') + "\"}") == ErrorCode::InvalidRequest);
+    CHECK(code_of(R"({"op":"force","key":"k","state":"open","ttlMs":0})") ==
+          ErrorCode::InvalidRequest);
+    CHECK(code_of(R"({"op":"force","key":"k","state":"open","reason":"a\nb"})") ==
+          ErrorCode::InvalidRequest);
+    CHECK(code_of(R"({"op":"force","key":"k","state":"open","reason":")" + std::string(257, 'r') +
+                  "\"}") == ErrorCode::InvalidRequest);
     CHECK(code_of(R"({"op":"configure","key":"k"})") == ErrorCode::InvalidRequest);
     CHECK(code_of(R"({"op":"configure","key":"k","policy":[]})") == ErrorCode::InvalidRequest);
     CHECK(code_of(R"({"op":"acquire","key":""})") == ErrorCode::InvalidKey);
@@ -217,7 +232,8 @@ TEST_CASE("configure names the offending policy field", "[protocol]") {
     }
 }
 
-TEST_CASE("the flat fast path accepts the hot shapes and agrees with the DOM parser", "[protocol]") {
+TEST_CASE("the flat fast path accepts the hot shapes and agrees with the DOM parser",
+          "[protocol]") {
     const char* accepted[] = {
         R"({"op":"get","key":"api"})",
         R"({"op":"failure","key":"api-12","id":7})",
@@ -238,24 +254,26 @@ TEST_CASE("the flat fast path accepts the hot shapes and agrees with the DOM par
     }
     // Everything else is left to the DOM parser, which alone writes errors.
     const char* declined[] = {
-        R"({"op":"get","key":""})",                 // invalid key
-        R"({"op":"get","key":"a\"b"})",             // an escape
-        "{\"op\":\"get\",\"key\":\"\xc3\xbc\"}",   // non-ASCII
-        R"({"op":"get","key":"k","extra":1})",      // a field get does not read
-        R"({"op":"get","key":"k","key":"j"})",      // a duplicate
-        R"({"op":"ping","id":007})",                // not JSON
-        R"({"op":"ping","id":-0})",                 // not canonical
+        R"({"op":"get","key":""})",                  // invalid key
+        R"({"op":"get","key":"a\"b"})",              // an escape
+        "{\"op\":\"get\",\"key\":\"\xc3\xbc\"}",     // non-ASCII
+        R"({"op":"get","key":"k","extra":1})",       // a field get does not read
+        R"({"op":"get","key":"k","key":"j"})",       // a duplicate
+        R"({"op":"ping","id":007})",                 // not JSON
+        R"({"op":"ping","id":-0})",                  // not canonical
         R"({"op":"ping","id":1234567890123456789})", // too long for the fast path
-        R"({"op":"list"})",                         // not a hot op
+        R"({"op":"list"})",                          // not a hot op
         R"({"op":"report","key":"k","outcome":"maybe"})",
         R"({"op":"report","key":"k","outcome":"success","generation":-1})",
-        R"({"op":"transition","key":"k"})",         // missing 'to'
+        R"({"op":"transition","key":"k"})", // missing 'to'
         R"({"op":"get","key":"k"} x)",
         R"([{"op":"get"}])",
-        R"({"op":"ping","id":")" "0123456789012345678901234567890123456789012345678901234567890123456789"
+        R"({"op":"ping","id":")"
         "0123456789012345678901234567890123456789012345678901234567890123456789"
         "0123456789012345678901234567890123456789012345678901234567890123456789"
-        "0123456789012345678901234567890123456789" R"("})", // a 250-byte id is fine...
+        "0123456789012345678901234567890123456789012345678901234567890123456789"
+        "0123456789012345678901234567890123456789"
+        R"("})", // a 250-byte id is fine...
     };
     for (const char* line : declined) {
         INFO(line);
@@ -294,8 +312,7 @@ const std::string kImportHead =
 
 } // namespace
 
-TEST_CASE("generations, counts and times stop at 2^53-1 on every protocol field",
-          "[protocol]") {
+TEST_CASE("generations, counts and times stop at 2^53-1 on every protocol field", "[protocol]") {
     const std::string max = "9007199254740991"; // 2^53-1
     const std::string over = "9007199254740992";
     const std::string u64 = "18446744073709551615";
@@ -303,29 +320,37 @@ TEST_CASE("generations, counts and times stop at 2^53-1 on every protocol field"
 
     // The largest one is taken, by both paths where the op is a hot one.
     Request req;
-    REQUIRE_FALSE(parse(R"({"op":"report","key":"k","outcome":"success","generation":)" + max + "}", req));
+    REQUIRE_FALSE(
+        parse(R"({"op":"report","key":"k","outcome":"success","generation":)" + max + "}", req));
     CHECK(req.generation == 9007199254740991ULL);
     Request flat;
-    REQUIRE(parse_request_flat(R"({"op":"report","key":"k","outcome":"success","generation":)" + max + "}", flat));
+    REQUIRE(parse_request_flat(
+        R"({"op":"report","key":"k","outcome":"success","generation":)" + max + "}", flat));
     CHECK(flat == req);
     REQUIRE_FALSE(parse(kImportHead + R"("generation":)" + max + "}", req));
     CHECK(req.generation == 9007199254740991ULL);
 
     for (const auto& n : {over, u64, big18}) {
-        check_out_of_range(R"({"op":"report","key":"k","outcome":"success","generation":)" + n + "}",
+        check_out_of_range(R"({"op":"report","key":"k","outcome":"success","generation":)" + n +
+                               "}",
                            "'generation'");
-        check_out_of_range(R"({"op":"transition","key":"k","to":"open","expectGeneration":)" + n + "}",
+        check_out_of_range(R"({"op":"transition","key":"k","to":"open","expectGeneration":)" + n +
+                               "}",
                            "'expectGeneration'");
         check_out_of_range(kImportHead + R"("generation":)" + n + "}", "'generation'");
-        for (const char* field : {"failureCount", "successCount", "lastFailureTime", "lastStateChange"}) {
-            std::string snapshot = R"({"state":"open","failureCount":1,"successCount":0,"lastFailureTime":5,"lastStateChange":5})";
+        for (const char* field :
+             {"failureCount", "successCount", "lastFailureTime", "lastStateChange"}) {
+            std::string snapshot =
+                R"({"state":"open","failureCount":1,"successCount":0,"lastFailureTime":5,"lastStateChange":5})";
             const std::string needle = std::string("\"") + field + "\":";
             const auto at = snapshot.find(needle) + needle.size();
             snapshot.replace(at, snapshot.find_first_of(",}", at) - at, n);
-            check_out_of_range(R"({"op":"import","key":"k","snapshot":)" + snapshot + R"(,"generation":1})",
+            check_out_of_range(R"({"op":"import","key":"k","snapshot":)" + snapshot +
+                                   R"(,"generation":1})",
                                std::string("snapshot.") + field);
         }
-        check_out_of_range(kImportHead + R"("generation":1,"forced":{"state":"open","until":)" + n + "}}",
+        check_out_of_range(kImportHead + R"("generation":1,"forced":{"state":"open","until":)" + n +
+                               "}}",
                            "forced.until");
         check_out_of_range(R"({"op":"configure","key":"k","policy":{"resetTimeoutMs":)" + n + "}}",
                            "resetTimeoutMs");
@@ -333,16 +358,19 @@ TEST_CASE("generations, counts and times stop at 2^53-1 on every protocol field"
                            "halfOpenMax");
         check_out_of_range(R"({"op":"force","key":"k","state":"open","ttlMs":)" + n + "}", "ttlMs");
     }
-    check_out_of_range(kImportHead + R"("generation":1,"forced":{"state":"open","by":{"uid":4294967296}}})",
+    check_out_of_range(kImportHead +
+                           R"("generation":1,"forced":{"state":"open","by":{"uid":4294967296}}})",
                        "forced.by.uid");
-    check_out_of_range(kImportHead + R"("generation":1,"forced":{"state":"open","by":{"pid":2147483648}}})",
+    check_out_of_range(kImportHead +
+                           R"("generation":1,"forced":{"state":"open","by":{"pid":2147483648}}})",
                        "forced.by.pid");
     check_out_of_range(kImportHead + R"("generation":1,"forced":{"state":"open","by":{"pid":-1}}})",
                        "forced.by.pid");
     check_out_of_range(R"({"op":"list","limit":)" + u64 + "}", "'limit'");
 
     // Policy values: 2^53-1 is the largest.
-    REQUIRE_FALSE(parse(R"({"op":"configure","key":"k","policy":{"resetTimeoutMs":)" + max + "}}", req));
+    REQUIRE_FALSE(
+        parse(R"({"op":"configure","key":"k","policy":{"resetTimeoutMs":)" + max + "}}", req));
     CHECK(req.policy[PolicyField::ResetTimeoutMs] == 9007199254740991LL);
 }
 

@@ -100,9 +100,9 @@ TEST_CASE("every constant the scripts use comes from the generated prelude", "[r
 
     // Redis command words and Lua's own patterns and type names are not
     // cbd's constants; prose (error text) holds a space.
-    const std::set<std::string> syntax = {"",      "(",      "[",        "+",     "-inf",
-                                          "table", "string", "^0*(%d+)$", "%d",    "%q",
-                                          "%c",    "^(%u+)", "%x%08x",   ")"};
+    const std::set<std::string> syntax = {"",      "(",      "[",         "+",  "-inf",
+                                          "table", "string", "^0*(%d+)$", "%d", "%q",
+                                          "%c",    "^(%u+)", "%x%08x",    ")"};
     const std::regex upper_word(R"(^[A-Z]+$)");
     const std::regex identifier(R"(\b[A-Z][A-Z0-9_]+\b)");
     const std::regex number(R"((^|[^A-Za-z0-9_.])(\d+)\b)");
@@ -161,10 +161,10 @@ TEST_CASE("Redis error replies: reload, limit, outage or bad data", "[redis]") {
     CHECK(cbd::classify_redis_error("CBD_BACKEND_ERROR Redis key x field y holds") ==
           RedisErrorKind::Data);
     CHECK(cbd::classify_redis_error("ERR user_script:1: attempt to index") == RedisErrorKind::Data);
-    for (auto outage : {"LOADING Redis is loading the dataset in memory",
-                        "BUSY Redis is busy running a script", "READONLY You can't write",
-                        "MASTERDOWN Link with MASTER is down", "OOM command not allowed",
-                        "NOAUTH Authentication required."})
+    for (auto outage :
+         {"LOADING Redis is loading the dataset in memory", "BUSY Redis is busy running a script",
+          "READONLY You can't write", "MASTERDOWN Link with MASTER is down",
+          "OOM command not allowed", "NOAUTH Authentication required."})
         CHECK(cbd::classify_redis_error(outage) == RedisErrorKind::Outage);
     CHECK(cbd::redis_error_text("CBD_BACKEND_ERROR Redis key cbd:c:k field sc holds \"-5\", not "
                                 "an integer script: 70ec2f28, on @user_script:1.") ==

@@ -9,9 +9,10 @@ using namespace cbd;
 TEST_CASE("snapshot reply has the five reference fields in order", "[reply]") {
     std::string out;
     append_snapshot_reply(out, "7", Snapshot{State::HalfOpen, 3, 1, 1764201600123, 1764201600000});
-    CHECK(out == R"({"id":7,"ok":true,"snapshot":{"state":"half-open","failureCount":3,)"
-                 R"("successCount":1,"lastFailureTime":1764201600123,"lastStateChange":1764201600000}})"
-                 "\n");
+    CHECK(out ==
+          R"({"id":7,"ok":true,"snapshot":{"state":"half-open","failureCount":3,)"
+          R"("successCount":1,"lastFailureTime":1764201600123,"lastStateChange":1764201600000}})"
+          "\n");
 }
 
 TEST_CASE("replies without an id carry none", "[reply]") {
@@ -24,7 +25,8 @@ TEST_CASE("replies without an id carry none", "[reply]") {
 TEST_CASE("ping reply names version and protocol", "[reply]") {
     std::string out;
     append_ping_reply(out, "");
-    CHECK(out == "{\"ok\":true,\"version\":\"" + std::string(kVersion) + "\",\"protocol\":" + std::to_string(kProtocolVersion) + "}\n");
+    CHECK(out == "{\"ok\":true,\"version\":\"" + std::string(kVersion) +
+                     "\",\"protocol\":" + std::to_string(kProtocolVersion) + "}\n");
 }
 
 TEST_CASE("error text from clients cannot break the line", "[reply]") {

@@ -52,7 +52,8 @@ TEST_CASE("success and failure create unknown keys", "[store]") {
     ManualClock clock(kStart);
     MemoryCircuitStore store(clock, 100);
     CHECK(store.record_success("a").circuit.snapshot == Snapshot{State::Closed, 0, 1, 0, kStart});
-    CHECK(store.record_failure("b").circuit.snapshot == Snapshot{State::Closed, 1, 0, kStart, kStart});
+    CHECK(store.record_failure("b").circuit.snapshot ==
+          Snapshot{State::Closed, 1, 0, kStart, kStart});
 }
 
 TEST_CASE("transitions follow the reference's counter rules", "[store]") {
@@ -153,8 +154,7 @@ TEST_CASE("the generation limit is 2^53-1", "[store]") {
     CHECK(MemoryCircuitStore::kMaxGeneration == kMaxGeneration);
 }
 
-TEST_CASE("restore refuses a generation past 2^53-1 and the counter does not move",
-          "[store]") {
+TEST_CASE("restore refuses a generation past 2^53-1 and the counter does not move", "[store]") {
     ManualClock clock(kStart);
     MemoryCircuitStore store(clock, 100);
     const auto first = store.get("a").circuit.generation;
@@ -183,7 +183,9 @@ TEST_CASE("restore refuses counts, times and policy values out of range", "[stor
         with([](StoredCircuit& r) { r.circuit->snapshot.failure_count = kMaxGeneration + 1; }),
         with([](StoredCircuit& r) { r.circuit->snapshot.success_count = ~std::uint64_t{0}; }),
         with([](StoredCircuit& r) { r.circuit->snapshot.last_failure_time = -1; }),
-        with([](StoredCircuit& r) { r.circuit->snapshot.last_state_change = std::int64_t{1} << 53; }),
+        with([](StoredCircuit& r) {
+            r.circuit->snapshot.last_state_change = std::int64_t{1} << 53;
+        }),
         with([](StoredCircuit& r) {
             r.circuit->forced = ForcePin{State::Closed, std::int64_t{1} << 53, "", Peer{}};
         }),

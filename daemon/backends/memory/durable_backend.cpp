@@ -13,8 +13,7 @@ void make_undone(OpOutcome& outcome) {
                             "applied (see the daemon's log and stats)";
 }
 
-bool DurableBackend::run(const Request& req, const Peer& peer, OpOutcome& now,
-                         Deferral& deferral) {
+bool DurableBackend::run(const Request& req, const Peer& peer, OpOutcome& now, Deferral& deferral) {
     apply(req, peer, now);
     // An answer given while a change is uncommitted may report it (or one it
     // saw): it waits for the commit, and becomes an error if that fails and

@@ -6,15 +6,16 @@
 namespace cbd {
 
 namespace {
-bool key_less(const std::string* a, std::string_view b) { return std::string_view(*a) < b; }
+bool key_less(const std::string* a, std::string_view b) {
+    return std::string_view(*a) < b;
+}
 } // namespace
 
 std::pair<std::size_t, std::size_t> KeyIndex::lower_bound(std::string_view key) const {
     // The first block whose last key is >= key holds the position.
-    auto block = std::lower_bound(blocks_.begin(), blocks_.end(), key,
-                                  [](const Block& b, std::string_view k) {
-                                      return std::string_view(*b.back()) < k;
-                                  });
+    auto block = std::lower_bound(
+        blocks_.begin(), blocks_.end(), key,
+        [](const Block& b, std::string_view k) { return std::string_view(*b.back()) < k; });
     if (block == blocks_.end())
         return {blocks_.size(), 0};
     auto pos = std::lower_bound(block->begin(), block->end(), key, key_less);

@@ -377,8 +377,8 @@ MemoryCircuitStore::apply_trip_rule(std::string_view key, Circuit& c, const Poli
     const bool failed = outcome == Outcome::Failure;
     switch (policy.trip_rule()) {
     case TripRule::Count:
-        if (failed && static_cast<std::int64_t>(c.snapshot.failure_count) >=
-                          policy.failure_threshold())
+        if (failed &&
+            static_cast<std::int64_t>(c.snapshot.failure_count) >= policy.failure_threshold())
             return apply_transition(key, c, State::Open, TransitionCause::Threshold, now);
         return std::nullopt;
     case TripRule::Consecutive: {
@@ -464,7 +464,8 @@ bool MemoryCircuitStore::decode_rule(std::string_view text, Circuit& c) {
         auto it = j.find(name);
         if (it == j.end())
             return true;
-        if (!it->is_number_integer() || it->get<std::int64_t>() < 0 || it->get<std::int64_t>() > max)
+        if (!it->is_number_integer() || it->get<std::int64_t>() < 0 ||
+            it->get<std::int64_t>() > max)
             return false;
         out = it->get<std::int64_t>();
         return true;
@@ -491,8 +492,8 @@ std::string MemoryCircuitStore::RuleWindow::encode() const {
     if (type_ == WindowType::Count) {
         std::string ring;
         for (std::int64_t i = 0; i < calls_; ++i)
-            ring += static_cast<char>('0' + ring_[static_cast<std::size_t>(
-                                                 (head_ - calls_ + i + size_) % size_)]);
+            ring += static_cast<char>(
+                '0' + ring_[static_cast<std::size_t>((head_ - calls_ + i + size_) % size_)]);
         j["calls"] = ring; // oldest first
     } else {
         auto buckets = nlohmann::json::array();
@@ -555,7 +556,8 @@ bool MemoryCircuitStore::RuleWindow::decode(std::string_view text) {
             if (n[i] < 0 || n[i] > (i == 0 ? kMaxSafeInteger : kMaxWindowBucketCount))
                 return false;
         }
-        buckets_[static_cast<std::size_t>(n[0] % kTimeWindowBuckets)] = Bucket{n[0], n[1], n[2], n[3]};
+        buckets_[static_cast<std::size_t>(n[0] % kTimeWindowBuckets)] =
+            Bucket{n[0], n[1], n[2], n[3]};
     }
     return true;
 }
@@ -568,7 +570,6 @@ namespace {
 std::int64_t bucket_ms(std::int64_t window_ms) {
     return std::max<std::int64_t>(1, (window_ms + kTimeWindowBuckets - 1) / kTimeWindowBuckets);
 }
-
 
 } // namespace
 
@@ -832,7 +833,7 @@ std::optional<ErrorCode> MemoryCircuitStore::restore(const StoredCircuit& record
         const CircuitView& v = *record.circuit;
         c.snapshot = v.snapshot;
         c.generation = v.generation;
-        c.extras.reset(); // probes in flight do not survive a restore
+        c.extras.reset();            // probes in flight do not survive a restore
         decode_rule(record.rule, c); // checked by in_range()
         if (v.forced) {
             if (!c.extras)
@@ -875,8 +876,8 @@ ExportPage MemoryCircuitStore::export_page(std::string_view prefix, std::string_
     });
     const auto policy_keys = policies_.override_keys(prefix, after, limit);
     std::vector<std::string> keys;
-    std::set_union(circuit_keys.begin(), circuit_keys.end(), policy_keys.begin(),
-                   policy_keys.end(), std::back_inserter(keys));
+    std::set_union(circuit_keys.begin(), circuit_keys.end(), policy_keys.begin(), policy_keys.end(),
+                   std::back_inserter(keys));
     const bool more =
         circuit_keys.size() == limit || policy_keys.size() == limit || keys.size() > limit;
     if (keys.size() > limit)

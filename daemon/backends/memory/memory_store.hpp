@@ -4,9 +4,9 @@
 // here, atomically, which is what makes probe limits hold across processes.
 #pragma once
 
+#include "daemon/backends/memory/key_index.hpp"
 #include "daemon/breaker/circuit_store.hpp"
 #include "daemon/core/clock.hpp"
-#include "daemon/backends/memory/key_index.hpp"
 
 #include <algorithm>
 #include <array>

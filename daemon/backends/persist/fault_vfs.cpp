@@ -45,9 +45,13 @@ int injected_error() {
     return std::strncmp(first, "full", 4) == 0 ? SQLITE_FULL : SQLITE_IOERR_WRITE;
 }
 
-sqlite3_file* in(sqlite3_file* f) { return reinterpret_cast<FaultFile*>(f)->inner(); }
+sqlite3_file* in(sqlite3_file* f) {
+    return reinterpret_cast<FaultFile*>(f)->inner();
+}
 
-int f_close(sqlite3_file* f) { return in(f)->pMethods->xClose(in(f)); }
+int f_close(sqlite3_file* f) {
+    return in(f)->pMethods->xClose(in(f));
+}
 int f_read(sqlite3_file* f, void* buf, int n, sqlite3_int64 off) {
     return in(f)->pMethods->xRead(in(f), buf, n, off);
 }
@@ -69,15 +73,21 @@ int f_sync(sqlite3_file* f, int flags) {
 int f_file_size(sqlite3_file* f, sqlite3_int64* size) {
     return in(f)->pMethods->xFileSize(in(f), size);
 }
-int f_lock(sqlite3_file* f, int level) { return in(f)->pMethods->xLock(in(f), level); }
-int f_unlock(sqlite3_file* f, int level) { return in(f)->pMethods->xUnlock(in(f), level); }
+int f_lock(sqlite3_file* f, int level) {
+    return in(f)->pMethods->xLock(in(f), level);
+}
+int f_unlock(sqlite3_file* f, int level) {
+    return in(f)->pMethods->xUnlock(in(f), level);
+}
 int f_check_reserved(sqlite3_file* f, int* out) {
     return in(f)->pMethods->xCheckReservedLock(in(f), out);
 }
 int f_file_control(sqlite3_file* f, int op, void* arg) {
     return in(f)->pMethods->xFileControl(in(f), op, arg);
 }
-int f_sector_size(sqlite3_file* f) { return in(f)->pMethods->xSectorSize(in(f)); }
+int f_sector_size(sqlite3_file* f) {
+    return in(f)->pMethods->xSectorSize(in(f));
+}
 int f_device_characteristics(sqlite3_file* f) {
     return in(f)->pMethods->xDeviceCharacteristics(in(f));
 }
@@ -87,8 +97,12 @@ int f_shm_map(sqlite3_file* f, int page, int size, int extend, void volatile** o
 int f_shm_lock(sqlite3_file* f, int offset, int n, int flags) {
     return in(f)->pMethods->xShmLock(in(f), offset, n, flags);
 }
-void f_shm_barrier(sqlite3_file* f) { in(f)->pMethods->xShmBarrier(in(f)); }
-int f_shm_unmap(sqlite3_file* f, int remove) { return in(f)->pMethods->xShmUnmap(in(f), remove); }
+void f_shm_barrier(sqlite3_file* f) {
+    in(f)->pMethods->xShmBarrier(in(f));
+}
+int f_shm_unmap(sqlite3_file* f, int remove) {
+    return in(f)->pMethods->xShmUnmap(in(f), remove);
+}
 int f_fetch(sqlite3_file* f, sqlite3_int64 off, int n, void** out) {
     return in(f)->pMethods->xFetch(in(f), off, n, out);
 }

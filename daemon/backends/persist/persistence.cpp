@@ -57,7 +57,7 @@ std::size_t Persistence::load() {
                     (*error == ErrorCode::TooManyCircuits
                          ? " holds more circuits than --max-circuits allows"
                          : ": row '" + record.key +
-                                 "' holds a number out of range or an unreadable trip-rule state"));
+                               "' holds a number out of range or an unreadable trip-rule state"));
         ++loaded;
     });
     store_.advance_generation(last_generation);
@@ -65,8 +65,8 @@ std::size_t Persistence::load() {
     const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
         std::chrono::steady_clock::now() - started);
     log_info("loaded " + std::to_string(loaded) + " circuits from " + file_->path() + " in " +
-             std::to_string(took.count()) + " ms (sync " + std::string(sync_mode_name(options_.mode)) +
-             ")");
+             std::to_string(took.count()) + " ms (sync " +
+             std::string(sync_mode_name(options_.mode)) + ")");
     return loaded;
 }
 
@@ -163,33 +163,33 @@ void Persistence::wait_for_writer() {
     if (signal_armed_)
         return;
     signal_armed_ = true;
-    done_signal_->async_read_some(
-        asio::buffer(&done_count_, sizeof done_count_),
-        [this](const boost::system::error_code& ec, std::size_t) {
-            signal_armed_ = false;
-            if (ec)
-                return;
-            std::optional<std::string> error;
-            std::size_t rows = 0;
-            bool finished = false;
-            {
-                std::lock_guard lock(mutex_);
-                if (job_running_ && job_done_) {
-                    job_running_ = job_done_ = false;
-                    error = std::move(job_error_);
-                    job_error_.reset();
-                    rows = job_.size();
-                    job_.clear();
-                    finished = true;
-                }
-            }
-            if (finished)
-                on_commit_done(std::move(error), rows);
-            // While stopping, stop listening once idle, so the loop can end
-            // (start_commit() listens again should a late change come).
-            if (!(stopped_ && !committing_active_))
-                wait_for_writer();
-        });
+    done_signal_->async_read_some(asio::buffer(&done_count_, sizeof done_count_),
+                                  [this](const boost::system::error_code& ec, std::size_t) {
+                                      signal_armed_ = false;
+                                      if (ec)
+                                          return;
+                                      std::optional<std::string> error;
+                                      std::size_t rows = 0;
+                                      bool finished = false;
+                                      {
+                                          std::lock_guard lock(mutex_);
+                                          if (job_running_ && job_done_) {
+                                              job_running_ = job_done_ = false;
+                                              error = std::move(job_error_);
+                                              job_error_.reset();
+                                              rows = job_.size();
+                                              job_.clear();
+                                              finished = true;
+                                          }
+                                      }
+                                      if (finished)
+                                          on_commit_done(std::move(error), rows);
+                                      // While stopping, stop listening once idle, so the loop can
+                                      // end (start_commit() listens again should a late change
+                                      // come).
+                                      if (!(stopped_ && !committing_active_))
+                                          wait_for_writer();
+                                  });
 }
 
 void Persistence::on_commit_done(std::optional<std::string> error, std::size_t rows) {
@@ -342,8 +342,7 @@ bool Persistence::shut_down() {
         return false;
     }
     dirty_.clear();
-    log_info("wrote " + std::to_string(records.size()) + " changed circuits to " +
-             file_->path());
+    log_info("wrote " + std::to_string(records.size()) + " changed circuits to " + file_->path());
     file_.reset(); // closes the file, checkpointing the log into it
     return true;
 }
@@ -374,8 +373,8 @@ void Persistence::note_failure(const std::string& why, std::size_t rows) {
             : "; cbd keeps serving from memory and retries every " +
                   std::to_string(options_.interval.count()) + " ms";
     log_error("state file " + file_->path() + ": cannot write " + std::to_string(rows) +
-              " changed circuits: " + why + consequence + " (" +
-              std::to_string(stats_.failures) + " failed commits so far)");
+              " changed circuits: " + why + consequence + " (" + std::to_string(stats_.failures) +
+              " failed commits so far)");
 }
 
 } // namespace cbd

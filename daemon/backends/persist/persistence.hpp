@@ -20,10 +20,10 @@
 // Every mode writes everything still unwritten at clean shutdown.
 #pragma once
 
-#include "daemon/breaker/circuit_store.hpp"
-#include "daemon/dispatch/commit_gate.hpp"
 #include "daemon/backends/persist/state_file.hpp"
+#include "daemon/breaker/circuit_store.hpp"
 #include "daemon/config/daemon_config.hpp"
+#include "daemon/dispatch/commit_gate.hpp"
 #include "daemon/dispatch/stats.hpp"
 
 #include <boost/asio/io_context.hpp>

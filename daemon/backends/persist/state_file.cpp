@@ -58,8 +58,7 @@ constexpr const char* kUpsert =
     "pin_reason = excluded.pin_reason, pin_uid = excluded.pin_uid, pin_pid = excluded.pin_pid, "
     "policy = excluded.policy, rule = excluded.rule";
 constexpr const char* kRemove = "DELETE FROM circuits WHERE key = ?1";
-constexpr const char* kSetGeneration =
-    "UPDATE meta SET value = ?1 WHERE name = 'last_generation'";
+constexpr const char* kSetGeneration = "UPDATE meta SET value = ?1 WHERE name = 'last_generation'";
 constexpr const char* kSelectAll =
     "SELECT key, state, failure_count, success_count, last_failure_time, last_state_change, "
     "generation, pin_state, pin_until, pin_reason, pin_uid, pin_pid, policy, rule FROM circuits";
@@ -74,7 +73,9 @@ std::string describe(sqlite3* db, int rc) {
 }
 
 // Runs SQL that returns no rows we need; returns the SQLite code.
-int exec(sqlite3* db, const char* sql) { return sqlite3_exec(db, sql, nullptr, nullptr, nullptr); }
+int exec(sqlite3* db, const char* sql) {
+    return sqlite3_exec(db, sql, nullptr, nullptr, nullptr);
+}
 
 // The first column of the first row of `sql` as an integer (0 if none).
 int query_int(sqlite3* db, const char* sql, int& rc) {
@@ -113,7 +114,9 @@ std::string column_string(sqlite3_stmt* stmt, int col) {
                 : std::string();
 }
 
-bool is_null(sqlite3_stmt* stmt, int col) { return sqlite3_column_type(stmt, col) == SQLITE_NULL; }
+bool is_null(sqlite3_stmt* stmt, int col) {
+    return sqlite3_column_type(stmt, col) == SQLITE_NULL;
+}
 
 // Whether `text` is well-formed UTF-8 (RFC 3629: no overlong forms, no
 // surrogates, nothing above U+10FFFF). The protocol's JSON parser refuses
@@ -196,7 +199,9 @@ StateFile::~StateFile() {
     sqlite3_close(db_);
 }
 
-std::string StateFile::error_text() const { return describe(db_, sqlite3_extended_errcode(db_)); }
+std::string StateFile::error_text() const {
+    return describe(db_, sqlite3_extended_errcode(db_));
+}
 
 std::unique_ptr<StateFile> StateFile::open(const StateFileOptions& options) {
     const std::string& path = options.path;
@@ -207,10 +212,8 @@ std::unique_ptr<StateFile> StateFile::open(const StateFileOptions& options) {
 
     const char* vfs = options.fault_file.empty() ? nullptr : register_fault_vfs(options.fault_file);
     sqlite3* raw = nullptr;
-    const int open_rc = sqlite3_open_v2(path.c_str(), &raw,
-                                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
-                                            SQLITE_OPEN_NOMUTEX,
-                                        vfs);
+    const int open_rc = sqlite3_open_v2(
+        path.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, vfs);
     std::unique_ptr<StateFile> file(new StateFile(raw, path));
     if (open_rc != SQLITE_OK)
         throw fail(Kind::Unwritable, "cannot open or create it: " + describe(raw, open_rc));
@@ -224,7 +227,8 @@ std::unique_ptr<StateFile> StateFile::open(const StateFileOptions& options) {
 
     int rc = SQLITE_OK;
     const int app_id = query_int(raw, "PRAGMA application_id", rc);
-    const int tables = rc == SQLITE_OK ? query_int(raw, "SELECT count(*) FROM sqlite_schema", rc) : 0;
+    const int tables =
+        rc == SQLITE_OK ? query_int(raw, "SELECT count(*) FROM sqlite_schema", rc) : 0;
     const int schema = rc == SQLITE_OK ? query_int(raw, "PRAGMA user_version", rc) : 0;
     if (rc != SQLITE_OK) {
         if ((rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED)
@@ -309,8 +313,8 @@ std::uint64_t StateFile::load(const std::function<void(const StoredCircuit&)>& v
     int rc = SQLITE_OK;
     sqlite3_stmt* meta = nullptr;
     std::uint64_t last_generation = 0;
-    rc = sqlite3_prepare_v2(db_, "SELECT value FROM meta WHERE name = 'last_generation'", -1,
-                            &meta, nullptr);
+    rc = sqlite3_prepare_v2(db_, "SELECT value FROM meta WHERE name = 'last_generation'", -1, &meta,
+                            nullptr);
     bool counter_in_range = true;
     if (rc == SQLITE_OK && sqlite3_step(meta) == SQLITE_ROW) {
         // The counter is a generation: 0..2^53-1. A larger one (or a value
@@ -360,9 +364,9 @@ std::uint64_t StateFile::load(const std::function<void(const StoredCircuit&)>& v
                                     " is not an integer from 0 to " + std::to_string(max));
                 return sqlite3_column_int64(stmt, col);
             };
-            static constexpr const char* kNumberColumns[] = {
-                "failure_count", "success_count", "last_failure_time", "last_state_change",
-                "generation"};
+            static constexpr const char* kNumberColumns[] = {"failure_count", "success_count",
+                                                             "last_failure_time",
+                                                             "last_state_change", "generation"};
             for (int col = 2; col <= 6; ++col)
                 integer_column(col, kNumberColumns[col - 2], kMaxSafeInteger);
             v.snapshot.failure_count = static_cast<std::uint64_t>(sqlite3_column_int64(stmt, 2));

@@ -5,8 +5,8 @@
 // operation answers later, on the loop, when Redis does.
 #pragma once
 
-#include "daemon/dispatch/circuit_backend.hpp"
 #include "daemon/backends/redis/redis_store.hpp"
+#include "daemon/dispatch/circuit_backend.hpp"
 
 namespace cbd {
 

@@ -242,41 +242,41 @@ void RedisConnection::flush() {
 
 void RedisConnection::read_more() {
     const auto epoch = epoch_;
-    socket_.async_read_some(
-        asio::buffer(in_), [this, epoch](const boost::system::error_code& ec, std::size_t n) {
-            if (epoch != epoch_)
-                return;
-            if (ec) {
-                fail(ec == asio::error::eof ? "Redis closed the connection"
-                                            : "read failed: " + ec.message());
-                return;
-            }
-            redisReaderFeed(reader_, in_.data(), n);
-            for (;;) {
-                void* raw = nullptr;
-                if (redisReaderGetReply(reader_, &raw) != REDIS_OK) {
-                    fail("unreadable reply from Redis");
-                    return;
-                }
-                if (!raw)
-                    break;
-                auto* reply = static_cast<redisReply*>(raw);
-                if (pending_.empty()) {
-                    if (on_push_)
-                        on_push_(reply);
-                    freeReplyObject(reply);
-                    continue;
-                }
-                Pending p = std::move(pending_.front());
-                pending_.pop_front();
-                p.done(reply, "");
-                freeReplyObject(reply);
-                if (epoch != epoch_)
-                    return; // the callback failed the connection
-            }
-            arm_deadline();
-            read_more();
-        });
+    socket_.async_read_some(asio::buffer(in_),
+                            [this, epoch](const boost::system::error_code& ec, std::size_t n) {
+                                if (epoch != epoch_)
+                                    return;
+                                if (ec) {
+                                    fail(ec == asio::error::eof ? "Redis closed the connection"
+                                                                : "read failed: " + ec.message());
+                                    return;
+                                }
+                                redisReaderFeed(reader_, in_.data(), n);
+                                for (;;) {
+                                    void* raw = nullptr;
+                                    if (redisReaderGetReply(reader_, &raw) != REDIS_OK) {
+                                        fail("unreadable reply from Redis");
+                                        return;
+                                    }
+                                    if (!raw)
+                                        break;
+                                    auto* reply = static_cast<redisReply*>(raw);
+                                    if (pending_.empty()) {
+                                        if (on_push_)
+                                            on_push_(reply);
+                                        freeReplyObject(reply);
+                                        continue;
+                                    }
+                                    Pending p = std::move(pending_.front());
+                                    pending_.pop_front();
+                                    p.done(reply, "");
+                                    freeReplyObject(reply);
+                                    if (epoch != epoch_)
+                                        return; // the callback failed the connection
+                                }
+                                arm_deadline();
+                                read_more();
+                            });
 }
 
 void RedisConnection::arm_deadline() {

@@ -132,9 +132,9 @@ class RedisConnection {
     std::string writing_; // what the socket is writing now
     bool write_busy_ = false;
     std::vector<char> in_;
-    bool ready_ = false;                 // Up, and AUTH and the set-up have succeeded
-    std::size_t setup_unanswered_ = 0;   // AUTH and set-up commands not yet answered
-    std::uint64_t epoch_ = 0; // bumped on every (re)connect; stale handlers see the change
+    bool ready_ = false;               // Up, and AUTH and the set-up have succeeded
+    std::size_t setup_unanswered_ = 0; // AUTH and set-up commands not yet answered
+    std::uint64_t epoch_ = 0;          // bumped on every (re)connect; stale handlers see the change
 };
 
 } // namespace cbd

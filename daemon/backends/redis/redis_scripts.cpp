@@ -999,8 +999,8 @@ return out
 )lua";
 
 constexpr std::array<std::string_view, kRedisScriptCount> kBodies = {
-    kGet, kSuccess, kFailure, kTransition, kReset, kAcquire, kReport,
-    kForce, kUnforce, kPolicy, kList, kSweep, kExport, kImport,
+    kGet,   kSuccess, kFailure, kTransition, kReset, kAcquire, kReport,
+    kForce, kUnforce, kPolicy,  kList,       kSweep, kExport,  kImport,
 };
 
 } // namespace
@@ -1010,7 +1010,9 @@ const std::string& redis_script_constants() {
     return constants;
 }
 
-std::string_view redis_script_prelude() { return kPrelude; }
+std::string_view redis_script_prelude() {
+    return kPrelude;
+}
 
 std::string_view redis_script_body(RedisScript script) {
     return kBodies[static_cast<std::size_t>(script)];
@@ -1034,8 +1036,8 @@ std::array<std::string, 6> redis_script_keys(std::string_view prefix, std::strin
     const std::string p(prefix);
     const std::string k(key);
     return {p + std::string(kRedisCircuitPart) + k, p + std::string(kRedisProbesPart) + k,
-            p + std::string(kRedisGenerationKey), p + std::string(kRedisPolicyPart) + k,
-            p + std::string(kRedisEventsKey), p + std::string(kRedisIndexKey)};
+            p + std::string(kRedisGenerationKey),   p + std::string(kRedisPolicyPart) + k,
+            p + std::string(kRedisEventsKey),       p + std::string(kRedisIndexKey)};
 }
 
 RedisErrorKind classify_redis_error(std::string_view reply) {
@@ -1059,7 +1061,7 @@ std::string redis_error_text(std::string_view reply) {
     if (reply.starts_with(kRedisErrBackend) || reply.starts_with(kRedisErrTooMany) ||
         reply.starts_with(kRedisErrInvalid))
         reply.remove_prefix(reply.find(' ') == std::string_view::npos ? reply.size()
-                                                                       : reply.find(' ') + 1);
+                                                                      : reply.find(' ') + 1);
     // Redis 7 appends where in the script the error was raised.
     if (const auto at = reply.rfind(" script: "); at != std::string_view::npos)
         reply = reply.substr(0, at);

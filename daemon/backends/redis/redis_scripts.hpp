@@ -132,26 +132,26 @@ std::array<std::string, 6> redis_script_keys(std::string_view prefix, std::strin
 
 // What every circuit script returns (an array), by index.
 enum RedisResultField : std::size_t {
-    kResStatus,     // one of kRedisStatusNames
+    kResStatus, // one of kRedisStatusNames
     kResState,
     kResFailures,
     kResSuccesses,
     kResLastFailure,
     kResLastChange,
     kResGeneration,
-    kResPinState,   // "" when not pinned
+    kResPinState, // "" when not pinned
     kResPinUntil,
     kResPinReason,
     kResPinUid,
     kResPinPid,
-    kResFrom,       // "" when nothing changed
+    kResFrom, // "" when nothing changed
     kResTo,
     kResCause,
-    kResExtra1,     // acquire: allowed (0/1); reset: removed (0/1)
-    kResExtra2,     // acquire: permit
-    kResExtra3,     // acquire: retryAfterMs
-    kResWouldDeny,  // acquire: 1 when observe mode allowed what enforce would deny
-    kResWindow,     // 1 when the policy uses the rate rule (then the three below)
+    kResExtra1,    // acquire: allowed (0/1); reset: removed (0/1)
+    kResExtra2,    // acquire: permit
+    kResExtra3,    // acquire: retryAfterMs
+    kResWouldDeny, // acquire: 1 when observe mode allowed what enforce would deny
+    kResWindow,    // 1 when the policy uses the rate rule (then the three below)
     kResWindowCalls,
     kResWindowFailures,
     kResWindowSlow,

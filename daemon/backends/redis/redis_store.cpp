@@ -1,8 +1,8 @@
 // RedisStore (see redis_store.hpp).
 #include "daemon/backends/redis/redis_store.hpp"
 
-#include "daemon/core/log.hpp"
 #include "daemon/breaker/policy_digest.hpp"
+#include "daemon/core/log.hpp"
 
 #include <algorithm>
 #include <boost/asio/post.hpp>
@@ -418,69 +418,68 @@ void RedisStore::run(RedisScript script, std::string_view key, const Policy& pol
         enroll_wait(ticket);
         answer = [this, ticket](RemoteResult r) { answer_ticket(ticket, std::move(r)); };
     }
-    send(make_call(script, key, policy, args), [script, done = std::move(answer)](
-                                                   const redisReply* reply,
-                                                   RemoteResult failure) mutable {
-        if (!reply) {
-            done(std::move(failure));
-            return;
-        }
-        RemoteResult r;
-        if (script == RedisScript::Import || script == RedisScript::Sweep) {
-            done(std::move(r));
-            return;
-        }
-        if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1) {
-            done(unexpected_answer());
-            return;
-        }
-        if (script == RedisScript::Policy) {
-            if (reply->elements != 1 + kPolicyFieldCount) {
-                done(unexpected_answer());
-                return;
-            }
-            for (std::size_t i = 0; i < kPolicyFieldCount; ++i)
-                if (!str(reply->element[i + 1]).empty())
-                    r.policy_override.values[i] = num(reply->element[i + 1]);
-            done(std::move(r));
-            return;
-        }
-        if (script == RedisScript::Reset) {
-            r.extra1 = reply->elements >= 2 ? num(reply->element[1]) : 0;
-            done(std::move(r));
-            return;
-        }
-        if (reply->elements != kResFieldCount) {
-            done(unexpected_answer());
-            return;
-        }
-        const auto status = str(reply->element[kResStatus]);
-        r.circuit = view_from_fields(reply->element + kResState);
-        if (status == kRedisStatusNames[1])
-            r.error = ErrorCode::Conflict;
-        else if (status == kRedisStatusNames[2])
-            r.error = ErrorCode::Forced;
-        else if (status == kRedisStatusNames[3])
-            r.error = ErrorCode::NoPermit;
-        else if (status == kRedisStatusNames[4])
-            r.stale = true;
-        if (auto to = parse_state(str(reply->element[kResTo]))) {
-            auto from = parse_state(str(reply->element[kResFrom]));
-            auto cause = cause_named(str(reply->element[kResCause]));
-            r.transition =
-                TransitionRecord{from.value_or(*to), *to, cause.value_or(TransitionCause::Manual),
-                                 r.circuit.snapshot.last_state_change, r.circuit.generation};
-        }
-        r.extra1 = num(reply->element[kResExtra1]);
-        r.extra2 = std::string(str(reply->element[kResExtra2]));
-        r.extra3 = num(reply->element[kResExtra3]);
-        r.circuit.would_deny = num(reply->element[kResWouldDeny]) != 0;
-        if (num(reply->element[kResWindow]) != 0)
-            r.circuit.window = window_view(num(reply->element[kResWindowCalls]),
-                                           num(reply->element[kResWindowFailures]),
-                                           num(reply->element[kResWindowSlow]));
-        done(std::move(r));
-    });
+    send(make_call(script, key, policy, args),
+         [script, done = std::move(answer)](const redisReply* reply, RemoteResult failure) mutable {
+             if (!reply) {
+                 done(std::move(failure));
+                 return;
+             }
+             RemoteResult r;
+             if (script == RedisScript::Import || script == RedisScript::Sweep) {
+                 done(std::move(r));
+                 return;
+             }
+             if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1) {
+                 done(unexpected_answer());
+                 return;
+             }
+             if (script == RedisScript::Policy) {
+                 if (reply->elements != 1 + kPolicyFieldCount) {
+                     done(unexpected_answer());
+                     return;
+                 }
+                 for (std::size_t i = 0; i < kPolicyFieldCount; ++i)
+                     if (!str(reply->element[i + 1]).empty())
+                         r.policy_override.values[i] = num(reply->element[i + 1]);
+                 done(std::move(r));
+                 return;
+             }
+             if (script == RedisScript::Reset) {
+                 r.extra1 = reply->elements >= 2 ? num(reply->element[1]) : 0;
+                 done(std::move(r));
+                 return;
+             }
+             if (reply->elements != kResFieldCount) {
+                 done(unexpected_answer());
+                 return;
+             }
+             const auto status = str(reply->element[kResStatus]);
+             r.circuit = view_from_fields(reply->element + kResState);
+             if (status == kRedisStatusNames[1])
+                 r.error = ErrorCode::Conflict;
+             else if (status == kRedisStatusNames[2])
+                 r.error = ErrorCode::Forced;
+             else if (status == kRedisStatusNames[3])
+                 r.error = ErrorCode::NoPermit;
+             else if (status == kRedisStatusNames[4])
+                 r.stale = true;
+             if (auto to = parse_state(str(reply->element[kResTo]))) {
+                 auto from = parse_state(str(reply->element[kResFrom]));
+                 auto cause = cause_named(str(reply->element[kResCause]));
+                 r.transition = TransitionRecord{
+                     from.value_or(*to), *to, cause.value_or(TransitionCause::Manual),
+                     r.circuit.snapshot.last_state_change, r.circuit.generation};
+             }
+             r.extra1 = num(reply->element[kResExtra1]);
+             r.extra2 = std::string(str(reply->element[kResExtra2]));
+             r.extra3 = num(reply->element[kResExtra3]);
+             r.circuit.would_deny = num(reply->element[kResWouldDeny]) != 0;
+             if (num(reply->element[kResWindow]) != 0)
+                 r.circuit.window = window_view(num(reply->element[kResWindowCalls]),
+                                                num(reply->element[kResWindowFailures]),
+                                                num(reply->element[kResWindowSlow]));
+             done(std::move(r));
+         });
 }
 
 // A list page: calls of at most kRedisScanPerCall keys each, asking for one

@@ -7,12 +7,12 @@
 // watchers).
 #pragma once
 
-#include "daemon/breaker/circuit_store.hpp"
-#include "daemon/core/clock.hpp"
 #include "daemon/backends/redis/redis_connection.hpp"
 #include "daemon/backends/redis/redis_scripts.hpp"
 #include "daemon/backends/redis/redis_sentinel.hpp"
 #include "daemon/backends/redis/sentinel_discovery.hpp"
+#include "daemon/breaker/circuit_store.hpp"
+#include "daemon/core/clock.hpp"
 #include "daemon/dispatch/stats.hpp"
 
 #include <array>
@@ -35,7 +35,7 @@ struct RedisStoreOptions {
     // This cbd in the policy digest exchange (policy_digest.hpp): the host
     // name and the socket path, so two daemons on one host are two entries.
     std::string instance;
-    std::string prefix = "cbd:"; // every key this daemon uses starts so
+    std::string prefix = "cbd:";                    // every key this daemon uses starts so
     std::size_t max_circuits = kDefaultMaxCircuits; // in the shared store
     // cbd --test-clock: every script (the sweep too) takes its time from
     // this clock instead of Redis's TIME, so tests can step time. Null in
@@ -59,9 +59,9 @@ struct RemoteResult {
     CircuitView circuit;
     std::optional<TransitionRecord> transition;
     bool stale = false;
-    std::int64_t extra1 = 0;  // acquire: allowed; reset: removed
-    std::string extra2;       // acquire: permit
-    std::int64_t extra3 = 0;  // acquire: retryAfterMs
+    std::int64_t extra1 = 0;     // acquire: allowed; reset: removed
+    std::string extra2;          // acquire: permit
+    std::int64_t extra3 = 0;     // acquire: retryAfterMs
     PolicyPatch policy_override; // policy script: the key's override in Redis (checked)
     ListPage page;               // list script
     ExportPage exported;         // export script
@@ -139,7 +139,7 @@ class RedisStore {
     std::array<std::string, kRedisScriptCount> shas_; // from SCRIPT LOAD; empty until known
     bool sweeping_ = false;
     std::optional<CircuitCounts> counts_; // none until the first sweep answers
-    std::string last_logged_error_; // a bad key is logged once, not per request
+    std::string last_logged_error_;       // a bad key is logged once, not per request
     MasterFollower follower_;
     std::shared_ptr<WaitBatch> open_batch_; // its WAIT is not sent yet
     bool wait_in_flight_ = false;           // a WAIT is out; the next waits for its answer
