@@ -44,9 +44,15 @@ install_deps() {
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 }
 
+# Everything, or only the targets named (`run` builds cbd and cbctl: on a
+# fresh clone that is a third of the work, and the tests build the rest).
 build() {
   cmake -S . -B "$BUILD_DIR" -G Ninja -DCBD_WERROR="${CBD_WERROR:-OFF}" >/dev/null
-  cmake --build "$BUILD_DIR"
+  if (($#)); then
+    cmake --build "$BUILD_DIR" --target "$@"
+  else
+    cmake --build "$BUILD_DIR"
+  fi
 }
 
 # The Debian package, built from a copy of the tree's files (tracked and new,
@@ -80,7 +86,7 @@ case "$cmd" in
   deb) install_deps; deb ;;
   run)
     install_deps
-    build >&2
+    build cbd cbctl >&2
     echo "dev.sh: starting cbd; talk to it with $BUILD_DIR/cli/cbctl (Ctrl-C stops it)" >&2
     exec "$BUILD_DIR/daemon/cbd" "$@"
     ;;
@@ -93,8 +99,16 @@ case "$cmd" in
       cmake -S . -B "$BUILD_DIR-asan" -G Ninja -DCBD_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug \
         -DCBD_WERROR="${CBD_WERROR:-OFF}" >/dev/null
       cmake --build "$BUILD_DIR-asan"
+      # Left out here, as a sanitizer adds nothing to them that the first
+      # pass did not check: the package (built with Debian's flags, not
+      # these), the checks that start no cbd (man pages, completion, the
+      # walls, the corpus runner's self-test), and the Node and Go clients,
+      # whose own code ASan does not see: the Python client's suite stays,
+      # as it drives the same cbd paths (a watch on a set of keys,
+      # reportBatch from a mirror) that they do and no e2e suite does.
       ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-        ctest --test-dir "$BUILD_DIR-asan" --output-on-failure --timeout 1800
+        ctest --test-dir "$BUILD_DIR-asan" --output-on-failure --timeout 1800 \
+        -E '^((node|go|package)\.|walls$|conformance\.runner$|e2e\.test_(manpages|completion)$)' -R '.'
       # The writer thread (--state-file) is the one place two threads meet:
       # the unit suite and every end-to-end suite that starts it, under TSan.
       echo "dev.sh: the persistence writer thread under ThreadSanitizer" >&2
