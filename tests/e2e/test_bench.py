@@ -1,8 +1,10 @@
 """cbbench and the floor server against the real thing: the counts add up."""
 
 import json
+import os
 import subprocess
 import time
+from pathlib import Path
 
 from conftest import BUILD, Client, wait_for_socket
 
@@ -64,3 +66,18 @@ def test_floor_answers_every_line(workdir):
     finally:
         p.kill()
         p.wait()
+
+
+def test_ab_prints_a_row_per_load_with_no_errors():
+    # bench/ab with the same build on both sides: every load answers, no
+    # request fails, and each row carries both sides' figures.
+    script = Path(__file__).resolve().parents[2] / "bench" / "ab"
+    r = subprocess.run([str(script), str(BUILD), str(BUILD)], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "DURATION": "0.2", "ROUNDS": "1"})
+    assert r.returncode == 0, r.stderr
+    rows = [line for line in r.stdout.splitlines() if line.startswith("| -c ")]
+    assert len(rows) == 5, r.stdout
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert int(cells[1]) > 0 and int(cells[2]) > 0, row
+        assert cells[6] == "0", row
