@@ -16,10 +16,14 @@ namespace cbd {
 
 namespace {
 
-std::string error_message(ErrorCode code, const CircuitView& v) {
+// The message of an error the backend gave no message for. `op` names the
+// limit a TooManyCircuits reached: configure adds key policies, every other
+// operation circuits.
+std::string error_message(ErrorCode code, Op op, const CircuitView& v) {
     switch (code) {
     case ErrorCode::TooManyCircuits:
-        return "the daemon holds its maximum number of circuits";
+        return op == Op::Configure ? "the daemon holds its maximum number of key policies"
+                                   : "the daemon holds its maximum number of circuits";
     case ErrorCode::Conflict:
         return "the circuit is " + std::string(state_name(v.snapshot.state)) + " at generation " +
                std::to_string(v.generation) + "; the expectation did not hold";
@@ -39,7 +43,7 @@ void circuit_error(std::string& out, const Request& req, ErrorCode code, const C
                    DaemonStats& stats) {
     stats.errors[static_cast<std::size_t>(code)] += 1;
     ReplyWriter w(out, req.id_json, false);
-    w.error(code, error_message(code, v));
+    w.error(code, error_message(code, req.op, v));
     if (code == ErrorCode::Conflict || code == ErrorCode::Forced || code == ErrorCode::NoPermit)
         circuit_fields(w, v);
     w.finish();
@@ -227,10 +231,7 @@ struct BatchTally {
 std::string entry_error_message(const OpOutcome& r) {
     if (!r.error_message.empty())
         return r.error_message;
-    if (*r.error == ErrorCode::Conflict || *r.error == ErrorCode::Forced ||
-        *r.error == ErrorCode::NoPermit || *r.error == ErrorCode::TooManyCircuits)
-        return error_message(*r.error, r.circuit);
-    return "the operation failed";
+    return error_message(*r.error, Op::Report, r.circuit);
 }
 
 // Entry errors are not counted in stats.errors, which counts error replies:
@@ -543,11 +544,7 @@ void Dispatcher::reply_for(const Request& req, const Peer& peer, const OpOutcome
         stats_.errors[static_cast<std::size_t>(code)] += 1;
         std::string message = r.error_message;
         if (message.empty())
-            message = code == ErrorCode::TooManyCircuits
-                          ? (req.op == Op::Configure
-                                 ? "the daemon holds its maximum number of key policies"
-                                 : "the daemon holds its maximum number of circuits")
-                          : "the operation failed";
+            message = error_message(code, req.op, r.circuit);
         append_error_reply(out, req.id_json, code, message);
         return;
     }
