@@ -664,48 +664,15 @@ void Dispatcher::handle_stats(const Request& req, RequestContext&, std::string& 
         .raw_field("events", "{\"emitted\":" + std::to_string(stats_.events_emitted) +
                                  ",\"dropped\":" + std::to_string(stats_.events_dropped) + "}")
         .field("residentMemoryBytes", resident_memory_bytes());
-    const StorageStats& st = stats_.storage;
-    if (st.mode.empty()) {
-        w.raw_field("storage", "null");
-    } else {
-        nlohmann::json storage = {{"mode", st.mode},
-                                  {"path", st.path},
-                                  {"healthy", st.healthy},
-                                  {"commits", st.commits},
-                                  {"failures", st.failures},
-                                  {"written", st.written},
-                                  {"undone", st.undone},
-                                  {"pending", st.pending},
-                                  {"lastCommitMs", st.last_commit_ms},
-                                  {"lastError", st.last_error.empty()
-                                                    ? nlohmann::json(nullptr)
-                                                    : nlohmann::json(st.last_error)}};
-        w.raw_field("storage",
-                    storage.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
-    }
-    const BackendStats& b = stats_.backend;
-    if (b.kind.empty()) {
-        w.raw_field("backend", "null");
-    } else {
-        nlohmann::json backend = {
-            {"kind", b.kind},
-            {"address", b.address},
-            {"up", b.up},
-            {"disconnects", b.disconnects},
-            {"unavailable", b.unavailable},
-            {"lastError",
-             b.last_error.empty() ? nlohmann::json(nullptr) : nlohmann::json(b.last_error)},
-            // Sentinel, replication and policy agreement (docs/REDIS.md).
-            {"master", b.master.empty() ? nlohmann::json(nullptr) : nlohmann::json(b.master)},
-            {"sentinel", b.sentinel},
-            {"failovers", b.failovers},
-            {"minReplicas", b.min_replicas},
-            {"replicationFailures", b.replication_failures},
-            {"policyDigest",
-             b.policy_digest.empty() ? nlohmann::json(nullptr) : nlohmann::json(b.policy_digest)},
-            {"policyMismatch", b.policy_mismatch_hosts}};
-        w.raw_field("backend",
-                    backend.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+    for (const auto& [name, section] :
+         {std::pair{"storage", stats_.storage}, std::pair{"backend", stats_.backend}}) {
+        if (!section) {
+            w.raw_field(name, "null");
+            continue;
+        }
+        nlohmann::json fields = nlohmann::json::object();
+        section->write_json(fields);
+        w.raw_field(name, fields.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
     }
     w.finish();
 }

@@ -130,49 +130,9 @@ std::string render_metrics(const MetricsInput& in) {
              "Event lines lost to watchers that fell behind.");
     m.sample("cbd_events_dropped_total", "", s.events_dropped);
 
-    if (!s.storage.mode.empty()) {
-        const auto& st = s.storage;
-        m.family("cbd_storage_healthy", "gauge",
-                 "1 when the last commit to the state file succeeded, else 0.");
-        m.sample("cbd_storage_healthy", metric_label("mode", st.mode), st.healthy ? 1 : 0);
-        m.family("cbd_storage_commits_total", "counter",
-                 "Transactions committed to the state file.");
-        m.sample("cbd_storage_commits_total", "", st.commits);
-        m.family("cbd_storage_failures_total", "counter", "Transactions that failed.");
-        m.sample("cbd_storage_failures_total", "", st.failures);
-        m.family("cbd_storage_written_total", "counter", "Circuit rows written.");
-        m.sample("cbd_storage_written_total", "", st.written);
-        m.family("cbd_storage_undone_total", "counter",
-                 "Durable mode: changes undone because their commit failed.");
-        m.sample("cbd_storage_undone_total", "", st.undone);
-        m.family("cbd_storage_pending", "gauge", "Batch mode: keys changed and not yet written.");
-        m.sample("cbd_storage_pending", "", st.pending);
-    }
-
-    if (!s.backend.kind.empty()) {
-        m.family("cbd_backend_up", "gauge", "1 while the connection to the backend is up.");
-        m.sample("cbd_backend_up", metric_label("kind", s.backend.kind), s.backend.up ? 1 : 0);
-        m.family("cbd_backend_disconnects_total", "counter",
-                 "Times the backend connection was lost or could not be made.");
-        m.sample("cbd_backend_disconnects_total", "", s.backend.disconnects);
-        m.family("cbd_backend_unavailable_total", "counter",
-                 "Operations answered backend_unavailable.");
-        m.sample("cbd_backend_unavailable_total", "", s.backend.unavailable);
-        m.family("cbd_backend_failovers_total", "counter",
-                 "Times cbd moved to another Redis master (Sentinel).");
-        m.sample("cbd_backend_failovers_total", "", s.backend.failovers);
-        m.family("cbd_backend_master", "gauge", "1, labelled with the Redis master cbd uses now.");
-        m.sample("cbd_backend_master", metric_label("address", s.backend.master),
-                 s.backend.master.empty() ? 0 : 1);
-        m.family("cbd_backend_replication_failures_total", "counter",
-                 "Changes answered backend_unavailable because fewer than --redis-min-replicas "
-                 "replicas acknowledged them.");
-        m.sample("cbd_backend_replication_failures_total", "", s.backend.replication_failures);
-        m.family("cbd_policy_config_mismatch", "gauge",
-                 "1 while another live cbd on the same Redis and prefix has other defaults or "
-                 "prefix rules.");
-        m.sample("cbd_policy_config_mismatch", "", s.backend.policy_mismatch_hosts.empty() ? 0 : 1);
-    }
+    for (const StatsSection* section : {s.storage, s.backend})
+        if (section)
+            section->write_metrics(m);
 
     m.family("cbd_resident_memory_bytes", "gauge", "Resident memory of the cbd process.");
     m.sample("cbd_resident_memory_bytes", "", in.resident_bytes);
