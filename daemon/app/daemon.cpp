@@ -98,14 +98,13 @@ void raise_descriptor_limit(std::size_t max_connections, std::size_t http_descri
 // StateFileError.
 std::unique_ptr<Persistence>
 open_state(const DaemonConfig& config, std::unique_ptr<MemoryCircuitStore>& store,
-           const std::function<std::unique_ptr<MemoryCircuitStore>()>& fresh_store,
-           DaemonStats& stats) {
+           const std::function<std::unique_ptr<MemoryCircuitStore>()>& fresh_store) {
     const PersistenceOptions options{
         {config.state_file, config.storage_fault_file}, config.sync_mode, config.sync_interval};
     for (bool moved = false;; moved = true) {
         try {
-            auto persistence = std::make_unique<Persistence>(StateFile::open(options.file), options,
-                                                             *store, stats);
+            auto persistence =
+                std::make_unique<Persistence>(StateFile::open(options.file), options, *store);
             persistence->load();
             return persistence;
         } catch (const StateFileError& e) {
@@ -153,7 +152,8 @@ int run_daemon(const DaemonConfig& config) {
     std::unique_ptr<Persistence> persistence;
     if (!config.state_file.empty()) {
         try {
-            persistence = open_state(config, store_owner, make_store, stats);
+            persistence = open_state(config, store_owner, make_store);
+            stats.storage = &persistence->stats();
         } catch (const StateFileError& e) {
             log_error(std::string("cannot start: ") + e.what() +
                       (e.kind() == StateFileError::Kind::Unreadable
@@ -207,7 +207,8 @@ int run_daemon(const DaemonConfig& config) {
         options.prefix = config.redis_prefix;
         options.max_circuits = config.max_circuits;
         options.test_clock = config.test_clock_file.empty() ? nullptr : &clock;
-        redis.emplace(io, options, stats, &events);
+        redis.emplace(io, options, &events);
+        stats.backend = &redis->stats();
         backend = std::make_unique<RedisBackend>(*redis);
     } else if (persistence && config.sync_mode == SyncMode::Always) {
         backend = std::make_unique<DurableBackend>(store, *persistence);
@@ -312,7 +313,7 @@ int run_daemon(const DaemonConfig& config) {
         persistence->start(io);
     if (redis) {
         redis->start();
-        log_info("circuits live in Redis at " + stats.backend.address + " (key prefix '" +
+        log_info("circuits live in Redis at " + redis->stats().address + " (key prefix '" +
                  config.redis_prefix + "')");
     }
     server.start();
@@ -330,6 +331,7 @@ int run_daemon(const DaemonConfig& config) {
     // Written before the socket goes: a restart that finds no socket finds
     // the state complete.
     const bool written = !persistence || persistence->shut_down();
+    stats.storage = nullptr; // the section goes with the Persistence that owns it
     persistence.reset();
     listener->remove_socket_file();
     log_info("stopped");

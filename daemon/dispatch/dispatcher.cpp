@@ -16,10 +16,14 @@ namespace cbd {
 
 namespace {
 
-std::string error_message(ErrorCode code, const CircuitView& v) {
+// The message of an error the backend gave no message for. `op` names the
+// limit a TooManyCircuits reached: configure adds key policies, every other
+// operation circuits.
+std::string error_message(ErrorCode code, Op op, const CircuitView& v) {
     switch (code) {
     case ErrorCode::TooManyCircuits:
-        return "the daemon holds its maximum number of circuits";
+        return op == Op::Configure ? "the daemon holds its maximum number of key policies"
+                                   : "the daemon holds its maximum number of circuits";
     case ErrorCode::Conflict:
         return "the circuit is " + std::string(state_name(v.snapshot.state)) + " at generation " +
                std::to_string(v.generation) + "; the expectation did not hold";
@@ -39,7 +43,7 @@ void circuit_error(std::string& out, const Request& req, ErrorCode code, const C
                    DaemonStats& stats) {
     stats.errors[static_cast<std::size_t>(code)] += 1;
     ReplyWriter w(out, req.id_json, false);
-    w.error(code, error_message(code, v));
+    w.error(code, error_message(code, req.op, v));
     if (code == ErrorCode::Conflict || code == ErrorCode::Forced || code == ErrorCode::NoPermit)
         circuit_fields(w, v);
     w.finish();
@@ -227,10 +231,7 @@ struct BatchTally {
 std::string entry_error_message(const OpOutcome& r) {
     if (!r.error_message.empty())
         return r.error_message;
-    if (*r.error == ErrorCode::Conflict || *r.error == ErrorCode::Forced ||
-        *r.error == ErrorCode::NoPermit || *r.error == ErrorCode::TooManyCircuits)
-        return error_message(*r.error, r.circuit);
-    return "the operation failed";
+    return error_message(*r.error, Op::Report, r.circuit);
 }
 
 // Entry errors are not counted in stats.errors, which counts error replies:
@@ -543,11 +544,7 @@ void Dispatcher::reply_for(const Request& req, const Peer& peer, const OpOutcome
         stats_.errors[static_cast<std::size_t>(code)] += 1;
         std::string message = r.error_message;
         if (message.empty())
-            message = code == ErrorCode::TooManyCircuits
-                          ? (req.op == Op::Configure
-                                 ? "the daemon holds its maximum number of key policies"
-                                 : "the daemon holds its maximum number of circuits")
-                          : "the operation failed";
+            message = error_message(code, req.op, r.circuit);
         append_error_reply(out, req.id_json, code, message);
         return;
     }
@@ -667,48 +664,15 @@ void Dispatcher::handle_stats(const Request& req, RequestContext&, std::string& 
         .raw_field("events", "{\"emitted\":" + std::to_string(stats_.events_emitted) +
                                  ",\"dropped\":" + std::to_string(stats_.events_dropped) + "}")
         .field("residentMemoryBytes", resident_memory_bytes());
-    const StorageStats& st = stats_.storage;
-    if (st.mode.empty()) {
-        w.raw_field("storage", "null");
-    } else {
-        nlohmann::json storage = {{"mode", st.mode},
-                                  {"path", st.path},
-                                  {"healthy", st.healthy},
-                                  {"commits", st.commits},
-                                  {"failures", st.failures},
-                                  {"written", st.written},
-                                  {"undone", st.undone},
-                                  {"pending", st.pending},
-                                  {"lastCommitMs", st.last_commit_ms},
-                                  {"lastError", st.last_error.empty()
-                                                    ? nlohmann::json(nullptr)
-                                                    : nlohmann::json(st.last_error)}};
-        w.raw_field("storage",
-                    storage.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
-    }
-    const BackendStats& b = stats_.backend;
-    if (b.kind.empty()) {
-        w.raw_field("backend", "null");
-    } else {
-        nlohmann::json backend = {
-            {"kind", b.kind},
-            {"address", b.address},
-            {"up", b.up},
-            {"disconnects", b.disconnects},
-            {"unavailable", b.unavailable},
-            {"lastError",
-             b.last_error.empty() ? nlohmann::json(nullptr) : nlohmann::json(b.last_error)},
-            // Sentinel, replication and policy agreement (docs/REDIS.md).
-            {"master", b.master.empty() ? nlohmann::json(nullptr) : nlohmann::json(b.master)},
-            {"sentinel", b.sentinel},
-            {"failovers", b.failovers},
-            {"minReplicas", b.min_replicas},
-            {"replicationFailures", b.replication_failures},
-            {"policyDigest",
-             b.policy_digest.empty() ? nlohmann::json(nullptr) : nlohmann::json(b.policy_digest)},
-            {"policyMismatch", b.policy_mismatch_hosts}};
-        w.raw_field("backend",
-                    backend.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+    for (const auto& [name, section] :
+         {std::pair{"storage", stats_.storage}, std::pair{"backend", stats_.backend}}) {
+        if (!section) {
+            w.raw_field(name, "null");
+            continue;
+        }
+        nlohmann::json fields = nlohmann::json::object();
+        section->write_json(fields);
+        w.raw_field(name, fields.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
     }
     w.finish();
 }

@@ -31,46 +31,41 @@ std::string label_value(std::string_view v) {
     return out;
 }
 
-class Exposition {
-  public:
-    void family(std::string_view name, std::string_view type, std::string_view help) {
-        text_ += "# HELP ";
-        text_ += name;
-        text_ += ' ';
-        text_ += help;
-        text_ += "\n# TYPE ";
-        text_ += name;
-        text_ += ' ';
-        text_ += type;
-        text_ += '\n';
-    }
-    void sample(std::string_view name, std::string_view labels, std::uint64_t value) {
-        text_ += name;
-        if (!labels.empty()) {
-            text_ += '{';
-            text_ += labels;
-            text_ += '}';
-        }
-        text_ += ' ';
-        text_ += std::to_string(value);
-        text_ += '\n';
-    }
-    void comment(std::string_view text) {
-        text_ += "# ";
-        text_ += text;
-        text_ += '\n';
-    }
-    std::string take() { return std::move(text_); }
+} // namespace
 
-  private:
-    std::string text_;
-};
-
-std::string label(std::string_view name, std::string_view value) {
-    return std::string(name) + "=\"" + label_value(value) + "\"";
+void Exposition::family(std::string_view name, std::string_view type, std::string_view help) {
+    text_ += "# HELP ";
+    text_ += name;
+    text_ += ' ';
+    text_ += help;
+    text_ += "\n# TYPE ";
+    text_ += name;
+    text_ += ' ';
+    text_ += type;
+    text_ += '\n';
 }
 
-} // namespace
+void Exposition::sample(std::string_view name, std::string_view labels, std::uint64_t value) {
+    text_ += name;
+    if (!labels.empty()) {
+        text_ += '{';
+        text_ += labels;
+        text_ += '}';
+    }
+    text_ += ' ';
+    text_ += std::to_string(value);
+    text_ += '\n';
+}
+
+void Exposition::comment(std::string_view text) {
+    text_ += "# ";
+    text_ += text;
+    text_ += '\n';
+}
+
+std::string metric_label(std::string_view name, std::string_view value) {
+    return std::string(name) + "=\"" + label_value(value) + "\"";
+}
 
 std::string render_metrics(const MetricsInput& in) {
     Exposition m;
@@ -78,7 +73,8 @@ std::string render_metrics(const MetricsInput& in) {
 
     m.family("cbd_build_info", "gauge", "Version and protocol of this cbd.");
     m.sample("cbd_build_info",
-             label("version", kVersion) + "," + label("protocol", std::to_string(kProtocolVersion)),
+             metric_label("version", kVersion) + "," +
+                 metric_label("protocol", std::to_string(kProtocolVersion)),
              1);
 
     const auto uptime = std::chrono::duration_cast<std::chrono::seconds>(
@@ -88,13 +84,13 @@ std::string render_metrics(const MetricsInput& in) {
 
     m.family("cbd_requests_total", "counter", "Requests that parsed, by operation.");
     for (std::size_t i = 0; i < kOpCount; ++i)
-        m.sample("cbd_requests_total", label("op", op_spec(static_cast<Op>(i)).name),
+        m.sample("cbd_requests_total", metric_label("op", op_spec(static_cast<Op>(i)).name),
                  s.requests[i]);
 
     m.family("cbd_errors_total", "counter", "Error replies, by error code.");
     for (std::size_t i = 0; i < kErrorCodeCount; ++i)
-        m.sample("cbd_errors_total", label("code", error_code_name(static_cast<ErrorCode>(i))),
-                 s.errors[i]);
+        m.sample("cbd_errors_total",
+                 metric_label("code", error_code_name(static_cast<ErrorCode>(i))), s.errors[i]);
 
     m.family("cbd_transitions_total", "counter",
              "Circuit state changes (and pins lifted), by from, to and cause.");
@@ -103,18 +99,18 @@ std::string render_metrics(const MetricsInput& in) {
             for (std::size_t cause = 0; cause < kTransitionCauseCount; ++cause)
                 if (auto n = s.transitions[from][to][cause])
                     m.sample("cbd_transitions_total",
-                             label("from", state_name(static_cast<State>(from))) + "," +
-                                 label("to", state_name(static_cast<State>(to))) + "," +
-                                 label("cause",
-                                       transition_cause_name(static_cast<TransitionCause>(cause))),
+                             metric_label("from", state_name(static_cast<State>(from))) + "," +
+                                 metric_label("to", state_name(static_cast<State>(to))) + "," +
+                                 metric_label("cause", transition_cause_name(
+                                                           static_cast<TransitionCause>(cause))),
                              n);
 
     // Absent, not zero, while a backend that counts elsewhere has no count.
     if (in.circuits_known) {
         m.family("cbd_circuits", "gauge", "Circuits held, by state.");
-        m.sample("cbd_circuits", label("state", "closed"), in.circuits.closed);
-        m.sample("cbd_circuits", label("state", "open"), in.circuits.open);
-        m.sample("cbd_circuits", label("state", "half-open"), in.circuits.half_open);
+        m.sample("cbd_circuits", metric_label("state", "closed"), in.circuits.closed);
+        m.sample("cbd_circuits", metric_label("state", "open"), in.circuits.open);
+        m.sample("cbd_circuits", metric_label("state", "half-open"), in.circuits.half_open);
         m.family("cbd_circuits_forced", "gauge", "Circuits pinned by force.");
         m.sample("cbd_circuits_forced", "", in.circuits.forced);
     }
@@ -134,49 +130,9 @@ std::string render_metrics(const MetricsInput& in) {
              "Event lines lost to watchers that fell behind.");
     m.sample("cbd_events_dropped_total", "", s.events_dropped);
 
-    if (!s.storage.mode.empty()) {
-        const auto& st = s.storage;
-        m.family("cbd_storage_healthy", "gauge",
-                 "1 when the last commit to the state file succeeded, else 0.");
-        m.sample("cbd_storage_healthy", label("mode", st.mode), st.healthy ? 1 : 0);
-        m.family("cbd_storage_commits_total", "counter",
-                 "Transactions committed to the state file.");
-        m.sample("cbd_storage_commits_total", "", st.commits);
-        m.family("cbd_storage_failures_total", "counter", "Transactions that failed.");
-        m.sample("cbd_storage_failures_total", "", st.failures);
-        m.family("cbd_storage_written_total", "counter", "Circuit rows written.");
-        m.sample("cbd_storage_written_total", "", st.written);
-        m.family("cbd_storage_undone_total", "counter",
-                 "Durable mode: changes undone because their commit failed.");
-        m.sample("cbd_storage_undone_total", "", st.undone);
-        m.family("cbd_storage_pending", "gauge", "Batch mode: keys changed and not yet written.");
-        m.sample("cbd_storage_pending", "", st.pending);
-    }
-
-    if (!s.backend.kind.empty()) {
-        m.family("cbd_backend_up", "gauge", "1 while the connection to the backend is up.");
-        m.sample("cbd_backend_up", label("kind", s.backend.kind), s.backend.up ? 1 : 0);
-        m.family("cbd_backend_disconnects_total", "counter",
-                 "Times the backend connection was lost or could not be made.");
-        m.sample("cbd_backend_disconnects_total", "", s.backend.disconnects);
-        m.family("cbd_backend_unavailable_total", "counter",
-                 "Operations answered backend_unavailable.");
-        m.sample("cbd_backend_unavailable_total", "", s.backend.unavailable);
-        m.family("cbd_backend_failovers_total", "counter",
-                 "Times cbd moved to another Redis master (Sentinel).");
-        m.sample("cbd_backend_failovers_total", "", s.backend.failovers);
-        m.family("cbd_backend_master", "gauge", "1, labelled with the Redis master cbd uses now.");
-        m.sample("cbd_backend_master", label("address", s.backend.master),
-                 s.backend.master.empty() ? 0 : 1);
-        m.family("cbd_backend_replication_failures_total", "counter",
-                 "Changes answered backend_unavailable because fewer than --redis-min-replicas "
-                 "replicas acknowledged them.");
-        m.sample("cbd_backend_replication_failures_total", "", s.backend.replication_failures);
-        m.family("cbd_policy_config_mismatch", "gauge",
-                 "1 while another live cbd on the same Redis and prefix has other defaults or "
-                 "prefix rules.");
-        m.sample("cbd_policy_config_mismatch", "", s.backend.policy_mismatch_hosts.empty() ? 0 : 1);
-    }
+    for (const StatsSection* section : {s.storage, s.backend})
+        if (section)
+            section->write_metrics(m);
 
     m.family("cbd_resident_memory_bytes", "gauge", "Resident memory of the cbd process.");
     m.sample("cbd_resident_memory_bytes", "", in.resident_bytes);
@@ -186,11 +142,12 @@ std::string render_metrics(const MetricsInput& in) {
         for (const auto& e : *in.per_circuit)
             for (State st : {State::Closed, State::Open, State::HalfOpen})
                 m.sample("cbd_circuit_state",
-                         label("key", e.key) + "," + label("state", state_name(st)),
+                         metric_label("key", e.key) + "," + metric_label("state", state_name(st)),
                          e.circuit.snapshot.state == st ? 1 : 0);
         m.family("cbd_circuit_failures", "gauge", "failureCount of each circuit.");
         for (const auto& e : *in.per_circuit)
-            m.sample("cbd_circuit_failures", label("key", e.key), e.circuit.snapshot.failure_count);
+            m.sample("cbd_circuit_failures", metric_label("key", e.key),
+                     e.circuit.snapshot.failure_count);
         // Circuits on the rate rule whose window holds calls (memory
         // backend): the window's rates, in percent as replies show them.
         const bool any_window = std::any_of(in.per_circuit->begin(), in.per_circuit->end(),
@@ -206,7 +163,7 @@ std::string render_metrics(const MetricsInput& in) {
                 m.family(name, "gauge", help);
                 for (const auto& e : *in.per_circuit)
                     if (e.circuit.window)
-                        m.sample(name, label("key", e.key),
+                        m.sample(name, metric_label("key", e.key),
                                  static_cast<std::uint64_t>((*e.circuit.window).*member));
             }
         }

@@ -1,5 +1,6 @@
 // Counters for `stats` and the Prometheus metrics. Every part of the daemon
-// bumps its own counters here; nothing is computed by walking the circuits.
+// bumps its own counters here, and a backend in a StatsSection of its own;
+// nothing is computed by walking the circuits.
 #pragma once
 
 #include "common/protocol.hpp"
@@ -8,49 +9,30 @@
 #include <array>
 #include <chrono>
 #include <cstdint>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
-#include <vector>
 
 namespace cbd {
 
 inline constexpr std::size_t kTransitionCauseCount = 12;
 
-// How persistence is doing (all zero and `mode` empty when memory-only).
-struct StorageStats {
-    std::string mode; // "always", "batch", "off"; empty without --state-file
-    std::string path;
-    bool healthy = true;             // the last commit succeeded
-    std::uint64_t commits = 0;       // transactions committed
-    std::uint64_t failures = 0;      // transactions that failed
-    std::uint64_t written = 0;       // circuit rows written by them
-    std::uint64_t undone = 0;        // durable mode: changes undone by failed commits
-    std::uint64_t pending = 0;       // keys changed and not yet committed (as of the last tick)
-    std::int64_t last_commit_ms = 0; // epoch ms of the last successful commit
-    std::string last_error;          // of the last failure, kept after recovery
+class Exposition;
+
+// A part of the daemon that describes itself in `stats` and the metrics: a
+// backend's fields are its own, so the dispatcher writes them without
+// knowing what they are.
+class StatsSection {
+  public:
+    virtual ~StatsSection() = default;
+    // Fills `object` (a JSON object) with the section's fields.
+    virtual void write_json(nlohmann::json& object) const = 0;
+    // Appends the section's metric families.
+    virtual void write_metrics(Exposition& metrics) const = 0;
 };
 
-// The Redis backend's connection (kind empty with the memory backend).
-struct BackendStats {
-    std::string kind;    // "redis"
-    std::string address; // unix:///…, tcp://… or sentinel://…/NAME, as configured
-    bool up = false;
-    std::uint64_t disconnects = 0; // times the connection was lost or never came up
-    std::uint64_t unavailable = 0; // operations answered backend_unavailable
-    std::string last_error;
-    // The Redis cbd uses now (with sentinel://, the master the sentinels
-    // named; empty until one is known), and how often it moved to another.
-    std::string master;
-    bool sentinel = false;
-    std::uint64_t failovers = 0;
-    // --redis-min-replicas, and changes answered backend_unavailable because
-    // fewer replicas acknowledged them in time (counted in `unavailable` too).
-    std::size_t min_replicas = 0;
-    std::uint64_t replication_failures = 0;
-    // Other live hosts on the same Redis and prefix whose policy digest
-    // (defaults and prefix rules) differs from this one's (policy_digest.hpp).
-    std::vector<std::string> policy_mismatch_hosts;
-    std::string policy_digest; // this daemon's
-};
+// `text` as a JSON string, or null when it is empty (no error yet, nothing
+// known yet): the form stats sections give optional text in.
+nlohmann::json text_or_null(const std::string& text);
 
 struct DaemonStats {
     std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
@@ -66,8 +48,10 @@ struct DaemonStats {
     std::uint64_t events_emitted = 0; // event lines queued to watchers
     std::uint64_t events_dropped = 0; // lost to overflowing watchers
 
-    StorageStats storage;
-    BackendStats backend;
+    // The `storage` and `backend` sections, owned by the backend side; null
+    // (and `null` in `stats`, absent from the metrics) when there is none.
+    const StatsSection* storage = nullptr; // the state file (--state-file)
+    const StatsSection* backend = nullptr; // a backend with a connection (Redis)
 
     // [from][to][cause]
     std::array<std::array<std::array<std::uint64_t, kTransitionCauseCount>, 3>, 3> transitions{};

@@ -316,14 +316,13 @@ struct Rig {
     std::string trigger = dir.file("fault");
     ManualClock clock{kStart};
     MemoryCircuitStore store{clock, 100};
-    DaemonStats stats;
     boost::asio::io_context io; // before persistence: its timers go first
     PersistenceOptions options;
     Persistence persistence;
 
     Rig(SyncMode mode, std::chrono::milliseconds interval)
         : options{{path, trigger}, mode, interval},
-          persistence(StateFile::open(options.file), options, store, stats) {
+          persistence(StateFile::open(options.file), options, store) {
         persistence.load();
         persistence.start(io);
     }
@@ -345,7 +344,7 @@ TEST_CASE("durable mode commits a turn's changes together and undoes them when t
     const std::string& trigger = rig.trigger;
     ManualClock& clock = rig.clock;
     MemoryCircuitStore& store = rig.store;
-    DaemonStats& stats = rig.stats;
+    const StorageStats& stats = rig.persistence.stats();
     const PersistenceOptions& options = rig.options;
     Persistence& persistence = rig.persistence;
     auto run_until = [&](auto done) { return rig.run_until(done); };
@@ -361,8 +360,8 @@ TEST_CASE("durable mode commits a turn's changes together and undoes them when t
     });
     REQUIRE(run_until([&] { return released == 1; }));
     CHECK_FALSE(persistence.pending());
-    CHECK(stats.storage.commits == 1);
-    CHECK(stats.storage.written == 2);
+    CHECK(stats.commits == 1);
+    CHECK(stats.written == 2);
 
     // A failing turn: memory goes back to what it was before the turn.
     const auto before_a = store.stored("a");
@@ -384,19 +383,18 @@ TEST_CASE("durable mode commits a turn's changes together and undoes them when t
     CHECK_FALSE(store.stored("c").circuit);
     CHECK(store.counts().total == 2);
     CHECK(store.counts().open == 0);
-    CHECK_FALSE(stats.storage.healthy);
-    CHECK(stats.storage.undone == 2);
+    CHECK_FALSE(stats.healthy);
+    CHECK(stats.undone == 2);
 
     // The disk is back: changes commit again and survive a reopen.
     fs::remove(trigger);
     store.record_failure("b");
-    CHECK(run_until([&] { return stats.storage.healthy && !persistence.pending(); }));
+    CHECK(run_until([&] { return stats.healthy && !persistence.pending(); }));
     persistence.stop_timer();
     REQUIRE(persistence.shut_down());
 
     MemoryCircuitStore reloaded(clock, 100);
-    DaemonStats stats2;
-    Persistence again(StateFile::open({path, {}}), options, reloaded, stats2);
+    Persistence again(StateFile::open({path, {}}), options, reloaded);
     CHECK(again.load() == 2);
     CHECK(reloaded.stored("a") == before_a);
     CHECK(reloaded.stored("b").circuit->snapshot.failure_count == 2);
@@ -409,15 +407,15 @@ TEST_CASE("batch mode writes changed circuits off the loop and retries after a f
     const std::string& path = rig.path;
     const std::string& trigger = rig.trigger;
     MemoryCircuitStore& store = rig.store;
-    DaemonStats& stats = rig.stats;
+    const StorageStats& stats = rig.persistence.stats();
     Persistence& persistence = rig.persistence;
     auto run_until = [&](auto done) { return rig.run_until(done); };
     write_text(trigger, "io\n");
     store.record_failure("a");
-    CHECK(run_until([&] { return stats.storage.failures >= 1; }));
+    CHECK(run_until([&] { return stats.failures >= 1; }));
     CHECK_FALSE(persistence.pending()); // batch mode never holds replies
     fs::remove(trigger);
-    CHECK(run_until([&] { return stats.storage.commits >= 1 && stats.storage.healthy; }));
+    CHECK(run_until([&] { return stats.commits >= 1 && stats.healthy; }));
     persistence.stop_timer();
     REQUIRE(persistence.shut_down());
 

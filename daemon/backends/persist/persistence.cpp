@@ -25,8 +25,8 @@ std::int64_t epoch_ms() {
 } // namespace
 
 Persistence::Persistence(std::unique_ptr<StateFile> file, const PersistenceOptions& options,
-                         CircuitStore& store, DaemonStats& stats)
-    : file_(std::move(file)), options_(options), store_(store), stats_(stats.storage) {
+                         CircuitStore& store)
+    : file_(std::move(file)), options_(options), store_(store) {
     stats_.mode = sync_mode_name(options_.mode);
     stats_.path = file_->path();
 }

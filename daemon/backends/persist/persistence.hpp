@@ -21,10 +21,10 @@
 #pragma once
 
 #include "daemon/backends/persist/state_file.hpp"
+#include "daemon/backends/persist/storage_stats.hpp"
 #include "daemon/breaker/circuit_store.hpp"
 #include "daemon/config/daemon_config.hpp"
 #include "daemon/dispatch/commit_gate.hpp"
-#include "daemon/dispatch/stats.hpp"
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
@@ -50,7 +50,7 @@ class Persistence final : public ChangeTracker, public CommitGate {
   public:
     // Takes an open state file; call load() before serving.
     Persistence(std::unique_ptr<StateFile> file, const PersistenceOptions& options,
-                CircuitStore& store, DaemonStats& stats);
+                CircuitStore& store);
     ~Persistence();
     Persistence(const Persistence&) = delete;
     Persistence& operator=(const Persistence&) = delete;
@@ -72,6 +72,9 @@ class Persistence final : public ChangeTracker, public CommitGate {
     void before_change(std::string_view key) override;
     bool pending() const override { return !forming_.before.empty() || committing_active_; }
     void when_durable(std::function<void(const KeySet* undone)> done) override;
+
+    // The `storage` section of `stats` and the metrics.
+    const StorageStats& stats() const { return stats_; }
 
   private:
     // A group of changes in durable mode: each key's record before the
@@ -98,7 +101,7 @@ class Persistence final : public ChangeTracker, public CommitGate {
     std::unique_ptr<StateFile> file_;
     PersistenceOptions options_;
     CircuitStore& store_;
-    StorageStats& stats_;
+    StorageStats stats_;
     boost::asio::io_context* io_ = nullptr;
 
     // always: the group gathering changes, and the one being committed.

@@ -128,15 +128,15 @@ struct RedisStore::ExportJob {
     std::function<void(RemoteResult)> done;
 };
 
-RedisStore::RedisStore(boost::asio::io_context& io, RedisStoreOptions options, DaemonStats& stats,
+RedisStore::RedisStore(boost::asio::io_context& io, RedisStoreOptions options,
                        CircuitObserver* observer)
-    : io_(io), options_(std::move(options)), stats_(stats), observer_(observer),
+    : io_(io), options_(std::move(options)), observer_(observer),
       commands_(io, options_.connection, script_setup(),
                 [this](bool up, const std::string& why) {
-                    stats_.backend.up = up;
+                    stats_.up = up;
                     if (!up) {
-                        stats_.backend.disconnects += 1;
-                        stats_.backend.last_error = why;
+                        stats_.disconnects += 1;
+                        stats_.last_error = why;
                     }
                     if (discovery_)
                         discovery_->master_usable(up);
@@ -145,18 +145,17 @@ RedisStore::RedisStore(boost::asio::io_context& io, RedisStoreOptions options, D
               {RedisConnection::SetupCommand{
                   {"SUBSCRIBE", options_.prefix + std::string(kRedisEventsKey)}, nullptr}},
               nullptr) {
-    stats_.backend.kind = "redis";
-    stats_.backend.min_replicas = options_.min_replicas;
+    stats_.min_replicas = options_.min_replicas;
     if (options_.sentinel) {
-        stats_.backend.address = options_.sentinel->address.describe();
-        stats_.backend.sentinel = true;
+        stats_.address = options_.sentinel->address.describe();
+        stats_.sentinel = true;
         discovery_ = std::make_unique<SentinelDiscovery>(
             io, *options_.sentinel, [this](const RedisEndpoint& master, const std::string& how) {
                 on_master_named(master, how);
             });
     } else {
-        stats_.backend.address = options_.connection.endpoint.describe();
-        stats_.backend.master = stats_.backend.address;
+        stats_.address = options_.connection.endpoint.describe();
+        stats_.master = stats_.address;
     }
     events_.on_push([this](const redisReply* reply) { on_event(reply); });
 }
@@ -221,8 +220,8 @@ void RedisStore::on_master_named(const RedisEndpoint& master, const std::string&
         return;
     const auto old = follower_.master();
     follower_.switched(master);
-    stats_.backend.master = master.describe();
-    stats_.backend.failovers = follower_.failovers();
+    stats_.master = master.describe();
+    stats_.failovers = follower_.failovers();
     const std::string why = "the Redis master moved to " + master.describe();
     if (old)
         log_warn("Redis master switched from " + old->describe() + " to " + master.describe() +
@@ -309,9 +308,9 @@ void RedisStore::send(std::shared_ptr<Call> call, ReplyHandler then) {
         auto unavailable = [&](std::string why, bool log) {
             r.error = ErrorCode::BackendUnavailable;
             r.unavailable_reason = std::move(why);
-            stats_.backend.unavailable += 1;
+            stats_.unavailable += 1;
             if (log) {
-                stats_.backend.last_error = r.unavailable_reason;
+                stats_.last_error = r.unavailable_reason;
                 log_error("Redis backend: " + r.unavailable_reason);
             }
             then(nullptr, std::move(r));
@@ -695,8 +694,8 @@ void RedisStore::send_wait(std::shared_ptr<WaitBatch> batch) {
             RemoteResult r;
             r.error = ErrorCode::BackendUnavailable;
             r.unavailable_reason = *failure;
-            stats_.backend.unavailable += 1;
-            stats_.backend.replication_failures += 1;
+            stats_.unavailable += 1;
+            stats_.replication_failures += 1;
             done(std::move(r));
         }
         // Tickets hold their batch: the batch lets go of them, so neither
@@ -732,14 +731,14 @@ void RedisStore::send_wait(std::shared_ptr<WaitBatch> batch) {
             last_logged_error_ = message;
             log_warn("Redis backend: " + message);
         }
-        stats_.backend.last_error = message;
+        stats_.last_error = message;
         finish(message);
     });
 }
 
 void RedisStore::set_policy_digest(std::string digest) {
     policy_digest_ = std::move(digest);
-    stats_.backend.policy_digest = policy_digest_;
+    stats_.policy_digest = policy_digest_;
     next_exchange_ = {}; // publish the new one at the next sweep
 }
 
@@ -787,7 +786,7 @@ void RedisStore::exchange_policy_digest() {
 }
 
 void RedisStore::note_policy_mismatches(std::vector<std::string> hosts) {
-    auto& known = stats_.backend.policy_mismatch_hosts;
+    auto& known = stats_.policy_mismatch_hosts;
     const bool news = std::any_of(hosts.begin(), hosts.end(), [&](const std::string& h) {
         return std::find(known.begin(), known.end(), h) == known.end();
     });

@@ -10,10 +10,10 @@
 #include "daemon/backends/redis/redis_connection.hpp"
 #include "daemon/backends/redis/redis_scripts.hpp"
 #include "daemon/backends/redis/redis_sentinel.hpp"
+#include "daemon/backends/redis/redis_stats.hpp"
 #include "daemon/backends/redis/sentinel_discovery.hpp"
 #include "daemon/breaker/circuit_store.hpp"
 #include "daemon/core/clock.hpp"
-#include "daemon/dispatch/stats.hpp"
 
 #include <array>
 #include <functional>
@@ -69,8 +69,7 @@ struct RemoteResult {
 
 class RedisStore {
   public:
-    RedisStore(boost::asio::io_context& io, RedisStoreOptions options, DaemonStats& stats,
-               CircuitObserver* observer);
+    RedisStore(boost::asio::io_context& io, RedisStoreOptions options, CircuitObserver* observer);
 
     void start();
     void stop();
@@ -96,6 +95,9 @@ class RedisStore {
     // The digest of this daemon's defaults and prefix rules (at start and
     // after each SIGHUP), published for the other hosts to compare.
     void set_policy_digest(std::string digest);
+
+    // The `backend` section of `stats` and the metrics.
+    const RedisStats& stats() const { return stats_; }
 
   private:
     struct Call;
@@ -134,7 +136,7 @@ class RedisStore {
     boost::asio::io_context& io_;
 
     RedisStoreOptions options_;
-    DaemonStats& stats_;
+    RedisStats stats_;
     CircuitObserver* observer_;
     std::array<std::string, kRedisScriptCount> shas_; // from SCRIPT LOAD; empty until known
     bool sweeping_ = false;
