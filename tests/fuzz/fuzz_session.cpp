@@ -1113,8 +1113,12 @@ void Run::finish() {
 }
 
 void Run::finish_client(Client& c) {
-    if (c.closed && (c.causes.timeout || c.overflow_seen || c.causes.overflow))
-        return; // cut off: what it got was checked as it came
+    // Cut off: what it got was checked as it came. A watcher's input is
+    // read only to see it leave, so its EOF, or the end of that read at a
+    // stop, ends it at once, replies owed or not.
+    const bool watcher_left = c.watch_line != SIZE_MAX && (c.causes.eof || c.causes.stop);
+    if (c.closed && (c.causes.timeout || c.causes.overflow || watcher_left))
+        return;
     if (!c.partial.empty())
         fail("client %zu got an unfinished line: %s", c.index, c.partial.c_str());
     if (c.write_pending)
