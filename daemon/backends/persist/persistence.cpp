@@ -26,7 +26,7 @@ std::int64_t epoch_ms() {
 
 Persistence::Persistence(std::unique_ptr<StateFile> file, const PersistenceOptions& options,
                          CircuitStore& store)
-    : file_(std::move(file)), options_(options), store_(store) {
+    : file_(std::move(file)), options_(options), store_(store), groups_(store) {
     stats_.mode = sync_mode_name(options_.mode);
     stats_.path = file_->path();
 }
@@ -101,16 +101,14 @@ void Persistence::start(asio::io_context& io) {
 }
 
 void Persistence::before_change(std::string_view key) {
-    if (undoing_)
-        return;
     if (options_.mode != SyncMode::Always || io_ == nullptr) {
         if (dirty_.find(key) == dirty_.end())
             dirty_.emplace(key);
         return;
     }
-    if (forming_.before.find(key) == forming_.before.end())
-        forming_.before.emplace(std::string(key), store_.stored(key));
-    if (!commit_posted_ && !committing_active_) {
+    if (!groups_.before_change(key))
+        return; // an undo's restore
+    if (!commit_posted_ && !groups_.committing()) {
         commit_posted_ = true;
         // Runs after the handlers already queued in this turn of the loop
         // (the other sockets that were ready): they join this group.
@@ -119,13 +117,7 @@ void Persistence::before_change(std::string_view key) {
 }
 
 void Persistence::when_durable(std::function<void(const KeySet*)> done) {
-    // Everything applied so far is durable once the forming group is (it
-    // commits after the running one), or, when nothing is forming, once the
-    // running one is.
-    if (!forming_.before.empty() || !committing_active_)
-        forming_.waiters.push_back(std::move(done));
-    else
-        committing_.waiters.push_back(std::move(done));
+    groups_.when_durable(std::move(done));
 }
 
 std::vector<StoredCircuit> Persistence::records_for(const KeySet& keys) const {
@@ -138,24 +130,9 @@ std::vector<StoredCircuit> Persistence::records_for(const KeySet& keys) const {
 
 void Persistence::start_commit() {
     commit_posted_ = false;
-    if (committing_active_)
+    if (!groups_.start())
         return;
-    if (forming_.before.empty()) {
-        // Nothing changed (a waiter may still have come for reads).
-        auto waiters = std::move(forming_.waiters);
-        forming_.waiters.clear();
-        for (auto& w : waiters)
-            w(nullptr);
-        return;
-    }
-    std::vector<StoredCircuit> records;
-    records.reserve(forming_.before.size());
-    for (const auto& [key, before] : forming_.before)
-        records.push_back(store_.stored(key));
-    committing_ = std::move(forming_);
-    forming_ = Group{};
-    committing_active_ = true;
-    hand_to_writer(std::move(records));
+    hand_to_writer(groups_.committing_records());
     wait_for_writer();
 }
 
@@ -187,43 +164,23 @@ void Persistence::wait_for_writer() {
                                       // While stopping, stop listening once idle, so the loop can
                                       // end (start_commit() listens again should a late change
                                       // come).
-                                      if (!(stopped_ && !committing_active_))
+                                      if (!(stopped_ && !groups_.committing()))
                                           wait_for_writer();
                                   });
 }
 
 void Persistence::on_commit_done(std::optional<std::string> error, std::size_t rows) {
-    committing_active_ = false;
     if (!error) {
         note_success(rows);
-        auto waiters = std::move(committing_.waiters);
-        committing_ = Group{};
-        for (auto& w : waiters)
-            w(nullptr);
-        if (!forming_.before.empty() || !forming_.waiters.empty())
+        groups_.committed();
+        if (groups_.forming_has_work())
             start_commit();
         return;
     }
     note_failure(*error, rows);
-    // Undo in memory what did not reach the disk, newest group first: the
-    // forming group's before-images were taken on top of the failed one's.
-    // Nothing is answered as done that a crash could lose.
-    KeySet undone;
-    undoing_ = true;
-    for (Group* g : {&forming_, &committing_})
-        for (auto& [key, before] : g->before) {
-            store_.restore(before);
-            undone.insert(key);
-        }
-    undoing_ = false;
-    stats_.undone += undone.size();
-    auto waiters = std::move(committing_.waiters);
-    for (auto& w : forming_.waiters)
-        waiters.push_back(std::move(w));
-    committing_ = Group{};
-    forming_ = Group{};
-    for (auto& w : waiters)
-        w(&undone);
+    // Undo in memory what did not reach the disk: nothing is answered as
+    // done that a crash could lose.
+    stats_.undone += groups_.failed();
 }
 
 void Persistence::hand_to_writer(std::vector<StoredCircuit> records) {
@@ -300,7 +257,7 @@ void Persistence::stop_timer() {
         timer_->cancel();
     // Durable mode keeps committing while sessions flush their last
     // replies; with nothing in flight it stops listening to the writer.
-    if (done_signal_ && !committing_active_ && !commit_posted_)
+    if (done_signal_ && !groups_.committing() && !commit_posted_)
         done_signal_->cancel();
 }
 
@@ -326,13 +283,8 @@ bool Persistence::shut_down() {
             job_running_ = job_done_ = job_ready_ = false;
         }
     }
-    for (Group* g : {&forming_, &committing_}) {
-        for (const auto& [key, before] : g->before)
-            dirty_.emplace(key);
-        g->before.clear();
-        g->waiters.clear(); // their sessions are gone with the loop
-    }
-    committing_active_ = false;
+    for (const auto& key : groups_.abandon())
+        dirty_.emplace(key);
     store_.set_change_tracker(nullptr);
     auto records = records_for(dirty_);
     if (auto error = file_->write(records, store_.last_generation())) {

@@ -20,6 +20,7 @@
 // Every mode writes everything still unwritten at clean shutdown.
 #pragma once
 
+#include "daemon/backends/persist/group_commit.hpp"
 #include "daemon/backends/persist/state_file.hpp"
 #include "daemon/backends/persist/storage_stats.hpp"
 #include "daemon/breaker/circuit_store.hpp"
@@ -70,20 +71,13 @@ class Persistence final : public ChangeTracker, public CommitGate {
     bool shut_down();
 
     void before_change(std::string_view key) override;
-    bool pending() const override { return !forming_.before.empty() || committing_active_; }
+    bool pending() const override { return groups_.pending(); }
     void when_durable(std::function<void(const KeySet* undone)> done) override;
 
     // The `storage` section of `stats` and the metrics.
     const StorageStats& stats() const { return stats_; }
 
   private:
-    // A group of changes in durable mode: each key's record before the
-    // group's first change of it, and the sessions waiting on the group.
-    struct Group {
-        std::unordered_map<std::string, StoredCircuit, KeyHash, std::equal_to<>> before;
-        std::vector<std::function<void(const KeySet*)>> waiters;
-    };
-
     // always: hand the forming group to the writer, unless one is running.
     void start_commit();
     // always: the writer finished the committing group.
@@ -105,11 +99,8 @@ class Persistence final : public ChangeTracker, public CommitGate {
     boost::asio::io_context* io_ = nullptr;
 
     // always: the group gathering changes, and the one being committed.
-    Group forming_;
-    Group committing_;
-    bool committing_active_ = false;
+    GroupCommit groups_;
     bool commit_posted_ = false;
-    bool undoing_ = false; // restores during an undo are not changes
 
     // batch and off: keys changed since they were last handed to the writer.
     KeySet dirty_;
