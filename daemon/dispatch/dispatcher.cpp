@@ -10,7 +10,9 @@
 #include <array>
 #include <exception>
 #include <nlohmann/json.hpp>
+#include <type_traits>
 #include <utility>
+#include <variant>
 
 namespace cbd {
 
@@ -35,9 +37,7 @@ std::string error_message(ErrorCode code, const CircuitView& v) {
 
 // Errors that concern a circuit carry its current state, so the client can
 // decide what to do next without another round trip.
-void circuit_error(std::string& out, const Request& req, ErrorCode code, const CircuitView& v,
-                   DaemonStats& stats) {
-    stats.errors[static_cast<std::size_t>(code)] += 1;
+void circuit_error(std::string& out, const Request& req, ErrorCode code, const CircuitView& v) {
     ReplyWriter w(out, req.id_json, false);
     w.error(code, error_message(code, v));
     if (code == ErrorCode::Conflict || code == ErrorCode::Forced || code == ErrorCode::NoPermit)
@@ -45,9 +45,9 @@ void circuit_error(std::string& out, const Request& req, ErrorCode code, const C
     w.finish();
 }
 
-void circuit_reply(std::string& out, const Request& req, const StoreResult& r, DaemonStats& stats) {
+void circuit_reply(std::string& out, const Request& req, const StoreResult& r) {
     if (r.error) {
-        circuit_error(out, req, *r.error, r.circuit, stats);
+        circuit_error(out, req, *r.error, r.circuit);
         return;
     }
     ReplyWriter w(out, req.id_json, true);
@@ -57,10 +57,9 @@ void circuit_reply(std::string& out, const Request& req, const StoreResult& r, D
     w.finish();
 }
 
-void acquire_reply(std::string& out, const Request& req, const AcquireResult& r,
-                   DaemonStats& stats) {
+void acquire_reply(std::string& out, const Request& req, const AcquireResult& r) {
     if (r.error) {
-        circuit_error(out, req, *r.error, r.circuit, stats);
+        circuit_error(out, req, *r.error, r.circuit);
         return;
     }
     ReplyWriter w(out, req.id_json, true);
@@ -75,9 +74,9 @@ void acquire_reply(std::string& out, const Request& req, const AcquireResult& r,
     w.finish();
 }
 
-void report_reply(std::string& out, const Request& req, const ReportResult& r, DaemonStats& stats) {
+void report_reply(std::string& out, const Request& req, const ReportResult& r) {
     if (r.error) {
-        circuit_error(out, req, *r.error, r.circuit, stats);
+        circuit_error(out, req, *r.error, r.circuit);
         return;
     }
     ReplyWriter w(out, req.id_json, true);
@@ -175,7 +174,7 @@ std::string configure_audit_text(const Request& req) {
            (unset_fields.empty() ? "" : " unset=" + unset_fields);
 }
 
-void policy_reply(std::string& out, const Request& req, const PolicyResult& r) {
+void policy_reply(std::string& out, const Request& req, const ResolvedPolicy& resolved) {
     std::string sources = "{";
     for (std::size_t i = 0; i < kPolicyFieldCount; ++i) {
         if (i)
@@ -183,18 +182,18 @@ void policy_reply(std::string& out, const Request& req, const PolicyResult& r) {
         sources += '"';
         sources += kPolicyFieldNames[i];
         sources += "\":\"";
-        sources += policy_source_name(r.resolved.sources[i]);
+        sources += policy_source_name(resolved.sources[i]);
         sources += '"';
     }
     sources += '}';
     ReplyWriter w(out, req.id_json, true);
     w.string_field("key", req.key)
-        .raw_field("policy", policy_json(r.resolved.policy))
+        .raw_field("policy", policy_json(resolved.policy))
         .raw_field("source", sources);
-    if (r.resolved.prefix.empty())
+    if (resolved.prefix.empty())
         w.raw_field("prefix", "null");
     else
-        w.string_field("prefix", r.resolved.prefix);
+        w.string_field("prefix", resolved.prefix);
     w.finish();
 }
 
@@ -224,26 +223,24 @@ struct BatchTally {
 
 // The message of an entry's error: the backend's own when it has one, else
 // the one its report would have had.
-std::string entry_error_message(const OpOutcome& r) {
+std::string entry_error_message(const OpOutcome& r, ErrorCode code) {
     if (!r.error_message.empty())
         return r.error_message;
-    if (*r.error == ErrorCode::Conflict || *r.error == ErrorCode::Forced ||
-        *r.error == ErrorCode::NoPermit || *r.error == ErrorCode::TooManyCircuits)
-        return error_message(*r.error, r.circuit);
-    return "the operation failed";
+    const auto* report = std::get_if<ReportResult>(&r.result);
+    return error_message(code, report ? report->circuit : CircuitView{});
 }
 
 // Entry errors are not counted in stats.errors, which counts error replies:
 // the batch's reply is ok, and a line of 1000 bad entries must not move an
 // error-rate alert 1000 times.
 void tally_entry(BatchTally& tally, std::size_t index, const OpOutcome& r) {
-    if (r.error) {
-        tally.errors.push_back({index, *r.error, entry_error_message(r)});
-    } else if (r.stale) {
+    const auto* report = std::get_if<ReportResult>(&r.result);
+    if (const auto error = r.error())
+        tally.errors.push_back({index, *error, entry_error_message(r, *error)});
+    else if (report && report->stale)
         tally.stale += 1;
-    } else {
+    else
         tally.applied += 1;
-    }
 }
 
 void batch_reply(std::string& out, BatchTally& tally) {
@@ -449,8 +446,7 @@ void Dispatcher::run_report_batch(const Request& req, RequestContext& ctx) {
             const BatchReport& report = req.reports[i];
             outcome_.clear();
             if (report.error) {
-                outcome_.error = report.error->code;
-                outcome_.error_message = report.error->message;
+                outcome_.fail(report.error->code, report.error->message);
                 tally->answered[i] = true;
                 tally_entry(*tally, i, outcome_);
                 continue;
@@ -476,9 +472,7 @@ void Dispatcher::run_report_batch(const Request& req, RequestContext& ctx) {
                     tally->answered[i] = true;
                     if (deferral.taken)
                         tally->outstanding -= 1;
-                    outcome_.clear();
-                    outcome_.error = ErrorCode::InternalError;
-                    outcome_.error_message = "internal error";
+                    outcome_.fail(ErrorCode::InternalError, "internal error");
                     tally_entry(*tally, i, outcome_);
                 }
             }
@@ -508,39 +502,43 @@ void Dispatcher::run_report_batch(const Request& req, RequestContext& ctx) {
 
 void Dispatcher::reply_for(const Request& req, const Peer& peer, const OpOutcome& r,
                            std::string& out) {
+    const std::optional<ErrorCode> error = r.error();
     // Audit lines of operator actions, whether or not the backend agreed.
     switch (req.op) {
     case Op::Transition:
-        audit(req, peer, transition_audit_text(req, r.error));
+        audit(req, peer, transition_audit_text(req, error));
         break;
     case Op::Force:
         audit(req, peer,
               force_audit_text(req) +
-                  (r.error ? " refused=" + std::string(error_code_name(*r.error)) : ""));
+                  (error ? " refused=" + std::string(error_code_name(*error)) : ""));
         break;
-    case Op::Unforce:
-        audit(req, peer, r.transition ? "lifted=true" : "lifted=false");
+    case Op::Unforce: {
+        const auto* unforced = std::get_if<StoreResult>(&r.result);
+        audit(req, peer, unforced && unforced->transition ? "lifted=true" : "lifted=false");
         break;
+    }
     case Op::Reset:
-        if (!r.error)
-            audit(req, peer, r.removed ? "removed=true" : "removed=false");
+        if (const auto* reset = std::get_if<ResetResult>(&r.result))
+            audit(req, peer, reset->removed ? "removed=true" : "removed=false");
         break;
     case Op::Configure:
-        if (!r.error)
+        if (!error)
             audit(req, peer, configure_audit_text(req));
         break;
     case Op::Import:
-        if (!r.error)
+        if (!error)
             audit(req, peer, import_audit_text(imported_record(req)));
         break;
     default:
         break;
     }
-    if (r.error && *r.error != ErrorCode::Conflict && *r.error != ErrorCode::Forced &&
-        *r.error != ErrorCode::NoPermit) {
+    if (error)
+        stats_.errors[static_cast<std::size_t>(*error)] += 1;
+    if (error && *error != ErrorCode::Conflict && *error != ErrorCode::Forced &&
+        *error != ErrorCode::NoPermit) {
         // Errors about the operation as a whole, not the circuit's state.
-        const ErrorCode code = *r.error;
-        stats_.errors[static_cast<std::size_t>(code)] += 1;
+        const ErrorCode code = *error;
         std::string message = r.error_message;
         if (message.empty())
             message = code == ErrorCode::TooManyCircuits
@@ -551,36 +549,29 @@ void Dispatcher::reply_for(const Request& req, const Peer& peer, const OpOutcome
         append_error_reply(out, req.id_json, code, message);
         return;
     }
-    switch (req.op) {
-    case Op::List:
-        list_reply(out, req, r.page);
-        return;
-    case Op::Export:
-        export_reply(out, req, r.exported);
-        return;
-    case Op::Import:
-        import_reply(out, req, imported_record(req));
-        return;
-    case Op::Configure:
-    case Op::Policy:
-        policy_reply(out, req, PolicyResult{std::nullopt, r.policy});
-        return;
-    case Op::Reset:
-        append_reset_reply(out, req.id_json, r.removed);
-        return;
-    case Op::Acquire:
-        acquire_reply(
-            out, req,
-            AcquireResult{r.error, r.allowed, r.retry_after_ms, r.permit, r.circuit, r.transition},
-            stats_);
-        return;
-    case Op::Report:
-        report_reply(out, req, ReportResult{r.error, r.stale, r.circuit, r.transition}, stats_);
-        return;
-    default:
-        circuit_reply(out, req, StoreResult{r.error, r.circuit, r.transition}, stats_);
-        return;
-    }
+    std::visit(
+        [&](const auto& result) {
+            using Result = std::decay_t<decltype(result)>;
+            if constexpr (std::is_same_v<Result, StoreResult>)
+                circuit_reply(out, req, result);
+            else if constexpr (std::is_same_v<Result, AcquireResult>)
+                acquire_reply(out, req, result);
+            else if constexpr (std::is_same_v<Result, ReportResult>)
+                report_reply(out, req, result);
+            else if constexpr (std::is_same_v<Result, ResetResult>)
+                append_reset_reply(out, req.id_json, result.removed);
+            else if constexpr (std::is_same_v<Result, PolicyResult>)
+                policy_reply(out, req, result.resolved);
+            else if constexpr (std::is_same_v<Result, ListPage>)
+                list_reply(out, req, result);
+            else if constexpr (std::is_same_v<Result, ExportPage>)
+                export_reply(out, req, result);
+            else if constexpr (std::is_same_v<Result, std::monostate>)
+                import_reply(out, req, imported_record(req));
+            else
+                static_assert(std::is_same_v<Result, OpFailure>); // has an error: answered above
+        },
+        r.result);
 }
 
 void Dispatcher::refuse(const Request& req, const RequestContext& ctx, const OpSpec& spec,
