@@ -109,21 +109,6 @@ void ReplyWriter::finish() {
     out_ += "}\n";
 }
 
-void append_snapshot_reply(std::string& out, std::string_view id_json, const Snapshot& snapshot) {
-    ReplyWriter(out, id_json, true).snapshot(snapshot).finish();
-}
-
-void append_reset_reply(std::string& out, std::string_view id_json, bool removed) {
-    ReplyWriter(out, id_json, true).field("removed", removed).finish();
-}
-
-void append_ping_reply(std::string& out, std::string_view id_json) {
-    ReplyWriter(out, id_json, true)
-        .string_field("version", kVersion)
-        .field("protocol", std::int64_t{kProtocolVersion})
-        .finish();
-}
-
 void append_error_reply(std::string& out, std::string_view id_json, ErrorCode code,
                         std::string_view message) {
     ReplyWriter(out, id_json, false).error(code, message).finish();

@@ -36,9 +36,6 @@ class ReplyWriter {
     std::string& out_;
 };
 
-void append_snapshot_reply(std::string& out, std::string_view id_json, const Snapshot& snapshot);
-void append_reset_reply(std::string& out, std::string_view id_json, bool removed);
-void append_ping_reply(std::string& out, std::string_view id_json);
 void append_error_reply(std::string& out, std::string_view id_json, ErrorCode code,
                         std::string_view message);
 

@@ -104,6 +104,10 @@ struct ReportResult {
     std::optional<TransitionRecord> transition;
 };
 
+struct ResetResult {
+    bool removed = false; // there was a circuit to remove
+};
+
 struct PolicyResult {
     std::optional<ErrorCode> error;
     ResolvedPolicy resolved;
@@ -228,7 +232,7 @@ class CircuitStore {
     virtual StoreResult transition(std::string_view key, State to,
                                    const TransitionCondition& condition) = 0;
     // Removes the circuit (and its pin and permits; not its policy override).
-    virtual bool reset(std::string_view key) = 0;
+    virtual ResetResult reset(std::string_view key) = 0;
 
     // The breaker policy.
     virtual AcquireResult acquire(std::string_view key) = 0;

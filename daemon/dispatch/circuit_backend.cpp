@@ -1,23 +1,32 @@
 // OpOutcome and imported_record (see circuit_backend.hpp).
 #include "daemon/dispatch/circuit_backend.hpp"
 
+#include <type_traits>
+
 namespace cbd {
 
+std::optional<ErrorCode> OpOutcome::error() const {
+    return std::visit(
+        [](const auto& r) -> std::optional<ErrorCode> {
+            using Result = std::decay_t<decltype(r)>;
+            if constexpr (std::is_same_v<Result, OpFailure>)
+                return r.code;
+            else if constexpr (requires { r.error; })
+                return r.error;
+            else
+                return std::nullopt;
+        },
+        result);
+}
+
+void OpOutcome::fail(ErrorCode code, std::string_view message) {
+    result = OpFailure{code};
+    error_message.assign(message);
+}
+
 void OpOutcome::clear() {
-    error.reset();
+    result = std::monostate{};
     error_message.clear();
-    circuit = CircuitView{};
-    transition.reset();
-    stale = false;
-    allowed = false;
-    retry_after_ms = 0;
-    permit.clear();
-    removed = false;
-    policy = ResolvedPolicy{};
-    page.circuits.clear();
-    page.next.clear();
-    exported.circuits.clear();
-    exported.next.clear();
 }
 
 StoredCircuit imported_record(const Request& req) {

@@ -19,26 +19,36 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <variant>
 
 namespace cbd {
 
-// What a backend answers to one circuit operation. Which fields mean
-// something depends on the op; the rest stay at their defaults.
-struct OpOutcome {
-    std::optional<ErrorCode> error;
-    std::string error_message; // why, when the backend knows better than the code
-    CircuitView circuit;       // snapshot-bearing ops, and conflict/forced/no_permit
-    std::optional<TransitionRecord> transition;
-    bool stale = false;              // report
-    bool allowed = false;            // acquire
-    std::int64_t retry_after_ms = 0; // acquire, when denied
-    std::string permit;              // acquire, a half-open probe's
-    bool removed = false;            // reset
-    ResolvedPolicy policy;           // policy, configure
-    ListPage page;                   // list
-    ExportPage exported;             // export
+// An operation that failed as a whole, before or after its store answered:
+// Redis unavailable, a commit undone, a batch entry the parser refused, a
+// refused import or configure. Its reply is the error alone.
+struct OpFailure {
+    ErrorCode code;
+};
 
-    // Back to the defaults, keeping buffers (the dispatcher reuses one).
+// What a backend answers to one circuit operation: the result its store
+// gives for it, of that operation's own type (what CircuitStore returns for
+// it; the Redis store parses its scripts' answers into the same types), or
+// the failure that stopped it. std::monostate: answered, with nothing to
+// show (import, whose reply is the record it was sent).
+struct OpOutcome {
+    std::variant<std::monostate, OpFailure, StoreResult, AcquireResult, ReportResult, ResetResult,
+                 PolicyResult, ListPage, ExportPage>
+        result;
+    std::string error_message; // why, when the backend knows better than the code
+
+    // The failure's code, or the result's own error (a circuit's refusal).
+    std::optional<ErrorCode> error() const;
+    // Makes this a failure; an empty `message` leaves the reply to say what
+    // the code means.
+    void fail(ErrorCode code, std::string_view message = {});
+    // Back to the defaults, keeping error_message's buffer (the dispatcher
+    // reuses one outcome).
     void clear();
 };
 

@@ -3,95 +3,18 @@
 
 #include "common/reply.hpp"
 #include "daemon/core/log.hpp"
-#include "daemon/dispatch/circuit_json.hpp"
 #include "daemon/dispatch/metrics.hpp"
+#include "daemon/dispatch/reply_builder.hpp"
 
-#include <algorithm>
 #include <array>
 #include <exception>
 #include <nlohmann/json.hpp>
 #include <utility>
+#include <variant>
 
 namespace cbd {
 
 namespace {
-
-// The message of an error the backend gave no message for. `op` names the
-// limit a TooManyCircuits reached: configure adds key policies, every other
-// operation circuits.
-std::string error_message(ErrorCode code, Op op, const CircuitView& v) {
-    switch (code) {
-    case ErrorCode::TooManyCircuits:
-        return op == Op::Configure ? "the daemon holds its maximum number of key policies"
-                                   : "the daemon holds its maximum number of circuits";
-    case ErrorCode::Conflict:
-        return "the circuit is " + std::string(state_name(v.snapshot.state)) + " at generation " +
-               std::to_string(v.generation) + "; the expectation did not hold";
-    case ErrorCode::Forced:
-        return "the circuit is forced " + std::string(v.forced ? state_name(v.forced->state) : "") +
-               "; unforce it before changing its state";
-    case ErrorCode::NoPermit:
-        return "the circuit is half-open and this report carries no valid probe permit";
-    default:
-        return "the operation failed";
-    }
-}
-
-// Errors that concern a circuit carry its current state, so the client can
-// decide what to do next without another round trip.
-void circuit_error(std::string& out, const Request& req, ErrorCode code, const CircuitView& v,
-                   DaemonStats& stats) {
-    stats.errors[static_cast<std::size_t>(code)] += 1;
-    ReplyWriter w(out, req.id_json, false);
-    w.error(code, error_message(code, req.op, v));
-    if (code == ErrorCode::Conflict || code == ErrorCode::Forced || code == ErrorCode::NoPermit)
-        circuit_fields(w, v);
-    w.finish();
-}
-
-void circuit_reply(std::string& out, const Request& req, const StoreResult& r, DaemonStats& stats) {
-    if (r.error) {
-        circuit_error(out, req, *r.error, r.circuit, stats);
-        return;
-    }
-    ReplyWriter w(out, req.id_json, true);
-    circuit_fields(w, r.circuit);
-    if (r.transition)
-        w.raw_field("transition", transition_json(*r.transition));
-    w.finish();
-}
-
-void acquire_reply(std::string& out, const Request& req, const AcquireResult& r,
-                   DaemonStats& stats) {
-    if (r.error) {
-        circuit_error(out, req, *r.error, r.circuit, stats);
-        return;
-    }
-    ReplyWriter w(out, req.id_json, true);
-    w.field("allowed", r.allowed);
-    if (r.allowed && !r.permit.empty())
-        w.string_field("permit", r.permit);
-    if (!r.allowed)
-        w.field("retryAfterMs", r.retry_after_ms);
-    circuit_fields(w, r.circuit);
-    if (r.transition)
-        w.raw_field("transition", transition_json(*r.transition));
-    w.finish();
-}
-
-void report_reply(std::string& out, const Request& req, const ReportResult& r, DaemonStats& stats) {
-    if (r.error) {
-        circuit_error(out, req, *r.error, r.circuit, stats);
-        return;
-    }
-    ReplyWriter w(out, req.id_json, true);
-    if (r.stale)
-        w.field("stale", true);
-    circuit_fields(w, r.circuit);
-    if (r.transition)
-        w.raw_field("transition", transition_json(*r.transition));
-    w.finish();
-}
 
 void audit(const Request& req, const Peer& peer, std::string_view what) {
     if (!log_enabled(LogLevel::Info))
@@ -101,40 +24,6 @@ void audit(const Request& req, const Peer& peer, std::string_view what) {
     log_info("audit: " + std::string(op_spec(req.op).name) + " key=" + req.key + " " +
              std::string(what) + " uid=" + std::to_string(peer.uid) +
              " pid=" + std::to_string(peer.pid));
-}
-
-void list_reply(std::string& out, const Request& req, const ListPage& page) {
-    ReplyWriter w(out, req.id_json, true);
-    std::string circuits = "[";
-    for (const auto& e : page.circuits) {
-        if (circuits.size() > 1)
-            circuits += ',';
-        append_list_entry(circuits, e.key, e.circuit);
-    }
-    circuits += ']';
-    w.raw_field("circuits", circuits);
-    if (page.next.empty())
-        w.raw_field("next", "null");
-    else
-        w.string_field("next", page.next);
-    w.finish();
-}
-
-void export_reply(std::string& out, const Request& req, const ExportPage& page) {
-    std::string circuits = "[";
-    for (const auto& record : page.circuits) {
-        if (circuits.size() > 1)
-            circuits += ',';
-        append_stored_circuit(circuits, record);
-    }
-    circuits += ']';
-    ReplyWriter w(out, req.id_json, true);
-    w.raw_field("circuits", circuits);
-    if (page.next.empty())
-        w.raw_field("next", "null");
-    else
-        w.string_field("next", page.next);
-    w.finish();
 }
 
 // The audit texts of operator actions, shared by both backends.
@@ -154,14 +43,6 @@ std::string import_audit_text(const StoredCircuit& record) {
                           : std::string("policy only");
 }
 
-void import_reply(std::string& out, const Request& req, const StoredCircuit& record) {
-    ReplyWriter w(out, req.id_json, true);
-    w.string_field("key", req.key);
-    if (record.circuit)
-        circuit_fields(w, *record.circuit);
-    w.finish();
-}
-
 // What a configure request changes, for its audit line.
 std::string configure_audit_text(const Request& req) {
     std::string what = req.policy_clear ? "clear=true " : "";
@@ -179,45 +60,15 @@ std::string configure_audit_text(const Request& req) {
            (unset_fields.empty() ? "" : " unset=" + unset_fields);
 }
 
-void policy_reply(std::string& out, const Request& req, const PolicyResult& r) {
-    std::string sources = "{";
-    for (std::size_t i = 0; i < kPolicyFieldCount; ++i) {
-        if (i)
-            sources += ',';
-        sources += '"';
-        sources += kPolicyFieldNames[i];
-        sources += "\":\"";
-        sources += policy_source_name(r.resolved.sources[i]);
-        sources += '"';
-    }
-    sources += '}';
-    ReplyWriter w(out, req.id_json, true);
-    w.string_field("key", req.key)
-        .raw_field("policy", policy_json(r.resolved.policy))
-        .raw_field("source", sources);
-    if (r.resolved.prefix.empty())
-        w.raw_field("prefix", "null");
-    else
-        w.string_field("prefix", r.resolved.prefix);
-    w.finish();
-}
-
 // One reportBatch in progress. Its entries answer now or later, in any
 // order (each is a backend operation); the one reply is written when the
 // last has answered and every entry has been handed to the backend.
 struct BatchTally {
-    struct EntryError {
-        std::size_t index;
-        ErrorCode code;
-        std::string message;
-    };
     std::string id_json;
     std::size_t entries = 0;
     std::size_t outstanding = 0; // entries whose answer is still to come
     bool dispatched = false;     // every entry has been handed to the backend
-    std::uint64_t applied = 0;
-    std::uint64_t stale = 0;
-    std::vector<EntryError> errors;
+    BatchSummary summary;
     std::vector<bool> answered; // by entry
     bool abandoned = false;     // answered internal_error as a whole
     std::shared_ptr<ReplyQueue> replies;
@@ -225,48 +76,6 @@ struct BatchTally {
 
     bool done() const { return dispatched && outstanding == 0; }
 };
-
-// The message of an entry's error: the backend's own when it has one, else
-// the one its report would have had.
-std::string entry_error_message(const OpOutcome& r) {
-    if (!r.error_message.empty())
-        return r.error_message;
-    return error_message(*r.error, Op::Report, r.circuit);
-}
-
-// Entry errors are not counted in stats.errors, which counts error replies:
-// the batch's reply is ok, and a line of 1000 bad entries must not move an
-// error-rate alert 1000 times.
-void tally_entry(BatchTally& tally, std::size_t index, const OpOutcome& r) {
-    if (r.error) {
-        tally.errors.push_back({index, *r.error, entry_error_message(r)});
-    } else if (r.stale) {
-        tally.stale += 1;
-    } else {
-        tally.applied += 1;
-    }
-}
-
-void batch_reply(std::string& out, BatchTally& tally) {
-    std::sort(tally.errors.begin(), tally.errors.end(),
-              [](const auto& a, const auto& b) { return a.index < b.index; });
-    std::string errors = "[";
-    for (const auto& e : tally.errors) {
-        if (errors.size() > 1)
-            errors += ',';
-        errors += "{\"index\":";
-        append_uint(errors, e.index);
-        errors += ",\"code\":";
-        append_json_string(errors, error_code_name(e.code));
-        errors += ",\"message\":";
-        append_json_string(errors, e.message);
-        errors += '}';
-    }
-    errors += ']';
-    ReplyWriter w(out, tally.id_json, true);
-    w.field("applied", tally.applied).field("stale", tally.stale).raw_field("errors", errors);
-    w.finish();
-}
 
 } // namespace
 
@@ -432,10 +241,10 @@ void Dispatcher::run_report_batch(const Request& req, RequestContext& ctx) {
                     return;
                 tally->answered[index] = true;
                 tally->outstanding -= 1;
-                tally_entry(*tally, index, r);
+                tally->summary.count(index, r);
                 if (tally->done()) {
                     std::string text;
-                    batch_reply(text, *tally);
+                    append_batch_reply(text, tally->id_json, tally->summary);
                     tally->replies->fill(*tally->ticket, std::move(text));
                 }
             };
@@ -450,10 +259,9 @@ void Dispatcher::run_report_batch(const Request& req, RequestContext& ctx) {
             const BatchReport& report = req.reports[i];
             outcome_.clear();
             if (report.error) {
-                outcome_.error = report.error->code;
-                outcome_.error_message = report.error->message;
+                outcome_.fail(report.error->code, report.error->message);
                 tally->answered[i] = true;
-                tally_entry(*tally, i, outcome_);
+                tally->summary.count(i, outcome_);
                 continue;
             }
             entry.key = report.key;
@@ -466,7 +274,7 @@ void Dispatcher::run_report_batch(const Request& req, RequestContext& ctx) {
             try {
                 if (backend_.run(entry, ctx.peer, outcome_, deferral)) {
                     tally->answered[i] = true;
-                    tally_entry(*tally, i, outcome_);
+                    tally->summary.count(i, outcome_);
                 }
             } catch (const std::exception& e) {
                 // One entry failed inside the backend: it answers
@@ -477,10 +285,8 @@ void Dispatcher::run_report_batch(const Request& req, RequestContext& ctx) {
                     tally->answered[i] = true;
                     if (deferral.taken)
                         tally->outstanding -= 1;
-                    outcome_.clear();
-                    outcome_.error = ErrorCode::InternalError;
-                    outcome_.error_message = "internal error";
-                    tally_entry(*tally, i, outcome_);
+                    outcome_.fail(ErrorCode::InternalError, "internal error");
+                    tally->summary.count(i, outcome_);
                 }
             }
         }
@@ -488,7 +294,7 @@ void Dispatcher::run_report_batch(const Request& req, RequestContext& ctx) {
         if (!tally->done())
             return;
         std::string text;
-        batch_reply(text, *tally);
+        append_batch_reply(text, tally->id_json, tally->summary);
         if (tally->ticket)
             ctx.replies->fill(*tally->ticket, std::move(text));
         else
@@ -509,75 +315,40 @@ void Dispatcher::run_report_batch(const Request& req, RequestContext& ctx) {
 
 void Dispatcher::reply_for(const Request& req, const Peer& peer, const OpOutcome& r,
                            std::string& out) {
+    const std::optional<ErrorCode> error = r.error();
     // Audit lines of operator actions, whether or not the backend agreed.
     switch (req.op) {
     case Op::Transition:
-        audit(req, peer, transition_audit_text(req, r.error));
+        audit(req, peer, transition_audit_text(req, error));
         break;
     case Op::Force:
         audit(req, peer,
               force_audit_text(req) +
-                  (r.error ? " refused=" + std::string(error_code_name(*r.error)) : ""));
+                  (error ? " refused=" + std::string(error_code_name(*error)) : ""));
         break;
-    case Op::Unforce:
-        audit(req, peer, r.transition ? "lifted=true" : "lifted=false");
+    case Op::Unforce: {
+        const auto* unforced = std::get_if<StoreResult>(&r.result);
+        audit(req, peer, unforced && unforced->transition ? "lifted=true" : "lifted=false");
         break;
+    }
     case Op::Reset:
-        if (!r.error)
-            audit(req, peer, r.removed ? "removed=true" : "removed=false");
+        if (const auto* reset = std::get_if<ResetResult>(&r.result))
+            audit(req, peer, reset->removed ? "removed=true" : "removed=false");
         break;
     case Op::Configure:
-        if (!r.error)
+        if (!error)
             audit(req, peer, configure_audit_text(req));
         break;
     case Op::Import:
-        if (!r.error)
+        if (!error)
             audit(req, peer, import_audit_text(imported_record(req)));
         break;
     default:
         break;
     }
-    if (r.error && *r.error != ErrorCode::Conflict && *r.error != ErrorCode::Forced &&
-        *r.error != ErrorCode::NoPermit) {
-        // Errors about the operation as a whole, not the circuit's state.
-        const ErrorCode code = *r.error;
-        stats_.errors[static_cast<std::size_t>(code)] += 1;
-        std::string message = r.error_message;
-        if (message.empty())
-            message = error_message(code, req.op, r.circuit);
-        append_error_reply(out, req.id_json, code, message);
-        return;
-    }
-    switch (req.op) {
-    case Op::List:
-        list_reply(out, req, r.page);
-        return;
-    case Op::Export:
-        export_reply(out, req, r.exported);
-        return;
-    case Op::Import:
-        import_reply(out, req, imported_record(req));
-        return;
-    case Op::Configure:
-    case Op::Policy:
-        policy_reply(out, req, PolicyResult{std::nullopt, r.policy});
-        return;
-    case Op::Reset:
-        append_reset_reply(out, req.id_json, r.removed);
-        return;
-    case Op::Acquire:
-        acquire_reply(
-            out, req,
-            AcquireResult{r.error, r.allowed, r.retry_after_ms, r.permit, r.circuit, r.transition},
-            stats_);
-        return;
-    case Op::Report:
-        report_reply(out, req, ReportResult{r.error, r.stale, r.circuit, r.transition}, stats_);
-        return;
-    default:
-        circuit_reply(out, req, StoreResult{r.error, r.circuit, r.transition}, stats_);
-        return;
-    }
+    if (error)
+        stats_.errors[static_cast<std::size_t>(*error)] += 1;
+    append_outcome_reply(out, req, r);
 }
 
 void Dispatcher::refuse(const Request& req, const RequestContext& ctx, const OpSpec& spec,

@@ -2,8 +2,8 @@
 // validates through common/ (once, centrally), answers the daemon's own ops
 // (ping, watch, stats, metrics) from a table indexed by Op, and hands every
 // circuit operation to the one CircuitBackend, whichever backend that is.
-// The reply, the audit line and the counters for an operation's outcome are
-// written here, once for every backend. Replies go into the connection's
+// The reply (reply_builder.hpp), the audit line and the counters for an
+// operation's outcome are written here, once for every backend. Replies go into the connection's
 // ReplyQueue: at once when the backend answers at once, into a reserved slot
 // when it answers later.
 #pragma once

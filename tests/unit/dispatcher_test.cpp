@@ -422,11 +422,12 @@ TEST_CASE("reportBatch waits for every entry, answers once, and weighs its entri
     CHECK(out.find("\"id\":1") != std::string::npos);
     CHECK(out.find("\"id\":3") == std::string::npos); // held behind the batch
 
+    ReportResult stale_report;
+    stale_report.stale = true;
     OpOutcome stale;
-    stale.stale = true;
+    stale.result = stale_report;
     OpOutcome refused;
-    refused.error = ErrorCode::BackendUnavailable;
-    refused.error_message = "redis is away";
+    refused.fail(ErrorCode::BackendUnavailable, "redis is away");
     backend.waiting[2].second(stale);       // c answers first
     backend.waiting[0].second(OpOutcome{}); // then a
     out.clear();

@@ -1,5 +1,6 @@
 // Reply encoding: exact bytes of each reply shape.
 #include "common/reply.hpp"
+#include "daemon/dispatch/reply_builder.hpp"
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
@@ -8,7 +9,9 @@ using namespace cbd;
 
 TEST_CASE("snapshot reply has the five reference fields in order", "[reply]") {
     std::string out;
-    append_snapshot_reply(out, "7", Snapshot{State::HalfOpen, 3, 1, 1764201600123, 1764201600000});
+    ReplyWriter(out, "7", true)
+        .snapshot(Snapshot{State::HalfOpen, 3, 1, 1764201600123, 1764201600000})
+        .finish();
     CHECK(out ==
           R"({"id":7,"ok":true,"snapshot":{"state":"half-open","failureCount":3,)"
           R"("successCount":1,"lastFailureTime":1764201600123,"lastStateChange":1764201600000}})"

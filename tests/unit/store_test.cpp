@@ -103,9 +103,9 @@ TEST_CASE("reset removes the circuit and the next operation starts fresh", "[sto
     store.record_failure("api");
     store.record_success("api");
     store.transition("api", State::Open, {});
-    CHECK(store.reset("api"));
+    CHECK(store.reset("api").removed);
     CHECK(store.size() == 0);
-    CHECK_FALSE(store.reset("api"));
+    CHECK_FALSE(store.reset("api").removed);
     clock.advance(10);
     CHECK(store.get("api").circuit.snapshot == Snapshot{State::Closed, 0, 0, 0, kStart + 10});
 }
@@ -235,7 +235,7 @@ TEST_CASE("when generations run out, changes are refused and nothing is reused",
 
     // Reads, reset and configure still work.
     CHECK(store.list(ListQuery{}).circuits.size() == 2);
-    CHECK(store.reset("new"));
+    CHECK(store.reset("new").removed);
     CHECK_FALSE(store.configure("old", PolicyPatch{}, PolicyPatch{}, true).error);
 }
 

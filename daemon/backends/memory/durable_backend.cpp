@@ -7,10 +7,9 @@
 namespace cbd {
 
 void make_undone(OpOutcome& outcome) {
-    outcome.clear();
-    outcome.error = ErrorCode::StorageUnavailable;
-    outcome.error_message = "the state file could not be written, so this change was not "
-                            "applied (see the daemon's log and stats)";
+    outcome.fail(ErrorCode::StorageUnavailable,
+                 "the state file could not be written, so this change was not "
+                 "applied (see the daemon's log and stats)");
 }
 
 bool DurableBackend::run(const Request& req, const Peer& peer, OpOutcome& now, Deferral& deferral) {

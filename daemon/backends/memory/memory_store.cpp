@@ -200,15 +200,15 @@ StoreResult MemoryCircuitStore::transition(std::string_view key, State to,
     return {std::nullopt, view_of(*c), t};
 }
 
-bool MemoryCircuitStore::reset(std::string_view key) {
+ResetResult MemoryCircuitStore::reset(std::string_view key) {
     auto it = circuits_.find(key);
     if (it == circuits_.end())
-        return false;
+        return {false};
     will_change(key);
     erase_circuit(it);
     if (observer_)
         observer_->on_reset(key, clock_.now_ms());
-    return true;
+    return {true};
 }
 
 // --- the breaker --------------------------------------------------------------

@@ -32,7 +32,7 @@ class MemoryCircuitStore final : public CircuitStore {
     StoreResult record_failure(std::string_view key) override;
     StoreResult transition(std::string_view key, State to,
                            const TransitionCondition& condition) override;
-    bool reset(std::string_view key) override;
+    ResetResult reset(std::string_view key) override;
 
     AcquireResult acquire(std::string_view key) override;
     ReportResult report(std::string_view key, Outcome outcome,

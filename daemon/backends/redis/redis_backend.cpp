@@ -114,38 +114,10 @@ bool RedisBackend::run(const Request& req, const Peer& peer, OpOutcome& now, Def
     RedisScript script{};
     std::vector<std::string> args;
     if (!script_call(req, peer, script, args)) {
-        now.error = ErrorCode::InternalError;
-        now.error_message = "not a circuit operation";
+        now.fail(ErrorCode::InternalError, "not a circuit operation");
         return true;
     }
-    // The daemon's layers; the script lays the key's override from Redis
-    // over them (and derives the lease after it, as PolicySet does).
-    const Policy numbers = redis_policy_numbers(policies_.resolve_with(req.key, nullptr));
-    redis_.run(
-        script, req.key, numbers, args,
-        [this, done = deferral.later(), op = req.op, key = req.key](RemoteResult r) {
-            OpOutcome out;
-            out.error = r.error;
-            if (r.error == ErrorCode::BackendUnavailable)
-                out.error_message = "the Redis backend is unavailable: " + r.unavailable_reason;
-            else if (r.error == ErrorCode::TooManyCircuits)
-                out.error_message = "the shared store holds its maximum number of " +
-                                    (r.message.empty() ? std::string("circuits") : r.message);
-            else if (r.error == ErrorCode::BackendError || r.error == ErrorCode::InvalidRequest)
-                out.error_message = std::move(r.message);
-            out.circuit = std::move(r.circuit);
-            out.transition = r.transition;
-            out.stale = r.stale;
-            out.allowed = r.extra1 != 0;
-            out.removed = r.extra1 != 0;
-            out.permit = std::move(r.extra2);
-            out.retry_after_ms = r.extra3;
-            out.page = std::move(r.page);
-            out.exported = std::move(r.exported);
-            if (op == Op::Policy || op == Op::Configure)
-                out.policy = policies_.resolve_with(key, &r.policy_override);
-            done(out);
-        });
+    redis_.run(script, req.key, policies_, args, deferral.later());
     return false;
 }
 

@@ -1,8 +1,8 @@
 // --backend redis behind the one backend interface (circuit_backend.hpp):
 // each circuit operation becomes one RedisStore script call with the policy
 // this daemon's own layers give the key (a key override kept in Redis wins,
-// field by field, inside the script), and each answer an OpOutcome. Every
-// operation answers later, on the loop, when Redis does.
+// field by field, inside the script), which RedisStore answers as an
+// OpOutcome. Every operation answers later, on the loop, when Redis does.
 #pragma once
 
 #include "daemon/backends/redis/redis_store.hpp"

@@ -461,11 +461,11 @@ local function save()
   if pinned ~= (c.was_pinned == true) then count(COUNT_PINNED, pinned and 1 or -1) end
 end
 
-local function result(status, x1, x2, x3)
+local function result(status, allowed, permit, retry_after)
   save()
   return {status, c.state, c.fc, c.sc, c.lft, c.lsc, c.gen, c.ps or '', c.pu or 0, c.pr or '',
           c.puid or 0, c.ppid or 0, tr and tr[1] or '', tr and tr[2] or '', tr and tr[3] or '',
-          x1 or 0, x2 or '', x3 or 0, would_deny and 1 or 0, win and 1 or 0,
+          allowed or 0, permit or '', retry_after or 0, would_deny and 1 or 0, win and 1 or 0,
           win and win[1] or 0, win and win[2] or 0, win and win[3] or 0}
 end
 

@@ -147,11 +147,11 @@ enum RedisResultField : std::size_t {
     kResFrom, // "" when nothing changed
     kResTo,
     kResCause,
-    kResExtra1,    // acquire: allowed (0/1); reset: removed (0/1)
-    kResExtra2,    // acquire: permit
-    kResExtra3,    // acquire: retryAfterMs
-    kResWouldDeny, // acquire: 1 when observe mode allowed what enforce would deny
-    kResWindow,    // 1 when the policy uses the rate rule (then the three below)
+    kResAllowed,      // acquire: 1 when the call may go ahead
+    kResPermit,       // acquire: a half-open probe's permit, "" otherwise
+    kResRetryAfterMs, // acquire, when denied
+    kResWouldDeny,    // acquire: 1 when observe mode allowed what enforce would deny
+    kResWindow,       // 1 when the policy uses the rate rule (then the three below)
     kResWindowCalls,
     kResWindowFailures,
     kResWindowSlow,

@@ -9,6 +9,7 @@
 #include <charconv>
 #include <hiredis/hiredis.h>
 #include <nlohmann/json.hpp>
+#include <type_traits>
 
 namespace cbd {
 
@@ -63,11 +64,64 @@ CircuitView view_from_fields(redisReply* const* f) {
     return v;
 }
 
-RemoteResult unexpected_answer() {
-    RemoteResult r;
-    r.error = ErrorCode::BackendError;
-    r.message = "Redis answered in a shape cbd does not know (a script of another cbd version?)";
+OpOutcome unexpected_answer() {
+    OpOutcome r;
+    r.fail(ErrorCode::BackendError,
+           "Redis answered in a shape cbd does not know (a script of another cbd version?)");
     return r;
+}
+
+// Redis could not serve the operation, and why.
+OpOutcome outage(std::string_view why) {
+    OpOutcome r;
+    r.fail(ErrorCode::BackendUnavailable, "the Redis backend is unavailable: " + std::string(why));
+    return r;
+}
+
+// A circuit script's answer (kResFieldCount fields) as the memory store
+// gives it: the circuit, a refusal, the transition it made; acquire's and
+// report's own fields are the caller's.
+template <typename Result> Result circuit_result(redisReply* const* f) {
+    Result r;
+    r.circuit = view_from_fields(f + kResState);
+    const auto status = str(f[kResStatus]);
+    if (status == kRedisStatusNames[1])
+        r.error = ErrorCode::Conflict;
+    else if (status == kRedisStatusNames[2])
+        r.error = ErrorCode::Forced;
+    else if (status == kRedisStatusNames[3])
+        r.error = ErrorCode::NoPermit;
+    if constexpr (std::is_same_v<Result, ReportResult>)
+        r.stale = status == kRedisStatusNames[4];
+    if (auto to = parse_state(str(f[kResTo]))) {
+        auto from = parse_state(str(f[kResFrom]));
+        auto cause = cause_named(str(f[kResCause]));
+        r.transition =
+            TransitionRecord{from.value_or(*to), *to, cause.value_or(TransitionCause::Manual),
+                             r.circuit.snapshot.last_state_change, r.circuit.generation};
+    }
+    r.circuit.would_deny = num(f[kResWouldDeny]) != 0;
+    if (num(f[kResWindow]) != 0)
+        r.circuit.window = window_view(num(f[kResWindowCalls]), num(f[kResWindowFailures]),
+                                       num(f[kResWindowSlow]));
+    return r;
+}
+
+// What `script` answered for one circuit, in its operation's result type.
+OpOutcome circuit_answer(RedisScript script, redisReply* const* f) {
+    OpOutcome out;
+    if (script == RedisScript::Acquire) {
+        auto r = circuit_result<AcquireResult>(f);
+        r.allowed = num(f[kResAllowed]) != 0;
+        r.permit = str(f[kResPermit]);
+        r.retry_after_ms = num(f[kResRetryAfterMs]);
+        out.result = std::move(r);
+    } else if (script == RedisScript::Report) {
+        out.result = circuit_result<ReportResult>(f);
+    } else {
+        out.result = circuit_result<StoreResult>(f);
+    }
+    return out;
 }
 
 // An event's number: the scripts send decimal strings (cjson would round
@@ -104,9 +158,9 @@ struct RedisStore::WaitBatch {
 
 // One operation's answer, held until its WAIT says enough replicas have it.
 struct RedisStore::WaitTicket {
-    std::function<void(RemoteResult)> done;
+    std::function<void(OpOutcome)> done;
     std::shared_ptr<WaitBatch> batch;
-    std::optional<RemoteResult> result; // the script answered; the WAIT has not
+    std::optional<OpOutcome> result; // the script answered; the WAIT has not
     bool delivered = false;
 };
 
@@ -117,7 +171,7 @@ struct RedisStore::ListJob {
     std::string after;
     std::size_t examined = 0;
     ListPage page;
-    std::function<void(RemoteResult)> done;
+    std::function<void(OpOutcome)> done;
 };
 
 struct RedisStore::ExportJob {
@@ -125,7 +179,7 @@ struct RedisStore::ExportJob {
     std::size_t limit = 0;
     std::string after;
     ExportPage page;
-    std::function<void(RemoteResult)> done;
+    std::function<void(OpOutcome)> done;
 };
 
 RedisStore::RedisStore(boost::asio::io_context& io, RedisStoreOptions options,
@@ -205,11 +259,8 @@ void RedisStore::stop() {
         for (auto& ticket : batch->tickets)
             if (!ticket->delivered && ticket->done) {
                 ticket->delivered = true;
-                RemoteResult r;
-                r.error = ErrorCode::BackendUnavailable;
-                r.unavailable_reason = "cbd is stopping";
                 auto done = std::move(ticket->done);
-                done(std::move(r));
+                done(outage("cbd is stopping"));
             }
         batch->tickets.clear();
     }
@@ -250,11 +301,11 @@ void RedisStore::sweep() {
         return;
     sweeping_ = true; // one at a time: a slow Redis must not pile them up
     send(make_call(RedisScript::Sweep, "", Policy{}, {}),
-         [this](const redisReply* reply, RemoteResult failure) {
+         [this](const redisReply* reply, OpOutcome failure) {
              sweeping_ = false;
              if (!reply) {
-                 if (failure.error == ErrorCode::BackendError)
-                     note_backend_error(failure.message);
+                 if (failure.error() == ErrorCode::BackendError)
+                     note_backend_error(failure.error_message);
                  return;
              }
              // {ok, settled, total, closed, open, half-open, pinned, first error}
@@ -304,23 +355,21 @@ void RedisStore::send(std::shared_ptr<Call> call, ReplyHandler then) {
 
     commands_.command(argv, [this, call, then = std::move(then)](const redisReply* reply,
                                                                  const std::string& error) {
-        RemoteResult r;
-        auto unavailable = [&](std::string why, bool log) {
-            r.error = ErrorCode::BackendUnavailable;
-            r.unavailable_reason = std::move(why);
+        auto unavailable = [&](const std::string& why, bool log) {
             stats_.unavailable += 1;
             if (log) {
-                stats_.last_error = r.unavailable_reason;
-                log_error("Redis backend: " + r.unavailable_reason);
+                stats_.last_error = why;
+                log_error("Redis backend: " + why);
             }
-            then(nullptr, std::move(r));
+            then(nullptr, outage(why));
         };
         if (!reply) {
             unavailable(error, false);
             return;
         }
+        OpOutcome failure;
         if (reply->type != REDIS_REPLY_ERROR) {
-            then(reply, std::move(r));
+            then(reply, std::move(failure));
             return;
         }
         const auto text = str(reply);
@@ -333,11 +382,15 @@ void RedisStore::send(std::shared_ptr<Call> call, ReplyHandler then) {
             }
             unavailable("Redis does not keep cbd's scripts: " + std::string(text), true);
             return;
-        case RedisErrorKind::TooMany:
-            r.error = ErrorCode::TooManyCircuits;
-            r.message = redis_error_text(text);
-            then(nullptr, std::move(r));
+        case RedisErrorKind::TooMany: {
+            // Which limit: "circuits" or "key policies".
+            const auto limit = redis_error_text(text);
+            failure.fail(ErrorCode::TooManyCircuits,
+                         "the shared store holds its maximum number of " +
+                             (limit.empty() ? std::string("circuits") : limit));
+            then(nullptr, std::move(failure));
             return;
+        }
         case RedisErrorKind::Outage:
             unavailable("Redis answered: " + std::string(text), true);
             // A master that answers READONLY has become a replica: find
@@ -347,30 +400,29 @@ void RedisStore::send(std::shared_ptr<Call> call, ReplyHandler then) {
                 commands_.drop("the master answered READONLY: it is a replica now");
             return;
         case RedisErrorKind::Invalid:
-            r.error = ErrorCode::InvalidRequest;
-            r.message = redis_error_text(text);
-            then(nullptr, std::move(r));
+            failure.fail(ErrorCode::InvalidRequest, redis_error_text(text));
+            then(nullptr, std::move(failure));
             return;
         case RedisErrorKind::Data:
-            r.error = ErrorCode::BackendError;
             // The scripts' own errors name the Redis key (and field); an
             // error Redis raised outside them gets the circuit's key here.
-            r.message =
-                text.starts_with(kRedisErrBackend) || call->key.empty()
-                    ? redis_error_text(text)
-                    : "for key '" + call->key + "' Redis answered: " + redis_error_text(text);
-            note_backend_error(r.message);
-            then(nullptr, std::move(r));
+            failure.fail(ErrorCode::BackendError,
+                         text.starts_with(kRedisErrBackend) || call->key.empty()
+                             ? redis_error_text(text)
+                             : "for key '" + call->key +
+                                   "' Redis answered: " + redis_error_text(text));
+            note_backend_error(failure.error_message);
+            then(nullptr, std::move(failure));
             return;
         }
     });
 }
 
-void RedisStore::run(RedisScript script, std::string_view key, const Policy& policy,
-                     const std::vector<std::string>& args, std::function<void(RemoteResult)> done) {
+void RedisStore::run(RedisScript script, std::string_view key, const PolicySet& layers,
+                     const std::vector<std::string>& args, std::function<void(OpOutcome)> done) {
     // A completion handler must never throw: whatever goes wrong here is an
     // answer, not an exception on the event loop.
-    auto safely = [done = std::move(done)](RemoteResult r) mutable {
+    auto safely = [done = std::move(done)](OpOutcome r) mutable {
         try {
             done(std::move(r));
         } catch (const std::exception& e) {
@@ -408,76 +460,57 @@ void RedisStore::run(RedisScript script, std::string_view key, const Policy& pol
         return;
     }
 
-    std::function<void(RemoteResult)> answer = std::move(safely);
+    std::function<void(OpOutcome)> answer = std::move(safely);
     if (options_.min_replicas > 0 && redis_script_mutates(script, args)) {
         // Enrolled now, before the script is sent, so that the batch's WAIT
         // (sent later in this turn of the loop) follows the script.
         auto ticket = std::make_shared<WaitTicket>();
         ticket->done = std::move(answer);
         enroll_wait(ticket);
-        answer = [this, ticket](RemoteResult r) { answer_ticket(ticket, std::move(r)); };
+        answer = [this, ticket](OpOutcome r) { answer_ticket(ticket, std::move(r)); };
     }
-    send(make_call(script, key, policy, args),
-         [script, done = std::move(answer)](const redisReply* reply, RemoteResult failure) mutable {
+    // The daemon's layers; the script lays the key's override from Redis
+    // over them (and derives the lease after it, as PolicySet does).
+    const Policy numbers = redis_policy_numbers(layers.resolve_with(key, nullptr));
+    send(make_call(script, key, numbers, args),
+         [script, &layers, key = std::string(key),
+          done = std::move(answer)](const redisReply* reply, OpOutcome failure) mutable {
              if (!reply) {
                  done(std::move(failure));
                  return;
              }
-             RemoteResult r;
              if (script == RedisScript::Import || script == RedisScript::Sweep) {
-                 done(std::move(r));
+                 done(OpOutcome{});
                  return;
              }
              if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1) {
                  done(unexpected_answer());
                  return;
              }
+             OpOutcome out;
              if (script == RedisScript::Policy) {
                  if (reply->elements != 1 + kPolicyFieldCount) {
                      done(unexpected_answer());
                      return;
                  }
+                 PolicyPatch own; // the key's override in Redis (the script checked it)
                  for (std::size_t i = 0; i < kPolicyFieldCount; ++i)
                      if (!str(reply->element[i + 1]).empty())
-                         r.policy_override.values[i] = num(reply->element[i + 1]);
-                 done(std::move(r));
+                         own.values[i] = num(reply->element[i + 1]);
+                 out.result = PolicyResult{std::nullopt, layers.resolve_with(key, &own)};
+                 done(std::move(out));
                  return;
              }
              if (script == RedisScript::Reset) {
-                 r.extra1 = reply->elements >= 2 ? num(reply->element[1]) : 0;
-                 done(std::move(r));
+                 out.result = ResetResult{reply->elements >= 2 && num(reply->element[1]) != 0};
+                 done(std::move(out));
                  return;
              }
              if (reply->elements != kResFieldCount) {
                  done(unexpected_answer());
                  return;
              }
-             const auto status = str(reply->element[kResStatus]);
-             r.circuit = view_from_fields(reply->element + kResState);
-             if (status == kRedisStatusNames[1])
-                 r.error = ErrorCode::Conflict;
-             else if (status == kRedisStatusNames[2])
-                 r.error = ErrorCode::Forced;
-             else if (status == kRedisStatusNames[3])
-                 r.error = ErrorCode::NoPermit;
-             else if (status == kRedisStatusNames[4])
-                 r.stale = true;
-             if (auto to = parse_state(str(reply->element[kResTo]))) {
-                 auto from = parse_state(str(reply->element[kResFrom]));
-                 auto cause = cause_named(str(reply->element[kResCause]));
-                 r.transition = TransitionRecord{
-                     from.value_or(*to), *to, cause.value_or(TransitionCause::Manual),
-                     r.circuit.snapshot.last_state_change, r.circuit.generation};
-             }
-             r.extra1 = num(reply->element[kResExtra1]);
-             r.extra2 = std::string(str(reply->element[kResExtra2]));
-             r.extra3 = num(reply->element[kResExtra3]);
-             r.circuit.would_deny = num(reply->element[kResWouldDeny]) != 0;
-             if (num(reply->element[kResWindow]) != 0)
-                 r.circuit.window = window_view(num(reply->element[kResWindowCalls]),
-                                                num(reply->element[kResWindowFailures]),
-                                                num(reply->element[kResWindowSlow]));
-             done(std::move(r));
+             done(circuit_answer(script, reply->element));
          });
 }
 
@@ -486,7 +519,9 @@ void RedisStore::run(RedisScript script, std::string_view key, const Policy& pol
 // last match has no `next` (as in memory).
 void RedisStore::list_step(std::shared_ptr<ListJob> job) {
     if (job->limit == 0) {
-        job->done(RemoteResult{});
+        OpOutcome empty;
+        empty.result = ListPage{};
+        job->done(std::move(empty));
         return;
     }
     const std::size_t want = job->limit + 1 - job->page.circuits.size();
@@ -494,7 +529,7 @@ void RedisStore::list_step(std::shared_ptr<ListJob> job) {
     send(make_call(
              RedisScript::List, "", Policy{},
              {job->prefix, job->after, std::to_string(want), job->state, std::to_string(budget)}),
-         [this, job](const redisReply* reply, RemoteResult failure) {
+         [this, job](const redisReply* reply, OpOutcome failure) {
              if (!reply) {
                  job->done(std::move(failure));
                  return;
@@ -523,21 +558,23 @@ void RedisStore::list_step(std::shared_ptr<ListJob> job) {
                  list_step(job);
                  return;
              }
-             RemoteResult r;
-             r.page = std::move(page);
+             OpOutcome r;
+             r.result = std::move(page);
              job->done(std::move(r));
          });
 }
 
 void RedisStore::export_step(std::shared_ptr<ExportJob> job) {
     if (job->limit == 0) {
-        job->done(RemoteResult{});
+        OpOutcome empty;
+        empty.result = ExportPage{};
+        job->done(std::move(empty));
         return;
     }
     const std::size_t want = job->limit + 1 - job->page.circuits.size();
     send(make_call(RedisScript::Export, "", Policy{},
                    {job->prefix, job->after, std::to_string(want)}),
-         [this, job](const redisReply* reply, RemoteResult failure) {
+         [this, job](const redisReply* reply, OpOutcome failure) {
              if (!reply) {
                  job->done(std::move(failure));
                  return;
@@ -571,8 +608,8 @@ void RedisStore::export_step(std::shared_ptr<ExportJob> job) {
                  export_step(job);
                  return;
              }
-             RemoteResult r;
-             r.exported = std::move(page);
+             OpOutcome r;
+             r.result = std::move(page);
              job->done(std::move(r));
          });
 }
@@ -645,11 +682,11 @@ void RedisStore::schedule_wait() {
     });
 }
 
-void RedisStore::answer_ticket(const std::shared_ptr<WaitTicket>& ticket, RemoteResult result) {
+void RedisStore::answer_ticket(const std::shared_ptr<WaitTicket>& ticket, OpOutcome result) {
     if (ticket->delivered)
         return;
     // Redis did not answer: the WAIT behind it fails too; say so now.
-    if (result.error == ErrorCode::BackendUnavailable) {
+    if (result.error() == ErrorCode::BackendUnavailable) {
         ticket->delivered = true;
         auto done = std::move(ticket->done);
         done(std::move(result));
@@ -691,12 +728,9 @@ void RedisStore::send_wait(std::shared_ptr<WaitBatch> batch) {
                 done(std::move(*ticket->result));
                 continue;
             }
-            RemoteResult r;
-            r.error = ErrorCode::BackendUnavailable;
-            r.unavailable_reason = *failure;
             stats_.unavailable += 1;
             stats_.replication_failures += 1;
-            done(std::move(r));
+            done(outage(*failure));
         }
         // Tickets hold their batch: the batch lets go of them, so neither
         // keeps the other (a ticket still to answer re-enrolls elsewhere).

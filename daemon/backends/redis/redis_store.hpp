@@ -14,6 +14,7 @@
 #include "daemon/backends/redis/sentinel_discovery.hpp"
 #include "daemon/breaker/circuit_store.hpp"
 #include "daemon/core/clock.hpp"
+#include "daemon/dispatch/circuit_backend.hpp"
 
 #include <array>
 #include <functional>
@@ -43,30 +44,6 @@ struct RedisStoreOptions {
     const Clock* test_clock = nullptr;
 };
 
-// One script's answer, in the memory store's terms.
-struct RemoteResult {
-    // BackendUnavailable (an outage: Redis unreachable, slow, loading...),
-    // BackendError (Redis answered, but what it holds for the key cannot be
-    // used, or a limit such as the generation counter's is reached: not an
-    // outage, not retried), TooManyCircuits, or the circuit script's own
-    // (Conflict, Forced, NoPermit).
-    std::optional<ErrorCode> error;
-    std::string unavailable_reason; // BackendUnavailable: why
-    // BackendError: what is wrong and where, naming the Redis key (and the
-    // field when one is bad), for the client's error message.
-    // TooManyCircuits: which limit ("circuits" or "key policies").
-    std::string message;
-    CircuitView circuit;
-    std::optional<TransitionRecord> transition;
-    bool stale = false;
-    std::int64_t extra1 = 0;     // acquire: allowed; reset: removed
-    std::string extra2;          // acquire: permit
-    std::int64_t extra3 = 0;     // acquire: retryAfterMs
-    PolicyPatch policy_override; // policy script: the key's override in Redis (checked)
-    ListPage page;               // list script
-    ExportPage exported;         // export script
-};
-
 class RedisStore {
   public:
     RedisStore(boost::asio::io_context& io, RedisStoreOptions options, CircuitObserver* observer);
@@ -76,16 +53,21 @@ class RedisStore {
     // Settles expired leases and pins in Redis (run from the expiry timer).
     void sweep();
 
-    // Runs `script` for `key` with the policy the daemon resolves for it
-    // (its defaults and prefix rules; a key override in Redis wins) and the
-    // operation's own arguments. `policy` as redis_policy_numbers() makes
-    // it: probeLeaseMs 0 means no layer of the daemon sets it (resetTimeoutMaxMs
-    // 0 alike).
+    // Runs `script` for `key` with the policy `layers` (the daemon's
+    // defaults and prefix rules) resolve for it, a key override in Redis
+    // winning, and the operation's own arguments. The answer is the
+    // operation's result as the memory store gives it (the `policy` script's
+    // is the override laid over `layers`), or its failure: BackendUnavailable
+    // (an outage: Redis unreachable, slow, loading...), BackendError (Redis
+    // answered, but what it holds for the key cannot be used, or a limit such
+    // as the generation counter's is reached: not an outage, not retried),
+    // TooManyCircuits or InvalidRequest, each with its message.
     // `list` and `export` run as several script calls, each examining at
     // most kRedisScanPerCall keys, joined before `done` runs. `done` runs
     // exactly once, on the event loop, and never throws out of here.
-    void run(RedisScript script, std::string_view key, const Policy& policy,
-             const std::vector<std::string>& args, std::function<void(RemoteResult)> done);
+    // `layers` must outlive the answer.
+    void run(RedisScript script, std::string_view key, const PolicySet& layers,
+             const std::vector<std::string>& args, std::function<void(OpOutcome)> done);
 
     // Circuits in the shared store as of the last sweep (every 100 ms):
     // total from the index; by state and pinned from counters the scripts
@@ -105,7 +87,7 @@ class RedisStore {
     struct ExportJob;
     struct WaitBatch;
     struct WaitTicket;
-    using ReplyHandler = std::function<void(const redisReply* reply, RemoteResult failure)>;
+    using ReplyHandler = std::function<void(const redisReply* reply, OpOutcome failure)>;
 
     void on_event(const redisReply* reply);
     RedisConnection::Setup script_setup();
@@ -131,7 +113,7 @@ class RedisStore {
     // kPolicyDigestIntervalMs, from the sweep).
     void exchange_policy_digest();
     void note_policy_mismatches(std::vector<std::string> hosts);
-    void answer_ticket(const std::shared_ptr<WaitTicket>& ticket, RemoteResult result);
+    void answer_ticket(const std::shared_ptr<WaitTicket>& ticket, OpOutcome result);
 
     boost::asio::io_context& io_;
 
@@ -161,7 +143,7 @@ class RedisStore {
 // likewise.
 bool redis_script_mutates(RedisScript script, const std::vector<std::string>& args);
 
-// The policy numbers to pass to run() for a key whose daemon-side policy
+// The policy numbers run() passes a script for a key whose daemon-side policy
 // (defaults, prefix rules) is `daemon`: as resolved, except probeLeaseMs 0
 // when no layer sets it, so that the script derives the lease from the reset
 // timeout after the key's own override, as PolicySet does. (The `policy`
