@@ -100,7 +100,9 @@ int main(int argc, char** argv) {
     // The command that runs once parsing succeeded.
     std::function<int(const GlobalOptions&)> command;
     auto single = [&](std::function<SingleRequest()> build) {
-        command = [build](const GlobalOptions& g) { return run_single(g, build()); };
+        command = [build = std::move(build)](const GlobalOptions& g) {
+            return run_single(g, build());
+        };
     };
 
     std::string key, to, field, outcome, permit, expect, state, ttl, reason, success_codes;

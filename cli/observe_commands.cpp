@@ -124,9 +124,10 @@ int run_watch(const GlobalOptions& g, const WatchOptions& o) {
                           << event.value("dropped", 0) << " events were lost\n";
                 return kExitDaemonError;
             }
-            if (!o.text || !event.is_object()) {
-                std::cout << line << "\n";
-            } else if (event.value("event", "") == "transition") {
+            // In text mode, transitions and resets read as lines of their
+            // own; everything else (and every event in JSON mode) as sent.
+            const std::string kind = o.text && event.is_object() ? event.value("event", "") : "";
+            if (kind == "transition") {
                 const std::string cause = event.value("cause", "");
                 std::string change = event.value("from", "") + " -> " + event.value("to", "");
                 if (cause == "force")
@@ -136,7 +137,7 @@ int run_watch(const GlobalOptions& g, const WatchOptions& o) {
                 std::cout << human_time(event.value("at", std::int64_t{0})) << "  "
                           << event.value("key", "") << "  " << change << "  (" << cause
                           << ", failures " << event["snapshot"].value("failureCount", 0) << ")\n";
-            } else if (event.value("event", "") == "reset") {
+            } else if (kind == "reset") {
                 std::cout << human_time(event.value("at", std::int64_t{0})) << "  "
                           << event.value("key", "") << "  removed (reset)\n";
             } else {

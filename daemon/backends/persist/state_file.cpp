@@ -480,7 +480,7 @@ std::optional<std::string> StateFile::write(const std::vector<StoredCircuit>& re
 }
 
 std::string StateFile::move_aside(const std::string& path) {
-    const std::string target = path + ".corrupt-" + std::to_string(std::time(nullptr));
+    std::string target = path + ".corrupt-" + std::to_string(std::time(nullptr));
     if (std::rename(path.c_str(), target.c_str()) != 0)
         throw StateFileError(StateFileError::Kind::Unwritable,
                              "state file " + path + ": cannot move it aside to " + target + ": " +

@@ -301,7 +301,7 @@ void RedisStore::sweep() {
         return;
     sweeping_ = true; // one at a time: a slow Redis must not pile them up
     send(make_call(RedisScript::Sweep, "", Policy{}, {}),
-         [this](const redisReply* reply, OpOutcome failure) {
+         [this](const redisReply* reply, const OpOutcome& failure) {
              sweeping_ = false;
              if (!reply) {
                  if (failure.error() == ErrorCode::BackendError)
