@@ -5,18 +5,8 @@
 #include "daemon/dispatch/circuit_json.hpp"
 
 #include <algorithm>
-#include <fstream>
-#include <unistd.h>
 
 namespace cbd {
-
-std::uint64_t resident_memory_bytes() {
-    std::ifstream statm("/proc/self/statm");
-    std::uint64_t size = 0, resident = 0;
-    if (!(statm >> size >> resident))
-        return 0;
-    return resident * static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
-}
 
 void EventHub::add(Watcher* w, WatchFilter filter) {
     subscriptions_.push_back({w, std::move(filter)});
@@ -29,16 +19,17 @@ void EventHub::remove(Watcher* w) {
 }
 
 void EventHub::publish(std::string_view key, std::string line) {
-    std::shared_ptr<const std::string> shared;
-    // A watcher may overflow and unsubscribe while we deliver: iterate a copy.
+    // A watcher may overflow and unsubscribe while we deliver: iterate a
+    // copy. The line is shared only once someone wants it.
     const auto subscribers = subscriptions_;
-    for (const auto& s : subscribers) {
-        if (!s.filter.matches(key))
-            continue;
-        if (!shared)
-            shared = std::make_shared<const std::string>(std::move(line));
-        s.watcher->push_event(shared);
-    }
+    auto first = std::find_if(subscribers.begin(), subscribers.end(),
+                              [&](const auto& s) { return s.filter.matches(key); });
+    if (first == subscribers.end())
+        return;
+    const auto shared = std::make_shared<const std::string>(std::move(line));
+    for (auto it = first; it != subscribers.end(); ++it)
+        if (it->filter.matches(key))
+            it->watcher->push_event(shared);
 }
 
 void EventHub::on_transition(std::string_view key, const TransitionRecord& t,
