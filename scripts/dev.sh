@@ -24,7 +24,7 @@ PACKAGES=(
   libcli11-dev nlohmann-json3-dev libboost-dev catch2 libsystemd-dev libsqlite3-dev sqlite3 libhiredis-dev redis-server
   python3 python3-pytest systemd
   prometheus curl util-linux
-  clang-14 libclang-rt-14-dev clang-format-14
+  clang-14 libclang-rt-14-dev clang-format-14 clang-tidy-14
   debhelper dpkg-dev fakeroot lintian scdoc groff-base man-db bash-completion zsh fish
   chromium chromium-driver
 )
