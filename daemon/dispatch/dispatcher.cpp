@@ -6,9 +6,7 @@
 #include "daemon/dispatch/metrics.hpp"
 #include "daemon/dispatch/reply_builder.hpp"
 
-#include <array>
 #include <exception>
-#include <nlohmann/json.hpp>
 #include <utility>
 #include <variant>
 
@@ -359,11 +357,7 @@ void Dispatcher::refuse(const Request& req, const RequestContext& ctx, const OpS
              " needs=" + std::string(access_level_name(spec.level)) +
              " has=" + std::string(access_level_name(ctx.level)) +
              " uid=" + std::to_string(ctx.peer.uid) + " pid=" + std::to_string(ctx.peer.pid));
-    append_error_reply(out, req.id_json, ErrorCode::PermissionDenied,
-                       "'" + std::string(spec.name) + "' needs the " +
-                           std::string(access_level_name(spec.level)) +
-                           " level; this connection (uid " + std::to_string(ctx.peer.uid) +
-                           ") has " + std::string(access_level_name(ctx.level)));
+    append_permission_denied_reply(out, req.id_json, spec, ctx.level, ctx.peer.uid);
 }
 
 void Dispatcher::handle_ping(const Request& req, RequestContext&, std::string& out) {
@@ -372,80 +366,23 @@ void Dispatcher::handle_ping(const Request& req, RequestContext&, std::string& o
 
 void Dispatcher::handle_watch(const Request& req, RequestContext& ctx, std::string& out) {
     WatchFilter filter; // parse_request() let through one of key, prefix, keys at most
-    ReplyWriter w(out, req.id_json, true);
     if (!req.watch_keys.empty()) {
         filter.kind = WatchFilter::Kind::Keys;
         filter.keys = std::make_shared<const std::vector<std::string>>(req.watch_keys);
-        w.raw_field("watching", "{\"keys\":" + std::to_string(req.watch_keys.size()) + "}");
     } else if (!req.key.empty()) {
         filter = {WatchFilter::Kind::Key, req.key, nullptr};
-        std::string what = "{\"key\":";
-        append_json_string(what, req.key);
-        w.raw_field("watching", what + "}");
     } else if (req.has_prefix) {
         filter = {WatchFilter::Kind::Prefix, req.prefix, nullptr};
-        std::string what = "{\"prefix\":";
-        append_json_string(what, req.prefix);
-        w.raw_field("watching", what + "}");
-    } else {
-        w.string_field("watching", "all");
     }
-    w.finish();
+    append_watch_reply(out, req.id_json, filter);
     ctx.start_watch = std::move(filter);
 }
 
 void Dispatcher::handle_stats(const Request& req, RequestContext&, std::string& out) {
-    const auto counts = backend_.counts();
     const auto uptime = std::chrono::duration_cast<std::chrono::milliseconds>(
         std::chrono::steady_clock::now() - stats_.started);
-    auto object = [](auto&& name_of, const auto& values, std::size_t n) {
-        std::string o = "{";
-        for (std::size_t i = 0; i < n; ++i) {
-            if (i)
-                o += ',';
-            o += '"';
-            o += name_of(i);
-            o += "\":";
-            append_uint(o, values[i]);
-        }
-        return o + "}";
-    };
-    ReplyWriter w(out, req.id_json, true);
-    w.string_field("version", kVersion)
-        .field("protocol", std::int64_t{kProtocolVersion})
-        .field("uptimeMs", static_cast<std::int64_t>(uptime.count()))
-        .raw_field("connections", "{\"current\":" + std::to_string(stats_.connections_current) +
-                                      ",\"total\":" + std::to_string(stats_.connections_total) +
-                                      ",\"refused\":" + std::to_string(stats_.connections_refused) +
-                                      "}")
-        .raw_field("requests",
-                   object([](std::size_t i) { return op_spec(static_cast<Op>(i)).name; },
-                          stats_.requests, kOpCount))
-        .raw_field("errors",
-                   object([](std::size_t i) { return error_code_name(static_cast<ErrorCode>(i)); },
-                          stats_.errors, kErrorCodeCount))
-        // null until a backend that counts elsewhere (Redis) has a count.
-        .raw_field("circuits", !counts ? std::string("null")
-                                       : "{\"total\":" + std::to_string(counts->total) +
-                                             ",\"closed\":" + std::to_string(counts->closed) +
-                                             ",\"open\":" + std::to_string(counts->open) +
-                                             ",\"halfOpen\":" + std::to_string(counts->half_open) +
-                                             ",\"forced\":" + std::to_string(counts->forced) + "}")
-        .field("watchers", stats_.watchers)
-        .raw_field("events", "{\"emitted\":" + std::to_string(stats_.events_emitted) +
-                                 ",\"dropped\":" + std::to_string(stats_.events_dropped) + "}")
-        .field("residentMemoryBytes", resident_memory_bytes());
-    for (const auto& [name, section] :
-         {std::pair{"storage", stats_.storage}, std::pair{"backend", stats_.backend}}) {
-        if (!section) {
-            w.raw_field(name, "null");
-            continue;
-        }
-        nlohmann::json fields = nlohmann::json::object();
-        section->write_json(fields);
-        w.raw_field(name, fields.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
-    }
-    w.finish();
+    append_stats_reply(out, req.id_json, stats_, backend_.counts(),
+                       static_cast<std::int64_t>(uptime.count()), resident_memory_bytes());
 }
 
 std::string Dispatcher::metrics_text(bool per_circuit) {
@@ -462,9 +399,7 @@ std::string Dispatcher::metrics_text(bool per_circuit) {
 }
 
 void Dispatcher::handle_metrics(const Request& req, RequestContext&, std::string& out) {
-    ReplyWriter(out, req.id_json, true)
-        .string_field("text", metrics_text(req.per_circuit))
-        .finish();
+    append_metrics_reply(out, req.id_json, metrics_text(req.per_circuit));
 }
 
 } // namespace cbd

@@ -4,8 +4,11 @@
 #include "common/reply.hpp"
 #include "daemon/dispatch/circuit_json.hpp"
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
 #include <type_traits>
+#include <utility>
 #include <variant>
 
 namespace cbd {
@@ -209,6 +212,97 @@ void append_ping_reply(std::string& out, std::string_view id_json) {
         .string_field("version", kVersion)
         .field("protocol", std::int64_t{kProtocolVersion})
         .finish();
+}
+
+void append_permission_denied_reply(std::string& out, std::string_view id_json, const OpSpec& spec,
+                                    AccessLevel has, uid_t uid) {
+    append_error_reply(out, id_json, ErrorCode::PermissionDenied,
+                       "'" + std::string(spec.name) + "' needs the " +
+                           std::string(access_level_name(spec.level)) +
+                           " level; this connection (uid " + std::to_string(uid) + ") has " +
+                           std::string(access_level_name(has)));
+}
+
+void append_watch_reply(std::string& out, std::string_view id_json, const WatchFilter& filter) {
+    ReplyWriter w(out, id_json, true);
+    std::string what;
+    switch (filter.kind) {
+    case WatchFilter::Kind::Keys:
+        w.raw_field("watching", "{\"keys\":" + std::to_string(filter.keys->size()) + "}");
+        break;
+    case WatchFilter::Kind::Key:
+        what = "{\"key\":";
+        append_json_string(what, filter.value);
+        w.raw_field("watching", what + "}");
+        break;
+    case WatchFilter::Kind::Prefix:
+        what = "{\"prefix\":";
+        append_json_string(what, filter.value);
+        w.raw_field("watching", what + "}");
+        break;
+    case WatchFilter::Kind::All:
+        w.string_field("watching", "all");
+        break;
+    }
+    w.finish();
+}
+
+void append_stats_reply(std::string& out, std::string_view id_json, const DaemonStats& stats,
+                        const std::optional<CircuitCounts>& counts, std::int64_t uptime_ms,
+                        std::uint64_t resident_bytes) {
+    auto object = [](auto&& name_of, const auto& values, std::size_t n) {
+        std::string o = "{";
+        for (std::size_t i = 0; i < n; ++i) {
+            if (i)
+                o += ',';
+            o += '"';
+            o += name_of(i);
+            o += "\":";
+            append_uint(o, values[i]);
+        }
+        return o + "}";
+    };
+    ReplyWriter w(out, id_json, true);
+    w.string_field("version", kVersion)
+        .field("protocol", std::int64_t{kProtocolVersion})
+        .field("uptimeMs", uptime_ms)
+        .raw_field("connections", "{\"current\":" + std::to_string(stats.connections_current) +
+                                      ",\"total\":" + std::to_string(stats.connections_total) +
+                                      ",\"refused\":" + std::to_string(stats.connections_refused) +
+                                      "}")
+        .raw_field("requests",
+                   object([](std::size_t i) { return op_spec(static_cast<Op>(i)).name; },
+                          stats.requests, kOpCount))
+        .raw_field("errors",
+                   object([](std::size_t i) { return error_code_name(static_cast<ErrorCode>(i)); },
+                          stats.errors, kErrorCodeCount))
+        // null until a backend that counts elsewhere (Redis) has a count.
+        .raw_field("circuits", !counts ? std::string("null")
+                                       : "{\"total\":" + std::to_string(counts->total) +
+                                             ",\"closed\":" + std::to_string(counts->closed) +
+                                             ",\"open\":" + std::to_string(counts->open) +
+                                             ",\"halfOpen\":" + std::to_string(counts->half_open) +
+                                             ",\"forced\":" + std::to_string(counts->forced) + "}")
+        .field("watchers", stats.watchers)
+        .raw_field("events", "{\"emitted\":" + std::to_string(stats.events_emitted) +
+                                 ",\"dropped\":" + std::to_string(stats.events_dropped) + "}")
+        .field("residentMemoryBytes", resident_bytes);
+    // Each backend section writes its own fields (StatsSection); absent: null.
+    for (const auto& [name, section] :
+         {std::pair{"storage", stats.storage}, std::pair{"backend", stats.backend}}) {
+        if (!section) {
+            w.raw_field(name, "null");
+            continue;
+        }
+        nlohmann::json fields = nlohmann::json::object();
+        section->write_json(fields);
+        w.raw_field(name, fields.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+    }
+    w.finish();
+}
+
+void append_metrics_reply(std::string& out, std::string_view id_json, const std::string& text) {
+    ReplyWriter(out, id_json, true).string_field("text", text).finish();
 }
 
 } // namespace cbd

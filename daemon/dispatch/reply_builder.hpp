@@ -1,17 +1,23 @@
-// The replies to circuit operations, all built here: one builder per result
-// type, chosen by the result an operation's OpOutcome holds, and the one
-// reply of a reportBatch. The JSON of the values they show (circuits,
+// Every reply the dispatcher sends, built here: for circuit operations one
+// builder per result type, chosen by the result an operation's OpOutcome
+// holds, and the one reply of a reportBatch; then the daemon's own
+// operations (ping, watch, stats, metrics) and the refusal of an operation
+// the connection's access level does not allow. The JSON of the values they show (circuits,
 // transitions) is in circuit_json.hpp, shared with watch events; the reply
 // envelope and escaping are in common/reply.hpp.
 #pragma once
 
 #include "common/request.hpp"
 #include "daemon/dispatch/circuit_backend.hpp"
+#include "daemon/dispatch/event_hub.hpp"
+#include "daemon/dispatch/stats.hpp"
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <sys/types.h>
 #include <vector>
 
 namespace cbd {
@@ -44,5 +50,22 @@ void append_batch_reply(std::string& out, std::string_view id_json, BatchSummary
 
 void append_reset_reply(std::string& out, std::string_view id_json, bool removed);
 void append_ping_reply(std::string& out, std::string_view id_json);
+
+// permission_denied: which level `spec`'s operation needs, and which this
+// connection (`uid`) has.
+void append_permission_denied_reply(std::string& out, std::string_view id_json, const OpSpec& spec,
+                                    AccessLevel has, uid_t uid);
+
+// {"watching":"all"}, or the key, the prefix or how many keys it watches.
+void append_watch_reply(std::string& out, std::string_view id_json, const WatchFilter& filter);
+
+// The `stats` reply: the daemon's counters, the circuits (null while the
+// backend has no count) and each backend section (null when absent).
+void append_stats_reply(std::string& out, std::string_view id_json, const DaemonStats& stats,
+                        const std::optional<CircuitCounts>& counts, std::int64_t uptime_ms,
+                        std::uint64_t resident_bytes);
+
+// The `metrics` reply: the Prometheus text as one string.
+void append_metrics_reply(std::string& out, std::string_view id_json, const std::string& text);
 
 } // namespace cbd
