@@ -102,13 +102,14 @@ case "$cmd" in
       # Left out here, as a sanitizer adds nothing to them that the first
       # pass did not check: the package (built with Debian's flags, not
       # these), the checks that start no cbd (man pages, completion, the
-      # walls, formatting, the corpus runner's self-test), and the Node and
-      # Go clients, whose own code ASan does not see: the Python client's
-      # suite stays, as it drives the same cbd paths (a watch on a set of
-      # keys, reportBatch from a mirror) that they do and no e2e suite does.
+      # walls, formatting, the licence, the corpus runner's self-test), and
+      # the Node and Go clients, whose own code ASan does not see: the
+      # Python client's suite stays, as it drives the same cbd paths (a
+      # watch on a set of keys, reportBatch from a mirror) that they do and
+      # no e2e suite does.
       ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
         ctest --test-dir "$BUILD_DIR-asan" --output-on-failure --timeout 1800 \
-        -E '^((node|go|package|format)\.|walls$|conformance\.runner$|e2e\.test_(manpages|completion)$)' -R '.'
+        -E '^((node|go|package|format)\.|walls$|license$|conformance\.runner$|e2e\.test_(manpages|completion)$)' -R '.'
       # The writer thread (--state-file) is the one place two threads meet:
       # the unit suite and every end-to-end suite that starts it, under TSan.
       echo "dev.sh: the persistence writer thread under ThreadSanitizer" >&2
