@@ -3,7 +3,7 @@
 // errors, in the manner of redis-benchmark.
 #include "bench/load.hpp"
 #include "common/socket_path.hpp"
-#include "daemon/backends/redis/redis_scripts.hpp"
+#include "daemon/backends/redis/redis_functions.hpp"
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
@@ -74,12 +74,8 @@ int main(int argc, char** argv) {
                 auto [failure_sha, success_sha] = load_redis_scripts(redis_socket);
                 protocol = std::make_unique<RedisProtocol>(failure_sha, success_sha);
             } else if (target == "redis-cbd") {
-                auto load = [&](cbd::RedisScript s) {
-                    return load_redis_script(redis_socket, cbd::redis_script_source(s));
-                };
-                protocol = std::make_unique<RedisCbdScriptProtocol>(
-                    load(cbd::RedisScript::Get), load(cbd::RedisScript::Success),
-                    load(cbd::RedisScript::Failure));
+                load_redis_library(redis_socket, cbd::redis_library_source());
+                protocol = std::make_unique<RedisCbdFunctionProtocol>();
             } else {
                 protocol = std::make_unique<RedisIncrProtocol>();
             }

@@ -3,7 +3,7 @@
 
 #include "common/protocol.hpp"
 
-#include "daemon/backends/redis/redis_scripts.hpp"
+#include "daemon/backends/redis/redis_functions.hpp"
 
 #include <charconv>
 #include <cstring>
@@ -38,12 +38,20 @@ void append_bulk(std::string& out, std::string_view s) {
     out += "\r\n";
 }
 
-void append_command(std::string& out, std::initializer_list<std::string_view> args) {
+template <typename Args> void append_command_of(std::string& out, const Args& args) {
     out += '*';
     out += std::to_string(args.size());
     out += "\r\n";
     for (auto a : args)
         append_bulk(out, a);
+}
+
+void append_command(std::string& out, std::initializer_list<std::string_view> args) {
+    append_command_of(out, args);
+}
+
+void append_command(std::string& out, const std::vector<std::string_view>& args) {
+    append_command_of(out, args);
 }
 
 } // namespace
@@ -238,7 +246,10 @@ std::size_t resp_value_length(std::string_view data) {
     }
 }
 
-std::string load_redis_script(const std::string& socket_path, const std::string& script) {
+namespace {
+
+// Sends one command to Redis at `socket_path` and returns its raw reply.
+std::string redis_round_trip(const std::string& socket_path, const std::vector<std::string>& argv) {
     int fd = socket(AF_UNIX, SOCK_STREAM, 0);
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
@@ -248,10 +259,11 @@ std::string load_redis_script(const std::string& socket_path, const std::string&
         throw std::runtime_error("cannot connect to Redis at " + socket_path);
     }
     std::string req;
-    append_command(req, {"SCRIPT", "LOAD", script});
+    std::vector<std::string_view> views(argv.begin(), argv.end());
+    append_command(req, views);
     if (write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size())) {
         close(fd);
-        throw std::runtime_error("cannot send SCRIPT LOAD");
+        throw std::runtime_error("cannot send " + argv.front() + " to Redis");
     }
     std::string reply;
     char buf[512];
@@ -259,15 +271,29 @@ std::string load_redis_script(const std::string& socket_path, const std::string&
         ssize_t n = read(fd, buf, sizeof buf);
         if (n <= 0) {
             close(fd);
-            throw std::runtime_error("Redis closed the connection during SCRIPT LOAD");
+            throw std::runtime_error("Redis closed the connection during " + argv.front());
         }
         reply.append(buf, static_cast<std::size_t>(n));
     }
     close(fd);
+    return reply;
+}
+
+} // namespace
+
+std::string load_redis_script(const std::string& socket_path, const std::string& script) {
+    const std::string reply = redis_round_trip(socket_path, {"SCRIPT", "LOAD", script});
     if (reply[0] != '$')
         throw std::runtime_error("SCRIPT LOAD failed: " + reply);
     auto start = reply.find("\r\n") + 2;
     return reply.substr(start, 40);
+}
+
+void load_redis_library(const std::string& socket_path, const std::string& source) {
+    const std::string reply =
+        redis_round_trip(socket_path, {"FUNCTION", "LOAD", "REPLACE", source});
+    if (reply[0] != '$')
+        throw std::runtime_error("FUNCTION LOAD failed: " + reply);
 }
 
 std::pair<std::string, std::string> load_redis_scripts(const std::string& socket_path) {
@@ -275,28 +301,42 @@ std::pair<std::string, std::string> load_redis_scripts(const std::string& socket
             load_redis_script(socket_path, RedisProtocol::success_script())};
 }
 
-RedisCbdScriptProtocol::RedisCbdScriptProtocol(std::string get_sha, std::string success_sha,
-                                               std::string failure_sha)
-    : get_sha_(std::move(get_sha)), success_sha_(std::move(success_sha)),
-      failure_sha_(std::move(failure_sha)) {}
-
-void RedisCbdScriptProtocol::first_request(OpKind op, std::uint64_t key, std::string& out) {
-    const std::string k = key_name(key);
-    const auto keys = cbd::redis_script_keys("cbd:", k);
-    const std::string& sha = op == OpKind::Get       ? get_sha_
-                             : op == OpKind::Success ? success_sha_
-                                                     : failure_sha_;
-    // The default policy, as cbd passes it.
-    append_command(out,
-                   {"EVALSHA", sha, "6", keys[0], keys[1], keys[2], keys[3], keys[4], keys[5], k,
-                    "5", "30000", "1", "1", "30000", std::to_string(cbd::kDefaultMaxCircuits), ""});
+RedisCbdFunctionProtocol::RedisCbdFunctionProtocol() {
+    // The default policy, as cbd passes it (no layer sets the lease or the
+    // backoff: 0, derived in Redis).
+    const cbd::Policy policy;
+    for (std::size_t i = 0; i < cbd::kPolicyFieldCount; ++i) {
+        const auto field = static_cast<cbd::PolicyField>(i);
+        policy_args_.push_back(field == cbd::PolicyField::ProbeLeaseMs ||
+                                       field == cbd::PolicyField::ResetTimeoutMaxMs
+                                   ? "0"
+                                   : std::to_string(policy.get(field)));
+    }
 }
 
-std::size_t RedisCbdScriptProtocol::reply_length(std::string_view data) {
+void RedisCbdFunctionProtocol::first_request(OpKind op, std::uint64_t key, std::string& out) {
+    const std::string k = key_name(key);
+    const auto keys = cbd::redis_function_keys("cbd:", k);
+    const std::string& function = op == OpKind::Get       ? get_
+                                  : op == OpKind::Success ? success_
+                                                          : failure_;
+    const std::string count = std::to_string(keys.size());
+    std::vector<std::string_view> argv{"FCALL", function, count};
+    argv.insert(argv.end(), keys.begin(), keys.end());
+    argv.push_back(k);
+    argv.insert(argv.end(), policy_args_.begin(), policy_args_.end());
+    if (op == OpKind::Get)
+        argv.push_back(cbd::kRedisArgTrue); // create the circuit, as a writer's get does
+    argv.push_back(max_circuits_);
+    argv.push_back(""); // Redis's own clock
+    append_command(out, argv);
+}
+
+std::size_t RedisCbdFunctionProtocol::reply_length(std::string_view data) {
     return resp_value_length(data);
 }
 
-bool RedisCbdScriptProtocol::is_error(std::string_view reply) {
+bool RedisCbdFunctionProtocol::is_error(std::string_view reply) {
     return !reply.empty() && reply[0] == '-';
 }
 

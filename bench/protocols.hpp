@@ -4,6 +4,9 @@
 // pipelining logic, so that the numbers compare.
 #pragma once
 
+#include "common/policy.hpp"
+#include "daemon/backends/redis/redis_functions.hpp"
+
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -77,24 +80,30 @@ class RedisIncrProtocol final : public Protocol {
     bool is_error(std::string_view reply) override;
 };
 
-// cbd's own Redis-backend scripts (daemon/backends/redis/redis_scripts.cpp), driven
+// cbd's own Redis Functions library (daemon/backends/redis/cbd_functions.lua), driven
 // directly with the keys and arguments cbd passes: what `--backend redis`
 // costs Redis, without cbd in between.
-class RedisCbdScriptProtocol final : public Protocol {
+class RedisCbdFunctionProtocol final : public Protocol {
   public:
-    // SHAs of cbd's get, success and failure scripts.
-    RedisCbdScriptProtocol(std::string get_sha, std::string success_sha, std::string failure_sha);
+    // cbd's library must be loaded first (load_redis_library).
+    RedisCbdFunctionProtocol();
     void first_request(OpKind op, std::uint64_t key, std::string& out) override;
     bool follow_up(OpKind, std::uint64_t, std::string_view, std::string&) override { return false; }
     std::size_t reply_length(std::string_view data) override;
     bool is_error(std::string_view reply) override;
 
   private:
-    std::string get_sha_, success_sha_, failure_sha_;
+    std::string get_ = cbd::redis_function_name(cbd::RedisFunction::Get);
+    std::string success_ = cbd::redis_function_name(cbd::RedisFunction::Success);
+    std::string failure_ = cbd::redis_function_name(cbd::RedisFunction::Failure);
+    std::string max_circuits_ = std::to_string(cbd::kDefaultMaxCircuits);
+    std::vector<std::string> policy_args_;
 };
 
 // SCRIPT LOAD of `script` on Redis at `socket_path`; returns the SHA.
 std::string load_redis_script(const std::string& socket_path, const std::string& script);
+// FUNCTION LOAD REPLACE of a library's `source` on Redis at `socket_path`.
+void load_redis_library(const std::string& socket_path, const std::string& source);
 
 // Length of the first complete RESP value in `data`, 0 if incomplete.
 std::size_t resp_value_length(std::string_view data);

@@ -38,7 +38,7 @@
 
 namespace cbd {
 
-inline constexpr int kProtocolVersion = 9;
+inline constexpr int kProtocolVersion = 10;
 inline constexpr std::string_view kVersion = CBD_VERSION;
 
 // Hard limits. The line and circuit limits have daemon flags; the rest are

@@ -95,12 +95,14 @@ ReplyWriter& ReplyWriter::snapshot(const Snapshot& s) {
     return *this;
 }
 
-ReplyWriter& ReplyWriter::error(ErrorCode code, std::string_view message) {
+ReplyWriter& ReplyWriter::error(ErrorCode code, std::string_view message, bool surely_not_applied) {
     name("error");
     out_ += "{\"code\":\"";
     out_ += error_code_name(code);
     out_ += "\",\"message\":";
     append_json_string(out_, message);
+    if (surely_not_applied)
+        out_ += ",\"applied\":false";
     out_ += '}';
     return *this;
 }
@@ -110,8 +112,8 @@ void ReplyWriter::finish() {
 }
 
 void append_error_reply(std::string& out, std::string_view id_json, ErrorCode code,
-                        std::string_view message) {
-    ReplyWriter(out, id_json, false).error(code, message).finish();
+                        std::string_view message, bool surely_not_applied) {
+    ReplyWriter(out, id_json, false).error(code, message, surely_not_applied).finish();
 }
 
 } // namespace cbd

@@ -28,7 +28,9 @@ class ReplyWriter {
     // `json` must already be valid JSON (an object written by this module).
     ReplyWriter& raw_field(std::string_view name, std::string_view json);
     ReplyWriter& snapshot(const Snapshot& s);
-    ReplyWriter& error(ErrorCode code, std::string_view message);
+    // `surely_not_applied`: the change was never sent anywhere it could
+    // take effect, so the client may simply retry ("applied": false).
+    ReplyWriter& error(ErrorCode code, std::string_view message, bool surely_not_applied = false);
     void finish();
 
   private:
@@ -37,7 +39,7 @@ class ReplyWriter {
 };
 
 void append_error_reply(std::string& out, std::string_view id_json, ErrorCode code,
-                        std::string_view message);
+                        std::string_view message, bool surely_not_applied = false);
 
 // The snapshot object alone: exactly the reference's five fields.
 void append_snapshot_json(std::string& out, const Snapshot& snapshot);

@@ -3,6 +3,7 @@
 // it off a socket).
 #pragma once
 
+#include <cstdint>
 #include <sys/types.h>
 
 namespace cbd {
@@ -11,6 +12,10 @@ struct Peer {
     uid_t uid = static_cast<uid_t>(-1);
     gid_t gid = static_cast<gid_t>(-1);
     pid_t pid = 0;
+    // Which of the daemon's connections (numbered from 1 as they are
+    // accepted); 0 for the daemon's own work and the HTTP listener. The
+    // Redis backend takes turns between connections by it.
+    std::uint64_t connection = 0;
 };
 
 } // namespace cbd

@@ -24,6 +24,16 @@ void OpOutcome::fail(ErrorCode code, std::string_view message) {
     error_message.assign(message);
 }
 
+void OpOutcome::fail_unapplied(ErrorCode code, std::string_view message) {
+    result = OpFailure{code, true};
+    error_message.assign(message);
+}
+
+bool OpOutcome::surely_not_applied() const {
+    const auto* failure = std::get_if<OpFailure>(&result);
+    return failure && failure->surely_not_applied;
+}
+
 void OpOutcome::clear() {
     result = std::monostate{};
     error_message.clear();

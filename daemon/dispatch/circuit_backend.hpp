@@ -29,6 +29,10 @@ namespace cbd {
 // refused import or configure. Its reply is the error alone.
 struct OpFailure {
     ErrorCode code;
+    // Surely not applied: the operation never reached anything that could
+    // apply it (it waited in cbd's send queue past its deadline). The reply
+    // says so ("applied": false), so a client may simply retry.
+    bool surely_not_applied = false;
 };
 
 // What a backend answers to one circuit operation: the result its store
@@ -47,6 +51,9 @@ struct OpOutcome {
     // Makes this a failure; an empty `message` leaves the reply to say what
     // the code means.
     void fail(ErrorCode code, std::string_view message = {});
+    // A failure that surely did not apply the operation (OpFailure).
+    void fail_unapplied(ErrorCode code, std::string_view message);
+    bool surely_not_applied() const;
     // Back to the defaults, keeping error_message's buffer (the dispatcher
     // reuses one outcome).
     void clear();

@@ -133,7 +133,7 @@ void append_outcome_reply(std::string& out, const Request& req, const OpOutcome&
         std::string message = r.error_message;
         if (message.empty())
             message = error_message(code, req.op, CircuitView{});
-        append_error_reply(out, req.id_json, code, message);
+        append_error_reply(out, req.id_json, code, message, r.surely_not_applied());
         return;
     }
     std::visit(
@@ -175,7 +175,7 @@ void append_outcome_reply(std::string& out, const Request& req, const OpOutcome&
 void BatchSummary::count(std::size_t index, const OpOutcome& r) {
     const auto* report = std::get_if<ReportResult>(&r.result);
     if (const auto error = r.error())
-        errors.push_back({index, *error, entry_error_message(r, *error)});
+        errors.push_back({index, *error, entry_error_message(r, *error), r.surely_not_applied()});
     else if (report && report->stale)
         stale += 1;
     else
@@ -195,6 +195,8 @@ void append_batch_reply(std::string& out, std::string_view id_json, BatchSummary
         append_json_string(errors, error_code_name(e.code));
         errors += ",\"message\":";
         append_json_string(errors, e.message);
+        if (e.surely_not_applied)
+            errors += ",\"applied\":false";
         errors += '}';
     }
     errors += ']';

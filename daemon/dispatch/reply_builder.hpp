@@ -33,6 +33,7 @@ struct BatchSummary {
         std::size_t index;
         ErrorCode code;
         std::string message;
+        bool surely_not_applied = false; // "applied": false (OpFailure)
     };
     std::uint64_t applied = 0;
     std::uint64_t stale = 0;

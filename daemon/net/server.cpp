@@ -43,7 +43,8 @@ void Server::accept_next() {
             });
             return;
         }
-        const PeerIdentity who = identify_peer(socket.native_handle(), shared_.access);
+        PeerIdentity who = identify_peer(socket.native_handle(), shared_.access);
+        who.peer.connection = ++connections_accepted_;
         const Admission admission =
             admit(shared_.limits,
                   OpenConnections{shared_.sessions.size(), shared_.sessions.count_of(who.peer.uid)},

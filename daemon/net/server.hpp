@@ -36,6 +36,7 @@ class Server {
     SessionShared shared_;
     std::chrono::steady_clock::time_point last_accept_warning_{};
     std::chrono::steady_clock::time_point last_refusal_warning_{};
+    std::uint64_t connections_accepted_ = 0; // numbers each Peer (Peer::connection)
     bool stopping_ = false;
     // Refused sockets still open (linger()).
     std::shared_ptr<std::size_t> lingering_ = std::make_shared<std::size_t>(0);

@@ -64,7 +64,7 @@ def test_ping(cbd):
     r = cbctl("ping", sock=cbd.sock)
     assert r.returncode == 0
     reply = json.loads(r.stdout)
-    assert reply["ok"] is True and reply["protocol"] == 9 and reply["version"]
+    assert reply["ok"] is True and reply["protocol"] == 10 and reply["version"]
 
 
 def test_daemon_errors_exit_1_with_code_on_stderr(cbd):

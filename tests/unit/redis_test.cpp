@@ -1,6 +1,7 @@
-// The Redis backend's pure parts: addresses and the script key layout.
+// The Redis backend's pure parts: addresses, the key layout, the Functions
+// library's text, error replies, and the send queue.
 #include "daemon/backends/redis/redis_connection.hpp"
-#include "daemon/backends/redis/redis_scripts.hpp"
+#include "daemon/backends/redis/redis_functions.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -21,19 +22,47 @@ TEST_CASE("Redis addresses: unix and tcp, or a clear refusal", "[redis]") {
     CHECK(cbd::RedisEndpoint::parse("redis://x", e));
 }
 
-TEST_CASE("every script's keys sit under the prefix, as docs/REDIS.md lays them out", "[redis]") {
-    auto keys = cbd::redis_script_keys("blue:", "payments/eu");
+TEST_CASE("every function's keys sit under the prefix, as docs/REDIS.md lays them out", "[redis]") {
+    auto keys = cbd::redis_function_keys("blue:", "payments/eu");
     CHECK(keys[0] == "blue:c:payments/eu");
     CHECK(keys[1] == "blue:probes:payments/eu");
     CHECK(keys[2] == "blue:generation");
     CHECK(keys[3] == "blue:policy:payments/eu");
     CHECK(keys[4] == "blue:events");
     CHECK(keys[5] == "blue:index");
-    for (std::size_t i = 0; i < cbd::kRedisScriptCount; ++i) {
-        const auto& src = cbd::redis_script_source(static_cast<cbd::RedisScript>(i));
-        CHECK(src.find("redis.call('TIME')") != std::string::npos); // one clock: Redis's
-        CHECK(src.find("return") != std::string::npos);
-    }
+    const auto& src = cbd::redis_library_source();
+    CHECK(src.find("redis.call('TIME')") != std::string::npos); // one clock: Redis's
+}
+
+TEST_CASE("the library is named by its version, and so are its functions", "[redis]") {
+    const auto& name = cbd::redis_library_name();
+    REQUIRE(name.starts_with(cbd::kRedisLibraryPrefix));
+    const auto digest = name.substr(cbd::kRedisLibraryPrefix.size());
+    CHECK(digest.size() == 16);
+    CHECK(digest.find_first_not_of("0123456789abcdef") == std::string::npos);
+    const auto& src = cbd::redis_library_source();
+    CHECK(src.starts_with("#!lua name=" + name + "\n"));
+    CHECK(src.find("local FUNCTION_PREFIX = '" + name + "_'\n") != std::string::npos);
+    CHECK(src.find(cbd::redis_function_constants()) != std::string::npos);
+    CHECK(src.ends_with(cbd::redis_functions_lua()));
+    CHECK(cbd::redis_function_name(cbd::RedisFunction::Failure) == name + "_failure");
+    CHECK(cbd::redis_batch_function_name() == name + "_batch");
+    // Every operation has its body in the Lua, under the name C++ calls.
+    for (auto op : cbd::kRedisFunctionNames)
+        CHECK(cbd::redis_functions_lua().find("\nops." + std::string(op) + " = function()") !=
+              std::string::npos);
+}
+
+TEST_CASE("Redis versions: 7.0 or newer, read from INFO server", "[redis]") {
+    CHECK(cbd::redis_version_of("# Server\r\nredis_version:7.0.15\r\nredis_git_sha1:0\r\n") ==
+          "7.0.15");
+    CHECK(cbd::redis_version_of("# Server\r\n").empty());
+    CHECK(cbd::redis_version_supported("7.0.15"));
+    CHECK(cbd::redis_version_supported("7.2.4"));
+    CHECK(cbd::redis_version_supported("10.0.0"));
+    CHECK_FALSE(cbd::redis_version_supported("6.2.14"));
+    CHECK_FALSE(cbd::redis_version_supported(""));
+    CHECK_FALSE(cbd::redis_version_supported("x"));
 }
 
 #include "daemon/backends/redis/redis_store.hpp"
@@ -76,7 +105,7 @@ LuaText split_lua(std::string_view src) {
 std::set<std::string> generated_names() {
     std::set<std::string> names;
     const std::regex def(R"(^local ([A-Z][A-Z0-9_]*) = )");
-    const auto& constants = cbd::redis_script_constants();
+    const auto& constants = cbd::redis_function_constants();
     std::size_t at = 0;
     while (at < constants.size()) {
         auto end = constants.find('\n', at);
@@ -91,18 +120,17 @@ std::set<std::string> generated_names() {
 
 } // namespace
 
-TEST_CASE("every constant the scripts use comes from the generated prelude", "[redis]") {
-    const auto names = generated_names();
+TEST_CASE("every constant the library uses comes from the generated constants", "[redis]") {
+    auto names = generated_names();
     REQUIRE(names.count("MAX_INT"));
-    std::vector<std::string_view> parts{cbd::redis_script_prelude()};
-    for (std::size_t i = 0; i < cbd::kRedisScriptCount; ++i)
-        parts.push_back(cbd::redis_script_body(static_cast<cbd::RedisScript>(i)));
+    names.insert("FUNCTION_PREFIX"); // laid before the constants, with the library's name
+    std::vector<std::string_view> parts{cbd::redis_functions_lua()};
 
     // Redis command words and Lua's own patterns and type names are not
     // cbd's constants; prose (error text) holds a space.
-    const std::set<std::string> syntax = {"",      "(",      "[",         "+",  "-inf",
-                                          "table", "string", "^0*(%d+)$", "%d", "%q",
-                                          "%c",    "^(%u+)", "%x%08x",    ")"};
+    const std::set<std::string> syntax = {
+        "",   "(",  "[",  "+",      "-inf",   "table", "string", "^0*(%d+)$",
+        "%d", "%q", "%c", "^(%u+)", "%x%08x", ")",     "%D",     "^%u[%u_]* "};
     const std::regex upper_word(R"(^[A-Z]+$)");
     const std::regex identifier(R"(\b[A-Z][A-Z0-9_]+\b)");
     const std::regex number(R"((^|[^A-Za-z0-9_.])(\d+)\b)");
@@ -130,7 +158,7 @@ TEST_CASE("every constant the scripts use comes from the generated prelude", "[r
 }
 
 TEST_CASE("the generated prelude holds the C++ names and limits", "[redis]") {
-    const auto& k = cbd::redis_script_constants();
+    const auto& k = cbd::redis_function_constants();
     for (auto name : cbd::kPolicyFieldNames)
         CHECK(k.find("'" + std::string(name) + "'") != std::string::npos);
     for (auto name : cbd::kRedisCircuitFields)
@@ -146,15 +174,15 @@ TEST_CASE("the generated prelude holds the C++ names and limits", "[redis]") {
           std::string::npos);
     CHECK(k.find("local SCAN_PER_CALL = " + std::to_string(cbd::kRedisScanPerCall) + "\n") !=
           std::string::npos);
-    // Every script starts with them.
-    for (std::size_t i = 0; i < cbd::kRedisScriptCount; ++i)
-        CHECK(cbd::redis_script_source(static_cast<cbd::RedisScript>(i)).starts_with(k));
+    for (auto op : cbd::kRedisFunctionNames)
+        CHECK(k.find("'" + std::string(op) + "'") != std::string::npos);
 }
 
 TEST_CASE("Redis error replies: reload, limit, outage or bad data", "[redis]") {
     using cbd::RedisErrorKind;
+    CHECK(cbd::classify_redis_error("ERR Function not found") == RedisErrorKind::NoFunction);
     CHECK(cbd::classify_redis_error("NOSCRIPT No matching script. Please use EVAL.") ==
-          RedisErrorKind::NoScript);
+          RedisErrorKind::NoFunction);
     CHECK(cbd::classify_redis_error("TOO_MANY_CIRCUITS the shared store holds ...") ==
           RedisErrorKind::TooMany);
     CHECK(cbd::classify_redis_error("WRONGTYPE Operation against a key") == RedisErrorKind::Data);
@@ -211,4 +239,86 @@ TEST_CASE("the lease is derived on Redis as PolicySet derives it", "[redis]") {
     CHECK(shown.policy.probe_lease_ms() == 2000);
     own[cbd::PolicyField::ProbeLeaseMs] = 50;
     CHECK(set.resolve_with("svc", &own).policy.probe_lease_ms() == 50);
+}
+
+#include "daemon/backends/redis/redis_send_queue.hpp"
+
+namespace {
+using Queue = cbd::RedisSendQueue<int>;
+using Clock = Queue::Clock;
+const Clock::time_point t0{};
+constexpr auto later = std::chrono::seconds(1);
+
+std::vector<int> pop_all(Queue& q, bool reads_allowed = true) {
+    std::vector<int> out;
+    while (auto e = q.pop(reads_allowed))
+        out.push_back(e->item);
+    return out;
+}
+} // namespace
+
+TEST_CASE("send queue: first in, first out per connection, round robin between them",
+          "[redis][queue]") {
+    Queue q(100);
+    for (int i = 0; i < 3; ++i)
+        REQUIRE(q.push(1, false, t0 + later, 10 + i) == Queue::Admission::Queued);
+    REQUIRE(q.push(2, false, t0 + later, 20) == Queue::Admission::Queued);
+    REQUIRE(q.push(3, true, t0 + later, 30) == Queue::Admission::Queued);
+    CHECK(q.size() == 5);
+    CHECK(q.reads() == 1);
+    CHECK(q.sources() == 3);
+    // One from each connection in turn: a connection that queued 1000 calls
+    // does not hold back one that queued one.
+    CHECK(pop_all(q) == std::vector<int>{10, 20, 30, 11, 12});
+    CHECK(q.empty());
+}
+
+TEST_CASE("send queue: reads hold at most half of it, and wait while reads may not go",
+          "[redis][queue]") {
+    Queue q(8);
+    for (int i = 0; i < 4; ++i)
+        CHECK(q.push(1, true, t0 + later, i) == Queue::Admission::Queued);
+    CHECK(q.push(2, true, t0 + later, 99) == Queue::Admission::ReadsFull);
+    for (int i = 0; i < 4; ++i)
+        CHECK(q.push(3, false, t0 + later, 100 + i) == Queue::Admission::Queued);
+    CHECK(q.push(3, false, t0 + later, 104) == Queue::Admission::Full);
+    // Reads may not go: the writer's calls still do, the reader's wait.
+    CHECK(pop_all(q, false) == std::vector<int>{100, 101, 102, 103});
+    CHECK(q.size() == 4);
+    CHECK(pop_all(q, true) == std::vector<int>{0, 1, 2, 3});
+}
+
+TEST_CASE("send queue: a connection's order holds behind a read that may not go",
+          "[redis][queue]") {
+    Queue q(100);
+    q.push(1, true, t0 + later, 1);
+    q.push(1, false, t0 + later, 2); // waits behind the read, never overtakes it
+    q.push(2, false, t0 + later, 3);
+    CHECK(pop_all(q, false) == std::vector<int>{3});
+    CHECK(pop_all(q, true) == std::vector<int>{1, 2});
+}
+
+TEST_CASE("send queue: each call leaves unsent at its own deadline", "[redis][queue]") {
+    Queue q(100);
+    q.push(1, false, t0 + std::chrono::milliseconds(100), 1);
+    q.push(1, false, t0 + std::chrono::milliseconds(300), 2);
+    q.push(2, true, t0 + std::chrono::milliseconds(200), 3);
+    CHECK(q.earliest_deadline() == t0 + std::chrono::milliseconds(100));
+    std::vector<int> expired;
+    auto collect = [&](Queue::Entry e) { expired.push_back(e.item); };
+    q.expire(t0 + std::chrono::milliseconds(99), collect);
+    CHECK(expired.empty());
+    q.expire(t0 + std::chrono::milliseconds(200), collect);
+    CHECK(expired == std::vector<int>{1, 3});
+    CHECK(q.size() == 1);
+    CHECK(q.reads() == 0);
+    CHECK(q.sources() == 1);
+    CHECK(q.earliest_deadline() == t0 + std::chrono::milliseconds(300));
+    CHECK(pop_all(q) == std::vector<int>{2});
+    CHECK_FALSE(q.earliest_deadline());
+    q.push(4, false, t0, 5);
+    std::vector<int> drained;
+    q.drain([&](Queue::Entry e) { drained.push_back(e.item); });
+    CHECK(drained == std::vector<int>{5});
+    CHECK(q.empty());
 }

@@ -203,24 +203,25 @@ TEST_CASE("switch when the sentinels name another master; count failovers", "[se
 }
 
 TEST_CASE("which scripts wait for replicas (--redis-min-replicas)", "[sentinel]") {
-    using cbd::RedisScript;
-    for (auto s : {RedisScript::Success, RedisScript::Failure, RedisScript::Transition,
-                   RedisScript::Reset, RedisScript::Acquire, RedisScript::Report,
-                   RedisScript::Force, RedisScript::Unforce, RedisScript::Import})
-        CHECK(cbd::redis_script_mutates(s, {}));
-    for (auto s : {RedisScript::Get, RedisScript::List, RedisScript::Sweep, RedisScript::Export})
-        CHECK_FALSE(cbd::redis_script_mutates(s, {}));
+    using cbd::RedisFunction;
+    for (auto s : {RedisFunction::Success, RedisFunction::Failure, RedisFunction::Transition,
+                   RedisFunction::Reset, RedisFunction::Acquire, RedisFunction::Report,
+                   RedisFunction::Force, RedisFunction::Unforce, RedisFunction::Import})
+        CHECK(cbd::redis_function_mutates(s, {}));
+    for (auto s :
+         {RedisFunction::Get, RedisFunction::List, RedisFunction::Sweep, RedisFunction::Export})
+        CHECK_FALSE(cbd::redis_function_mutates(s, {}));
     // policy: clear flag, then per field "" keep, "-" remove, or a value.
     std::vector<std::string> read(1 + cbd::kPolicyFieldCount, "");
     read[0] = "0";
-    CHECK_FALSE(cbd::redis_script_mutates(RedisScript::Policy, read));
+    CHECK_FALSE(cbd::redis_function_mutates(RedisFunction::Policy, read));
     auto clear = read;
     clear[0] = std::string(cbd::kRedisArgTrue);
-    CHECK(cbd::redis_script_mutates(RedisScript::Policy, clear));
+    CHECK(cbd::redis_function_mutates(RedisFunction::Policy, clear));
     auto set = read;
     set[2] = "600";
-    CHECK(cbd::redis_script_mutates(RedisScript::Policy, set));
+    CHECK(cbd::redis_function_mutates(RedisFunction::Policy, set));
     auto removed = read;
     removed[5] = std::string(cbd::kRedisArgRemove);
-    CHECK(cbd::redis_script_mutates(RedisScript::Policy, removed));
+    CHECK(cbd::redis_function_mutates(RedisFunction::Policy, removed));
 }

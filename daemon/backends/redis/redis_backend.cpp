@@ -13,50 +13,50 @@ std::string generation_arg(const std::optional<std::uint64_t>& g) {
 
 // The script for `req` and its own arguments (docs/REDIS.md has each
 // script's ARGV). False for an op that is not a circuit operation.
-bool script_call(const Request& req, const Peer& peer, RedisScript& script,
+bool script_call(const Request& req, const Peer& peer, RedisFunction& script,
                  std::vector<std::string>& args) {
     switch (req.op) {
     case Op::Get:
-        script = RedisScript::Get;
+        script = RedisFunction::Get;
         args = {req.create_unknown ? std::string(kRedisArgTrue) : "0"};
         return true;
     case Op::Success:
-        script = RedisScript::Success;
+        script = RedisFunction::Success;
         return true;
     case Op::Failure:
-        script = RedisScript::Failure;
+        script = RedisFunction::Failure;
         return true;
     case Op::Transition:
-        script = RedisScript::Transition;
+        script = RedisFunction::Transition;
         args = {std::string(state_name(*req.to)),
                 req.expect ? std::string(state_name(*req.expect)) : std::string(),
                 generation_arg(req.expect_generation)};
         return true;
     case Op::Reset:
-        script = RedisScript::Reset;
+        script = RedisFunction::Reset;
         return true;
     case Op::Acquire:
-        script = RedisScript::Acquire;
+        script = RedisFunction::Acquire;
         return true;
     case Op::Report:
-        script = RedisScript::Report;
+        script = RedisFunction::Report;
         args = {std::string(outcome_name(req.outcome)), generation_arg(req.generation), req.permit,
                 req.duration_ms ? std::to_string(*req.duration_ms) : std::string()};
         return true;
     case Op::Force:
-        script = RedisScript::Force;
+        script = RedisFunction::Force;
         args = {std::string(state_name(req.state)), std::to_string(req.ttl_ms), req.reason,
                 std::to_string(peer.uid), std::to_string(peer.pid)};
         return true;
     case Op::Unforce:
-        script = RedisScript::Unforce;
+        script = RedisFunction::Unforce;
         return true;
     case Op::Configure:
     case Op::Policy: {
         // One script reads (and for configure first changes) the key's
         // override in Redis: ARGV clear, then per field "" (keep), "-"
         // (remove) or the new value.
-        script = RedisScript::Policy;
+        script = RedisFunction::Policy;
         const bool configure = req.op == Op::Configure;
         args.push_back(configure && req.policy_clear ? std::string(kRedisArgTrue) : "0");
         for (std::size_t i = 0; i < kPolicyFieldCount; ++i)
@@ -67,16 +67,16 @@ bool script_call(const Request& req, const Peer& peer, RedisScript& script,
         return true;
     }
     case Op::List:
-        script = RedisScript::List;
+        script = RedisFunction::List;
         args = {req.prefix, req.after, std::to_string(req.limit),
                 req.state_filter ? std::string(state_name(*req.state_filter)) : std::string()};
         return true;
     case Op::Export:
-        script = RedisScript::Export;
+        script = RedisFunction::Export;
         args = {req.prefix, req.after, std::to_string(req.limit)};
         return true;
     case Op::Import: {
-        script = RedisScript::Import;
+        script = RedisFunction::Import;
         args.push_back(req.snapshot ? std::string(kRedisArgTrue) : "0");
         if (req.snapshot) {
             const Snapshot& sn = *req.snapshot;
@@ -111,13 +111,13 @@ bool script_call(const Request& req, const Peer& peer, RedisScript& script,
 } // namespace
 
 bool RedisBackend::run(const Request& req, const Peer& peer, OpOutcome& now, Deferral& deferral) {
-    RedisScript script{};
+    RedisFunction script{};
     std::vector<std::string> args;
     if (!script_call(req, peer, script, args)) {
         now.fail(ErrorCode::InternalError, "not a circuit operation");
         return true;
     }
-    redis_.run(script, req.key, policies_, args, deferral.later());
+    redis_.run(script, req.key, policies_, args, peer.connection, deferral.later());
     return false;
 }
 

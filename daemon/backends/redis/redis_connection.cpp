@@ -181,12 +181,16 @@ void RedisConnection::on_ready() {
         on_state_(true, "");
 }
 
+std::string RedisConnection::why_down() const {
+    const bool known = !options_.endpoint.host.empty() || !options_.endpoint.unix_path.empty();
+    return state_ == State::Stopped ? "cbd is stopping"
+           : known                  ? "not connected to Redis at " + options_.endpoint.describe()
+                                    : "no Redis master known yet (asking the sentinels)";
+}
+
 void RedisConnection::command(const std::vector<std::string_view>& argv, Callback done) {
     if (state_ != State::Up) {
-        const bool known = !options_.endpoint.host.empty() || !options_.endpoint.unix_path.empty();
-        done(nullptr, state_ == State::Stopped ? "cbd is stopping"
-                      : known ? "not connected to Redis at " + options_.endpoint.describe()
-                              : "no Redis master known yet (asking the sentinels)");
+        done(nullptr, why_down());
         return;
     }
     send(argv, std::move(done), false);

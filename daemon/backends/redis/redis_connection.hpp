@@ -71,6 +71,10 @@ class RedisConnection {
     void start();
     void stop();
     bool up() const { return state_ == State::Up; }
+    // Up, and AUTH and every set-up command answered.
+    bool ready() const { return ready_; }
+    // Why a command cannot be sent now (when not up).
+    std::string why_down() const;
     const RedisEndpoint& endpoint() const { return options_.endpoint; }
 
     // Moves to another Redis (a new master): everything in flight fails with

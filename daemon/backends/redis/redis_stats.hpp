@@ -16,6 +16,19 @@ struct RedisStats final : StatsSection {
     bool up = false;
     std::uint64_t disconnects = 0; // times the connection was lost or never came up
     std::uint64_t unavailable = 0; // operations answered backend_unavailable
+    // Of them, those never sent (surely not applied): they waited in the
+    // send queue past their deadline (`expired` counts these alone), found
+    // it full, or cbd was stopping.
+    std::uint64_t unsent = 0;
+    std::uint64_t expired = 0;
+    // The send queue now: calls waiting in cbd, and calls sent to Redis
+    // and not yet answered.
+    std::size_t queued = 0;
+    std::size_t in_flight = 0;
+    std::string redis_version; // as INFO server names it, once connected
+    // The events connection (pub/sub: transitions made by any cbd).
+    bool events_up = false;
+    std::uint64_t events_disconnects = 0;
     std::string last_error;
     // The Redis cbd uses now (with sentinel://, the master the sentinels
     // named; empty until one is known), and how often it moved to another.

@@ -23,7 +23,7 @@ std::string_view str(const redisReply* r) {
 }
 
 // An integer reply, or a string holding one. The scripts check every value
-// they read from Redis before answering it (redis_scripts.cpp), so what
+// they read from Redis before answering it (redis_functions.cpp), so what
 // comes here is in range; this only never throws.
 std::int64_t num(const redisReply* r) {
     if (r && r->type == REDIS_REPLY_INTEGER)
@@ -108,15 +108,15 @@ template <typename Result> Result circuit_result(redisReply* const* f) {
 }
 
 // What `script` answered for one circuit, in its operation's result type.
-OpOutcome circuit_answer(RedisScript script, redisReply* const* f) {
+OpOutcome circuit_answer(RedisFunction script, redisReply* const* f) {
     OpOutcome out;
-    if (script == RedisScript::Acquire) {
+    if (script == RedisFunction::Acquire) {
         auto r = circuit_result<AcquireResult>(f);
         r.allowed = num(f[kResAllowed]) != 0;
         r.permit = str(f[kResPermit]);
         r.retry_after_ms = num(f[kResRetryAfterMs]);
         out.result = std::move(r);
-    } else if (script == RedisScript::Report) {
+    } else if (script == RedisFunction::Report) {
         out.result = circuit_result<ReportResult>(f);
     } else {
         out.result = circuit_result<StoreResult>(f);
@@ -141,12 +141,23 @@ std::int64_t event_int(const nlohmann::json& v) {
 
 } // namespace
 
-// One script call, kept whole so that it can be sent again (NOSCRIPT).
+// One function call, kept whole until it is answered: it waits in the send
+// queue, then goes to Redis alone or in a batch (and again, once, after the
+// library was lost).
 struct RedisStore::Call {
-    RedisScript script;
+    RedisFunction function;
     std::string key;
-    std::vector<std::string> args; // numkeys, KEYS, ARGV
-    bool retried = false;
+    std::vector<std::string> args; // the kRedisKeysPerCall KEYS, then ARGV
+    ReplyHandler then;
+    std::uint64_t source = 0; // the client connection (Peer::connection); 0: cbd's own
+    bool read = false;        // a client's read-level operation (the queue bounds those)
+};
+
+// Calls sent together (one FCALL), counted in flight until Redis answers.
+struct RedisStore::Flight {
+    std::vector<std::shared_ptr<Call>> calls;
+    std::size_t reads = 0;
+    bool retried = false; // sent again after loading the library once more
 };
 
 // The scripts whose answers wait for one WAIT, and that WAIT's outcome.
@@ -170,6 +181,7 @@ struct RedisStore::ListJob {
     std::size_t limit = 0;
     std::string after;
     std::size_t examined = 0;
+    std::uint64_t source = 0;
     ListPage page;
     std::function<void(OpOutcome)> done;
 };
@@ -178,27 +190,39 @@ struct RedisStore::ExportJob {
     std::string prefix;
     std::size_t limit = 0;
     std::string after;
+    std::uint64_t source = 0;
     ExportPage page;
     std::function<void(OpOutcome)> done;
 };
 
 RedisStore::RedisStore(boost::asio::io_context& io, RedisStoreOptions options,
                        CircuitObserver* observer)
-    : io_(io), options_(std::move(options)), observer_(observer),
-      commands_(io, options_.connection, script_setup(),
-                [this](bool up, const std::string& why) {
-                    stats_.up = up;
-                    if (!up) {
-                        stats_.disconnects += 1;
-                        stats_.last_error = why;
-                    }
-                    if (discovery_)
-                        discovery_->master_usable(up);
-                }),
+    : io_(io), options_(std::move(options)), observer_(observer), queue_(kRedisQueueCapacity),
+      expiry_(io), commands_(io, options_.connection, connection_setup(),
+                             [this](bool up, const std::string& why) {
+                                 stats_.up = up;
+                                 if (!up) {
+                                     stats_.disconnects += 1;
+                                     stats_.last_error = why;
+                                 }
+                                 if (discovery_)
+                                     discovery_->master_usable(up);
+                                 if (up)
+                                     schedule_pump(); // what waited for the connection goes now
+                             }),
       events_(io, options_.connection,
               {RedisConnection::SetupCommand{
                   {"SUBSCRIBE", options_.prefix + std::string(kRedisEventsKey)}, nullptr}},
-              nullptr) {
+              [this](bool up, const std::string& why) {
+                  // Transitions made elsewhere while it was down are not
+                  // seen here (watchers miss them): counted, as the command
+                  // connection's drops are.
+                  stats_.events_up = up;
+                  if (!up) {
+                      stats_.events_disconnects += 1;
+                      stats_.last_error = why;
+                  }
+              }) {
     stats_.min_replicas = options_.min_replicas;
     if (options_.sentinel) {
         stats_.address = options_.sentinel->address.describe();
@@ -214,7 +238,7 @@ RedisStore::RedisStore(boost::asio::io_context& io, RedisStoreOptions options,
     events_.on_push([this](const redisReply* reply) { on_event(reply); });
 }
 
-RedisConnection::Setup RedisStore::script_setup() {
+RedisConnection::Setup RedisStore::connection_setup() {
     RedisConnection::Setup setup;
     if (options_.sentinel) {
         // What a sentinel names is used only once the Redis itself says it
@@ -230,12 +254,22 @@ RedisConnection::Setup RedisStore::script_setup() {
                              return std::nullopt;
                          }});
     }
-    for (std::size_t i = 0; i < kRedisScriptCount; ++i)
-        setup.push_back({{"SCRIPT", "LOAD", redis_script_source(static_cast<RedisScript>(i))},
-                         [this, i](const redisReply& reply) -> std::optional<std::string> {
-                             shas_[i] = std::string(str(&reply));
-                             return std::nullopt;
-                         }});
+    // Functions need Redis 7: say which version was found, not that
+    // FUNCTION is an unknown command.
+    setup.push_back(
+        {{"INFO", "server"}, [this](const redisReply& reply) -> std::optional<std::string> {
+             const auto version = redis_version_of(str(&reply));
+             stats_.redis_version = version;
+             if (!redis_version_supported(version))
+                 return "cbd needs Redis " + std::string(kRedisMinimumVersion) +
+                        " or newer (it runs a Redis Functions library); " +
+                        commands_.endpoint().describe() + " runs Redis " +
+                        (version.empty() ? "of an unknown version" : version);
+             return std::nullopt;
+         }});
+    // Functions persist and replicate: REPLACE loads this cbd's library
+    // whether or not another cbd of the same version loaded it already.
+    setup.push_back({{"FUNCTION", "LOAD", "REPLACE", redis_library_source()}, nullptr});
     return setup;
 }
 
@@ -249,6 +283,13 @@ void RedisStore::start() {
 }
 
 void RedisStore::stop() {
+    stopped_ = true;
+    expiry_.cancel();
+    std::vector<std::shared_ptr<Call>> waiting;
+    queue_.drain([&](SendQueue::Entry entry) { waiting.push_back(std::move(entry.item)); });
+    stats_.queued = 0;
+    for (auto& call : waiting)
+        refuse(*call, "cbd is stopping");
     if (discovery_)
         discovery_->stop();
     commands_.stop();
@@ -300,7 +341,7 @@ void RedisStore::sweep() {
     if (sweeping_)
         return;
     sweeping_ = true; // one at a time: a slow Redis must not pile them up
-    send(make_call(RedisScript::Sweep, "", Policy{}, {}),
+    send(make_call(RedisFunction::Sweep, "", Policy{}, {}, 0),
          [this](const redisReply* reply, const OpOutcome& failure) {
              sweeping_ = false;
              if (!reply) {
@@ -320,16 +361,18 @@ void RedisStore::sweep() {
          });
 }
 
-std::shared_ptr<RedisStore::Call>
-RedisStore::make_call(RedisScript script, std::string_view key, const Policy& policy,
-                      const std::vector<std::string>& args) const {
+std::shared_ptr<RedisStore::Call> RedisStore::make_call(RedisFunction function,
+                                                        std::string_view key, const Policy& policy,
+                                                        const std::vector<std::string>& args,
+                                                        std::uint64_t source) const {
     auto call = std::make_shared<Call>();
-    call->script = script;
+    call->function = function;
     call->key = std::string(key);
-    const auto keys = redis_script_keys(options_.prefix, key);
+    call->source = source;
+    call->read = source != 0 && !redis_function_mutates(function, args);
+    const auto keys = redis_function_keys(options_.prefix, key);
     auto& a = call->args;
-    a.reserve(1 + keys.size() + 1 + kPolicyFieldCount + args.size() + 2);
-    a.push_back(std::to_string(keys.size()));
+    a.reserve(keys.size() + 1 + kPolicyFieldCount + args.size() + 2);
     a.insert(a.end(), keys.begin(), keys.end());
     a.emplace_back(key);
     for (std::size_t i = 0; i < kPolicyFieldCount; ++i)
@@ -342,84 +385,239 @@ RedisStore::make_call(RedisScript script, std::string_view key, const Policy& po
 }
 
 void RedisStore::send(std::shared_ptr<Call> call, ReplyHandler then) {
-    const auto idx = static_cast<std::size_t>(call->script);
-    // Until SCRIPT LOAD has answered (the first connection), and once after
-    // a NOSCRIPT, send the source: EVAL also puts it in Redis's cache.
-    const bool by_sha = !shas_[idx].empty() && !call->retried;
-    std::vector<std::string_view> argv;
-    argv.reserve(2 + call->args.size());
-    argv.push_back(by_sha ? "EVALSHA" : "EVAL");
-    argv.push_back(by_sha ? std::string_view(shas_[idx]) : redis_script_source(call->script));
-    for (const auto& a : call->args)
-        argv.push_back(a);
+    call->then = std::move(then);
+    if (stopped_) {
+        refuse(*call, "cbd is stopping");
+        return;
+    }
+    // Known to be down: answered at once, not after a timeout (calls queued
+    // before the connection went down wait for it, each to its deadline).
+    if (!commands_.up()) {
+        refuse(*call, commands_.why_down());
+        return;
+    }
+    const auto deadline = std::chrono::steady_clock::now() + options_.connection.timeout;
+    switch (queue_.push(call->source, call->read, deadline, call)) {
+    case SendQueue::Admission::Queued:
+        stats_.queued = queue_.size();
+        schedule_pump();
+        if (!expiry_armed_)
+            arm_expiry();
+        return;
+    case SendQueue::Admission::Full:
+        refuse(*call, "cbd's queue for Redis is full (" + std::to_string(kRedisQueueCapacity) +
+                          " operations wait)");
+        return;
+    case SendQueue::Admission::ReadsFull:
+        refuse(*call, "reads hold half of cbd's queue for Redis (" +
+                          std::to_string(kRedisQueueCapacity / 2) + " wait)");
+        return;
+    }
+}
 
-    commands_.command(argv, [this, call, then = std::move(then)](const redisReply* reply,
-                                                                 const std::string& error) {
-        auto unavailable = [&](const std::string& why, bool log) {
-            stats_.unavailable += 1;
-            if (log) {
-                stats_.last_error = why;
-                log_error("Redis backend: " + why);
-            }
-            then(nullptr, outage(why));
-        };
-        if (!reply) {
-            unavailable(error, false);
-            return;
-        }
-        OpOutcome failure;
-        if (reply->type != REDIS_REPLY_ERROR) {
-            then(reply, std::move(failure));
-            return;
-        }
-        const auto text = str(reply);
-        switch (classify_redis_error(text)) {
-        case RedisErrorKind::NoScript:
-            if (!call->retried) {
-                call->retried = true;
-                send(call, then);
-                return;
-            }
-            unavailable("Redis does not keep cbd's scripts: " + std::string(text), true);
-            return;
-        case RedisErrorKind::TooMany: {
-            // Which limit: "circuits" or "key policies".
-            const auto limit = redis_error_text(text);
-            failure.fail(ErrorCode::TooManyCircuits,
-                         "the shared store holds its maximum number of " +
-                             (limit.empty() ? std::string("circuits") : limit));
-            then(nullptr, std::move(failure));
-            return;
-        }
-        case RedisErrorKind::Outage:
-            unavailable("Redis answered: " + std::string(text), true);
-            // A master that answers READONLY has become a replica: find
-            // the one that replaced it (the connection's ROLE check and
-            // the sentinels decide where to go).
-            if (discovery_ && text.starts_with("READONLY"))
-                commands_.drop("the master answered READONLY: it is a replica now");
-            return;
-        case RedisErrorKind::Invalid:
-            failure.fail(ErrorCode::InvalidRequest, redis_error_text(text));
-            then(nullptr, std::move(failure));
-            return;
-        case RedisErrorKind::Data:
-            // The scripts' own errors name the Redis key (and field); an
-            // error Redis raised outside them gets the circuit's key here.
-            failure.fail(ErrorCode::BackendError,
-                         text.starts_with(kRedisErrBackend) || call->key.empty()
-                             ? redis_error_text(text)
-                             : "for key '" + call->key +
-                                   "' Redis answered: " + redis_error_text(text));
-            note_backend_error(failure.error_message);
-            then(nullptr, std::move(failure));
-            return;
-        }
+void RedisStore::refuse(Call& call, const std::string& why) {
+    stats_.unavailable += 1;
+    stats_.unsent += 1;
+    OpOutcome r;
+    r.fail_unapplied(ErrorCode::BackendUnavailable,
+                     "the Redis backend is unavailable: " + why +
+                         "; the operation was not sent to Redis, so it was not applied");
+    auto then = std::move(call.then);
+    then(nullptr, std::move(r));
+}
+
+void RedisStore::schedule_pump() {
+    if (pump_posted_)
+        return;
+    pump_posted_ = true;
+    // Posted: what arrives in this turn of the loop can go in one batch.
+    boost::asio::post(io_, [this] {
+        pump_posted_ = false;
+        pump();
     });
 }
 
-void RedisStore::run(RedisScript script, std::string_view key, const PolicySet& layers,
-                     const std::vector<std::string>& args, std::function<void(OpOutcome)> done) {
+void RedisStore::pump() {
+    // Not connected (or the set-up not done): the calls wait, each until
+    // its deadline, and go once the connection is ready.
+    while (!stopped_ && commands_.ready() && in_flight_ < kRedisInFlight) {
+        auto flight = std::make_shared<Flight>();
+        while (flight->calls.size() < kRedisBatchMax &&
+               in_flight_ + flight->calls.size() < kRedisInFlight) {
+            // Reads never hold more than half of what is in flight, so a
+            // read-level flood leaves the writers the other half.
+            auto entry = queue_.pop(reads_in_flight_ + flight->reads < kRedisInFlight / 2);
+            if (!entry)
+                break;
+            flight->reads += entry->read ? 1 : 0;
+            flight->calls.push_back(std::move(entry->item));
+        }
+        if (flight->calls.empty())
+            break;
+        transmit(std::move(flight));
+    }
+    stats_.queued = queue_.size();
+    stats_.in_flight = in_flight_;
+}
+
+void RedisStore::arm_expiry() {
+    const auto first = queue_.earliest_deadline();
+    if (!first) {
+        expiry_armed_ = false;
+        return;
+    }
+    expiry_armed_ = true;
+    expiry_.expires_at(*first);
+    expiry_.async_wait([this](const boost::system::error_code& ec) {
+        if (ec)
+            return;
+        expiry_armed_ = false;
+        std::vector<std::shared_ptr<Call>> expired;
+        queue_.expire(std::chrono::steady_clock::now(),
+                      [&](SendQueue::Entry entry) { expired.push_back(std::move(entry.item)); });
+        stats_.queued = queue_.size();
+        stats_.expired += expired.size();
+        const std::string timeout =
+            std::to_string(options_.connection.timeout.count()) + " ms (--backend-timeout)";
+        const std::string why =
+            commands_.ready()
+                ? "no room to send it to Redis within " + timeout
+                : "not connected to Redis within " + timeout +
+                      (stats_.last_error.empty() ? "" : " (" + stats_.last_error + ")");
+        for (auto& call : expired)
+            refuse(*call, why);
+        if (!expiry_armed_)
+            arm_expiry();
+    });
+}
+
+void RedisStore::transmit(std::shared_ptr<Flight> flight) {
+    const std::size_t n = flight->calls.size();
+    in_flight_ += n;
+    reads_in_flight_ += flight->reads;
+    // One call: FCALL its function. Several: FCALL the batch function with
+    // every call's keys, then per call its name, its ARGV's length and ARGV.
+    std::vector<std::string_view> argv;
+    std::vector<std::string> lengths;
+    const std::string function =
+        n == 1 ? redis_function_name(flight->calls[0]->function) : redis_batch_function_name();
+    const std::string numkeys = std::to_string(n * kRedisKeysPerCall);
+    argv.push_back("FCALL");
+    argv.push_back(function);
+    argv.push_back(numkeys);
+    for (const auto& call : flight->calls)
+        argv.insert(argv.end(), call->args.begin(), call->args.begin() + kRedisKeysPerCall);
+    if (n == 1) {
+        const auto& args = flight->calls[0]->args;
+        argv.insert(argv.end(), args.begin() + kRedisKeysPerCall, args.end());
+    } else {
+        lengths.reserve(n);
+        for (const auto& call : flight->calls)
+            lengths.push_back(std::to_string(call->args.size() - kRedisKeysPerCall));
+        for (std::size_t i = 0; i < n; ++i) {
+            const auto& call = *flight->calls[i];
+            argv.push_back(kRedisFunctionNames[static_cast<std::size_t>(call.function)]);
+            argv.push_back(lengths[i]);
+            argv.insert(argv.end(), call.args.begin() + kRedisKeysPerCall, call.args.end());
+        }
+    }
+    commands_.command(argv, [this, flight](const redisReply* reply, const std::string& error) {
+        const std::size_t count = flight->calls.size();
+        in_flight_ -= count;
+        reads_in_flight_ -= flight->reads;
+        if (reply && reply->type == REDIS_REPLY_ERROR &&
+            classify_redis_error(str(reply)) == RedisErrorKind::NoFunction && !flight->retried) {
+            // FUNCTION FLUSH (or a Redis that lost its data): the call did
+            // not run. Load the library again, then send the same call; the
+            // connection keeps the order.
+            log_warn("Redis backend: Redis lost cbd's functions (" + redis_error_text(str(reply)) +
+                     "); loading them again");
+            flight->retried = true;
+            commands_.command({"FUNCTION", "LOAD", "REPLACE", redis_library_source()},
+                              [](const redisReply*, const std::string&) {});
+            transmit(flight);
+            return;
+        }
+        if (count == 1 || !reply || reply->type != REDIS_REPLY_ARRAY) {
+            // One call's answer; or the batch as a whole refused (an error
+            // every call in it would have met alone) or lost with the
+            // connection.
+            for (auto& call : flight->calls)
+                answer(*call, reply, error);
+        } else if (reply->elements != count) {
+            for (auto& call : flight->calls) {
+                auto then = std::move(call->then);
+                then(nullptr, unexpected_answer());
+            }
+        } else {
+            for (std::size_t i = 0; i < count; ++i)
+                answer(*flight->calls[i], reply->element[i], error);
+        }
+        schedule_pump();
+    });
+}
+
+void RedisStore::answer(Call& call, const redisReply* reply, const std::string& error) {
+    auto then = std::move(call.then);
+    auto unavailable = [&](const std::string& why, bool log) {
+        stats_.unavailable += 1;
+        if (log) {
+            stats_.last_error = why;
+            log_error("Redis backend: " + why);
+        }
+        then(nullptr, outage(why));
+    };
+    if (!reply) {
+        unavailable(error, false);
+        return;
+    }
+    OpOutcome failure;
+    if (reply->type != REDIS_REPLY_ERROR) {
+        then(reply, std::move(failure));
+        return;
+    }
+    const auto text = str(reply);
+    switch (classify_redis_error(text)) {
+    case RedisErrorKind::NoFunction:
+        unavailable("Redis does not keep cbd's functions: " + std::string(text), true);
+        return;
+    case RedisErrorKind::TooMany: {
+        // Which limit: "circuits" or "key policies".
+        const auto limit = redis_error_text(text);
+        failure.fail(ErrorCode::TooManyCircuits,
+                     "the shared store holds its maximum number of " +
+                         (limit.empty() ? std::string("circuits") : limit));
+        then(nullptr, std::move(failure));
+        return;
+    }
+    case RedisErrorKind::Outage:
+        unavailable("Redis answered: " + std::string(text), true);
+        // A master that answers READONLY has become a replica: find the one
+        // that replaced it (the connection's ROLE check and the sentinels
+        // decide where to go).
+        if (discovery_ && text.starts_with("READONLY") && commands_.up())
+            commands_.drop("the master answered READONLY: it is a replica now");
+        return;
+    case RedisErrorKind::Invalid:
+        failure.fail(ErrorCode::InvalidRequest, redis_error_text(text));
+        then(nullptr, std::move(failure));
+        return;
+    case RedisErrorKind::Data:
+        // The library's own errors name the Redis key (and field); an error
+        // Redis raised outside them gets the circuit's key here.
+        failure.fail(ErrorCode::BackendError,
+                     text.starts_with(kRedisErrBackend) || call.key.empty()
+                         ? redis_error_text(text)
+                         : "for key '" + call.key + "' Redis answered: " + redis_error_text(text));
+        note_backend_error(failure.error_message);
+        then(nullptr, std::move(failure));
+        return;
+    }
+}
+
+void RedisStore::run(RedisFunction script, std::string_view key, const PolicySet& layers,
+                     const std::vector<std::string>& args, std::uint64_t source,
+                     std::function<void(OpOutcome)> done) {
     // A completion handler must never throw: whatever goes wrong here is an
     // answer, not an exception on the event loop.
     auto safely = [done = std::move(done)](OpOutcome r) mutable {
@@ -430,7 +628,7 @@ void RedisStore::run(RedisScript script, std::string_view key, const PolicySet& 
         }
     };
 
-    if (script == RedisScript::List) {
+    if (script == RedisFunction::List) {
         // args: prefix, after, limit, state filter ('' = any).
         auto job = std::make_shared<ListJob>();
         if (args.size() != 4) {
@@ -441,11 +639,12 @@ void RedisStore::run(RedisScript script, std::string_view key, const PolicySet& 
         job->after = args[1];
         std::from_chars(args[2].data(), args[2].data() + args[2].size(), job->limit);
         job->state = args[3];
+        job->source = source;
         job->done = std::move(safely);
         list_step(std::move(job));
         return;
     }
-    if (script == RedisScript::Export) {
+    if (script == RedisFunction::Export) {
         // args: prefix, after, limit.
         auto job = std::make_shared<ExportJob>();
         if (args.size() != 3) {
@@ -455,13 +654,14 @@ void RedisStore::run(RedisScript script, std::string_view key, const PolicySet& 
         job->prefix = args[0];
         job->after = args[1];
         std::from_chars(args[2].data(), args[2].data() + args[2].size(), job->limit);
+        job->source = source;
         job->done = std::move(safely);
         export_step(std::move(job));
         return;
     }
 
     std::function<void(OpOutcome)> answer = std::move(safely);
-    if (options_.min_replicas > 0 && redis_script_mutates(script, args)) {
+    if (options_.min_replicas > 0 && redis_function_mutates(script, args)) {
         // Enrolled now, before the script is sent, so that the batch's WAIT
         // (sent later in this turn of the loop) follows the script.
         auto ticket = std::make_shared<WaitTicket>();
@@ -472,14 +672,14 @@ void RedisStore::run(RedisScript script, std::string_view key, const PolicySet& 
     // The daemon's layers; the script lays the key's override from Redis
     // over them (and derives the lease after it, as PolicySet does).
     const Policy numbers = redis_policy_numbers(layers.resolve_with(key, nullptr));
-    send(make_call(script, key, numbers, args),
+    send(make_call(script, key, numbers, args, source),
          [script, &layers, key = std::string(key),
           done = std::move(answer)](const redisReply* reply, OpOutcome failure) mutable {
              if (!reply) {
                  done(std::move(failure));
                  return;
              }
-             if (script == RedisScript::Import || script == RedisScript::Sweep) {
+             if (script == RedisFunction::Import || script == RedisFunction::Sweep) {
                  done(OpOutcome{});
                  return;
              }
@@ -488,7 +688,7 @@ void RedisStore::run(RedisScript script, std::string_view key, const PolicySet& 
                  return;
              }
              OpOutcome out;
-             if (script == RedisScript::Policy) {
+             if (script == RedisFunction::Policy) {
                  if (reply->elements != 1 + kPolicyFieldCount) {
                      done(unexpected_answer());
                      return;
@@ -501,7 +701,7 @@ void RedisStore::run(RedisScript script, std::string_view key, const PolicySet& 
                  done(std::move(out));
                  return;
              }
-             if (script == RedisScript::Reset) {
+             if (script == RedisFunction::Reset) {
                  out.result = ResetResult{reply->elements >= 2 && num(reply->element[1]) != 0};
                  done(std::move(out));
                  return;
@@ -527,8 +727,9 @@ void RedisStore::list_step(std::shared_ptr<ListJob> job) {
     const std::size_t want = job->limit + 1 - job->page.circuits.size();
     const std::size_t budget = std::min(kRedisScanPerCall, kMaxListScan - job->examined);
     send(make_call(
-             RedisScript::List, "", Policy{},
-             {job->prefix, job->after, std::to_string(want), job->state, std::to_string(budget)}),
+             RedisFunction::List, "", Policy{},
+             {job->prefix, job->after, std::to_string(want), job->state, std::to_string(budget)},
+             job->source),
          [this, job](const redisReply* reply, OpOutcome failure) {
              if (!reply) {
                  job->done(std::move(failure));
@@ -572,8 +773,8 @@ void RedisStore::export_step(std::shared_ptr<ExportJob> job) {
         return;
     }
     const std::size_t want = job->limit + 1 - job->page.circuits.size();
-    send(make_call(RedisScript::Export, "", Policy{},
-                   {job->prefix, job->after, std::to_string(want)}),
+    send(make_call(RedisFunction::Export, "", Policy{},
+                   {job->prefix, job->after, std::to_string(want)}, job->source),
          [this, job](const redisReply* reply, OpOutcome failure) {
              if (!reply) {
                  job->done(std::move(failure));
@@ -839,27 +1040,27 @@ void RedisStore::note_policy_mismatches(std::vector<std::string> hosts) {
     known = std::move(hosts);
 }
 
-bool redis_script_mutates(RedisScript script, const std::vector<std::string>& args) {
+bool redis_function_mutates(RedisFunction script, const std::vector<std::string>& args) {
     switch (script) {
-    case RedisScript::Success:
-    case RedisScript::Failure:
-    case RedisScript::Transition:
-    case RedisScript::Reset:
-    case RedisScript::Acquire:
-    case RedisScript::Report:
-    case RedisScript::Force:
-    case RedisScript::Unforce:
-    case RedisScript::Import:
+    case RedisFunction::Success:
+    case RedisFunction::Failure:
+    case RedisFunction::Transition:
+    case RedisFunction::Reset:
+    case RedisFunction::Acquire:
+    case RedisFunction::Report:
+    case RedisFunction::Force:
+    case RedisFunction::Unforce:
+    case RedisFunction::Import:
         return true;
-    case RedisScript::Policy:
+    case RedisFunction::Policy:
         // ARGV: clear, then per field "" (keep), "-" (remove) or a value.
         return std::any_of(args.begin(), args.end(), [&](const std::string& a) {
             return &a == &args.front() ? a == kRedisArgTrue : !a.empty();
         });
-    case RedisScript::Get:
-    case RedisScript::List:
-    case RedisScript::Sweep:
-    case RedisScript::Export:
+    case RedisFunction::Get:
+    case RedisFunction::List:
+    case RedisFunction::Sweep:
+    case RedisFunction::Export:
         return false;
     }
     return true;

@@ -1,6 +1,8 @@
 // The Redis backend (--backend redis): circuits live in Redis, and every
-// operation is one Lua script (redis_scripts.cpp) called by EVALSHA, so each
-// is atomic across every cbd on every host that shares the Redis. Answers
+// operation is one function of cbd's Functions library (cbd_functions.lua)
+// called by FCALL, so each is atomic across every cbd on every host that
+// shares the Redis. Operations wait in a send queue in cbd (never in
+// Redis), and those waiting together go as one batch call. Answers
 // come back later, on the event loop; the dispatcher turns them into the
 // same replies the memory store gives. Transitions made anywhere come back
 // through Redis pub/sub and go to this daemon's EventHub (log, counters,
@@ -8,7 +10,8 @@
 #pragma once
 
 #include "daemon/backends/redis/redis_connection.hpp"
-#include "daemon/backends/redis/redis_scripts.hpp"
+#include "daemon/backends/redis/redis_functions.hpp"
+#include "daemon/backends/redis/redis_send_queue.hpp"
 #include "daemon/backends/redis/redis_sentinel.hpp"
 #include "daemon/backends/redis/redis_stats.hpp"
 #include "daemon/backends/redis/sentinel_discovery.hpp"
@@ -65,9 +68,14 @@ class RedisStore {
     // `list` and `export` run as several script calls, each examining at
     // most kRedisScanPerCall keys, joined before `done` runs. `done` runs
     // exactly once, on the event loop, and never throws out of here.
-    // `layers` must outlive the answer.
-    void run(RedisScript script, std::string_view key, const PolicySet& layers,
-             const std::vector<std::string>& args, std::function<void(OpOutcome)> done);
+    // `layers` must outlive the answer. `source` is the client connection
+    // (Peer::connection; 0: cbd's own), whose calls take their turn in the
+    // send queue (redis_send_queue.hpp) with the other connections'. A call
+    // that waited there past --backend-timeout is answered
+    // BackendUnavailable, surely not applied (OpOutcome::surely_not_applied).
+    void run(RedisFunction script, std::string_view key, const PolicySet& layers,
+             const std::vector<std::string>& args, std::uint64_t source,
+             std::function<void(OpOutcome)> done);
 
     // Circuits in the shared store as of the last sweep (every 100 ms):
     // total from the index; by state and pinned from counters the scripts
@@ -83,6 +91,7 @@ class RedisStore {
 
   private:
     struct Call;
+    struct Flight;
     struct ListJob;
     struct ExportJob;
     struct WaitBatch;
@@ -90,13 +99,30 @@ class RedisStore {
     using ReplyHandler = std::function<void(const redisReply* reply, OpOutcome failure)>;
 
     void on_event(const redisReply* reply);
-    RedisConnection::Setup script_setup();
-    std::shared_ptr<Call> make_call(RedisScript script, std::string_view key, const Policy& policy,
-                                    const std::vector<std::string>& args) const;
-    // Sends a call; `then` gets the reply, or nullptr and the failure. A
-    // NOSCRIPT answer (a flushed script cache, a failover) sends the script
-    // itself once, which also loads it again.
+    using SendQueue = RedisSendQueue<std::shared_ptr<Call>>;
+
+    // What every new command connection sends first: the version check and
+    // FUNCTION LOAD (and ROLE, with Sentinel).
+    RedisConnection::Setup connection_setup();
+    std::shared_ptr<Call> make_call(RedisFunction function, std::string_view key,
+                                    const Policy& policy, const std::vector<std::string>& args,
+                                    std::uint64_t source) const;
+    // Queues a call; `then` gets the reply, or nullptr and the failure,
+    // exactly once.
     void send(std::shared_ptr<Call> call, ReplyHandler then);
+    // Answers a call that was never sent: BackendUnavailable, surely not
+    // applied, saying `why`.
+    void refuse(Call& call, const std::string& why);
+    // Sends what waits, while fewer than kRedisInFlight calls are in flight,
+    // in batches of at most kRedisBatchMax (posted: once per turn).
+    void schedule_pump();
+    void pump();
+    void transmit(std::shared_ptr<Flight> flight);
+    // Hands a call its reply (or nullptr and `error`), sorting Redis's error
+    // replies into the failures run() documents.
+    void answer(Call& call, const redisReply* reply, const std::string& error);
+    // The timer for the first deadline in the queue.
+    void arm_expiry();
     void list_step(std::shared_ptr<ListJob> job);
     void export_step(std::shared_ptr<ExportJob> job);
     void note_backend_error(const std::string& message);
@@ -120,7 +146,13 @@ class RedisStore {
     RedisStoreOptions options_;
     RedisStats stats_;
     CircuitObserver* observer_;
-    std::array<std::string, kRedisScriptCount> shas_; // from SCRIPT LOAD; empty until known
+    SendQueue queue_;
+    boost::asio::steady_timer expiry_;
+    bool expiry_armed_ = false;
+    bool pump_posted_ = false;
+    bool stopped_ = false;
+    std::size_t in_flight_ = 0;       // calls sent, not yet answered
+    std::size_t reads_in_flight_ = 0; // of them, clients' reads
     bool sweeping_ = false;
     std::optional<CircuitCounts> counts_; // none until the first sweep answers
     std::string last_logged_error_;       // a bad key is logged once, not per request
@@ -141,7 +173,7 @@ class RedisStore {
 // policy read), import. `get` does not wait: what it may settle (an expired
 // lease or pin) the next operation settles again on any master; the sweep
 // likewise.
-bool redis_script_mutates(RedisScript script, const std::vector<std::string>& args);
+bool redis_function_mutates(RedisFunction script, const std::vector<std::string>& args);
 
 // The policy numbers run() passes a script for a key whose daemon-side policy
 // (defaults, prefix rules) is `daemon`: as resolved, except probeLeaseMs 0

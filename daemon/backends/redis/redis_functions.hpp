@@ -1,14 +1,15 @@
-// The Lua scripts the Redis backend runs, one per operation, each atomic in
-// Redis (docs/REDIS.md has the key layout). They follow memory_store.cpp
-// rule for rule; time comes from Redis's TIME (or, under --test-clock, from
-// the daemon), so every host agrees.
+// The Redis Functions library the Redis backend runs: one function per
+// operation, each atomic in Redis (docs/REDIS.md has the key layout). The
+// Lua lives in cbd_functions.lua and follows memory_store.cpp rule for
+// rule; time comes from Redis's TIME (or, under --test-clock, from the
+// daemon), so every host agrees.
 //
-// Every constant a script needs (limits, state, cause and status names,
-// hash field names, policy field names, key name parts) is generated from
-// the C++ definitions below and in common/ into a prelude of Lua `local`s
-// (redis_script_constants()), so a rename in C++ cannot leave Lua behind;
-// the scripts' own text names them and holds no such literal
-// (tests/unit/redis_test.cpp checks).
+// Every constant the library needs (limits, state, cause and status names,
+// hash field names, policy field names, key name parts, the operations'
+// names) is generated from the C++ definitions below and in common/ into
+// Lua `local`s (redis_function_constants()) laid before the library's own
+// text, so a rename in C++ cannot leave Lua behind; the Lua holds no such
+// literal (tests/unit/redis_test.cpp checks).
 #pragma once
 
 #include "common/protocol.hpp"
@@ -20,7 +21,8 @@
 
 namespace cbd {
 
-enum class RedisScript : std::uint8_t {
+// The library's operations (FCALL <library>_<name>), and their names.
+enum class RedisFunction : std::uint8_t {
     Get,
     Success,
     Failure,
@@ -36,7 +38,15 @@ enum class RedisScript : std::uint8_t {
     Export,
     Import,
 };
-inline constexpr std::size_t kRedisScriptCount = 14;
+inline constexpr std::size_t kRedisFunctionCount = 14;
+inline constexpr std::array<std::string_view, kRedisFunctionCount> kRedisFunctionNames = {
+    "get",   "success", "failure", "transition", "reset", "acquire", "report",
+    "force", "unforce", "policy",  "list",       "sweep", "export",  "import"};
+// The function that runs several operations in one call (redis_store.cpp
+// sends the operations waiting to go as one batch).
+inline constexpr std::string_view kRedisBatchName = "batch";
+// Every library cbd loads is named so, then a digest of its text.
+inline constexpr std::string_view kRedisLibraryPrefix = "cbd_";
 
 // The largest count, time or generation anything reads from Redis or
 // writes to it (what a JSON number holds exactly everywhere). A count
@@ -112,23 +122,48 @@ inline constexpr std::int64_t kRedisProbesGraceMs = 60'000;
 inline constexpr std::string_view kRedisPageEnd = "end";
 inline constexpr std::string_view kRedisPageMore = "more";
 
-// The generated Lua constants (`local NAME = value` lines), the same for
-// every script.
-const std::string& redis_script_constants();
-// The shared, hand-written part of every script (after the constants).
-std::string_view redis_script_prelude();
-// A script's own part.
-std::string_view redis_script_body(RedisScript script);
-// The full Lua source of a script: constants, prelude, body. Loaded with
-// SCRIPT LOAD on every new connection; its SHA-1 comes back from Redis.
-const std::string& redis_script_source(RedisScript script);
+// The generated Lua constants (`local NAME = value` lines).
+const std::string& redis_function_constants();
+// The hand-written Lua of the library (cbd_functions.lua).
+std::string_view redis_functions_lua();
+// The library's name: kRedisLibraryPrefix and a digest of its text.
+const std::string& redis_library_name();
+// The whole library as FUNCTION LOAD takes it: the `#!lua name=` line, the
+// function names' prefix, the constants, then the Lua.
+const std::string& redis_library_source();
+// What FCALL calls for an operation, and for a batch of them.
+std::string redis_function_name(RedisFunction function);
+std::string redis_batch_function_name();
+
+// What the send queue allows (redis_store.cpp, docs/REDIS.md "The send
+// queue"). In flight: enough to keep Redis busy between round trips, and
+// little enough that Redis runs them all in a few milliseconds (a call
+// costs Redis about 5-10 us), far inside any --backend-timeout, so a long
+// backlog waits in cbd, where each call keeps its own deadline, and never
+// in Redis, where the oldest would time the connection out.
+inline constexpr std::size_t kRedisInFlight = 512;
+// Most calls in one batch call: what Redis runs without a break (~1 ms).
+inline constexpr std::size_t kRedisBatchMax = 128;
+// Most calls waiting in cbd (reads at most half): beyond what the
+// connections' own bounds let arrive in one --backend-timeout.
+inline constexpr std::size_t kRedisQueueCapacity = 65536;
+
+// Functions came with Redis 7.0.
+inline constexpr std::string_view kRedisMinimumVersion = "7.0";
+// "7.0.15" from INFO server's text ("" when it names none).
+std::string redis_version_of(std::string_view info);
+bool redis_version_supported(std::string_view version);
+
+// Every function takes this many KEYS (for a batch: this many per call).
+inline constexpr std::size_t kRedisKeysPerCall = 6;
 
 // Keys a script is given, in order (KEYS[1..6]), for `key` under `prefix`.
 // ARGV: the key, the five policy values (probeLeaseMs 0: no layer of the
 // daemon sets it, so the lease is the resolved resetTimeoutMs, as in
 // PolicySet), the operation's own, then the most circuits the shared store
 // may hold, and last the time in epoch ms ('' = Redis's TIME).
-std::array<std::string, 6> redis_script_keys(std::string_view prefix, std::string_view key);
+std::array<std::string, kRedisKeysPerCall> redis_function_keys(std::string_view prefix,
+                                                               std::string_view key);
 
 // What every circuit script returns (an array), by index.
 enum RedisResultField : std::size_t {
@@ -163,11 +198,11 @@ static_assert(kResPinPid - kResState + 1 == kRedisCircuitFieldCount);
 
 // How the Redis backend treats an error reply.
 enum class RedisErrorKind : std::uint8_t {
-    NoScript, // the script cache lost the script: load it again and retry once
-    TooMany,  // the store's limit (too_many_circuits)
-    Outage,   // Redis cannot serve now (loading, busy, read-only replica, ...)
-    Data,     // what Redis holds is not usable, or a script refused a value
-    Invalid,  // a configure the script refused (invalid_request)
+    NoFunction, // Redis lost the library (FUNCTION FLUSH): load it again and retry once
+    TooMany,    // the store's limit (too_many_circuits)
+    Outage,     // Redis cannot serve now (loading, busy, read-only replica, ...)
+    Data,       // what Redis holds is not usable, or a script refused a value
+    Invalid,    // a configure the script refused (invalid_request)
 };
 RedisErrorKind classify_redis_error(std::string_view reply);
 // The part of an error reply worth showing a client: without the tag and
