@@ -6,7 +6,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import BUILD, Client, wait_for_socket
+from conftest import BUILD, CBD, Client, wait_for_socket
 
 CBBENCH = str(BUILD / "bench" / "cbbench")
 FLOOR = str(BUILD / "bench" / "cbd-floor")
@@ -81,3 +81,21 @@ def test_ab_prints_a_row_per_load_with_no_errors():
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert int(cells[1]) > 0 and int(cells[2]) > 0, row
         assert cells[6] == "0", row
+
+
+def test_redis_cost_prints_a_row_per_operation_and_rule():
+    # bench/redis_cost, shortened: every operation on both circuit sets
+    # answers, and each row carries Redis's own cost of the script cbd ran.
+    script = Path(__file__).resolve().parents[2] / "bench" / "redis_cost"
+    r = subprocess.run([str(script), str(BUILD)], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "CBD_BIN": CBD, "OPS": "200", "IDLE": "0.2"})
+    assert r.returncode == 0, r.stderr
+    rows = [[c.strip() for c in row.strip("|").split("|")] for row in r.stdout.splitlines()
+            if row.startswith("| ") and not row.startswith(("| operation", "| ---"))]
+    ops = ["get", "failure", "acquire", "report", "reportBatch (100)"]
+    assert [(row[0], row[1]) for row in rows] == [(op, rule) for rule in ("count", "rate")
+                                                  for op in ops], r.stdout
+    for row in rows:
+        assert row[2] in ("evalsha", "eval", "fcall", "fcall_ro"), row
+        assert int(row[3]) >= 2 and float(row[4]) > 0 and float(row[5]) > 0, row
+        assert row[8] in ("met", "NOT met", "—"), row
