@@ -122,14 +122,17 @@ case "$cmd" in
       TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
         ctest --test-dir "$BUILD_DIR-tsan" --output-on-failure --timeout 1800 \
         -R '^(e2e\.test_(persistence|reply_queue|lifecycle)|conformance\.durable)$'
-      echo "dev.sh: fuzzing the request path and the reply queue for ${FUZZ_SECONDS:-60} s each" >&2
+      echo "dev.sh: fuzzing the request path, the reply queue and memory against Redis" \
+        "for ${FUZZ_SECONDS:-60} s each" >&2
       CC=clang-14 CXX=clang++-14 cmake -S . -B "$BUILD_DIR-fuzz" -G Ninja -DCBD_FUZZ=ON \
         -DCBD_FUZZ_SECONDS="${FUZZ_SECONDS:-60}" >/dev/null
-      cmake --build "$BUILD_DIR-fuzz" --target fuzz_requests fuzz_session
-      # The two fuzzers side by side, one per core: each still gets its
-      # FUZZ_SECONDS of a whole core, and the run waits for them once.
-      ctest --test-dir "$BUILD_DIR-fuzz" -R '^fuzz\.(run|session_run)$' --output-on-failure --verbose \
-        --timeout 1800 -j2
+      cmake --build "$BUILD_DIR-fuzz" --target fuzz_requests fuzz_session fuzz_redis_diff
+      # The three fuzzers side by side: FUZZ_SECONDS is wall time, so the
+      # run waits for them once. On two cores each gets about two thirds of
+      # one (the Redis one uses less itself: a fifth of its time goes to its
+      # redis-server, and some to waiting for it).
+      ctest --test-dir "$BUILD_DIR-fuzz" -R '^fuzz\.(run|session_run|redis_diff_run)$' \
+        --output-on-failure --verbose --timeout 1800 -j3
     fi
     ;;
   *)
