@@ -141,8 +141,10 @@ std::string redis_batch_function_name();
 // costs Redis about 5-10 us), far inside any --backend-timeout, so a long
 // backlog waits in cbd, where each call keeps its own deadline, and never
 // in Redis, where the oldest would time the connection out.
+// Counted by weight (redis_store.hpp: a list step weighs the keys it may
+// examine).
 inline constexpr std::size_t kRedisInFlight = 512;
-// Most calls in one batch call: what Redis runs without a break (~1 ms).
+// Most weight in one batch call: what Redis runs without a break (~1 ms).
 inline constexpr std::size_t kRedisBatchMax = 128;
 // Most calls waiting in cbd (reads at most half): beyond what the
 // connections' own bounds let arrive in one --backend-timeout.

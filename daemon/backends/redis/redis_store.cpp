@@ -151,13 +151,15 @@ struct RedisStore::Call {
     ReplyHandler then;
     std::uint64_t source = 0; // the client connection (Peer::connection); 0: cbd's own
     bool read = false;        // a client's read-level operation (the queue bounds those)
+    std::size_t weight = 1;   // what it costs Redis, in single operations
 };
 
 // Calls sent together (one FCALL), counted in flight until Redis answers.
 struct RedisStore::Flight {
     std::vector<std::shared_ptr<Call>> calls;
-    std::size_t reads = 0;
-    bool retried = false; // sent again after loading the library once more
+    std::size_t weight = 0;      // of all its calls
+    std::size_t read_weight = 0; // of its clients' reads
+    bool retried = false;        // sent again after loading the library once more
 };
 
 // The scripts whose answers wait for one WAIT, and that WAIT's outcome.
@@ -370,6 +372,7 @@ std::shared_ptr<RedisStore::Call> RedisStore::make_call(RedisFunction function,
     call->key = std::string(key);
     call->source = source;
     call->read = source != 0 && !redis_function_mutates(function, args);
+    call->weight = redis_function_weight(function);
     const auto keys = redis_function_keys(options_.prefix, key);
     auto& a = call->args;
     a.reserve(keys.size() + 1 + kPolicyFieldCount + args.size() + 2);
@@ -440,16 +443,19 @@ void RedisStore::schedule_pump() {
 void RedisStore::pump() {
     // Not connected (or the set-up not done): the calls wait, each until
     // its deadline, and go once the connection is ready.
+    // In flight and in a batch, calls count by their weight (what they
+    // cost Redis): a list step examines up to kRedisScanPerCall keys. The
+    // last call taken may pass a bound by its own weight.
     while (!stopped_ && commands_.ready() && in_flight_ < kRedisInFlight) {
         auto flight = std::make_shared<Flight>();
-        while (flight->calls.size() < kRedisBatchMax &&
-               in_flight_ + flight->calls.size() < kRedisInFlight) {
+        while (flight->weight < kRedisBatchMax && in_flight_ + flight->weight < kRedisInFlight) {
             // Reads never hold more than half of what is in flight, so a
             // read-level flood leaves the writers the other half.
-            auto entry = queue_.pop(reads_in_flight_ + flight->reads < kRedisInFlight / 2);
+            auto entry = queue_.pop(reads_in_flight_ + flight->read_weight < kRedisInFlight / 2);
             if (!entry)
                 break;
-            flight->reads += entry->read ? 1 : 0;
+            flight->weight += entry->item->weight;
+            flight->read_weight += entry->read ? entry->item->weight : 0;
             flight->calls.push_back(std::move(entry->item));
         }
         if (flight->calls.empty())
@@ -493,8 +499,8 @@ void RedisStore::arm_expiry() {
 
 void RedisStore::transmit(std::shared_ptr<Flight> flight) {
     const std::size_t n = flight->calls.size();
-    in_flight_ += n;
-    reads_in_flight_ += flight->reads;
+    in_flight_ += flight->weight;
+    reads_in_flight_ += flight->read_weight;
     // One call: FCALL its function. Several: FCALL the batch function with
     // every call's keys, then per call its name, its ARGV's length and ARGV.
     std::vector<std::string_view> argv;
@@ -523,8 +529,8 @@ void RedisStore::transmit(std::shared_ptr<Flight> flight) {
     }
     commands_.command(argv, [this, flight](const redisReply* reply, const std::string& error) {
         const std::size_t count = flight->calls.size();
-        in_flight_ -= count;
-        reads_in_flight_ -= flight->reads;
+        in_flight_ -= flight->weight;
+        reads_in_flight_ -= flight->read_weight;
         if (reply && reply->type == REDIS_REPLY_ERROR &&
             classify_redis_error(str(reply)) == RedisErrorKind::NoFunction && !flight->retried) {
             // FUNCTION FLUSH (or a Redis that lost its data): the call did
@@ -1064,6 +1070,19 @@ bool redis_function_mutates(RedisFunction script, const std::vector<std::string>
         return false;
     }
     return true;
+}
+
+std::size_t redis_function_weight(RedisFunction function) {
+    switch (function) {
+    case RedisFunction::List:
+        return kRedisScanPerCall; // keys examined (HMGET each)
+    case RedisFunction::Export:
+        return 2 * kRedisScanPerCall; // from both indexes
+    case RedisFunction::Sweep:
+        return kRedisSweepPerCall;
+    default:
+        return 1;
+    }
 }
 
 Policy redis_policy_numbers(const ResolvedPolicy& daemon) {

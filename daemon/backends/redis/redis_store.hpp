@@ -151,8 +151,8 @@ class RedisStore {
     bool expiry_armed_ = false;
     bool pump_posted_ = false;
     bool stopped_ = false;
-    std::size_t in_flight_ = 0;       // calls sent, not yet answered
-    std::size_t reads_in_flight_ = 0; // of them, clients' reads
+    std::size_t in_flight_ = 0;       // weight of the calls sent, not yet answered
+    std::size_t reads_in_flight_ = 0; // of it, clients' reads
     bool sweeping_ = false;
     std::optional<CircuitCounts> counts_; // none until the first sweep answers
     std::string last_logged_error_;       // a bad key is logged once, not per request
@@ -174,6 +174,11 @@ class RedisStore {
 // lease or pin) the next operation settles again on any master; the sweep
 // likewise.
 bool redis_function_mutates(RedisFunction script, const std::vector<std::string>& args);
+
+// What one call of `function` may cost Redis, in single circuit operations:
+// the send queue bounds the weight in flight, so that what Redis holds for
+// cbd stays a few milliseconds of work.
+std::size_t redis_function_weight(RedisFunction function);
 
 // The policy numbers run() passes a script for a key whose daemon-side policy
 // (defaults, prefix rules) is `daemon`: as resolved, except probeLeaseMs 0
