@@ -15,8 +15,12 @@
 // Steps also tick the daemon's 100 ms timer (expire_due, the sweep), and
 // the daemon's policy layers (defaults, a prefix rule) are one of a few.
 //
-// Differences found and not yet fixed are skipped, each narrowly and by
-// name (see "Temporary skips" below); CBD_REDIS_DIFF_STRICT=1 shows them.
+// There are no exceptions: the five differences it found first (memory's
+// export giving `next` after a full last page, configure's refusal in
+// other words, Redis's list and export showing unsettled circuits, memory's
+// read-level get showing them, Redis's reply carrying what time settled as
+// the operation's transition) were fixed, and their inputs are in the
+// corpus.
 //
 // On a difference the program is shrunk (cut after the first differing
 // step, then steps dropped one at a time while a difference remains) and
@@ -788,109 +792,6 @@ void learn(ClientView& view, std::size_t key, const cbd::OpOutcome& outcome) {
         outcome.result);
 }
 
-// Temporary skips: differences found by this fuzzer and not yet fixed,
-// each matched as narrowly as it shows, so that the fuzzer explores past
-// them. Each is a bug to fix (then its skip goes); CBD_REDIS_DIFF_STRICT=1
-// turns them all off, to reproduce one: tests/fuzz/redis_diff_known/ has an
-// input per skip, named after it (fuzz_redis_diff_replay FILE prints its
-// shortest program).
-//
-// SKIP export-full-last-page: memory's export_page() gives `next` (the
-// page's last key) whenever a page holds `limit` keys, even when no key
-// follows; the Redis store asks for one key more and gives `next` null, as
-// docs/PROTOCOL.md says a last page has ("`next` is `null` after the last";
-// export pages "like list", and memory's list does the same as Redis).
-// Shortest program: {"op":"get","key":"a"}, then {"op":"export","limit":1}:
-// memory ...,"next":"a"}, Redis ...,"next":null}.
-bool skip_export_full_last_page(const std::string& memory, const std::string& redis) {
-    static constexpr std::string_view field = ",\"next\":";
-    const auto at = memory.rfind(field);
-    if (at == std::string::npos || redis.size() < at || memory.compare(0, at, redis, 0, at) != 0)
-        return false;
-    const std::string_view m = std::string_view(memory).substr(at + field.size());
-    const std::string_view r = std::string_view(redis).substr(at);
-    return m.starts_with('"') && m.ends_with("\"}") && r == ",\"next\":null}";
-}
-
-// SKIP configure-message-text: a configure that a combination of fields
-// makes invalid is refused by both with invalid_request naming the field,
-// but in other words: memory (common/policy.cpp) says "policy field
-// 'resetTimeoutMaxMs' (1) must not be below resetTimeoutMs (30000)" and
-// "policy field 'windowSize' must be at most 10000 calls for a count window
-// (a time window: at most 3600000 ms)", the Lua script the same without the
-// quotes and without the parenthesis. Shortest program:
-// {"op":"configure","key":"b","policy":{"resetTimeoutMaxMs":1}}.
-// Matched: both refuse with invalid_request about the same field.
-bool skip_configure_message_text(const std::string& memory, const std::string& redis) {
-    static constexpr std::string_view head =
-        "{\"ok\":false,\"error\":{\"code\":\"invalid_request\",\"message\":\"policy field ";
-    if (!memory.starts_with(head) || !redis.starts_with(head))
-        return false;
-    auto field = [](std::string_view reply) {
-        reply.remove_prefix(head.size());
-        if (reply.starts_with('\''))
-            reply.remove_prefix(1);
-        return reply.substr(0, reply.find_first_of("' "));
-    };
-    return field(memory) == field(redis);
-}
-
-// SKIP list-export-unsettled: memory's list and export settle each
-// circuit they show (an expired pin is lifted, an expired lease re-opens
-// the circuit, with the transition's new generation); Redis's list and
-// export scripts show what the hash holds, so an expired pin or lease
-// shows as it was until the sweep (every 100 ms) or an operation on the key
-// settles it. docs/REDIS.md says only that "the next operation on the
-// circuit" and the sweep settle. Shortest program:
-//   {"op":"force","key":"b","state":"open","ttlMs":1101}, advance 5800 ms,
-//   {"op":"list"}
-// memory: "generation":3 and no "forced"; Redis: "generation":2 and the
-// pin. Skipped by running the daemon's timer (a tick on both) before every
-// list and export step, as the daemon's would within 100 ms.
-constexpr bool kTickBeforePages = true;
-
-// SKIP peek-unsettled: a read-level peer's get of an existing circuit
-// (MemoryCircuitStore::peek) answers the circuit as it is, unsettled; the
-// Redis get script settles it first, as every other operation does (the
-// expired pin is lifted, with a new generation, a force-expired transition
-// in the reply and its event). Shortest program (layers variant 3):
-//   {"op":"force","key":"p/c","state":"open","ttlMs":2291}, advance 10650 ms,
-//   {"op":"get","key":"p/c"} as a read-level peer
-// memory: "generation":2 with the pin, no event; Redis: "generation":3, no
-// pin, "transition":{"from":"open","to":"open","cause":"force-expired"} and
-// its event. Skipped like list-export-unsettled: a tick before each
-// read-level get.
-constexpr bool kTickBeforePeek = true;
-
-// SKIP settle-transition-in-reply: when an operation first settles its
-// circuit (an expired pin lifted, an expired lease re-opening it) and then
-// changes nothing itself, the Redis reply carries the settling as the
-// operation's "transition" (cause force-expired or lease-expired); memory's
-// reply carries only a transition the operation itself made. The events
-// agree. Shortest program (layers variant 1):
-//   {"op":"force","key":"p/c","state":"open","ttlMs":1}, advance 36 ms,
-//   {"op":"acquire","key":"p/c"}
-// memory: {...,"generation":3}; Redis: {...,"generation":3,"transition":
-// {"from":"open","to":"open","cause":"force-expired"}}.
-// Matched: Redis's reply is memory's with such a transition added.
-bool skip_settle_transition_in_reply(const std::string& memory, const std::string& redis) {
-    if (!memory.ends_with('}') || redis.size() <= memory.size() ||
-        redis.compare(0, memory.size() - 1, memory, 0, memory.size() - 1) != 0)
-        return false;
-    const std::string_view extra = std::string_view(redis).substr(memory.size() - 1);
-    return extra.starts_with(",\"transition\":{") &&
-           (extra.ends_with(",\"cause\":\"force-expired\"}}") ||
-            extra.ends_with(",\"cause\":\"lease-expired\"}}"));
-}
-
-bool strict() {
-    static const bool on = [] {
-        const char* v = std::getenv("CBD_REDIS_DIFF_STRICT");
-        return v && *v && std::string_view(v) != "0";
-    }();
-    return on;
-}
-
 // Parses `line` as the daemon would; a line it refuses (a configure whose
 // own fields do not hold together) is answered by the parser's error, and
 // no backend sees it.
@@ -962,10 +863,6 @@ int run_program(World& w, const Program& prog, std::vector<StepRecord>* records)
             w.tick();
             rec.memory_line = rec.redis_line = "tick (expire_due / sweep)";
         } else {
-            if ((s.kind == Kind::List || s.kind == Kind::Export) && kTickBeforePages && !strict())
-                w.tick();
-            if (s.kind == Kind::Get && (s.p[0] & 1) && kTickBeforePeek && !strict())
-                w.tick();
             rec.memory_line = request_line(s, memory_view);
             rec.redis_line = request_line(s, redis_view);
             run_request(w, s, rec, memory_view, redis_view);
@@ -976,16 +873,7 @@ int run_program(World& w, const Program& prog, std::vector<StepRecord>* records)
             rec.redis_events = w.redis_events.take();
         }
         const bool events_differ = rec.memory_events != rec.redis_events;
-        bool differ = rec.hang || events_differ || rec.memory_reply != rec.redis_reply;
-        if (differ && !rec.hang && !events_differ && !strict() && s.kind == Kind::Export &&
-            skip_export_full_last_page(rec.memory_reply, rec.redis_reply))
-            differ = false;
-        if (differ && !rec.hang && !events_differ && !strict() && s.kind == Kind::Configure &&
-            skip_configure_message_text(rec.memory_reply, rec.redis_reply))
-            differ = false;
-        if (differ && !rec.hang && !events_differ && !strict() &&
-            skip_settle_transition_in_reply(rec.memory_reply, rec.redis_reply))
-            differ = false;
+        const bool differ = rec.hang || events_differ || rec.memory_reply != rec.redis_reply;
         if (records)
             records->push_back(std::move(rec));
         if (differ)

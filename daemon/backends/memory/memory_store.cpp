@@ -152,8 +152,14 @@ StoreResult MemoryCircuitStore::get(std::string_view key) {
 }
 
 StoreResult MemoryCircuitStore::peek(std::string_view key) {
-    if (auto it = circuits_.find(key); it != circuits_.end())
+    if (auto it = circuits_.find(key); it != circuits_.end()) {
+        // A read-level get creates nothing, but shows what time decided
+        // (an expired pin lifted, an expired lease re-opened), as every
+        // other operation, list and export do.
+        if (it->second.extras)
+            settle(it->first, it->second, clock_.now_ms());
         return {std::nullopt, view_of(it->second), std::nullopt};
+    }
     CircuitView unknown;
     unknown.snapshot.last_state_change = clock_.now_ms();
     return {std::nullopt, unknown, std::nullopt};
@@ -864,22 +870,24 @@ void MemoryCircuitStore::start_over() {
 ExportPage MemoryCircuitStore::export_page(std::string_view prefix, std::string_view after,
                                            std::size_t limit) {
     const std::int64_t now = clock_.now_ms();
-    // Two sorted sources (circuits, policy overrides), each read up to
-    // `limit` keys, merged; either one full means there may be more.
+    // Two sorted sources (circuits, policy overrides), each read up to one
+    // key past `limit`, merged: the merge's first limit + 1 keys are right,
+    // and a key past `limit` means there is a next page (a full page that
+    // ends at the last key has none, as in `list`).
+    const std::size_t want = limit + 1;
     std::vector<std::string> circuit_keys;
     const bool from_after = !after.empty() && after >= prefix;
     ordered_keys_.walk_from(from_after ? after : prefix, from_after, [&](const std::string& key) {
-        if (!key.starts_with(prefix) || circuit_keys.size() == limit)
+        if (!key.starts_with(prefix) || circuit_keys.size() == want)
             return false;
         circuit_keys.push_back(key);
         return true;
     });
-    const auto policy_keys = policies_.override_keys(prefix, after, limit);
+    const auto policy_keys = policies_.override_keys(prefix, after, want);
     std::vector<std::string> keys;
     std::set_union(circuit_keys.begin(), circuit_keys.end(), policy_keys.begin(), policy_keys.end(),
                    std::back_inserter(keys));
-    const bool more =
-        circuit_keys.size() == limit || policy_keys.size() == limit || keys.size() > limit;
+    const bool more = keys.size() > limit;
     if (keys.size() > limit)
         keys.resize(limit);
 

@@ -307,6 +307,10 @@ local function settle()
     c.lft = now
     transition(OPEN, CAUSE_LEASE_EXPIRED)
   end
+  -- What time decided is not the operation's own transition: its event
+  -- went out; the reply shows only what the operation itself did (as in
+  -- memory).
+  tr = nil
 end
 
 local function save()
@@ -325,6 +329,31 @@ local function save()
   end
   local pinned = c.ps ~= nil
   if pinned ~= (c.was_pinned == true) then count(COUNT_PINNED, pinned and 1 or -1) end
+end
+
+-- Settles circuit `k` (not the call's own key; a page or the sweep's):
+-- false when there is none. Leaves it in `c`.
+local function settle_key(k)
+  key = k; ck = pfx .. K_CIRCUIT .. k; probes_key = pfx .. K_PROBES .. k; pol_key = pfx .. K_POLICY .. k
+  set_rule_keys()
+  tr = nil; changed = false; c = nil
+  if not load(false) then return false end
+  settle()
+  save()
+  return true
+end
+
+-- A circuit a page shows (`h`: its fields as HMGET gave them), settled
+-- first when time has decided something for it, as memory's list and
+-- export do. Answers its fields and the circuit read from them.
+local function shown_circuit(k, rkey, h)
+  local r = read_circuit(redis_key(rkey), h)
+  local due = (r.ps and r.pu ~= 0 and now >= r.pu) or
+              (r.state == HALF_OPEN and rcall('ZCOUNT', pfx .. K_PROBES .. k, '-inf', now) > 0)
+  if not due then return h, r end
+  settle_key(k)
+  h = rcall('HMGET', rkey, unpack(CIRCUIT_FIELDS))
+  return h, read_circuit(redis_key(rkey), h)
 end
 
 local function result(status, allowed, permit, retry_after)
@@ -660,15 +689,19 @@ ops.policy = function()
   if writes then
     -- Fields that hold only together are judged on the policy the key would
     -- have, whichever layer set each (as MemoryCircuitStore::configure).
+    -- The words are common/policy.cpp's (the differential fuzzer holds
+    -- them equal).
     local p = policy_over(o)
     if p[PF_RESET_TIMEOUT_MAX] < p[PF_RESET_TIMEOUT] then
-      error({err = ERR_INVALID .. ' policy field ' .. POLICY_FIELDS[PF_RESET_TIMEOUT_MAX] .. ' (' ..
+      error({err = ERR_INVALID .. " policy field '" .. POLICY_FIELDS[PF_RESET_TIMEOUT_MAX] .. "' (" ..
              decimal(p[PF_RESET_TIMEOUT_MAX]) .. ') must not be below ' ..
              POLICY_FIELDS[PF_RESET_TIMEOUT] .. ' (' .. decimal(p[PF_RESET_TIMEOUT]) .. ')'})
     end
     if p[PF_WINDOW_TYPE] == WINDOW_COUNT and p[PF_WINDOW_SIZE] > MAX_COUNT_WINDOW then
-      error({err = ERR_INVALID .. ' policy field ' .. POLICY_FIELDS[PF_WINDOW_SIZE] ..
-             ' must be at most ' .. decimal(MAX_COUNT_WINDOW) .. ' calls for a count window'})
+      error({err = ERR_INVALID .. " policy field '" .. POLICY_FIELDS[PF_WINDOW_SIZE] ..
+             "' must be at most " .. decimal(MAX_COUNT_WINDOW) ..
+             ' calls for a count window (a time window: at most ' .. decimal(MAX_TIME_WINDOW) ..
+             ' ms)'})
     end
     -- Key overrides count against --max-circuits, as in memory.
     if any and not had and rcall('ZCARD', policies_key) >= max_circuits then too_many('the shared store holds its maximum number of key policies') end
@@ -702,7 +735,8 @@ ops.list = function()
     local rkey = pfx .. K_CIRCUIT .. k
     local h = rcall('HMGET', rkey, unpack(CIRCUIT_FIELDS))
     if h[I_STATE] or rcall('EXISTS', rkey) == 1 then
-      local r = read_circuit(redis_key(rkey), h)
+      local r
+      h, r = shown_circuit(k, rkey, h)
       if filter == '' or r.state == filter then
         out[#out + 1] = k
         append_fields(out, h, r)
@@ -769,7 +803,9 @@ ops.export = function()
     local rkey = pfx .. K_CIRCUIT .. k
     local h = rcall('HMGET', rkey, unpack(CIRCUIT_FIELDS))
     if h[I_STATE] or rcall('EXISTS', rkey) == 1 then
-      append_fields(out, h, read_circuit(redis_key(rkey), h))
+      local r
+      h, r = shown_circuit(k, rkey, h)
+      append_fields(out, h, r)
     else
       for _ = 1, CIRCUIT_FIELD_COUNT do out[#out + 1] = '' end
     end
@@ -837,16 +873,11 @@ ops.sweep = function()
   local due = rcall('ZRANGEBYSCORE', deadlines_key, '-inf', now, 'LIMIT', 0, SWEEP_PER_CALL)
   local first_error = ''
   for _, k in ipairs(due) do
-    key = k; ck = pfx .. K_CIRCUIT .. k; probes_key = pfx .. K_PROBES .. k; pol_key = pfx .. K_POLICY .. k
-    set_rule_keys()
-    tr = nil; changed = false; c = nil
     local ok, e = pcall(function()
-      if not load(false) then
+      if not settle_key(k) then
         rcall('ZREM', deadlines_key, k)
         return
       end
-      settle()
-      save()
       local next_at = nil
       local first = rcall('ZRANGE', probes_key, 0, 0, 'WITHSCORES')
       if first[2] then next_at = tonumber(first[2]) end

@@ -120,6 +120,7 @@ std::string build_constants() {
     def("MODE_OBSERVE", num(static_cast<int>(BreakerMode::Observe)));
     def("MODE_DISABLED", num(static_cast<int>(BreakerMode::Disabled)));
     def("MAX_COUNT_WINDOW", num(kMaxCountWindow));
+    def("MAX_TIME_WINDOW", num(kMaxTimeWindowMs));
     def("WINDOW_BUCKETS", num(kTimeWindowBuckets));
     def("MAX_BUCKET_COUNT", num(kMaxWindowBucketCount));
     def("MAX_REOPENS", num(kMaxReopens));
