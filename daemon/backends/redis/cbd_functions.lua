@@ -313,10 +313,12 @@ local function settle()
   tr = nil
 end
 
+-- The hot path passes numbers to redis.call as they are: Redis 7 writes
+-- a Lua number argument in full (%.17g), exact up to MAX_INT, so the
+-- string.format of decimal() is not needed there.
 local function save()
   if not changed then return end
-  rcall('HSET', ck, F_STATE, c.state, F_FC, decimal(c.fc), F_SC, decimal(c.sc), F_LFT, decimal(c.lft),
-        F_LSC, decimal(c.lsc), F_GEN, decimal(c.gen))
+  rcall('HSET', ck, F_STATE, c.state, F_FC, c.fc, F_SC, c.sc, F_LFT, c.lft, F_LSC, c.lsc, F_GEN, c.gen)
   if c.ps then
     rcall('HSET', ck, F_PS, c.ps, F_PU, decimal(c.pu), F_PR, c.pr, F_PUID, decimal(c.puid),
           F_PPID, decimal(c.ppid))
