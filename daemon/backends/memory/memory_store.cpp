@@ -738,8 +738,11 @@ ListPage MemoryCircuitStore::list(const ListQuery& query) {
         if (!key.starts_with(query.prefix))
             return false; // keys are in order: past the prefix range, done
         if (page.circuits.size() == query.limit) {
-            // Full: is there another match? Then the page has a next.
+            // Full: is there another match? Then the page has a next. What
+            // is examined is settled first, matching or not (as on Redis).
             auto& c = circuits_.find(key)->second;
+            if (c.extras)
+                settle(key, c, now);
             if (!query.state || c.snapshot.state == *query.state) {
                 more = true;
                 return false;
