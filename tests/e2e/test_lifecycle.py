@@ -103,7 +103,7 @@ def test_socket_path_from_environment(start_cbd, workdir):
 
 def test_version_flag():
     r = subprocess.run([CBD, "--version"], capture_output=True, text=True, timeout=10)
-    assert r.returncode == 0 and "protocol 9" in r.stdout
+    assert r.returncode == 0 and "protocol 10" in r.stdout
 
 
 def recv_notifications(sock, until, timeout=10.0):

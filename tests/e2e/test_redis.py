@@ -391,14 +391,16 @@ def backend_error(reply, *names):
         assert n in reply["error"]["message"], (n, reply)
 
 
-def test_a_flushed_script_cache_is_not_an_outage(start_cbd, workdir, redis):
+def test_a_flushed_function_library_is_not_an_outage(start_cbd, workdir, redis):
     d = on_redis(start_cbd, workdir, redis, "a")
     c = Client(d.sock)
     assert c.call({"op": "failure", "key": "k"})["ok"]
-    # As after a failover to a Redis whose script cache is empty.
-    assert redis.cli("SCRIPT", "FLUSH") == "OK"
+    assert "cbd_" in redis.cli("FUNCTION", "LIST", "LIBRARYNAME", "cbd_*")
+    # As after a Redis that lost its data (FUNCTION FLUSH, an empty restart).
+    assert redis.cli("FUNCTION", "FLUSH") == "OK"
     started = time.monotonic()
-    # Pipelined: every one finds the script gone, and every one is retried.
+    # Pipelined: they find the library gone (alone or in one batch), are
+    # answered nothing, and are sent again once it is loaded again.
     c.send(b"".join(json.dumps({"op": "failure", "key": "k", "id": i}).encode() + b"\n"
                     for i in range(20)))
     replies = [c.json() for _ in range(20)]
@@ -408,8 +410,8 @@ def test_a_flushed_script_cache_is_not_an_outage(start_cbd, workdir, redis):
         assert c.call({"op": op, "key": "k"})["ok"], op
     assert c.call({"op": "list"})["ok"] and c.call({"op": "export"})["ok"]
     assert time.monotonic() - started < 1.0
-    # And again: the scripts are reloaded each time they are lost.
-    redis.cli("SCRIPT", "FLUSH")
+    # And again: the library is loaded each time it is lost.
+    redis.cli("FUNCTION", "FLUSH")
     assert c.call({"op": "get", "key": "k"})["ok"]
     s = c.call({"op": "stats"})
     assert s["backend"]["unavailable"] == 0 and s["backend"]["up"] is True
@@ -662,7 +664,7 @@ def test_list_and_export_never_block_redis_at_100k_circuits(start_cbd, workdir, 
     exported = ca.call({"op": "export", "limit": 10000, "after": "svc/050000"})
     assert len(exported["circuits"]) == 10000 and exported["next"] == "svc/060000"
     slow = [e for e in r.call("SLOWLOG", "GET", "1000")
-            if e[3] and str(e[3][0]).upper() in ("EVAL", "EVALSHA")]
+            if e[3] and str(e[3][0]).upper() in ("EVAL", "EVALSHA", "FCALL")]
     assert slow == [], [(e[2], e[3][9:]) for e in slow][:8]
 
     # While one daemon runs 100 such lists, the other's operations go on.
@@ -804,3 +806,64 @@ def test_a_wrong_password_is_never_connected_and_answers_backend_unavailable(
     assert log.count("refused the connection's set-up") <= 2, log
     assert redis_with_password.cli("EXISTS", "cbd:c:k") == "0"
     assert d.proc.poll() is None
+
+
+def test_a_redis_before_7_is_refused_naming_the_version_found(start_cbd, workdir):
+    """A server that answers like Redis 6.2 (no Functions): cbd's command
+    connection never comes up, the log says which version it found and what
+    it needs, and operations are answered backend_unavailable, surely not
+    applied, at once."""
+    path = str(workdir / "old-redis.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(8)
+    info = b"# Server\r\nredis_version:6.2.14\r\nredis_mode:standalone\r\n"
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    def answer(conn):
+        with conn:
+            buf = b""
+            while True:
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                buf += data
+                # Answer each command by its name, well enough for cbd's set-up.
+                while b"\r\n" in buf:
+                    if b"INFO" in buf.upper():
+                        conn.sendall(b"$%d\r\n%s\r\n" % (len(info), info))
+                    elif b"SUBSCRIBE" in buf.upper():
+                        conn.sendall(b"*3\r\n$9\r\nsubscribe\r\n$10\r\ncbd:events\r\n:1\r\n")
+                    else:
+                        conn.sendall(b"-ERR unknown command\r\n")
+                    buf = b""
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        d = start_cbd("--backend", "redis", "--redis", "unix://" + path, "--backend-timeout", "500ms")
+        c = Client(d.sock)
+        deadline = time.monotonic() + 10
+        while "needs Redis 7.0 or newer" not in d.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        log = d.log()
+        assert "cbd needs Redis 7.0 or newer" in log and "runs Redis 6.2.14" in log, log
+        started = time.monotonic()
+        r = c.call({"op": "failure", "key": "k"})
+        assert time.monotonic() - started < 0.5
+        assert r["ok"] is False and r["error"]["code"] == "backend_unavailable", r
+        assert r["error"].get("applied") is False, r
+        s = c.call({"op": "stats"})["backend"]
+        assert s["up"] is False and s["redisVersion"] == "6.2.14", s
+        assert d.proc.poll() is None
+    finally:
+        server.close()
