@@ -18,8 +18,9 @@
 -- KEYS: 1 circuit hash, 2 probe permits (zset: permit -> lease end),
 -- 3 generation counter, 4 the key's policy override (hash), 5 the events
 -- channel, 6 the key index (zset, all scores 0, for listing).
--- ARGV: what policy_over() reads the daemon's policy numbers from.
-local ARGV
+-- ARGV: what policy_over() reads the daemon's policy numbers from, from
+-- argv_at on (a batch's entries share the function's ARGV).
+local ARGV, argv_at
 local ck, probes_key, gen_key, pol_key, events_key, index_key
 local key, op, max_circuits, now
 -- Keys under the prefix, derived from the index key's name (kept while
@@ -36,11 +37,15 @@ local function set_rule_keys()
   ring_key = pfx .. K_RING .. key
 end
 
-local function begin(keys, args)
-  ARGV = args
-  ck, probes_key, gen_key, pol_key, events_key, index_key = keys[1], keys[2], keys[3], keys[4], keys[5], keys[6]
-  key = args[1]
-  op = {unpack(args, A_OP, #args - TRAILING_ARGS)}
+-- One operation's call: its keys are keys[k + 1 .. k + 6], its arguments
+-- args[a + 1 .. a + n] (a call alone: k = a = 0, n = #args; a batch's
+-- entry: where it sits in the batch's, without copying them).
+local function begin(keys, k, args, a, n)
+  ARGV, argv_at = args, a
+  ck, probes_key, gen_key = keys[k + 1], keys[k + 2], keys[k + 3]
+  pol_key, events_key, index_key = keys[k + 4], keys[k + 5], keys[k + 6]
+  key = args[a + 1]
+  op = {unpack(args, a + A_OP, a + n - TRAILING_ARGS)}
   local index_pfx = string.sub(index_key, 1, #index_key - #K_INDEX)
   if index_pfx ~= pfx then
     pfx = index_pfx
@@ -48,9 +53,9 @@ local function begin(keys, args)
     policies_key = pfx .. K_POLICIES
     counts_key = pfx .. K_COUNTS
   end
-  max_circuits = tonumber(args[#args - 1])
-  if args[#args] ~= '' then
-    now = tonumber(args[#args]) -- the daemon's test clock
+  max_circuits = tonumber(args[a + n - 1])
+  if args[a + n] ~= '' then
+    now = tonumber(args[a + n]) -- the daemon's test clock
   else
     local tm = redis.call('TIME')
     now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
@@ -177,7 +182,7 @@ end
 -- sends 0 when none of its own does), the lease is the reset timeout.
 local function policy_over(o)
   local p = {}
-  for i = 1, POLICY_FIELD_COUNT do p[i] = o[i] or tonumber(ARGV[A_POLICY + i - 1]) end
+  for i = 1, POLICY_FIELD_COUNT do p[i] = o[i] or tonumber(ARGV[argv_at + A_POLICY + i - 1]) end
   if not o[PF_PROBE_LEASE] and p[PF_PROBE_LEASE] == 0 then p[PF_PROBE_LEASE] = p[PF_RESET_TIMEOUT] end
   if not o[PF_RESET_TIMEOUT_MAX] and p[PF_RESET_TIMEOUT_MAX] == 0 then
     p[PF_RESET_TIMEOUT_MAX] = p[PF_RESET_TIMEOUT]
@@ -899,55 +904,58 @@ ops.sweep = function()
   return out
 end
 
--- One call per operation: FCALL <prefix><name> 6 KEYS... ARGV...
--- (While a library loads, Redis offers no ipairs.)
-for i = 1, #OP_NAMES do
-  local name = OP_NAMES[i]
-  local body = ops[name]
-  if not body then error('the library has no operation ' .. name) end
-  redis.register_function(FUNCTION_PREFIX .. name, function(keys, args)
-    begin(keys, args)
-    return body()
-  end)
-end
-
--- Several operations in one call, each as if called alone, in order:
--- FCALL <prefix>batch 6*N KEYS... then per entry its name, its ARGV's
--- length and its ARGV. Answers one reply per entry; an entry that fails
--- answers its error in its place, and the others still run (as separate
--- calls would).
-redis.register_function(FUNCTION_PREFIX .. BATCH_NAME, function(keys, args)
-  local out = {}
-  local at, entry = 1, 0
-  while at <= #args do
-    local body = ops[args[at]]
-    local n = tonumber(args[at + 1])
-    if not body or not n then
-      error({err = ERR_BACKEND .. ' a batch entry names no operation of this library'})
-    end
-    local first = entry * 6
-    local entry_keys = {keys[first + 1], keys[first + 2], keys[first + 3], keys[first + 4],
-                        keys[first + 5], keys[first + 6]}
-    local entry_args = {unpack(args, at + 2, at + 1 + n)}
-    local ok, r = pcall(function()
-      begin(entry_keys, entry_args)
+-- Registered from a function of its own: Lua allows the main chunk 200
+-- locals, and the constants and the rules take most of them.
+local function register_all()
+  -- One call per operation: FCALL <prefix><name> 6 KEYS... ARGV...
+  -- (While a library loads, Redis offers no ipairs.)
+  for i = 1, #OP_NAMES do
+    local name = OP_NAMES[i]
+    local body = ops[name]
+    if not body then error('the library has no operation ' .. name) end
+    redis.register_function(FUNCTION_PREFIX .. name, function(keys, args)
+      begin(keys, 0, args, 0, #args)
       return body()
     end)
-    entry = entry + 1
-    -- A caught error comes back as its text (Redis 7 turns the error
-    -- tables it raises, and ours, into strings): keep its code word
-    -- (TOO_MANY_CIRCUITS, CBD_BACKEND_ERROR, OOM...), and give a Lua
-    -- error one, as Redis does for a call alone.
-    if ok then
-      out[entry] = r
-    elseif type(r) == 'table' and r.err then
-      out[entry] = r
-    elseif string.find(tostring(r), '^%u[%u_]* ') then
-      out[entry] = {err = tostring(r)}
-    else
-      out[entry] = {err = 'ERR ' .. tostring(r)}
-    end
-    at = at + 2 + n
   end
-  return out
-end)
+
+  -- Several operations in one call, each as if called alone, in order:
+  -- FCALL <prefix>batch 6*N KEYS... then per entry its name, its ARGV's
+  -- length and its ARGV. Answers one reply per entry; an entry that fails
+  -- answers its error in its place, and the others still run (as separate
+  -- calls would).
+  local function run_entry(body, keys, k, args, a, n)
+    begin(keys, k, args, a, n)
+    return body()
+  end
+
+  redis.register_function(FUNCTION_PREFIX .. BATCH_NAME, function(keys, args)
+    local out = {}
+    local at, entry = 1, 0
+    while at <= #args do
+      local body = ops[args[at]]
+      local n = tonumber(args[at + 1])
+      if not body or not n then
+        error({err = ERR_BACKEND .. ' a batch entry names no operation of this library'})
+      end
+      local ok, r = pcall(run_entry, body, keys, entry * KEYS_PER_CALL, args, at + 1, n)
+      entry = entry + 1
+      -- A caught error comes back as its text (Redis 7 turns the error
+      -- tables it raises, and ours, into strings): keep its code word
+      -- (TOO_MANY_CIRCUITS, CBD_BACKEND_ERROR, OOM...), and give a Lua
+      -- error one, as Redis does for a call alone.
+      if ok then
+        out[entry] = r
+      elseif type(r) == 'table' and r.err then
+        out[entry] = r
+      elseif string.find(tostring(r), '^%u[%u_]* ') then
+        out[entry] = {err = tostring(r)}
+      else
+        out[entry] = {err = 'ERR ' .. tostring(r)}
+      end
+      at = at + 2 + n
+    end
+    return out
+  end)
+end
+register_all()

@@ -172,6 +172,7 @@ std::string build_constants() {
     def("K_COUNTS", quoted(kRedisCountsKey));
     def("COUNT_PINNED", quoted(kRedisPinnedCountField));
     def("OP_NAMES", table(kRedisFunctionNames));
+    def("KEYS_PER_CALL", num(kRedisKeysPerCall));
     def("BATCH_NAME", quoted(kRedisBatchName));
     return out;
 }
