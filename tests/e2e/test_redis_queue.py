@@ -37,6 +37,13 @@ import pytest
 from conftest import Client
 
 SANITIZED = os.environ.get("CBD_SANITIZED") == "1"
+# Under ASan and UBSan (a Debug build, cbd's loop several times slower) the
+# same loads run the same paths — the queue, deadlines, refusals, batches —
+# for memory errors, and every reply is still checked for what it promises
+# (ok, or applied false; stored equals acknowledged); the time bounds
+# (latency, the share applied within the timeout, the deadline margin) are
+# the optimized build's, checked in the first pass.
+TIMED = not SANITIZED
 HUGE_THRESHOLD = "1000000000"
 BACKEND_TIMEOUT_S = 1.0  # cbd's default --backend-timeout, which these tests use
 NOBODY = 65534
@@ -254,7 +261,8 @@ def test_a_read_level_flood_leaves_a_writer_its_latency_and_the_connection(
     after = backend_stats(d.sock)["disconnects"]
     summary += f"; backend.disconnects {disconnects} -> {after}"
     assert errors == [], (errors[:3], summary)
-    assert p99 < 0.050, summary
+    if TIMED:
+        assert p99 < 0.050, summary
     assert after == disconnects, summary
     # Every failure the writer was told about is counted, once.
     assert redis.failure_count("writer") == len(latencies) + 1
@@ -397,7 +405,8 @@ def test_pipelined_batches_and_failures_are_applied_or_surely_refused(start_cbd,
     print(summary)
     # Every entry and every reply is ok, or refused surely not applied.
     assert problems == [], (problems[:6], summary)
-    assert acked_total >= 0.9 * TOTAL_ENTRIES, (acked_total, TOTAL_ENTRIES, summary)
+    if TIMED:
+        assert acked_total >= 0.9 * TOTAL_ENTRIES, (acked_total, TOTAL_ENTRIES, summary)
     assert after == disconnects, summary
 
 
@@ -469,7 +478,8 @@ def test_a_frozen_redis_answers_every_waiting_request_by_its_deadline(start_cbd,
           f"{resumed_after}; slowest reply {slowest}; {summary}")
     assert problems == [], (problems[:6], summary)
     # Everything waiting was answered by its deadline.
-    assert slowest[0] <= BACKEND_TIMEOUT_S + REPLY_MARGIN_S, (slowest, summary)
+    if TIMED:
+        assert slowest[0] <= BACKEND_TIMEOUT_S + REPLY_MARGIN_S, (slowest, summary)
     # What waited in cbd for a frozen Redis was never sent: refused as
     # surely not applied, a client may retry it.
     assert refused_total > 0, summary
