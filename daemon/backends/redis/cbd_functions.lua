@@ -37,6 +37,8 @@ local function set_rule_keys()
   ring_key = pfx .. K_RING .. key
 end
 
+-- A batch call's time, read once for all its entries (nil outside one).
+local batch_now
 -- One operation's call: its keys are keys[k + 1 .. k + 6], its arguments
 -- args[a + 1 .. a + n] (a call alone: k = a = 0, n = #args; a batch's
 -- entry: where it sits in the batch's, without copying them).
@@ -56,6 +58,8 @@ local function begin(keys, k, args, a, n)
   max_circuits = tonumber(args[a + n - 1])
   if args[a + n] ~= '' then
     now = tonumber(args[a + n]) -- the daemon's test clock
+  elseif batch_now then
+    now = batch_now
   else
     local tm = redis.call('TIME')
     now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
@@ -135,6 +139,26 @@ end
 
 local function is_state(s)
   return s == CLOSED or s == OPEN or s == HALF_OPEN
+end
+
+-- The common case of load(), cheaply: an unpinned circuit whose five
+-- counts and times are plain numbers of at most EXACT_DIGITS digits (so
+-- exact, and in range). Anything else (a pin, a value out of the
+-- ordinary) answers nil and is read by read_circuit below, which checks
+-- every field and names what is wrong.
+local function read_plain_circuit(h)
+  local s, fc, sc, lft, lsc, gen = h[I_STATE], h[I_FC], h[I_SC], h[I_LFT], h[I_LSC], h[I_GEN]
+  if h[I_PS] or not (fc and sc and lft and lsc and gen) or not is_state(s) then return nil end
+  if #fc > EXACT_DIGITS or #sc > EXACT_DIGITS or #lft > EXACT_DIGITS or #lsc > EXACT_DIGITS or
+     #gen > EXACT_DIGITS then
+    return nil
+  end
+  if not string.find(fc .. ' ' .. sc .. ' ' .. lft .. ' ' .. lsc .. ' ' .. gen,
+                     '^%d+ %d+ %d+ %d+ %d+$') then
+    return nil
+  end
+  return {state = s, fc = tonumber(fc), sc = tonumber(sc), lft = tonumber(lft), lsc = tonumber(lsc),
+          gen = tonumber(gen)}
 end
 
 -- A circuit from its fields in hash order (HMGET, or an import's
@@ -258,7 +282,8 @@ local function load(create)
     changed = true
     return true
   end
-  c = read_circuit(redis_key(ck), h)
+  c = read_plain_circuit(h) or read_circuit(redis_key(ck), h)
+  c.was = {c.fc, c.sc, c.lft, c.lsc, c.gen}
   c.was_state = c.state
   c.was_pinned = c.ps ~= nil
   return true
@@ -323,7 +348,20 @@ end
 -- string.format of decimal() is not needed there.
 local function save()
   if not changed then return end
-  rcall('HSET', ck, F_STATE, c.state, F_FC, c.fc, F_SC, c.sc, F_LFT, c.lft, F_LSC, c.lsc, F_GEN, c.gen)
+  local w = c.was
+  if not w then
+    rcall('HSET', ck, F_STATE, c.state, F_FC, c.fc, F_SC, c.sc, F_LFT, c.lft, F_LSC, c.lsc, F_GEN, c.gen)
+  else
+    -- Only what changed (a failure writes two fields, not six).
+    local a, n = {}, 0
+    if c.state ~= c.was_state then a[n + 1] = F_STATE; a[n + 2] = c.state; n = n + 2 end
+    if c.fc ~= w[1] then a[n + 1] = F_FC; a[n + 2] = c.fc; n = n + 2 end
+    if c.sc ~= w[2] then a[n + 1] = F_SC; a[n + 2] = c.sc; n = n + 2 end
+    if c.lft ~= w[3] then a[n + 1] = F_LFT; a[n + 2] = c.lft; n = n + 2 end
+    if c.lsc ~= w[4] then a[n + 1] = F_LSC; a[n + 2] = c.lsc; n = n + 2 end
+    if c.gen ~= w[5] then a[n + 1] = F_GEN; a[n + 2] = c.gen; n = n + 2 end
+    if n > 0 then rcall('HSET', ck, unpack(a, 1, n)) end
+  end
   if c.ps then
     rcall('HSET', ck, F_PS, c.ps, F_PU, decimal(c.pu), F_PR, c.pr, F_PUID, decimal(c.puid),
           F_PPID, decimal(c.ppid))
@@ -914,6 +952,7 @@ local function register_all()
     local body = ops[name]
     if not body then error('the library has no operation ' .. name) end
     redis.register_function(FUNCTION_PREFIX .. name, function(keys, args)
+      batch_now = nil
       begin(keys, 0, args, 0, #args)
       return body()
     end)
@@ -930,6 +969,10 @@ local function register_all()
   end
 
   redis.register_function(FUNCTION_PREFIX .. BATCH_NAME, function(keys, args)
+    -- One instant for the whole batch, as for the entries of one
+    -- reportBatch in memory: Redis's clock is read once.
+    local tm = redis.call('TIME')
+    batch_now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
     local out = {}
     local at, entry = 1, 0
     while at <= #args do
