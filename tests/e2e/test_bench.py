@@ -99,3 +99,18 @@ def test_redis_cost_prints_a_row_per_operation_and_rule():
         assert row[2] in ("evalsha", "eval", "fcall", "fcall_ro"), row
         assert int(row[3]) >= 2 and float(row[4]) > 0 and float(row[5]) > 0, row
         assert row[8] in ("met", "NOT met", "—"), row
+
+
+def test_redis_speed_compares_two_builds_and_counts_every_failure_back():
+    # bench/redis_speed, shortened, with the same build on both sides: the
+    # table prints, each load's acknowledged failures are found in Redis.
+    script = Path(__file__).resolve().parents[2] / "bench" / "redis_speed"
+    r = subprocess.run([str(script), str(BUILD), str(BUILD)], capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "DURATION": "0.3", "ROUNDS": "1"})
+    assert r.returncode == 0, r.stderr
+    rows = [[c.strip() for c in row.strip("|").split("|")] for row in r.stdout.splitlines()
+            if row.startswith("| ") and not row.startswith(("| in flight", "| ---"))]
+    assert [row[0] for row in rows] == ["1", "16"], r.stdout
+    for row in rows:
+        assert row[1].endswith("/s") and float(row[3]) > 0 and float(row[5]) > 0, row
+    assert "every acknowledged failure was counted back out of Redis" in r.stdout, r.stdout
