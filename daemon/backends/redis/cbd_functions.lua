@@ -191,6 +191,8 @@ end
 -- A key's policy override, checked as `configure` checks one. Fields with
 -- keep[i] false are about to be replaced and are not read.
 local function read_override(rkey, keep)
+  -- Most keys have none: one EXISTS is cheaper than reading every field.
+  if rcall('EXISTS', rkey) == 0 then return {} end
   local o = rcall('HMGET', rkey, unpack(POLICY_FIELDS))
   local out = {}
   for i = 1, POLICY_FIELD_COUNT do
