@@ -71,6 +71,18 @@ OpOutcome unexpected_answer() {
     return r;
 }
 
+// A paged job's failure: once one of its calls has run (settling the
+// circuits it showed), a later call's being unsent does not make the whole
+// surely unapplied.
+OpOutcome later_step_failure(bool stepped, OpOutcome failure) {
+    if (stepped && failure.surely_not_applied()) {
+        const auto code = *failure.error();
+        const std::string message = failure.error_message;
+        failure.fail(code, message);
+    }
+    return failure;
+}
+
 // Redis could not serve the operation, and why.
 OpOutcome outage(std::string_view why) {
     OpOutcome r;
@@ -150,8 +162,11 @@ struct RedisStore::Call {
     std::vector<std::string> args; // the kRedisKeysPerCall KEYS, then ARGV
     ReplyHandler then;
     std::uint64_t source = 0; // the client connection (Peer::connection); 0: cbd's own
-    bool read = false;        // a client's read-level operation (the queue bounds those)
+    bool read = false;        // a read-level operation (the queue bounds those)
     std::size_t weight = 1;   // what it costs Redis, in single operations
+    // --redis-min-replicas: the WAIT its answer waits for, enrolled once the
+    // call is written to the connection, so that the WAIT follows it.
+    std::shared_ptr<WaitTicket> wait;
 };
 
 // Calls sent together (one FCALL), counted in flight until Redis answers.
@@ -184,6 +199,7 @@ struct RedisStore::ListJob {
     std::string after;
     std::size_t examined = 0;
     std::uint64_t source = 0;
+    bool stepped = false; // a call of it has run (and may have settled circuits)
     ListPage page;
     std::function<void(OpOutcome)> done;
 };
@@ -193,6 +209,7 @@ struct RedisStore::ExportJob {
     std::size_t limit = 0;
     std::string after;
     std::uint64_t source = 0;
+    bool stepped = false;
     ExportPage page;
     std::function<void(OpOutcome)> done;
 };
@@ -371,7 +388,9 @@ std::shared_ptr<RedisStore::Call> RedisStore::make_call(RedisFunction function,
     call->function = function;
     call->key = std::string(key);
     call->source = source;
-    call->read = source != 0 && !redis_function_mutates(function, args);
+    // A read whoever asks (a client connection, or the HTTP listener's
+    // dashboard, whose calls come as source 0): only the sweep is cbd's own.
+    call->read = function != RedisFunction::Sweep && !redis_function_mutates(function, args);
     call->weight = redis_function_weight(function);
     const auto keys = redis_function_keys(options_.prefix, key);
     auto& a = call->args;
@@ -418,13 +437,14 @@ void RedisStore::send(std::shared_ptr<Call> call, ReplyHandler then) {
     }
 }
 
-void RedisStore::refuse(Call& call, const std::string& why) {
+void RedisStore::refuse(Call& call, const std::string& why, bool sent) {
     stats_.unavailable += 1;
     stats_.unsent += 1;
     OpOutcome r;
     r.fail_unapplied(ErrorCode::BackendUnavailable,
                      "the Redis backend is unavailable: " + why +
-                         "; the operation was not sent to Redis, so it was not applied");
+                         (sent ? "; it did not run in Redis, so it was not applied"
+                               : "; the operation was not sent to Redis, so it was not applied"));
     auto then = std::move(call.then);
     then(nullptr, std::move(r));
 }
@@ -527,20 +547,37 @@ void RedisStore::transmit(std::shared_ptr<Flight> flight) {
             argv.insert(argv.end(), call.args.begin() + kRedisKeysPerCall, call.args.end());
         }
     }
+    outstanding_.push_back(flight);
     commands_.command(argv, [this, flight](const redisReply* reply, const std::string& error) {
         const std::size_t count = flight->calls.size();
         in_flight_ -= flight->weight;
         reads_in_flight_ -= flight->read_weight;
+        outstanding_.erase(std::find(outstanding_.begin(), outstanding_.end(), flight));
         if (reply && reply->type == REDIS_REPLY_ERROR &&
             classify_redis_error(str(reply)) == RedisErrorKind::NoFunction && !flight->retried) {
-            // FUNCTION FLUSH (or a Redis that lost its data): the call did
-            // not run. Load the library again, then send the same call; the
-            // connection keeps the order.
+            // FUNCTION FLUSH (or a Redis that lost its data): the calls did
+            // not run. Load the library again (every call sent from now on
+            // follows it on the connection).
             log_warn("Redis backend: Redis lost cbd's functions (" + redis_error_text(str(reply)) +
                      "); loading them again");
-            flight->retried = true;
             commands_.command({"FUNCTION", "LOAD", "REPLACE", redis_library_source()},
                               [](const redisReply*, const std::string&) {});
+            if (overtaken(*flight)) {
+                // A later call of the same client connection is on its way
+                // already (and may run: another cbd may load the library
+                // first). Sent again, these would run after it: they did
+                // not run, and are answered so.
+                for (auto& call : flight->calls)
+                    refuse(*call,
+                           "Redis had lost cbd's functions (loaded again); the operation "
+                           "did not run, and is not sent again after this connection's "
+                           "later operations",
+                           true);
+                schedule_pump();
+                return;
+            }
+            // Nothing of theirs follows: the same calls again, in order.
+            flight->retried = true;
             transmit(flight);
             return;
         }
@@ -561,6 +598,19 @@ void RedisStore::transmit(std::shared_ptr<Flight> flight) {
         }
         schedule_pump();
     });
+    // --redis-min-replicas: the WAIT (posted) follows what was just written.
+    for (const auto& call : flight->calls)
+        if (call->wait && !call->wait->delivered)
+            enroll_wait(call->wait);
+}
+
+bool RedisStore::overtaken(const Flight& flight) const {
+    for (const auto& other : outstanding_)
+        for (const auto& later : other->calls)
+            for (const auto& call : flight.calls)
+                if (call->source != 0 && later->source == call->source)
+                    return true;
+    return false;
 }
 
 void RedisStore::answer(Call& call, const redisReply* reply, const std::string& error) {
@@ -588,11 +638,10 @@ void RedisStore::answer(Call& call, const redisReply* reply, const std::string& 
         unavailable("Redis does not keep cbd's functions: " + std::string(text), true);
         return;
     case RedisErrorKind::TooMany: {
-        // Which limit: "circuits" or "key policies".
-        const auto limit = redis_error_text(text);
+        // The library says which limit ("... circuits", "... key policies").
+        const auto said = redis_error_text(text);
         failure.fail(ErrorCode::TooManyCircuits,
-                     "the shared store holds its maximum number of " +
-                         (limit.empty() ? std::string("circuits") : limit));
+                     said.empty() ? "the shared store holds its maximum number of circuits" : said);
         then(nullptr, std::move(failure));
         return;
     }
@@ -667,57 +716,58 @@ void RedisStore::run(RedisFunction script, std::string_view key, const PolicySet
     }
 
     std::function<void(OpOutcome)> answer = std::move(safely);
+    std::shared_ptr<WaitTicket> ticket;
     if (options_.min_replicas > 0 && redis_function_mutates(script, args)) {
-        // Enrolled now, before the script is sent, so that the batch's WAIT
-        // (sent later in this turn of the loop) follows the script.
-        auto ticket = std::make_shared<WaitTicket>();
+        // Enrolled by transmit(), once the call is written: the WAIT of the
+        // calls written in one turn of the loop follows them.
+        ticket = std::make_shared<WaitTicket>();
         ticket->done = std::move(answer);
-        enroll_wait(ticket);
         answer = [this, ticket](OpOutcome r) { answer_ticket(ticket, std::move(r)); };
     }
     // The daemon's layers; the script lays the key's override from Redis
     // over them (and derives the lease after it, as PolicySet does).
     const Policy numbers = redis_policy_numbers(layers.resolve_with(key, nullptr));
-    send(make_call(script, key, numbers, args, source),
-         [script, &layers, key = std::string(key),
-          done = std::move(answer)](const redisReply* reply, OpOutcome failure) mutable {
-             if (!reply) {
-                 done(std::move(failure));
-                 return;
-             }
-             if (script == RedisFunction::Import || script == RedisFunction::Sweep) {
-                 done(OpOutcome{});
-                 return;
-             }
-             if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1) {
-                 done(unexpected_answer());
-                 return;
-             }
-             OpOutcome out;
-             if (script == RedisFunction::Policy) {
-                 if (reply->elements != 1 + kPolicyFieldCount) {
-                     done(unexpected_answer());
-                     return;
-                 }
-                 PolicyPatch own; // the key's override in Redis (the script checked it)
-                 for (std::size_t i = 0; i < kPolicyFieldCount; ++i)
-                     if (!str(reply->element[i + 1]).empty())
-                         own.values[i] = num(reply->element[i + 1]);
-                 out.result = PolicyResult{std::nullopt, layers.resolve_with(key, &own)};
-                 done(std::move(out));
-                 return;
-             }
-             if (script == RedisFunction::Reset) {
-                 out.result = ResetResult{reply->elements >= 2 && num(reply->element[1]) != 0};
-                 done(std::move(out));
-                 return;
-             }
-             if (reply->elements != kResFieldCount) {
-                 done(unexpected_answer());
-                 return;
-             }
-             done(circuit_answer(script, reply->element));
-         });
+    auto call = make_call(script, key, numbers, args, source);
+    call->wait = std::move(ticket);
+    send(std::move(call), [script, &layers, key = std::string(key), done = std::move(answer)](
+                              const redisReply* reply, OpOutcome failure) mutable {
+        if (!reply) {
+            done(std::move(failure));
+            return;
+        }
+        if (script == RedisFunction::Import || script == RedisFunction::Sweep) {
+            done(OpOutcome{});
+            return;
+        }
+        if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1) {
+            done(unexpected_answer());
+            return;
+        }
+        OpOutcome out;
+        if (script == RedisFunction::Policy) {
+            if (reply->elements != 1 + kPolicyFieldCount) {
+                done(unexpected_answer());
+                return;
+            }
+            PolicyPatch own; // the key's override in Redis (the script checked it)
+            for (std::size_t i = 0; i < kPolicyFieldCount; ++i)
+                if (!str(reply->element[i + 1]).empty())
+                    own.values[i] = num(reply->element[i + 1]);
+            out.result = PolicyResult{std::nullopt, layers.resolve_with(key, &own)};
+            done(std::move(out));
+            return;
+        }
+        if (script == RedisFunction::Reset) {
+            out.result = ResetResult{reply->elements >= 2 && num(reply->element[1]) != 0};
+            done(std::move(out));
+            return;
+        }
+        if (reply->elements != kResFieldCount) {
+            done(unexpected_answer());
+            return;
+        }
+        done(circuit_answer(script, reply->element));
+    });
 }
 
 // A list page: calls of at most kRedisScanPerCall keys each, asking for one
@@ -738,7 +788,7 @@ void RedisStore::list_step(std::shared_ptr<ListJob> job) {
              job->source),
          [this, job](const redisReply* reply, OpOutcome failure) {
              if (!reply) {
-                 job->done(std::move(failure));
+                 job->done(later_step_failure(job->stepped, std::move(failure)));
                  return;
              }
              constexpr std::size_t kEntry = 1 + kRedisCircuitFieldCount;
@@ -762,6 +812,7 @@ void RedisStore::list_step(std::shared_ptr<ListJob> job) {
                  page.next = page.circuits.size() == job->limit ? page.circuits.back().key : last;
              } else if (more && !last.empty() && last > job->after) {
                  job->after = last;
+                 job->stepped = true;
                  list_step(job);
                  return;
              }
@@ -783,7 +834,7 @@ void RedisStore::export_step(std::shared_ptr<ExportJob> job) {
                    {job->prefix, job->after, std::to_string(want)}, job->source),
          [this, job](const redisReply* reply, OpOutcome failure) {
              if (!reply) {
-                 job->done(std::move(failure));
+                 job->done(later_step_failure(job->stepped, std::move(failure)));
                  return;
              }
              constexpr std::size_t kEntry = 1 + kRedisCircuitFieldCount + kPolicyFieldCount;
@@ -812,6 +863,7 @@ void RedisStore::export_step(std::shared_ptr<ExportJob> job) {
                  page.next = page.circuits.back().key;
              } else if (more && !last.empty() && last > job->after) {
                  job->after = last;
+                 job->stepped = true;
                  export_step(job);
                  return;
              }
@@ -899,7 +951,7 @@ void RedisStore::answer_ticket(const std::shared_ptr<WaitTicket>& ticket, OpOutc
         done(std::move(result));
         return;
     }
-    if (ticket->batch->answered) {
+    if (!ticket->batch || ticket->batch->answered) {
         // The script ran after its batch's WAIT (sent again after NOSCRIPT):
         // a later WAIT must cover it.
         ticket->result = std::move(result);

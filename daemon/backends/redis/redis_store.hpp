@@ -20,6 +20,7 @@
 #include "daemon/dispatch/circuit_backend.hpp"
 
 #include <array>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -112,12 +113,16 @@ class RedisStore {
     void send(std::shared_ptr<Call> call, ReplyHandler then);
     // Answers a call that was never sent: BackendUnavailable, surely not
     // applied, saying `why`.
-    void refuse(Call& call, const std::string& why);
+    // `sent`: it reached Redis, which refused to run it.
+    void refuse(Call& call, const std::string& why, bool sent = false);
     // Sends what waits, while fewer than kRedisInFlight calls are in flight,
     // in batches of at most kRedisBatchMax (posted: once per turn).
     void schedule_pump();
     void pump();
     void transmit(std::shared_ptr<Flight> flight);
+    // Whether a call of the same client connection as one in `flight` is
+    // in flight after it (so resending `flight` would reorder them).
+    bool overtaken(const Flight& flight) const;
     // Hands a call its reply (or nullptr and `error`), sorting Redis's error
     // replies into the failures run() documents.
     void answer(Call& call, const redisReply* reply, const std::string& error);
@@ -151,8 +156,9 @@ class RedisStore {
     bool expiry_armed_ = false;
     bool pump_posted_ = false;
     bool stopped_ = false;
-    std::size_t in_flight_ = 0;       // weight of the calls sent, not yet answered
-    std::size_t reads_in_flight_ = 0; // of it, clients' reads
+    std::deque<std::shared_ptr<Flight>> outstanding_; // sent, not answered, in order
+    std::size_t in_flight_ = 0;                       // weight of the calls sent, not yet answered
+    std::size_t reads_in_flight_ = 0;                 // of it, clients' reads
     bool sweeping_ = false;
     std::optional<CircuitCounts> counts_; // none until the first sweep answers
     std::string last_logged_error_;       // a bad key is logged once, not per request
