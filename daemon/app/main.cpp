@@ -8,19 +8,16 @@
 #include "daemon/backends/redis/redis_sentinel.hpp"
 #include "daemon/config/startup_config.hpp"
 #include "daemon/core/log.hpp"
+#include "daemon/core/safe_file.hpp"
 #include "daemon/http/http_request.hpp"
 #include "daemon/net/connection_limits.hpp"
 #include "daemon/net/listener.hpp"
 
 #include <CLI/CLI.hpp>
 #include <array>
-#include <cerrno>
 #include <cstdlib>
-#include <cstring>
-#include <fcntl.h>
 #include <iostream>
 #include <optional>
-#include <unistd.h>
 
 namespace {
 
@@ -37,31 +34,12 @@ constexpr std::size_t kMaxMinReplicas = 16;
 // '\r' sent to AUTH is a wrong password). Nothing else is trimmed: a password
 // may hold any bytes, spaces included. Returns why it cannot be used.
 std::optional<std::string> read_password_file(const std::string& path, std::string& password) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return "cannot read " + path + ": " + std::strerror(errno);
+    // A symlink to the file is normal (a secret store's, Kubernetes'
+    // mounted secrets): followed, and its target must be a regular file.
+    // A FIFO, a device or a directory is refused before anything is read.
     std::string content;
-    char chunk[4096];
-    std::optional<std::string> problem;
-    for (;;) {
-        const ssize_t n = ::read(fd, chunk, sizeof chunk);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            problem = "cannot read " + path + ": " + std::strerror(errno);
-            break;
-        }
-        if (n == 0)
-            break;
-        content.append(chunk, static_cast<std::size_t>(n));
-        if (content.size() > kMaxPasswordFileBytes) {
-            problem = path + " is larger than " + std::to_string(kMaxPasswordFileBytes) +
-                      " bytes: not a password file";
-            break;
-        }
-    }
-    ::close(fd);
-    if (problem)
+    if (auto problem =
+            cbd::read_regular_file(path, kMaxPasswordFileBytes, cbd::Symlinks::Follow, content))
         return problem;
     if (content.ends_with("\r\n"))
         content.resize(content.size() - 2);

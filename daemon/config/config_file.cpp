@@ -3,16 +3,15 @@
 
 #include "common/protocol.hpp"
 #include "common/request.hpp"
+#include "daemon/core/safe_file.hpp"
 
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <sstream>
 
 namespace cbd {
 
 namespace {
-// A config file is small; refuse anything that is clearly not one.
+// A config file is small; refuse anything that is clearly not one (4 MiB).
 constexpr std::size_t kMaxConfigBytes = 4 * 1024 * 1024;
 } // namespace
 
@@ -83,15 +82,16 @@ FileConfig parse_config(const std::string& text) {
 }
 
 FileConfig load_config(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in)
-        throw ConfigError("cannot read configuration file " + path);
-    std::ostringstream text;
-    text << in.rdbuf();
-    if (text.str().size() > kMaxConfigBytes)
-        throw ConfigError("configuration file " + path + " is larger than 4 MiB");
+    // An administrator's symlink to the file is normal: followed, and its
+    // target must be a regular file. Neither a FIFO nor /dev/zero can stall
+    // the loop or fill memory: the open does not wait, and the read stops
+    // one byte past the limit.
+    std::string text;
+    if (auto problem =
+            read_regular_file(path, kMaxConfigBytes, Symlinks::Follow, text, "configuration file"))
+        throw ConfigError(*problem);
     try {
-        return parse_config(text.str());
+        return parse_config(text);
     } catch (const ConfigError& e) {
         throw ConfigError("configuration file " + path + ": " + e.what());
     }

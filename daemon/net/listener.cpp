@@ -1,10 +1,12 @@
 // Listener (see listener.hpp).
 #include "daemon/net/listener.hpp"
 
+#include "daemon/core/safe_file.hpp"
+
 #include <cerrno>
-#include <cstdio>
 #include <cstring>
 #include <fcntl.h>
+#include <optional>
 #include <string_view>
 #include <sys/file.h>
 #include <sys/socket.h>
@@ -46,30 +48,66 @@ void make_dirs(const std::string& dir) {
         throw StartupError("cannot create directory " + dir + ": " + errno_text(errno));
 }
 
-// As chronyd does for its command socket: a directory that others can write
-// to lets them replace our socket with their own, unless the sticky bit (as
-// on /tmp) keeps them from removing files they do not own.
-void check_socket_directory(const std::string& dir) {
+std::string base_name(const std::string& path) {
+    auto slash = path.rfind('/');
+    return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+// Opens the socket's directory and applies the rule (core/safe_file.hpp,
+// socket_directory_problem(), after chronyd's for its command socket): a
+// directory others may write to is refused unless it is sticky. The lock
+// and the stale socket are then looked at through this descriptor, so they
+// are in the directory that was checked.
+int open_socket_directory(const std::string& dir) {
+    const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        throw StartupError("cannot open directory " + dir + ": " + errno_text(errno));
     struct stat st {};
-    if (stat(dir.c_str(), &st) != 0)
-        throw StartupError("cannot inspect directory " + dir + ": " + errno_text(errno));
-    if ((st.st_mode & S_IWOTH) && !(st.st_mode & S_ISVTX)) {
-        char mode[8];
-        std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
-        throw StartupError("refusing to serve from " + dir + " (mode " + mode +
-                           "): every user may write there and it has no sticky bit, so anyone "
-                           "could replace cbd's socket with their own. Use a directory only "
-                           "cbd's user can write (e.g. /run/cbd), or add the sticky bit");
+    if (fstat(fd, &st) != 0) {
+        const int err = errno;
+        ::close(fd);
+        throw StartupError("cannot inspect directory " + dir + ": " + errno_text(err));
     }
+    if (auto problem = socket_directory_problem(dir, st, geteuid(), getegid())) {
+        ::close(fd);
+        throw StartupError(*problem);
+    }
+    return fd;
 }
 
 // Holds an exclusive flock on PATH.lock for the daemon's lifetime. The file
 // records the holder's pid for the error message of the next one to try.
-int take_lock(const std::string& socket_path) {
+// In a sticky directory others may share, the name may be theirs: a symlink
+// is not followed (O_NOFOLLOW), a FIFO does not block the open (O_NONBLOCK),
+// and nothing is written unless the file is a regular one of cbd's own
+// (own_file_problem()).
+int take_lock(int dir_fd, const std::string& socket_path) {
     const std::string lock_path = socket_path + ".lock";
-    int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (fd < 0)
-        throw StartupError("cannot open lock file " + lock_path + ": " + errno_text(errno));
+    const std::string label = "lock file " + lock_path;
+    int fd = ::openat(dir_fd, base_name(lock_path).c_str(),
+                      O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        // ELOOP, or EACCES from kernels that refuse another user's link in
+        // a sticky directory before O_NOFOLLOW is looked at: say what it is.
+        const int err = errno;
+        struct stat link {};
+        if (err == ELOOP ||
+            (fstatat(dir_fd, base_name(lock_path).c_str(), &link, AT_SYMLINK_NOFOLLOW) == 0 &&
+             S_ISLNK(link.st_mode)))
+            throw StartupError(label + " is a symbolic link; cbd does not follow one there. "
+                                       "Remove it if no cbd is running");
+        throw StartupError("cannot open " + label + ": " + errno_text(err));
+    }
+    struct stat st {};
+    if (fstat(fd, &st) != 0) {
+        const int err = errno;
+        ::close(fd);
+        throw StartupError("cannot inspect " + label + ": " + errno_text(err));
+    }
+    if (auto problem = not_regular_problem(label, st.st_mode)) {
+        ::close(fd);
+        throw StartupError(*problem);
+    }
     if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
         const int err = errno;
         char buf[32] = {};
@@ -84,6 +122,16 @@ int take_lock(const std::string& socket_path) {
         }
         throw StartupError("cannot lock " + lock_path + ": " + errno_text(err));
     }
+    // Whether it is still cbd's own, now that nobody else holds it.
+    std::optional<std::string> problem;
+    if (fstat(fd, &st) != 0)
+        problem = "cannot inspect " + label + ": " + errno_text(errno);
+    else
+        problem = own_file_problem(label, st, geteuid());
+    if (problem) {
+        ::close(fd);
+        throw StartupError(*problem);
+    }
     const std::string pid = std::to_string(getpid()) + "\n";
     if (ftruncate(fd, 0) != 0 || pwrite(fd, pid.data(), pid.size(), 0) < 0) {
         // The pid is only for messages; the lock itself is what matters.
@@ -91,14 +139,20 @@ int take_lock(const std::string& socket_path) {
     return fd;
 }
 
-// We hold the lock, so a socket file at the path is a dead daemon's.
-void remove_stale_socket(const std::string& path) {
+// We hold the lock, so a socket file at the path is a dead daemon's, if it
+// is cbd's user's: one of another user's is not ours to remove.
+void remove_stale_socket(int dir_fd, const std::string& path) {
+    const std::string name = base_name(path);
     struct stat st {};
-    if (lstat(path.c_str(), &st) != 0)
+    if (fstatat(dir_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0)
         return;
     if (!S_ISSOCK(st.st_mode))
         throw StartupError(path + " exists and is not a socket; refusing to replace it");
-    if (unlink(path.c_str()) != 0)
+    if (st.st_uid != geteuid())
+        throw StartupError(path + " is a socket of uid " + std::to_string(st.st_uid) +
+                           ", not of cbd's user (uid " + std::to_string(geteuid()) +
+                           "); refusing to replace it");
+    if (unlinkat(dir_fd, name.c_str(), 0) != 0)
         throw StartupError("cannot remove stale socket " + path + ": " + errno_text(errno));
 }
 
@@ -165,9 +219,15 @@ Listener Listener::open(const ListenerOptions& options) {
 
     l.path_ = options.path;
     make_dirs(parent_dir(options.path));
-    check_socket_directory(parent_dir(options.path));
-    l.lock_fd_ = take_lock(options.path);
-    remove_stale_socket(options.path);
+    const int dir_fd = open_socket_directory(parent_dir(options.path));
+    try {
+        l.lock_fd_ = take_lock(dir_fd, options.path);
+        remove_stale_socket(dir_fd, options.path);
+    } catch (...) {
+        ::close(dir_fd);
+        throw;
+    }
+    ::close(dir_fd);
     l.fd_ = bind_and_listen(options.path, options.mode);
     l.created_file_ = true;
     return l;

@@ -2,6 +2,7 @@
 #include "daemon/backends/persist/state_file.hpp"
 
 #include "daemon/backends/persist/fault_vfs.hpp"
+#include "daemon/core/safe_file.hpp"
 
 #include <algorithm>
 #include <cerrno>
@@ -210,10 +211,24 @@ std::unique_ptr<StateFile> StateFile::open(const StateFileOptions& options) {
         return StateFileError(kind, "state file " + path + ": " + why);
     };
 
+    // SQLite opens the file itself, and its -wal, -shm and -journal beside
+    // it, so this is checked first: each is absent or a regular file, never
+    // a symlink (the state file lives in cbd's own directory; following a
+    // link there is how another user makes cbd write where they choose),
+    // never a FIFO that would block the first read or a device. Between
+    // this look and SQLite's open, only someone who may write to that
+    // directory can change it. SQLITE_OPEN_NOFOLLOW makes SQLite refuse a
+    // symlink too, and its unix VFS opens with O_NOFOLLOW and O_CLOEXEC.
+    for (const char* suffix : {"", "-wal", "-shm", "-journal"})
+        if (auto problem = existing_file_problem(path + suffix, Symlinks::Refuse, "state file"))
+            throw StateFileError(Kind::Unwritable, *problem);
+
     const char* vfs = options.fault_file.empty() ? nullptr : register_fault_vfs(options.fault_file);
     sqlite3* raw = nullptr;
-    const int open_rc = sqlite3_open_v2(
-        path.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, vfs);
+    const int open_rc = sqlite3_open_v2(path.c_str(), &raw,
+                                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+                                            SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_NOFOLLOW,
+                                        vfs);
     std::unique_ptr<StateFile> file(new StateFile(raw, path));
     if (open_rc != SQLITE_OK)
         throw fail(Kind::Unwritable, "cannot open or create it: " + describe(raw, open_rc));
