@@ -106,6 +106,11 @@ def test_concurrent_acquirers_get_exactly_half_open_max_probes(start_cbd, half_o
     # exactly one open -> half-open transition, whoever asked first
     assert sum(1 for r in results if "transition" in r) == 1
     assert len({r["generation"] for r in results}) == 1
+    # On Redis the transition reaches the log through pub/sub, a moment
+    # after the replies: wait for it, then count.
+    deadline = time.monotonic() + 5
+    while "open -> half-open (timeout)" not in d.log() and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert d.log().count("open -> half-open (timeout)") == 1
 
 
