@@ -227,7 +227,9 @@ RedisStore::RedisStore(boost::asio::io_context& io, RedisStoreOptions options,
                                  if (discovery_)
                                      discovery_->master_usable(up);
                                  if (up)
-                                     schedule_pump(); // what waited for the connection goes now
+                                     schedule_pump(); // what waited for the set-up goes now
+                                 else
+                                     refuse_waiting(why);
                              }),
       events_(io, options_.connection,
               {RedisConnection::SetupCommand{
@@ -447,6 +449,17 @@ void RedisStore::refuse(Call& call, const std::string& why, bool sent) {
                                : "; the operation was not sent to Redis, so it was not applied"));
     auto then = std::move(call.then);
     then(nullptr, std::move(r));
+}
+
+void RedisStore::refuse_waiting(const std::string& why) {
+    // Known down: what waits is answered now, as what arrives meanwhile is,
+    // not at its deadline (a Redis refusing the set-up would otherwise hold
+    // every call for the whole timeout). None of it was sent.
+    std::vector<std::shared_ptr<Call>> waiting;
+    queue_.drain([&](SendQueue::Entry entry) { waiting.push_back(std::move(entry.item)); });
+    stats_.queued = 0;
+    for (auto& call : waiting)
+        refuse(*call, "not connected to Redis (" + why + ")");
 }
 
 void RedisStore::schedule_pump() {

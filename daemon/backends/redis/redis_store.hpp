@@ -117,6 +117,8 @@ class RedisStore {
     void refuse(Call& call, const std::string& why, bool sent = false);
     // Sends what waits, while fewer than kRedisInFlight calls are in flight,
     // in batches of at most kRedisBatchMax (posted: once per turn).
+    // The connection went down: every waiting call is answered, unsent.
+    void refuse_waiting(const std::string& why);
     void schedule_pump();
     void pump();
     void transmit(std::shared_ptr<Flight> flight);
