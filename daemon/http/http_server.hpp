@@ -14,10 +14,15 @@
 // EventHub like a `watch` connection, with the same bounded queue and the
 // same fate when it falls behind.
 //
-// It must never be a way to hurt the daemon: one request per connection,
-// bounded requests, a read timeout, a cap on exchanges and one on event
-// streams, a loopback address unless --http-allow-remote, and Host headers
-// checked against DNS rebinding (see http_request.hpp).
+// It must never be a way to hurt the daemon, nor one client a way to shut
+// out the others: heads parsed strictly and bounded (HttpHeadReader), a
+// deadline for each head and for each idle keep-alive connection, and at
+// most kMaxHttpConnections connections at once, where a newcomer at the
+// limit closes the connection idle longest rather than being refused, so
+// holding connections open (or trickling bytes into them) does not keep a
+// scraper out; event streams have their own cap. A loopback address unless
+// --http-allow-remote, and Host headers checked against DNS rebinding (see
+// http_request.hpp).
 #pragma once
 
 #include "daemon/dispatch/dispatcher.hpp"
@@ -41,6 +46,7 @@ struct HttpServerOptions {
     std::size_t event_queue = kDefaultWatchQueue; // as --watch-queue for watchers
 };
 
+class HttpConnection;
 class HttpEventStream;
 
 class HttpServer {
@@ -51,19 +57,20 @@ class HttpServer {
                Dispatcher& dispatcher, EventHub& events, DaemonStats& stats);
 
     void start();
-    // Stops accepting and ends every event stream; exchanges in flight
-    // finish within their timeout.
+    // Stops accepting, ends every event stream and closes the connections
+    // waiting for a request; requests being answered finish within their
+    // timeout, then close.
     void stop();
     std::string local_endpoint() const;
 
-    // Shared with in-flight exchanges and streams, which may outlive the
-    // server when the loop is torn down with work pending.
+    // Shared with connections and streams, which may outlive the server
+    // when the loop is torn down with work pending.
     struct Shared {
         Dispatcher& dispatcher;
         EventHub& events;
         DaemonStats& stats;
         HttpServerOptions options;
-        std::size_t exchanges = 0; // requests being read or answered
+        std::unordered_set<HttpConnection*> connections; // at most kMaxHttpConnections
         std::unordered_set<HttpEventStream*> streams;
         bool stopped = false;
     };
