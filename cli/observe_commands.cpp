@@ -3,6 +3,7 @@
 
 #include "cli/connection.hpp"
 #include "cli/exit_codes.hpp"
+#include "common/reply.hpp"
 
 #include <algorithm>
 #include <ctime>
@@ -16,10 +17,6 @@ namespace cbctl {
 namespace {
 
 using Json = nlohmann::ordered_json;
-
-std::string json_string(const std::string& s) {
-    return Json(s).dump(-1, ' ', false, Json::error_handler_t::replace);
-}
 
 std::string forced_text(const Json& forced) {
     if (forced.is_null())
@@ -105,9 +102,9 @@ std::string human_time(std::int64_t epoch_ms) {
 int run_watch(const GlobalOptions& g, const WatchOptions& o) {
     std::string request = "{\"op\":\"watch\"";
     if (!o.key.empty())
-        request += ",\"key\":" + json_string(o.key);
+        request += ",\"key\":" + cbd::json_string(o.key);
     else if (o.has_prefix)
-        request += ",\"prefix\":" + json_string(o.prefix);
+        request += ",\"prefix\":" + cbd::json_string(o.prefix);
     request += "}\n";
     int exit_code = kExitOk;
     try {
@@ -164,11 +161,11 @@ int run_list(const GlobalOptions& g, const ListOptions& o) {
         for (;;) {
             std::string request = "{\"op\":\"list\",\"limit\":1000";
             if (!o.prefix.empty())
-                request += ",\"prefix\":" + json_string(o.prefix);
+                request += ",\"prefix\":" + cbd::json_string(o.prefix);
             if (!o.state.empty())
-                request += ",\"state\":" + json_string(o.state);
+                request += ",\"state\":" + cbd::json_string(o.state);
             if (!after.empty())
-                request += ",\"after\":" + json_string(after);
+                request += ",\"after\":" + cbd::json_string(after);
             request += "}\n";
             auto reply = ask(conn, g, request, exit_code);
             if (!reply)

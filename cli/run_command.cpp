@@ -4,6 +4,7 @@
 #include "cli/connection.hpp"
 #include "cli/exit_codes.hpp"
 #include "common/protocol.hpp"
+#include "common/reply.hpp"
 
 #include <algorithm>
 #include <cerrno>
@@ -22,10 +23,6 @@ namespace cbctl {
 namespace {
 
 using Json = nlohmann::json;
-
-std::string json_string(const std::string& s) {
-    return Json(s).dump(-1, ' ', false, Json::error_handler_t::replace);
-}
 
 // One request, one reply, on a fresh connection.
 Json request_reply(const GlobalOptions& g, const std::string& line) {
@@ -253,8 +250,8 @@ int run_guarded(const GlobalOptions& global, const RunOptions& options) {
     Json acquired;
     bool reachable = true;
     try {
-        acquired = request_reply(global,
-                                 "{\"op\":\"acquire\",\"key\":" + json_string(options.key) + "}\n");
+        acquired = request_reply(
+            global, "{\"op\":\"acquire\",\"key\":" + cbd::json_string(options.key) + "}\n");
     } catch (const ConnectionError& e) {
         reachable = false;
         if (options.fail_closed) {
@@ -310,7 +307,7 @@ int run_guarded(const GlobalOptions& global, const RunOptions& options) {
         // A report says how long CMD ran (slow-call accounting) and, when
         // the user interrupted it, that it neither failed nor succeeded.
         const char* outcome = child.interrupted ? "ignored" : success ? "success" : "failure";
-        std::string line = "{\"op\":\"report\",\"key\":" + json_string(options.key) +
+        std::string line = "{\"op\":\"report\",\"key\":" + cbd::json_string(options.key) +
                            ",\"outcome\":\"" + outcome + "\"";
         if (child.exec_errno == 0)
             line +=

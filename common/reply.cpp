@@ -29,6 +29,12 @@ void append_json_string(std::string& out, std::string_view text) {
                .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
+std::string json_string(std::string_view text) {
+    std::string out;
+    append_json_string(out, text);
+    return out;
+}
+
 void append_snapshot_json(std::string& out, const Snapshot& s) {
     out += "{\"state\":\"";
     out += state_name(s.state);

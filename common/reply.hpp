@@ -46,6 +46,8 @@ void append_snapshot_json(std::string& out, const Snapshot& snapshot);
 
 // `text` as a JSON string literal; invalid UTF-8 is replaced, never thrown on.
 void append_json_string(std::string& out, std::string_view text);
+// The same, as a string of its own: `"a\"b"` for a"b.
+std::string json_string(std::string_view text);
 
 void append_int(std::string& out, std::int64_t value);
 void append_uint(std::string& out, std::uint64_t value);

@@ -2,6 +2,7 @@
 #include "daemon/config/startup_config.hpp"
 
 #include "common/policy.hpp"
+#include "common/reply.hpp"
 #include "daemon/breaker/policy_digest.hpp"
 #include "daemon/config/config_file.hpp"
 
@@ -52,7 +53,7 @@ namespace {
 // A JSON string literal, so a prefix holding quotes or control bytes prints
 // as one unambiguous token.
 std::string quoted(const std::string& text) {
-    return nlohmann::json(text).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    return cbd::json_string(text);
 }
 
 std::string group_text(const std::optional<gid_t>& gid) {

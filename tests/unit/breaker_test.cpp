@@ -10,7 +10,7 @@ using namespace cbd;
 
 namespace {
 
-constexpr std::int64_t kStart = 1'764'201'600'000;
+constexpr std::int64_t kBreakerStart = 1'764'201'600'000;
 
 struct Recorder final : CircuitObserver {
     std::vector<TransitionRecord> transitions;
@@ -25,7 +25,7 @@ struct Recorder final : CircuitObserver {
 };
 
 struct Breaker {
-    ManualClock clock{kStart};
+    ManualClock clock{kBreakerStart};
     Recorder events;
     MemoryCircuitStore store{clock, 1000, &events};
 
@@ -138,7 +138,8 @@ TEST_CASE("a successful probe closes the circuit", "[breaker]") {
     auto r = b.store.report("api", Outcome::Success, a.circuit.generation, a.permit);
     REQUIRE(r.transition);
     CHECK(r.transition->cause == TransitionCause::ProbeSuccess);
-    CHECK(r.circuit.snapshot == Snapshot{State::Closed, 0, 0, kStart, kStart + 30'000});
+    CHECK(r.circuit.snapshot ==
+          Snapshot{State::Closed, 0, 0, kBreakerStart, kBreakerStart + 30'000});
     CHECK(b.store.acquire("api").allowed);
 }
 
@@ -153,7 +154,7 @@ TEST_CASE("a failed probe re-opens the circuit", "[breaker]") {
     CHECK(r.transition->cause == TransitionCause::ProbeFailure);
     CHECK(r.circuit.snapshot.state == State::Open);
     CHECK(r.circuit.snapshot.failure_count == 6);
-    CHECK(r.circuit.snapshot.last_state_change == kStart + 30'005);
+    CHECK(r.circuit.snapshot.last_state_change == kBreakerStart + 30'005);
     CHECK_FALSE(b.store.acquire("api").allowed);
 }
 
@@ -206,7 +207,7 @@ TEST_CASE("an unreported permit expires and re-opens the circuit", "[breaker]") 
         auto g = b.store.get("api");
         CHECK(g.circuit.snapshot.state == State::Open);
         CHECK(g.circuit.snapshot.failure_count == 6);
-        CHECK(g.circuit.snapshot.last_failure_time == kStart + 31'000);
+        CHECK(g.circuit.snapshot.last_failure_time == kBreakerStart + 31'000);
     }
     SECTION("noticed by the expiry timer with nobody asking") {
         b.clock.advance(1000);
@@ -332,7 +333,7 @@ TEST_CASE("a pin with a TTL lifts by itself", "[breaker]") {
     auto a = b.store.acquire("api");
     CHECK_FALSE(a.allowed);
     CHECK(a.retry_after_ms == 5000);
-    CHECK(a.circuit.forced->until == kStart + 5000);
+    CHECK(a.circuit.forced->until == kBreakerStart + 5000);
     b.clock.advance(5000);
     b.store.expire_due();
     CHECK(b.events.transitions.back().cause == TransitionCause::ForceExpired);

@@ -20,7 +20,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr std::int64_t kStart = 1'764'201'600'000;
+constexpr std::int64_t kPersistStart = 1'764'201'600'000;
 
 // A fresh directory under the system's temporary one, removed afterwards.
 struct TempDir {
@@ -39,8 +39,8 @@ struct TempDir {
 StoredCircuit sample(const std::string& key, State state, std::uint64_t generation) {
     StoredCircuit r;
     r.key = key;
-    r.circuit =
-        CircuitView{Snapshot{state, 4, 1, kStart - 10, kStart - 20}, generation, std::nullopt};
+    r.circuit = CircuitView{Snapshot{state, 4, 1, kPersistStart - 10, kPersistStart - 20},
+                            generation, std::nullopt};
     return r;
 }
 
@@ -62,12 +62,12 @@ void write_text(const std::string& path, const std::string& text) {
 
 TEST_CASE("restore makes a key hold exactly the record, counts and indexes included",
           "[persistence]") {
-    ManualClock clock(kStart);
+    ManualClock clock(kPersistStart);
     MemoryCircuitStore store(clock, 100);
     store.record_failure("api");
 
     StoredCircuit r = sample("api", State::Open, 500);
-    r.circuit->forced = ForcePin{State::Open, kStart + 60'000, "maintenance", Peer{}};
+    r.circuit->forced = ForcePin{State::Open, kPersistStart + 60'000, "maintenance", Peer{}};
     r.policy[PolicyField::FailureThreshold] = 3;
     REQUIRE_FALSE(store.restore(r));
 
@@ -87,7 +87,7 @@ TEST_CASE("restore makes a key hold exactly the record, counts and indexes inclu
 }
 
 TEST_CASE("restoring a record without a circuit removes it but keeps the policy", "[persistence]") {
-    ManualClock clock(kStart);
+    ManualClock clock(kPersistStart);
     MemoryCircuitStore store(clock, 100);
     store.record_failure("api");
     StoredCircuit policy_only;
@@ -100,7 +100,7 @@ TEST_CASE("restoring a record without a circuit removes it but keeps the policy"
 }
 
 TEST_CASE("restore refuses past max circuits and changes nothing", "[persistence]") {
-    ManualClock clock(kStart);
+    ManualClock clock(kPersistStart);
     MemoryCircuitStore store(clock, 1);
     store.get("a");
     CHECK(store.restore(sample("b", State::Open, 9)) == ErrorCode::TooManyCircuits);
@@ -109,7 +109,7 @@ TEST_CASE("restore refuses past max circuits and changes nothing", "[persistence
 }
 
 TEST_CASE("export pages through circuits and policy-only keys in key order", "[persistence]") {
-    ManualClock clock(kStart);
+    ManualClock clock(kPersistStart);
     MemoryCircuitStore store(clock, 100);
     for (const char* key : {"b", "d", "f"})
         store.get(key);
@@ -147,7 +147,7 @@ struct RecordingTracker : ChangeTracker {
 
 TEST_CASE("the store reports every persistent change before making it, and reads are not",
           "[persistence]") {
-    ManualClock clock(kStart);
+    ManualClock clock(kPersistStart);
     MemoryCircuitStore store(clock, 100);
     RecordingTracker tracker;
     store.set_change_tracker(&tracker);
@@ -314,7 +314,7 @@ struct Rig {
     TempDir dir;
     std::string path = dir.file("state.db");
     std::string trigger = dir.file("fault");
-    ManualClock clock{kStart};
+    ManualClock clock{kPersistStart};
     MemoryCircuitStore store{clock, 100};
     boost::asio::io_context io; // before persistence: its timers go first
     PersistenceOptions options;
@@ -437,7 +437,7 @@ std::string load_error_after(const TempDir& dir, const std::string& sql) {
     {
         auto file = StateFile::open({path, {}});
         StoredCircuit r = sample("api", State::Open, 2);
-        r.circuit->forced = ForcePin{State::Open, kStart + 1000, "why", Peer{}};
+        r.circuit->forced = ForcePin{State::Open, kPersistStart + 1000, "why", Peer{}};
         r.circuit->forced->by.uid = 1000;
         r.circuit->forced->by.pid = 42;
         REQUIRE_FALSE(file->write({r}, 9));

@@ -6,58 +6,59 @@
 using namespace cbd;
 
 namespace {
-constexpr std::int64_t kStart = 1'764'201'600'000;
+constexpr std::int64_t kStoreStart = 1'764'201'600'000;
 }
 
 TEST_CASE("an unknown key reads as a fresh closed circuit", "[store]") {
-    ManualClock clock(kStart);
+    ManualClock clock(kStoreStart);
     MemoryCircuitStore store(clock, 100);
     auto r = store.get("api");
     REQUIRE_FALSE(r.error);
-    CHECK(r.circuit.snapshot == Snapshot{State::Closed, 0, 0, 0, kStart});
+    CHECK(r.circuit.snapshot == Snapshot{State::Closed, 0, 0, 0, kStoreStart});
     CHECK(store.size() == 1);
 }
 
 TEST_CASE("get does not change a known circuit", "[store]") {
-    ManualClock clock(kStart);
+    ManualClock clock(kStoreStart);
     MemoryCircuitStore store(clock, 100);
     store.record_failure("api");
     clock.advance(500);
     auto r = store.get("api");
-    CHECK(r.circuit.snapshot == Snapshot{State::Closed, 1, 0, kStart, kStart});
+    CHECK(r.circuit.snapshot == Snapshot{State::Closed, 1, 0, kStoreStart, kStoreStart});
 }
 
 TEST_CASE("two failures count two and stamp the last failure", "[store]") {
-    ManualClock clock(kStart);
+    ManualClock clock(kStoreStart);
     MemoryCircuitStore store(clock, 100);
     store.record_failure("api");
     clock.advance(250);
     auto r = store.record_failure("api");
     CHECK(r.circuit.snapshot.failure_count == 2);
-    CHECK(r.circuit.snapshot.last_failure_time == kStart + 250);
+    CHECK(r.circuit.snapshot.last_failure_time == kStoreStart + 250);
     CHECK(r.circuit.snapshot.state == State::Closed); // the store never transitions by itself
-    CHECK(r.circuit.snapshot.last_state_change == kStart);
+    CHECK(r.circuit.snapshot.last_state_change == kStoreStart);
 }
 
 TEST_CASE("a success counts one and changes nothing else", "[store]") {
-    ManualClock clock(kStart);
+    ManualClock clock(kStoreStart);
     MemoryCircuitStore store(clock, 100);
     store.record_failure("api");
     clock.advance(100);
     auto r = store.record_success("api");
-    CHECK(r.circuit.snapshot == Snapshot{State::Closed, 1, 1, kStart, kStart});
+    CHECK(r.circuit.snapshot == Snapshot{State::Closed, 1, 1, kStoreStart, kStoreStart});
 }
 
 TEST_CASE("success and failure create unknown keys", "[store]") {
-    ManualClock clock(kStart);
+    ManualClock clock(kStoreStart);
     MemoryCircuitStore store(clock, 100);
-    CHECK(store.record_success("a").circuit.snapshot == Snapshot{State::Closed, 0, 1, 0, kStart});
+    CHECK(store.record_success("a").circuit.snapshot ==
+          Snapshot{State::Closed, 0, 1, 0, kStoreStart});
     CHECK(store.record_failure("b").circuit.snapshot ==
-          Snapshot{State::Closed, 1, 0, kStart, kStart});
+          Snapshot{State::Closed, 1, 0, kStoreStart, kStoreStart});
 }
 
 TEST_CASE("transitions follow the reference's counter rules", "[store]") {
-    ManualClock clock(kStart);
+    ManualClock clock(kStoreStart);
     MemoryCircuitStore store(clock, 100);
     store.record_failure("api");
     store.record_failure("api");
@@ -66,39 +67,40 @@ TEST_CASE("transitions follow the reference's counter rules", "[store]") {
 
     SECTION("to open keeps both counts") {
         auto r = store.transition("api", State::Open, {});
-        CHECK(r.circuit.snapshot == Snapshot{State::Open, 2, 1, kStart, kStart + 1000});
+        CHECK(r.circuit.snapshot == Snapshot{State::Open, 2, 1, kStoreStart, kStoreStart + 1000});
     }
     SECTION("to half-open zeroes successCount only") {
         auto r = store.transition("api", State::HalfOpen, {});
-        CHECK(r.circuit.snapshot == Snapshot{State::HalfOpen, 2, 0, kStart, kStart + 1000});
+        CHECK(r.circuit.snapshot ==
+              Snapshot{State::HalfOpen, 2, 0, kStoreStart, kStoreStart + 1000});
     }
     SECTION("to closed zeroes both counts") {
         store.transition("api", State::Open, {});
         clock.advance(1);
         auto r = store.transition("api", State::Closed, {});
-        CHECK(r.circuit.snapshot == Snapshot{State::Closed, 0, 0, kStart, kStart + 1001});
+        CHECK(r.circuit.snapshot == Snapshot{State::Closed, 0, 0, kStoreStart, kStoreStart + 1001});
     }
 }
 
 TEST_CASE("a transition to the current state still stamps lastStateChange", "[store]") {
-    ManualClock clock(kStart);
+    ManualClock clock(kStoreStart);
     MemoryCircuitStore store(clock, 100);
     store.transition("api", State::Open, {});
     clock.advance(42);
     auto r = store.transition("api", State::Open, {});
     CHECK(r.circuit.snapshot.state == State::Open);
-    CHECK(r.circuit.snapshot.last_state_change == kStart + 42);
+    CHECK(r.circuit.snapshot.last_state_change == kStoreStart + 42);
 }
 
 TEST_CASE("transition creates an unknown key", "[store]") {
-    ManualClock clock(kStart);
+    ManualClock clock(kStoreStart);
     MemoryCircuitStore store(clock, 100);
     auto r = store.transition("new", State::HalfOpen, {});
-    CHECK(r.circuit.snapshot == Snapshot{State::HalfOpen, 0, 0, 0, kStart});
+    CHECK(r.circuit.snapshot == Snapshot{State::HalfOpen, 0, 0, 0, kStoreStart});
 }
 
 TEST_CASE("reset removes the circuit and the next operation starts fresh", "[store]") {
-    ManualClock clock(kStart);
+    ManualClock clock(kStoreStart);
     MemoryCircuitStore store(clock, 100);
     store.record_failure("api");
     store.record_success("api");
@@ -107,21 +109,21 @@ TEST_CASE("reset removes the circuit and the next operation starts fresh", "[sto
     CHECK(store.size() == 0);
     CHECK_FALSE(store.reset("api").removed);
     clock.advance(10);
-    CHECK(store.get("api").circuit.snapshot == Snapshot{State::Closed, 0, 0, 0, kStart + 10});
+    CHECK(store.get("api").circuit.snapshot == Snapshot{State::Closed, 0, 0, 0, kStoreStart + 10});
 }
 
 TEST_CASE("circuits are independent", "[store]") {
-    ManualClock clock(kStart);
+    ManualClock clock(kStoreStart);
     MemoryCircuitStore store(clock, 100);
     store.record_failure("a");
     store.transition("a", State::Open, {});
-    CHECK(store.get("b").circuit.snapshot == Snapshot{State::Closed, 0, 0, 0, kStart});
+    CHECK(store.get("b").circuit.snapshot == Snapshot{State::Closed, 0, 0, 0, kStoreStart});
     store.reset("b");
     CHECK(store.get("a").circuit.snapshot.state == State::Open);
 }
 
 TEST_CASE("the circuit limit refuses new keys but serves existing ones", "[store]") {
-    ManualClock clock(kStart);
+    ManualClock clock(kStoreStart);
     MemoryCircuitStore store(clock, 2);
     store.get("a");
     store.get("b");
@@ -144,7 +146,8 @@ constexpr std::uint64_t kMaxGeneration = 9007199254740991ULL; // 2^53-1
 StoredCircuit record_at(const std::string& key, std::uint64_t generation) {
     StoredCircuit r;
     r.key = key;
-    r.circuit = CircuitView{Snapshot{State::Closed, 0, 0, 0, kStart}, generation, std::nullopt};
+    r.circuit =
+        CircuitView{Snapshot{State::Closed, 0, 0, 0, kStoreStart}, generation, std::nullopt};
     return r;
 }
 
@@ -155,7 +158,7 @@ TEST_CASE("the generation limit is 2^53-1", "[store]") {
 }
 
 TEST_CASE("restore refuses a generation past 2^53-1 and the counter does not move", "[store]") {
-    ManualClock clock(kStart);
+    ManualClock clock(kStoreStart);
     MemoryCircuitStore store(clock, 100);
     const auto first = store.get("a").circuit.generation;
     for (std::uint64_t g : {kMaxGeneration + 1, std::uint64_t{1} << 63, ~std::uint64_t{0}}) {
@@ -172,7 +175,7 @@ TEST_CASE("restore refuses a generation past 2^53-1 and the counter does not mov
 }
 
 TEST_CASE("restore refuses counts, times and policy values out of range", "[store]") {
-    ManualClock clock(kStart);
+    ManualClock clock(kStoreStart);
     MemoryCircuitStore store(clock, 100);
     auto with = [](auto change) {
         StoredCircuit r = record_at("k", 7);
@@ -199,7 +202,7 @@ TEST_CASE("restore refuses counts, times and policy values out of range", "[stor
 }
 
 TEST_CASE("advance_generation never moves the counter past 2^53-1", "[store]") {
-    ManualClock clock(kStart);
+    ManualClock clock(kStoreStart);
     MemoryCircuitStore store(clock, 100);
     store.advance_generation(~std::uint64_t{0});
     CHECK(store.last_generation() == kMaxGeneration);
@@ -208,7 +211,7 @@ TEST_CASE("advance_generation never moves the counter past 2^53-1", "[store]") {
 }
 
 TEST_CASE("when generations run out, changes are refused and nothing is reused", "[store]") {
-    ManualClock clock(kStart);
+    ManualClock clock(kStoreStart);
     MemoryCircuitStore store(clock, 100);
     // Room for exactly one more operation.
     const std::uint64_t start = kMaxGeneration - MemoryCircuitStore::kGenerationsPerOperation;
@@ -240,11 +243,11 @@ TEST_CASE("when generations run out, changes are refused and nothing is reused",
 }
 
 TEST_CASE("a pin that runs out after the generations did is left in place", "[store]") {
-    ManualClock clock(kStart);
+    ManualClock clock(kStoreStart);
     MemoryCircuitStore store(clock, 100);
     StoredCircuit pinned = record_at("p", kMaxGeneration - 1);
     pinned.circuit->snapshot.state = State::Open;
-    pinned.circuit->forced = ForcePin{State::Open, kStart + 1000, "", Peer{}};
+    pinned.circuit->forced = ForcePin{State::Open, kStoreStart + 1000, "", Peer{}};
     REQUIRE_FALSE(store.restore(pinned));
     clock.advance(5000);
     CHECK(store.expire_due() == 0); // the deadline is dropped, not retried forever
@@ -254,7 +257,7 @@ TEST_CASE("a pin that runs out after the generations did is left in place", "[st
 }
 
 TEST_CASE("counts stop at 2^53-1", "[store]") {
-    ManualClock clock(kStart);
+    ManualClock clock(kStoreStart);
     MemoryCircuitStore store(clock, 100);
     StoredCircuit full = record_at("k", 3);
     full.circuit->snapshot.failure_count = kMaxGeneration;
@@ -271,7 +274,7 @@ TEST_CASE("counts stop at 2^53-1", "[store]") {
 }
 
 TEST_CASE("retryAfterMs stays within 2^53-1 when the state change lies in the future", "[store]") {
-    ManualClock clock(kStart);
+    ManualClock clock(kStoreStart);
     MemoryCircuitStore store(clock, 100);
     StoredCircuit open = record_at("k", 3);
     open.circuit->snapshot.state = State::Open;
@@ -285,7 +288,7 @@ TEST_CASE("retryAfterMs stays within 2^53-1 when the state change lies in the fu
 }
 
 TEST_CASE("start_over leaves the store as constructed", "[store]") {
-    ManualClock clock(kStart);
+    ManualClock clock(kStoreStart);
     MemoryCircuitStore store(clock, 2);
     store.record_failure("a");
     store.force("b", State::Open, 1000, "why", Peer{});

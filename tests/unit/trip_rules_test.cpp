@@ -13,7 +13,7 @@ using namespace cbd;
 
 namespace {
 
-constexpr std::int64_t kStart = 1'000'000'000'000;
+constexpr std::int64_t kTripStart = 1'000'000'000'000;
 
 PolicyPatch parse(const char* json) {
     PolicyPatch p;
@@ -29,7 +29,7 @@ std::string refusal(const char* json) {
 }
 
 struct Store {
-    ManualClock clock{kStart};
+    ManualClock clock{kTripStart};
     MemoryCircuitStore store{clock, 1000};
 
     void configure(const char* json) {
