@@ -35,7 +35,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-step "building the package"
+step "building the package (scripts/dev.sh deb keeps one built from this very tree)"
 BUILD_DIR=$BUILD_DIR scripts/dev.sh deb >"$tmp/build.log" 2>&1 || {
   tail -40 "$tmp/build.log" >&2
   fail "scripts/dev.sh deb failed"
