@@ -98,14 +98,15 @@ void raise_descriptor_limit(std::size_t max_connections, std::size_t http_descri
 // StateFileError.
 std::unique_ptr<Persistence>
 open_state(const DaemonConfig& config, std::unique_ptr<MemoryCircuitStore>& store,
-           const std::function<std::unique_ptr<MemoryCircuitStore>()>& fresh_store) {
+           const std::function<std::unique_ptr<MemoryCircuitStore>()>& fresh_store,
+           const Clock& clock) {
     const PersistenceOptions options{
         {config.state_file, config.storage_fault_file}, config.sync_mode, config.sync_interval};
     for (bool moved = false;; moved = true) {
         try {
             auto persistence =
                 std::make_unique<Persistence>(StateFile::open(options.file), options, *store);
-            persistence->load();
+            persistence->load(clock.now_ms() + clock.wall_offset_ms());
             return persistence;
         } catch (const StateFileError& e) {
             if (e.kind() != StateFileError::Kind::Unreadable || !config.move_corrupt_state || moved)
@@ -152,7 +153,7 @@ int run_daemon(const DaemonConfig& config) {
     std::unique_ptr<Persistence> persistence;
     if (!config.state_file.empty()) {
         try {
-            persistence = open_state(config, store_owner, make_store);
+            persistence = open_state(config, store_owner, make_store, clock);
             stats.storage = &persistence->stats();
         } catch (const StateFileError& e) {
             log_error(std::string("cannot start: ") + e.what() +

@@ -200,7 +200,8 @@ int main(int argc, char** argv) {
                    "Start of every Redis key this cbd uses, so deployments can share a Redis")
         ->capture_default_str();
     app.add_option("--test-clock", test_clock_file,
-                   "Tests only: read the time (epoch ms) from FILE instead of the system clock")
+                   "Tests only: read the time (epoch ms) from FILE instead of the system clock "
+                   "(one time, or the wall clock then the monotonic one)")
         ->group("Testing");
     app.add_option("--backend-timeout", backend_timeout,
                    "How long an operation waits for Redis before backend_unavailable (300ms, 2s)")

@@ -401,3 +401,76 @@ TEST_CASE("policies: key beats the longest prefix, which beats the defaults", "[
     CHECK(cleared.policy.half_open_max() == 1);
     CHECK(cleared.sources[2] == PolicySource::Default);
 }
+
+// --- the wall clock steps: durations do not, shown times do -------------------
+
+TEST_CASE("a step of the wall clock changes no open time", "[breaker][clock]") {
+    for (const std::int64_t step : {-3'600'000LL, 3'600'000LL}) {
+        Breaker b;
+        b.trip("api");
+        const auto opened = b.store.get("api").circuit.snapshot;
+        b.clock.advance(10'000);
+        b.clock.step_wall(step);
+        auto r = b.store.acquire("api");
+        CHECK_FALSE(r.allowed);
+        CHECK(r.retry_after_ms == 20'000);
+        // The times shown follow the wall clock at once.
+        CHECK(r.circuit.snapshot.last_state_change == opened.last_state_change + step);
+        CHECK(r.circuit.snapshot.last_failure_time == opened.last_failure_time + step);
+        b.clock.advance(20'000);
+        auto probe = b.store.acquire("api");
+        CHECK(probe.allowed);
+        REQUIRE(probe.transition);
+        CHECK(probe.transition->at == kBreakerStart + 30'000 + step);
+        REQUIRE(b.events.transitions.size() == 2);
+        CHECK(b.events.transitions.back().at == kBreakerStart + 30'000 + step);
+    }
+}
+
+TEST_CASE("a step of the wall clock ends no lease and no pin", "[breaker][clock]") {
+    for (const std::int64_t step : {-3'600'000LL, 3'600'000LL}) {
+        Breaker b;
+        b.store.configure("api", patch(PolicyField::ProbeLeaseMs, 1000), {}, false);
+        b.trip("api");
+        b.clock.advance(30'000);
+        auto probe = b.store.acquire("api");
+        REQUIRE(probe.allowed);
+        b.clock.step_wall(step);
+        b.clock.advance(999);
+        auto r = b.store.report("api", Outcome::Success, probe.circuit.generation, probe.permit);
+        CHECK_FALSE(r.error);
+        CHECK(r.circuit.snapshot.state == State::Closed);
+
+        auto f = b.store.force("gate", State::Open, 60'000, "", {});
+        const std::int64_t until = f.circuit.forced->until;
+        CHECK(until == b.clock.now_ms() + b.clock.wall_offset_ms() + 60'000);
+        b.clock.step_wall(step);
+        b.clock.advance(59'000);
+        b.store.expire_due();
+        auto pinned = b.store.get("gate").circuit;
+        REQUIRE(pinned.forced);
+        CHECK(pinned.forced->until == until + step); // the same moment, on the new wall clock
+        b.clock.advance(1'000);
+        b.store.expire_due();
+        CHECK_FALSE(b.store.get("gate").circuit.forced);
+    }
+}
+
+TEST_CASE("export and import speak the wall clock across a step", "[breaker][clock]") {
+    Breaker b;
+    b.trip("api");
+    b.clock.advance(10'000);
+    b.clock.step_wall(-3'600'000);
+    const StoredCircuit exported = b.store.stored("api");
+    CHECK(exported.circuit->snapshot.last_state_change == kBreakerStart - 3'600'000);
+
+    // Into a daemon whose wall clock never stepped: the same moments.
+    ManualClock other_clock{kBreakerStart - 3'600'000 + 10'000};
+    MemoryCircuitStore other{other_clock, 100};
+    REQUIRE_FALSE(other.restore(exported));
+    CHECK(other.acquire("api").retry_after_ms == 20'000);
+    // Back into this one: unchanged.
+    REQUIRE_FALSE(b.store.restore(exported));
+    CHECK(b.store.stored("api") == exported);
+    CHECK(b.store.acquire("api").retry_after_ms == 20'000);
+}

@@ -323,7 +323,7 @@ struct Rig {
     Rig(SyncMode mode, std::chrono::milliseconds interval)
         : options{{path, trigger}, mode, interval},
           persistence(StateFile::open(options.file), options, store) {
-        persistence.load();
+        persistence.load(clock.now_ms());
         persistence.start(io);
     }
     // Runs the loop until `done` (the writer thread works meanwhile).
@@ -395,7 +395,7 @@ TEST_CASE("durable mode commits a turn's changes together and undoes them when t
 
     MemoryCircuitStore reloaded(clock, 100);
     Persistence again(StateFile::open({path, {}}), options, reloaded);
-    CHECK(again.load() == 2);
+    CHECK(again.load(clock.now_ms()) == 2);
     CHECK(reloaded.stored("a") == before_a);
     CHECK(reloaded.stored("b").circuit->snapshot.failure_count == 2);
     CHECK(reloaded.last_generation() >= store.last_generation());
@@ -525,4 +525,27 @@ TEST_CASE("a row whose key no request could carry is refused at load, naming it"
         CHECK(error.find(c.named) != std::string::npos);
         CHECK(error.find(c.why) != std::string::npos);
     }
+}
+
+TEST_CASE("times later than the wall clock at load are taken as now", "[persistence][clock]") {
+    // Written before the wall clock stepped back an hour: the open circuit
+    // would otherwise stay open an hour longer than its timeout.
+    TempDir dir;
+    const auto path = dir.file("state.db");
+    StoredCircuit ahead = sample("ahead", State::Open, 3);
+    ahead.circuit->snapshot.last_failure_time = kPersistStart + 3'600'000;
+    ahead.circuit->snapshot.last_state_change = kPersistStart + 3'600'000;
+    StoredCircuit past = sample("past", State::Open, 4);
+    REQUIRE_FALSE(StateFile::open({path, {}})->write({ahead, past}, 4));
+
+    ManualClock clock{kPersistStart};
+    MemoryCircuitStore store{clock, 100};
+    PersistenceOptions options{{path, {}}, SyncMode::Off, std::chrono::milliseconds(100)};
+    Persistence persistence(StateFile::open(options.file), options, store);
+    CHECK(persistence.load(clock.now_ms()) == 2);
+    const Snapshot loaded = store.stored("ahead").circuit->snapshot;
+    CHECK(loaded.last_failure_time == kPersistStart);
+    CHECK(loaded.last_state_change == kPersistStart);
+    CHECK(store.acquire("ahead").retry_after_ms == 30'000); // the whole timeout, from now
+    CHECK(store.stored("past") == past);                    // times in the past are kept
 }

@@ -34,10 +34,38 @@ MemoryCircuitStore::Circuit* MemoryCircuitStore::find_or_create(std::string_view
     return &it->second;
 }
 
+// --- epoch times: cbd's clock inside, the wall clock outside ------------------
+//
+// Everything the store decides is measured on clock_.now_ms(), which never
+// steps (see Clock). Epoch times leave the store with the wall clock's steps
+// added, and come in (restore: import, the state file) with them taken off.
+
+namespace {
+
+// A nonzero time moved by `offset`, kept within 1 ... 2^53-1 (0 means
+// "none" and stays so).
+std::int64_t moved(std::int64_t t, std::int64_t offset) {
+    if (t == 0 || offset == 0)
+        return t;
+    return std::clamp<std::int64_t>(t + offset, 1, kMaxSafeInteger);
+}
+
+} // namespace
+
+std::int64_t MemoryCircuitStore::shown(std::int64_t t) const {
+    return moved(t, clock_.wall_offset_ms());
+}
+
 CircuitView MemoryCircuitStore::view_of(const Circuit& c) const {
     CircuitView v{c.snapshot, c.generation, std::nullopt};
     if (is_pinned(c))
         v.forced = c.extras->pin;
+    if (const std::int64_t offset = clock_.wall_offset_ms(); offset != 0) {
+        v.snapshot.last_failure_time = moved(v.snapshot.last_failure_time, offset);
+        v.snapshot.last_state_change = moved(v.snapshot.last_state_change, offset);
+        if (v.forced)
+            v.forced->until = moved(v.forced->until, offset);
+    }
     return v;
 }
 
@@ -66,7 +94,7 @@ void MemoryCircuitStore::settle(std::string_view key, Circuit& c, std::int64_t n
 TransitionRecord MemoryCircuitStore::apply_transition(std::string_view key, Circuit& c, State to,
                                                       TransitionCause cause, std::int64_t now) {
     will_change(key);
-    TransitionRecord t{c.snapshot.state, to, cause, now, 0};
+    TransitionRecord t{c.snapshot.state, to, cause, shown(now), 0};
     by_state_[static_cast<std::size_t>(c.snapshot.state)] -= 1;
     by_state_[static_cast<std::size_t>(to)] += 1;
     c.snapshot.state = to;
@@ -110,7 +138,7 @@ TransitionRecord MemoryCircuitStore::lift_pin(std::string_view key, Circuit& c,
     c.extras->pin.reset();
     pinned_ -= 1;
     c.generation = ++last_generation_;
-    TransitionRecord t{c.snapshot.state, c.snapshot.state, cause, now, c.generation};
+    TransitionRecord t{c.snapshot.state, c.snapshot.state, cause, shown(now), c.generation};
     if (observer_)
         observer_->on_transition(key, t, view_of(c));
     return t;
@@ -161,7 +189,7 @@ StoreResult MemoryCircuitStore::peek(std::string_view key) {
         return {std::nullopt, view_of(it->second), std::nullopt};
     }
     CircuitView unknown;
-    unknown.snapshot.last_state_change = clock_.now_ms();
+    unknown.snapshot.last_state_change = shown(clock_.now_ms());
     return {std::nullopt, unknown, std::nullopt};
 }
 
@@ -213,7 +241,7 @@ ResetResult MemoryCircuitStore::reset(std::string_view key) {
     will_change(key);
     erase_circuit(it);
     if (observer_)
-        observer_->on_reset(key, clock_.now_ms());
+        observer_->on_reset(key, shown(clock_.now_ms()));
     return {true};
 }
 
@@ -840,7 +868,11 @@ std::optional<ErrorCode> MemoryCircuitStore::restore(const StoredCircuit& record
         }
         Circuit& c = it->second;
         const CircuitView& v = *record.circuit;
+        // Epoch times as the wall clock has them, back to cbd's clock.
+        const std::int64_t offset = -clock_.wall_offset_ms();
         c.snapshot = v.snapshot;
+        c.snapshot.last_failure_time = moved(v.snapshot.last_failure_time, offset);
+        c.snapshot.last_state_change = moved(v.snapshot.last_state_change, offset);
         c.generation = v.generation;
         c.extras.reset();            // probes in flight do not survive a restore
         decode_rule(record.rule, c); // checked by in_range()
@@ -848,9 +880,10 @@ std::optional<ErrorCode> MemoryCircuitStore::restore(const StoredCircuit& record
             if (!c.extras)
                 c.extras = std::make_unique<Extras>();
             c.extras->pin = v.forced;
+            c.extras->pin->until = moved(v.forced->until, offset);
             pinned_ += 1;
-            if (v.forced->until != 0)
-                add_deadline(v.forced->until, record.key);
+            if (c.extras->pin->until != 0)
+                add_deadline(c.extras->pin->until, record.key);
         }
         by_state_[static_cast<std::size_t>(c.snapshot.state)] += 1;
         advance_generation(v.generation);

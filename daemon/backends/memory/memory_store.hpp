@@ -199,6 +199,8 @@ class MemoryCircuitStore final : public CircuitStore {
     std::string new_permit();
     void add_deadline(std::int64_t at, std::string_view key);
     CircuitView view_of(const Circuit& c) const;
+    // An epoch time of cbd's clock as the wall clock has it now (see Clock).
+    std::int64_t shown(std::int64_t t) const;
     // Frees what no longer holds anything.
     static void trim(Circuit& c) {
         if (c.extras && c.extras->rule && c.extras->rule->empty())

@@ -3,6 +3,7 @@
 
 #include "daemon/core/log.hpp"
 
+#include <algorithm>
 #include <boost/asio/post.hpp>
 #include <cerrno>
 #include <cstring>
@@ -46,22 +47,38 @@ Persistence::~Persistence() {
         ::close(done_fd_);
 }
 
-std::size_t Persistence::load() {
+std::size_t Persistence::load(std::int64_t wall_now_ms) {
     std::size_t loaded = 0;
+    std::size_t from_the_future = 0;
     const auto started = std::chrono::steady_clock::now();
-    const std::uint64_t last_generation = file_->load([&](const StoredCircuit& record) {
-        if (auto error = store_.restore(record))
+    const std::uint64_t last_generation = file_->load([&](const StoredCircuit& stored) {
+        const StoredCircuit* record = &stored;
+        StoredCircuit clamped;
+        if (stored.circuit && (stored.circuit->snapshot.last_state_change > wall_now_ms ||
+                               stored.circuit->snapshot.last_failure_time > wall_now_ms)) {
+            clamped = stored;
+            auto& snapshot = clamped.circuit->snapshot;
+            snapshot.last_state_change = std::min(snapshot.last_state_change, wall_now_ms);
+            snapshot.last_failure_time = std::min(snapshot.last_failure_time, wall_now_ms);
+            record = &clamped;
+            ++from_the_future;
+        }
+        if (auto error = store_.restore(*record))
             throw StateFileError(
                 StateFileError::Kind::Unreadable,
                 "state file " + file_->path() +
                     (*error == ErrorCode::TooManyCircuits
                          ? " holds more circuits than --max-circuits allows"
-                         : ": row '" + record.key +
+                         : ": row '" + record->key +
                                "' holds a number out of range or an unreadable trip-rule state"));
         ++loaded;
     });
     store_.advance_generation(last_generation);
     store_.set_change_tracker(this);
+    if (from_the_future > 0)
+        log_warn(std::to_string(from_the_future) + " circuits in " + file_->path() +
+                 " had times later than the wall clock now (it stepped back since they were "
+                 "written); their times are now");
     const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
         std::chrono::steady_clock::now() - started);
     log_info("loaded " + std::to_string(loaded) + " circuits from " + file_->path() + " in " +

@@ -58,7 +58,10 @@ class Persistence final : public ChangeTracker, public CommitGate {
 
     // Fills the store from the file and starts tracking its changes.
     // Returns how many keys were loaded. Throws StateFileError.
-    std::size_t load();
+    // `wall_now_ms` is the wall clock now: a snapshot time later than it
+    // is taken as now (the file was written before the wall clock stepped
+    // back: see docs/PROTOCOL.md, *Time*), so no circuit waits out a step.
+    std::size_t load(std::int64_t wall_now_ms);
     // Starts the batch timer and writer thread (batch mode), or the group
     // commits (always mode) on `io`.
     void start(boost::asio::io_context& io);

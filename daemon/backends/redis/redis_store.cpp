@@ -403,7 +403,10 @@ std::shared_ptr<RedisStore::Call> RedisStore::make_call(RedisFunction function,
         a.push_back(std::to_string(policy.get(static_cast<PolicyField>(i))));
     a.insert(a.end(), args.begin(), args.end());
     a.push_back(std::to_string(options_.max_circuits));
-    a.push_back(options_.test_clock ? std::to_string(options_.test_clock->now_ms())
+    // The test clock stands in for Redis's TIME, which is the Redis host's
+    // wall clock: its wall reading, steps and all (docs/REDIS.md, *Time*).
+    a.push_back(options_.test_clock ? std::to_string(options_.test_clock->now_ms() +
+                                                     options_.test_clock->wall_offset_ms())
                                     : std::string());
     return call;
 }
