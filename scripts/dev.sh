@@ -10,6 +10,7 @@
 #   scripts/dev.sh deps                install the Debian packages only
 #   scripts/dev.sh deb                 build the Debian package (cbd_VERSION_ARCH.deb, .changes,
 #                                      .buildinfo) into $BUILD_DIR/deb, from a copy of the tree
+#                                      (a git checkout, or a tarball of one)
 #
 # Environment: BUILD_DIR (default build), CBD_WERROR=ON to fail on warnings,
 # FUZZ_SECONDS (default 60), SOAK_SECONDS (default 30), DEB_JOBS (deb: parallel jobs, default 2).
@@ -76,11 +77,19 @@ build() {
   fi
 }
 
-# The tree's files as the package and the tests see them: tracked and new,
-# as they are now, ignored ones left out (NUL-separated).
+# The tree's files as the package and the tests see them (NUL-separated).
+# In a git checkout: tracked and new, as they are now, ignored ones left
+# out. From a tarball of the tree (no .git here): every file but build
+# trees and what the tools leave behind (.gitignore's patterns, by hand).
 tree_files() {
-  git ls-files -z --cached --others --exclude-standard |
-    while IFS= read -r -d '' f; do [[ -e $f || -L $f ]] && printf '%s\0' "$f"; done
+  if [[ $(git rev-parse --show-toplevel 2>/dev/null) == "$PWD" ]]; then
+    git ls-files -z --cached --others --exclude-standard |
+      while IFS= read -r -d '' f; do [[ -e $f || -L $f ]] && printf '%s\0' "$f"; done
+  else
+    find . \( -path './build*' -o -path "./${BUILD_DIR#./}" -o -name .git -o -name __pycache__ \
+      -o -name '*.pyc' -o -name node_modules -o -path ./clients/node/dist \) -prune -o \
+      \( -type f -o -type l \) -printf '%P\0' | sort -z
+  fi
 }
 
 # The Debian package, built from a copy of the tree's files so that

@@ -1,5 +1,6 @@
 // Package cbd is the Go client of cbd, the host-wide circuit-breaker daemon
-// (docs/PROTOCOL.md in the cbd repository, protocol version 7).
+// (docs/PROTOCOL.md in the cbd repository, protocol version 7; mirror mode and
+// key-set watches need 9).
 //
 // One *Client holds one connection to cbd's Unix socket and pipelines the
 // requests of every goroutine over it: cbd answers in request order on each
@@ -12,9 +13,9 @@
 // a timeout; the next call after a backoff (50 ms, doubling to 2 s) tries to
 // connect again.
 //
-//	c, err := cbd.Dial(ctx, "") // "" follows the socket-path rule
+//	c := cbd.NewClient("") // "" follows the socket-path rule; connects on first use
 //	b := c.Breaker("payments")
-//	err = b.Execute(ctx, func(ctx context.Context) error { return charge(ctx) })
+//	err := b.Execute(ctx, func(ctx context.Context) error { return charge(ctx) })
 //	if errors.Is(err, cbd.ErrOpen) { ... } // denied: the circuit is open
 //
 // Mirror mode (WithMirror, protocol 9) lets Breaker.Execute decide most calls
