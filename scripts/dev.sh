@@ -13,7 +13,8 @@
 #                                      (a git checkout, or a tarball of one)
 #
 # Environment: BUILD_DIR (default build), CBD_WERROR=ON to fail on warnings,
-# FUZZ_SECONDS (default 60), SOAK_SECONDS (default 30), DEB_JOBS (deb: parallel jobs, default 2).
+# FUZZ_SECONDS (default 60), SOAK_SECONDS (default 30), DEB_JOBS (deb: parallel jobs, default 2),
+# APT_OPTIONS (extra apt-get options).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -230,7 +231,7 @@ case "$cmd" in
       --output-on-failure --verbose --timeout 1800 -j3
     ;;
   *)
-    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
     ;;
 esac
