@@ -1,6 +1,8 @@
 // Policy digests (see policy_digest.hpp).
 #include "daemon/breaker/policy_digest.hpp"
 
+#include "daemon/core/fnv1a.hpp"
+
 #include <algorithm>
 #include <charconv>
 
@@ -8,14 +10,10 @@ namespace cbd {
 
 namespace {
 
-std::uint64_t fnv1a(std::string_view text) {
-    std::uint64_t h = 1469598103934665603ull;
-    for (unsigned char c : text) {
-        h ^= c;
-        h *= 1099511628211ull;
-    }
-    return h;
-}
+// The digest's own starting value (FNV's offset basis with a digit short,
+// as the first version had it): hosts of one fleet compare digests, so it
+// stays what every running cbd computes.
+constexpr std::uint64_t kPolicyDigestBasis = 1469598103934665603ull;
 
 bool is_hex_digest(std::string_view s) {
     return s.size() == 16 && std::all_of(s.begin(), s.end(), [](char c) {
@@ -49,7 +47,7 @@ std::string policy_digest(const PolicyConfig& config) {
     }
     static constexpr char kHex[] = "0123456789abcdef";
     std::string out(16, '0');
-    auto h = fnv1a(canonical);
+    auto h = fnv1a(canonical, kPolicyDigestBasis);
     for (int i = 15; i >= 0; --i, h >>= 4)
         out[static_cast<std::size_t>(i)] = kHex[h & 0xf];
     return out;

@@ -6,6 +6,7 @@
 #include "common/policy.hpp"
 #include "common/protocol.hpp"
 #include "daemon/breaker/circuit_store.hpp"
+#include "daemon/core/fnv1a.hpp"
 #include "daemon/dispatch/stats.hpp"
 
 #include <charconv>
@@ -177,23 +178,14 @@ std::string build_constants() {
     return out;
 }
 
-// FNV-1a, 64 bits: the library's name carries it, so any change to the
-// library's text gives it a new name (a rolling upgrade runs both).
-std::uint64_t fnv1a(std::string_view text) {
-    std::uint64_t h = 14695981039346656037ull;
-    for (unsigned char ch : text) {
-        h ^= ch;
-        h *= 1099511628211ull;
-    }
-    return h;
-}
-
 struct Library {
     std::string name;
     std::string source;
 };
 
 Library build_library() {
+    // The library's name carries its text's digest, so any change to the
+    // text gives it a new name (a rolling upgrade runs both).
     const std::string body = redis_function_constants() + std::string(kRedisFunctionsLua);
     char digest[17];
     std::snprintf(digest, sizeof digest, "%016llx", static_cast<unsigned long long>(fnv1a(body)));
