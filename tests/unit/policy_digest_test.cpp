@@ -77,3 +77,9 @@ TEST_CASE("only other live hosts with another digest are mismatches", "[policy-d
               {"fresh", cbd::policy_entry(other, stale)}});
     CHECK(gone == std::vector<std::string>{"old", "bad"});
 }
+
+TEST_CASE("the digest of the defaults is what every cbd computes", "[policy-digest]") {
+    // Hosts of one fleet compare digests during a rolling upgrade: a change
+    // here would show every older host as disagreeing.
+    CHECK(cbd::policy_digest(cbd::PolicyConfig{}) == "b3e90207cbcf61d3");
+}
