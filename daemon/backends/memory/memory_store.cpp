@@ -57,10 +57,14 @@ std::int64_t MemoryCircuitStore::shown(std::int64_t t) const {
 }
 
 CircuitView MemoryCircuitStore::view_of(const Circuit& c) const {
+    return view_of(c, clock_.wall_offset_ms());
+}
+
+CircuitView MemoryCircuitStore::view_of(const Circuit& c, std::int64_t offset) const {
     CircuitView v{c.snapshot, c.generation, std::nullopt};
     if (is_pinned(c))
         v.forced = c.extras->pin;
-    if (const std::int64_t offset = clock_.wall_offset_ms(); offset != 0) {
+    if (offset != 0) {
         v.snapshot.last_failure_time = moved(v.snapshot.last_failure_time, offset);
         v.snapshot.last_state_change = moved(v.snapshot.last_state_change, offset);
         if (v.forced)
@@ -755,6 +759,7 @@ namespace cbd {
 
 ListPage MemoryCircuitStore::list(const ListQuery& query) {
     const std::int64_t now = clock_.now_ms();
+    const std::int64_t wall_offset = clock_.wall_offset_ms(); // once per page, not per circuit
     ListPage page;
     // Start at the later of `after` (exclusive) and `prefix` (inclusive).
     const bool from_after = !query.after.empty() && query.after >= query.prefix;
@@ -788,7 +793,7 @@ ListPage MemoryCircuitStore::list(const ListQuery& query) {
             settle(key, c, now);
         if (query.state && c.snapshot.state != *query.state)
             return true;
-        page.circuits.push_back(ListEntry{key, view_of(c)});
+        page.circuits.push_back(ListEntry{key, view_of(c, wall_offset)});
         // Only circuits holding trip-rule state can have a window worth
         // showing (per-circuit metrics), so only they pay for the policy.
         if (c.extras && c.extras->rule)

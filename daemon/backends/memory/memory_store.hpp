@@ -199,6 +199,9 @@ class MemoryCircuitStore final : public CircuitStore {
     std::string new_permit();
     void add_deadline(std::int64_t at, std::string_view key);
     CircuitView view_of(const Circuit& c) const;
+    // The same, with the wall clock's offset already read (a list page
+    // reads it once).
+    CircuitView view_of(const Circuit& c, std::int64_t wall_offset) const;
     // An epoch time of cbd's clock as the wall clock has it now (see Clock).
     std::int64_t shown(std::int64_t t) const;
     // Frees what no longer holds anything.
