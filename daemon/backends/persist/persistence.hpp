@@ -13,7 +13,9 @@
 //           at each key's first change), and those replies become
 //           storage_unavailable errors.
 //   batch   Changed keys are collected and written every interval by a writer
-//           thread, off the loop. A crash loses at most about one interval.
+//           thread, off the loop. A tick that finds the last write still
+//           running hands nothing over, so a crash loses up to one interval,
+//           plus the time a write took when it took longer than one.
 //           A failed write is retried at the next tick; the keys stay dirty.
 //   off     Written at clean shutdown only.
 //
