@@ -114,3 +114,21 @@ def test_redis_speed_compares_two_builds_and_counts_every_failure_back():
     for row in rows:
         assert row[1].endswith("/s") and float(row[3]) > 0 and float(row[5]) > 0, row
     assert "every acknowledged failure was counted back out of Redis" in r.stdout, r.stdout
+
+
+def test_batch_loss_counts_what_a_kill_lost():
+    # bench/batch_loss, one short round: cbd killed under load and read back;
+    # what it prints adds up (per writer, acknowledged - stored is lost;
+    # stored past acknowledged is at most the one request each writer had
+    # in flight when cbd died).
+    script = Path(__file__).resolve().parents[2] / "bench" / "batch_loss"
+    r = subprocess.run([str(script), "--build", str(BUILD), "--rounds", "1", "--writers", "2",
+                        "--kill-after", "0.5", "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    round_, summary = [json.loads(line) for line in r.stdout.splitlines()]
+    assert round_["acked"] > 0 and round_["stored"] > 0, round_
+    assert round_["lost"] >= 0 and 0 <= round_["more_stored_than_acked"] <= 2, round_
+    assert round_["lost"] - round_["more_stored_than_acked"] == \
+        round_["acked"] - round_["stored"], round_
+    assert summary["rounds"] == 1 and summary["lost"] == [round_["lost"]] * 3, summary
