@@ -248,6 +248,7 @@ int main(int argc, char** argv) {
             configure
                 ->add_option(cbd::policy_flag_name(policy_field), policy_values[i],
                              std::string(cbd::kPolicyFieldHelp[i]))
+                ->type_name(std::string(cbd::kPolicyFieldValueNames[i]))
                 ->check([policy_field](const std::string& v) {
                     std::string error;
                     return cbd::parse_policy_text(policy_field, v, error) ? std::string() : error;
