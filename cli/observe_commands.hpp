@@ -44,4 +44,9 @@ int run_metrics(const GlobalOptions& g, bool per_circuit);
 // "2026-11-27 02:26:16.123" in local time; "-" for 0.
 std::string human_time(std::int64_t epoch_ms);
 
+// A reply's `forced` (a pin) for a person, with `now_ms` (epoch) to say how
+// long it has left: `open until 2026-12-08 01:02:03.000 (in 4m 59s) by uid
+// 0 pid 123: "db migration"`, or `open until unforced ...` without a TTL.
+std::string pin_text(const nlohmann::ordered_json& forced, std::int64_t now_ms);
+
 } // namespace cbctl

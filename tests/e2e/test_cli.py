@@ -2,8 +2,10 @@
 
 import json
 import os
+import re
+import time
 
-from conftest import cbctl
+from conftest import cbctl, run_on_tty
 
 
 def snapshot_keys():
@@ -58,6 +60,38 @@ def test_field_prints_bare_values(cbd):
     assert r.stdout == "1\n"
     r = cbctl("get", "api", "--field", "nonsense", sock=cbd.sock)
     assert r.returncode == 2 and r.stdout == ""
+
+
+def utc_time(epoch_ms):
+    """An epoch time as cbctl prints it under TZ=UTC (run_on_tty's)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch_ms // 1000)) + f".{epoch_ms % 1000:03d}"
+
+
+def test_get_shows_a_pin_on_a_terminal(cbd):
+    r = cbctl("force", "db", "open", "--ttl", "5m", "--reason", "db migration", sock=cbd.sock)
+    forced = json.loads(r.stdout)["forced"]
+    lines = run_on_tty(["--socket", cbd.sock, "get", "db"]).splitlines()
+    assert len(lines) == 2, lines
+    assert json.loads(lines[0])["state"] == "open"
+    # Rounded up to the second: "5m" unless a second went by since the force.
+    assert re.fullmatch(
+        rf'forced: open until {re.escape(utc_time(forced["until"]))} \(in (5m|4m 5\ds)\) '
+        rf'by uid {os.geteuid()} pid {forced["by"]["pid"]}: "db migration"', lines[1]), lines[1]
+    # Every command that prints a snapshot shows the pin under it.
+    lines = run_on_tty(["--socket", cbd.sock, "failure", "db"]).splitlines()
+    assert lines[1].startswith("forced: open until ")
+
+    # Without a TTL or a reason.
+    cbctl("force", "cache", "closed", sock=cbd.sock)
+    lines = run_on_tty(["--socket", cbd.sock, "get", "cache"]).splitlines()
+    assert re.fullmatch(rf"forced: closed until unforced by uid {os.geteuid()} pid \d+", lines[1])
+
+    # Not pinned: the snapshot alone, as ever.
+    assert len(run_on_tty(["--socket", cbd.sock, "get", "free"]).splitlines()) == 1
+    # Not a terminal: the one JSON line scripts read, pin or not.
+    r = cbctl("get", "db", sock=cbd.sock)
+    assert r.stdout.count("\n") == 1 and list(json.loads(r.stdout)) == snapshot_keys()
+    assert cbctl("get", "db", "--field", "state", sock=cbd.sock).stdout == "open\n"
 
 
 def test_ping(cbd):
