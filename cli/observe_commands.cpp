@@ -1,4 +1,4 @@
-// watch, list, stats, metrics (see observe_commands.hpp).
+// watch, list, policy, stats, metrics (see observe_commands.hpp).
 #include "cli/observe_commands.hpp"
 
 #include "cli/connection.hpp"
@@ -255,6 +255,51 @@ int run_list(const GlobalOptions& g, const ListOptions& o) {
     if (table)
         print_table(rows);
     std::cout.flush();
+    return kExitOk;
+}
+
+int run_policy(const GlobalOptions& g, const PolicyOptions& o) {
+    int exit_code = kExitOk;
+    auto reply = ask_once(g, key_request("policy", o.key), exit_code);
+    if (!reply)
+        return exit_code;
+    reply->erase("ok");
+    const Json no_object = Json::object();
+    const auto object_field = [&](const char* name) -> const Json& {
+        const auto it = reply->find(name);
+        return it != reply->end() && it->is_object() ? *it : no_object;
+    };
+    const Json& policy = object_field("policy");
+    // A value as a script wants it: a name bare, a number as written.
+    const auto bare = [&](const std::string& field) {
+        const auto it = policy.find(field);
+        if (it == policy.end())
+            return std::string();
+        return it->is_string() ? it->get<std::string>() : it->dump();
+    };
+    if (!o.fields.empty()) {
+        for (const auto& field : o.fields)
+            std::cout << bare(field) << "\n";
+        return kExitOk;
+    }
+    if (o.json || !isatty(STDOUT_FILENO)) {
+        std::cout << reply->dump() << "\n";
+        return kExitOk;
+    }
+    const Json& sources = object_field("source");
+    const auto prefix = reply->find("prefix");
+    std::vector<std::vector<std::string>> rows = {{"FIELD", "VALUE", "SOURCE"}};
+    for (auto it = policy.begin(); it != policy.end(); ++it) {
+        const auto source = sources.find(it.key());
+        std::string from =
+            source != sources.end() && source->is_string() ? source->get<std::string>() : "?";
+        // Which rule: quoted, as a prefix may hold spaces (and nothing in
+        // it may steer the terminal).
+        if (from == "prefix" && prefix != reply->end() && prefix->is_string())
+            from += " " + cbd::json_string(prefix->get<std::string>());
+        rows.push_back({it.key(), bare(it.key()), from});
+    }
+    print_table(rows);
     return kExitOk;
 }
 

@@ -5,7 +5,7 @@ import os
 import re
 import time
 
-from conftest import cbctl, run_on_tty
+from conftest import Client, cbctl, run_on_tty
 
 
 def snapshot_keys():
@@ -92,6 +92,74 @@ def test_get_shows_a_pin_on_a_terminal(cbd):
     r = cbctl("get", "db", sock=cbd.sock)
     assert r.stdout.count("\n") == 1 and list(json.loads(r.stdout)) == snapshot_keys()
     assert cbctl("get", "db", "--field", "state", sock=cbd.sock).stdout == "open\n"
+
+
+POLICY_FIELDS = ["failureThreshold", "resetTimeoutMs", "halfOpenMax", "successThreshold",
+                 "probeLeaseMs", "tripRule", "windowType", "windowSize", "minimumCalls",
+                 "failureRateThreshold", "slowCallDurationMs", "slowCallRateThreshold",
+                 "resetTimeoutMaxMs", "mode"]
+
+
+def daemon_with_layers(start_cbd, workdir):
+    """A cbd whose key "pay eu/api" takes its policy from all three layers."""
+    config = workdir / "cbd.json"
+    config.write_text(json.dumps({"policies": [{"prefix": "pay eu/", "failureThreshold": 9}]}))
+    d = start_cbd("--config", str(config))
+    r = cbctl("configure", "pay eu/api", "--reset-timeout-ms", "5000", "--mode", "observe",
+              sock=d.sock)
+    assert r.returncode == 0, r.stderr
+    return d
+
+
+def test_policy_prints_a_table_on_a_terminal(start_cbd, workdir):
+    d = daemon_with_layers(start_cbd, workdir)
+    lines = run_on_tty(["--socket", d.sock, "policy", "pay eu/api"]).splitlines()
+    rows = [re.split(r"\s{2,}", line) for line in lines]
+    assert rows[0] == ["FIELD", "VALUE", "SOURCE"]
+    assert [row[0] for row in rows[1:]] == POLICY_FIELDS
+    table = {row[0]: row[1:] for row in rows[1:]}
+    assert table["failureThreshold"] == ["9", 'prefix "pay eu/"']
+    assert table["resetTimeoutMs"] == ["5000", "key"]
+    assert table["mode"] == ["observe", "key"]
+    assert table["tripRule"] == ["count", "default"]
+    # Columns line up.
+    assert len({line.index(row[1]) for line, row in zip(lines, rows)}) == 1
+    # --json: the reply even on a terminal.
+    out = run_on_tty(["--socket", d.sock, "policy", "--json", "pay eu/api"])
+    assert json.loads(out)["source"]["mode"] == "key"
+
+
+def test_policy_is_the_reply_as_json_when_not_on_a_terminal(start_cbd, workdir):
+    d = daemon_with_layers(start_cbd, workdir)
+    r = cbctl("policy", "pay eu/api", sock=d.sock)
+    assert r.returncode == 0 and r.stdout.count("\n") == 1
+    reply = Client(d.sock).call({"op": "policy", "key": "pay eu/api"})
+    del reply["ok"]
+    # What scripts read: the reply without "ok", in the daemon's order.
+    assert r.stdout == json.dumps(reply, separators=(",", ":")) + "\n"
+
+
+def test_policy_field_prints_values_one_a_line(start_cbd, workdir):
+    d = daemon_with_layers(start_cbd, workdir)
+    r = cbctl("policy", "pay eu/api", "--field", "mode", sock=d.sock)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "observe\n", "")
+    # Repeated or as a comma list, in the order asked; before the key too.
+    r = cbctl("policy", "--field", "failureThreshold,mode", "--field", "resetTimeoutMs",
+              "pay eu/api", sock=d.sock)
+    assert (r.returncode, r.stdout) == (0, "9\nobserve\n5000\n")
+    # The same on a terminal: values for scripts, never a table.
+    out = run_on_tty(["--socket", d.sock, "policy", "pay eu/api", "--field", "tripRule"])
+    assert out == "count\n"
+
+
+def test_policy_unknown_field_is_a_usage_error_naming_the_fields(workdir):
+    # Refused before any connection: no cbd is needed.
+    for args in (["--field", "failurethreshold"], ["--field", "mode,nonsense"]):
+        r = cbctl("policy", "api", *args, sock=workdir / "none.sock")
+        assert r.returncode == 2 and r.stdout == ""
+        assert all(name in r.stderr for name in POLICY_FIELDS), r.stderr
+    r = cbctl("policy", "api", "--field", "mode", "--json", sock=workdir / "none.sock")
+    assert r.returncode == 2 and "excludes" in r.stderr
 
 
 def test_ping(cbd):
