@@ -3,8 +3,10 @@
 
 #include "cli/connection.hpp"
 #include "cli/exit_codes.hpp"
+#include "cli/observe_commands.hpp"
 
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <deque>
@@ -52,6 +54,13 @@ void print_field(const Json& value) {
         std::cout << value.get<std::string>() << "\n";
     else
         std::cout << value.dump() << "\n";
+}
+
+// The wall clock, as the daemon's epoch times (a pin's `until`) are.
+std::int64_t epoch_ms_now() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
 }
 
 std::optional<Json> parse_reply(const std::string& line) {
@@ -128,6 +137,11 @@ int run_single(const GlobalOptions& options, const SingleRequest& request) {
             break;
         case Output::Snapshot:
             std::cout << (*reply)["snapshot"].dump() << "\n";
+            // The snapshot alone says nothing of a pin: on a terminal, a
+            // line after it does. Scripts keep the one JSON line.
+            if (reply->contains("forced") && (*reply)["forced"].is_object() &&
+                isatty(STDOUT_FILENO))
+                std::cout << "forced: " << pin_text((*reply)["forced"], epoch_ms_now()) << "\n";
             break;
         case Output::Reply:
             std::cout << reply->dump() << "\n";

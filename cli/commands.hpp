@@ -17,7 +17,7 @@ struct GlobalOptions {
 // What a successful reply prints.
 enum class Output {
     Snapshot, // the snapshot as one JSON line (get, success, failure, transition)
-    Reply,    // the reply without "ok" (acquire, report, force, policy, ...)
+    Reply,    // the reply without "ok" (acquire, report, force, configure, ...)
     Line,     // the reply line exactly as received (ping)
     Nothing,  // reset
 };

@@ -248,6 +248,7 @@ int main(int argc, char** argv) {
             configure
                 ->add_option(cbd::policy_flag_name(policy_field), policy_values[i],
                              std::string(cbd::kPolicyFieldHelp[i]))
+                ->type_name(std::string(cbd::kPolicyFieldValueNames[i]))
                 ->check([policy_field](const std::string& v) {
                     std::string error;
                     return cbd::parse_policy_text(policy_field, v, error) ? std::string() : error;
@@ -286,10 +287,25 @@ int main(int argc, char** argv) {
         });
     });
 
-    auto* policy = add_key_command("policy", "Print a key's effective policy and its sources");
-    policy->callback([&] {
-        single([&] { return SingleRequest{key_request("policy", key), Output::Reply, ""}; });
-    });
+    PolicyOptions policy_options;
+    auto* policy = app.add_subcommand(
+        "policy", "Print a key's effective policy and where each value comes from: a table on "
+                  "a terminal, JSON otherwise");
+    policy->add_option("KEY", policy_options.key, "Circuit key")->required();
+    auto* policy_field =
+        policy
+            ->add_option("--field", policy_options.fields,
+                         "Print only these fields' values, bare, one a line (repeatable, or "
+                         "NAME,NAME)")
+            ->type_name("NAME")
+            ->delimiter(',')
+            ->allow_extra_args(false) // `--field mode KEY`: KEY is the key
+            ->check(CLI::IsMember(std::vector<std::string>(cbd::kPolicyFieldNames.begin(),
+                                                           cbd::kPolicyFieldNames.end())));
+    policy->add_flag("--json", policy_options.json, "JSON even on a terminal")
+        ->excludes(policy_field);
+    policy->callback(
+        [&] { command = [&](const GlobalOptions& g) { return run_policy(g, policy_options); }; });
 
     // --- observing --------------------------------------------------------------
     WatchOptions watch_options;

@@ -1,4 +1,4 @@
-// watch, list, stats, metrics (see observe_commands.hpp).
+// watch, list, policy, stats, metrics (see observe_commands.hpp).
 #include "cli/observe_commands.hpp"
 
 #include "cli/connection.hpp"
@@ -8,8 +8,11 @@
 #include <algorithm>
 #include <ctime>
 #include <iostream>
+#include <iterator>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <unistd.h>
+#include <utility>
 #include <vector>
 
 namespace cbctl {
@@ -28,6 +31,25 @@ std::string forced_text(const Json& forced) {
     if (!reason.empty())
         text += " (" + reason + ")";
     return text;
+}
+
+// "42s", "5m", "4m 59s", "1h 5m", "2d": the largest unit and the next,
+// rounded up to a second (a pin with 300000 ms left is "5m").
+std::string human_duration(std::int64_t ms) {
+    constexpr std::pair<std::int64_t, const char*> kUnits[] = {
+        {86400, "d"}, {3600, "h"}, {60, "m"}, {1, "s"}};
+    const std::int64_t secs = (ms + 999) / 1000;
+    for (std::size_t i = 0; i + 1 < std::size(kUnits); ++i) {
+        const auto [size, name] = kUnits[i];
+        if (secs < size)
+            continue;
+        std::string text = std::to_string(secs / size) + name;
+        const auto [next_size, next_name] = kUnits[i + 1];
+        if (const std::int64_t rest = secs % size / next_size; rest > 0)
+            text += " " + std::to_string(rest) + next_name;
+        return text;
+    }
+    return std::to_string(secs) + "s";
 }
 
 void print_table(const std::vector<std::vector<std::string>>& rows) {
@@ -97,6 +119,41 @@ std::string human_time(std::int64_t epoch_ms) {
     char ms[8];
     std::snprintf(ms, sizeof ms, ".%03d", static_cast<int>(epoch_ms % 1000));
     return std::string(buf) + ms;
+}
+
+std::string pin_text(const Json& forced, std::int64_t now_ms) {
+    // Whatever the reply holds: a field of another type reads as absent.
+    const auto string_field = [&](const char* name) {
+        const auto it = forced.find(name);
+        return it != forced.end() && it->is_string() ? it->get<std::string>() : std::string();
+    };
+    const auto integer_field = [](const Json& object,
+                                  const char* name) -> std::optional<std::int64_t> {
+        const auto it = object.find(name);
+        if (it == object.end() || !it->is_number_integer())
+            return std::nullopt;
+        return it->get<std::int64_t>();
+    };
+    const std::string state = string_field("state");
+    std::string text = state.empty() ? "?" : state;
+    if (const auto until = integer_field(forced, "until"))
+        text += " until " + human_time(*until) +
+                (*until > now_ms ? " (in " + human_duration(*until - now_ms) + ")" : " (due now)");
+    else
+        text += " until unforced";
+    if (const auto by = forced.find("by"); by != forced.end() && by->is_object()) {
+        std::string who;
+        if (const auto uid = integer_field(*by, "uid"))
+            who += " uid " + std::to_string(*uid);
+        if (const auto pid = integer_field(*by, "pid"))
+            who += " pid " + std::to_string(*pid);
+        if (!who.empty())
+            text += " by" + who;
+    }
+    // Quoted and escaped as JSON, so no byte of it can steer the terminal.
+    if (const std::string reason = string_field("reason"); !reason.empty())
+        text += ": " + cbd::json_string(reason);
+    return text;
 }
 
 int run_watch(const GlobalOptions& g, const WatchOptions& o) {
@@ -198,6 +255,51 @@ int run_list(const GlobalOptions& g, const ListOptions& o) {
     if (table)
         print_table(rows);
     std::cout.flush();
+    return kExitOk;
+}
+
+int run_policy(const GlobalOptions& g, const PolicyOptions& o) {
+    int exit_code = kExitOk;
+    auto reply = ask_once(g, key_request("policy", o.key), exit_code);
+    if (!reply)
+        return exit_code;
+    reply->erase("ok");
+    const Json no_object = Json::object();
+    const auto object_field = [&](const char* name) -> const Json& {
+        const auto it = reply->find(name);
+        return it != reply->end() && it->is_object() ? *it : no_object;
+    };
+    const Json& policy = object_field("policy");
+    // A value as a script wants it: a name bare, a number as written.
+    const auto bare = [&](const std::string& field) {
+        const auto it = policy.find(field);
+        if (it == policy.end())
+            return std::string();
+        return it->is_string() ? it->get<std::string>() : it->dump();
+    };
+    if (!o.fields.empty()) {
+        for (const auto& field : o.fields)
+            std::cout << bare(field) << "\n";
+        return kExitOk;
+    }
+    if (o.json || !isatty(STDOUT_FILENO)) {
+        std::cout << reply->dump() << "\n";
+        return kExitOk;
+    }
+    const Json& sources = object_field("source");
+    const auto prefix = reply->find("prefix");
+    std::vector<std::vector<std::string>> rows = {{"FIELD", "VALUE", "SOURCE"}};
+    for (auto it = policy.begin(); it != policy.end(); ++it) {
+        const auto source = sources.find(it.key());
+        std::string from =
+            source != sources.end() && source->is_string() ? source->get<std::string>() : "?";
+        // Which rule: quoted, as a prefix may hold spaces (and nothing in
+        // it may steer the terminal).
+        if (from == "prefix" && prefix != reply->end() && prefix->is_string())
+            from += " " + cbd::json_string(prefix->get<std::string>());
+        rows.push_back({it.key(), bare(it.key()), from});
+    }
+    print_table(rows);
     return kExitOk;
 }
 

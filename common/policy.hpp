@@ -165,6 +165,12 @@ inline constexpr std::array<std::string_view, kPolicyFieldCount> kPolicyFieldHel
     "enforce, observe (decide, never deny) or disabled (default enforce)",
 };
 
+// The name of each field's value in --help (cbd's flags, cbctl configure)
+// and the man pages: what is typed there.
+inline constexpr std::array<std::string_view, kPolicyFieldCount> kPolicyFieldValueNames = {
+    "N", "MS", "N", "N", "MS", "RULE", "TYPE", "N", "N", "PERCENT", "MS", "PERCENT", "MS", "MODE",
+};
+
 struct PolicyPatch;
 
 // A field's command-line flag: its wire name in kebab case

@@ -12,6 +12,7 @@ _cbctl_flags() {
         acquire) echo "--field" ;;
         report) echo "--duration-ms --generation --permit --field" ;;
         force) echo "--ttl --reason" ;;
+        policy) echo "--field --json" ;;
         configure) echo "--failure-threshold --reset-timeout-ms --half-open-max --success-threshold --probe-lease-ms --trip-rule --window-type --window-size --minimum-calls --failure-rate-threshold --slow-call-duration-ms --slow-call-rate-threshold --reset-timeout-max-ms --mode --unset --clear" ;;
         watch) echo "--prefix --format" ;;
         list) echo "--prefix --state --json --keys" ;;
@@ -82,12 +83,20 @@ _cbctl() {
 
     local IFS=$'\n'
     local snapshot_fields="state failureCount successCount lastFailureTime lastStateChange generation"
+    local policy_fields="failureThreshold resetTimeoutMs halfOpenMax successThreshold probeLeaseMs tripRule windowType windowSize minimumCalls failureRateThreshold slowCallDurationMs slowCallRateThreshold resetTimeoutMaxMs mode"
     case $prev in
         --socket)
             COMPREPLY=($(compgen -f -- "$cur"))
             return
             ;;
         --field)
+            if [[ $command == policy ]]; then
+                # NAME,NAME: complete the name after the last comma.
+                local names=""
+                [[ $cur == *,* ]] && names=${cur%,*},
+                COMPREPLY=($(IFS=' ' compgen -P "$names" -W "$policy_fields" -- "${cur##*,}"))
+                return
+            fi
             local fields=$snapshot_fields
             [[ $command == acquire ]] && fields="allowed permit retryAfterMs generation state failureCount successCount lastFailureTime lastStateChange"
             [[ $command == report ]] && fields="stale generation state failureCount successCount lastFailureTime lastStateChange"
@@ -103,7 +112,7 @@ _cbctl() {
             return
             ;;
         --unset)
-            COMPREPLY=($(IFS=' ' compgen -W "failureThreshold resetTimeoutMs halfOpenMax successThreshold probeLeaseMs tripRule windowType windowSize minimumCalls failureRateThreshold slowCallDurationMs slowCallRateThreshold resetTimeoutMaxMs mode" -- "$cur"))
+            COMPREPLY=($(IFS=' ' compgen -W "$policy_fields" -- "$cur"))
             return
             ;;
         --trip-rule)

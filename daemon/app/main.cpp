@@ -52,6 +52,16 @@ std::optional<std::string> read_password_file(const std::string& path, std::stri
     return std::nullopt;
 }
 
+// Checks that the option's value is from `min` to `max`, and says so in its
+// description ("(1 to 16)"), where --help reads best, instead of CLI11's
+// "UINT in [1 - 16]" after the value's name.
+template <typename T> CLI::Option* with_range(CLI::Option* option, T min, T max) {
+    option->check(CLI::Range(min, max).description(""));
+    option->description(option->get_description() + " (" + std::to_string(min) + " to " +
+                        std::to_string(max) + ")");
+    return option;
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -98,126 +108,197 @@ int main(int argc, char** argv) {
         return v == "0" || cbd::parse_duration(v) ? std::string() : "'" + v + "' is not a duration";
     };
 
-    app.add_option("--socket", socket_flag,
-                   "Socket path (default: $CBD_SOCKET, else $XDG_RUNTIME_DIR/cbd/cbd.sock for "
-                   "non-root users, else /run/cbd/cbd.sock)");
-    app.add_option("--socket-mode", socket_mode, "Octal mode of the socket file")
-        ->capture_default_str();
-    app.add_option("--max-line-bytes", max_line_bytes, "Longest request line accepted")
-        ->capture_default_str()
-        ->check(CLI::Range(std::size_t{64}, std::size_t{64} * 1024 * 1024));
-    app.add_option("--max-circuits", max_circuits, "Most circuits held at once")
-        ->capture_default_str()
-        ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 40));
+    // --help lists the flags by group, in the order each group's first flag
+    // is added here; each value is named for what is typed (N, MS, PATH).
     app.add_option("--log-level", log_level, "error, warn, info or debug")
+        ->type_name("LEVEL")
         ->capture_default_str()
         ->check(CLI::IsMember({"error", "warn", "info", "debug"}));
 
-    app.add_option("--watch-queue", watch_queue,
-                   "Events a watcher may fall behind before it is dropped")
+    const std::string access = "Socket and access";
+    app.add_option("--socket", socket_flag,
+                   "Socket path (default: $CBD_SOCKET, else $XDG_RUNTIME_DIR/cbd/cbd.sock for "
+                   "non-root users, else /run/cbd/cbd.sock)")
+        ->type_name("PATH")
+        ->group(access);
+    app.add_option("--socket-mode", socket_mode, "Octal mode of the socket file")
+        ->type_name("MODE")
         ->capture_default_str()
-        ->check(CLI::Range(std::size_t{1}, std::size_t{10'000'000}));
-    // --metrics-listen is the flag's name from before the dashboard: kept.
-    app.add_option("--http-listen,--metrics-listen", http_listen,
-                   "Serve the read-only dashboard (/), its API (/api/circuits, /api/events) "
-                   "and Prometheus metrics (/metrics) at http://ADDR:PORT (off by default; "
-                   "a loopback address unless --http-allow-remote)");
-    app.add_flag("--http-allow-remote", http_allow_remote,
-                 "Let --http-listen bind a non-loopback address: anyone who can reach it sees "
-                 "every circuit (read only)");
-    app.add_option("--http-max-event-clients", http_max_event_clients,
-                   "Most /api/events streams (open dashboards) at once")
-        ->capture_default_str()
-        ->check(CLI::Range(std::size_t{1}, std::size_t{10'000}));
+        ->group(access);
     app.add_option("--writer-group", writer_group,
-                   "Group (name or gid) whose members may record outcomes (write level)");
+                   "Group (name or gid) whose members may record outcomes (write level)")
+        ->type_name("GROUP")
+        ->group(access);
     app.add_option("--admin-group", admin_group,
                    "Group (name or gid) whose members may also transition, reset, force and "
                    "configure (admin level). With neither group set, everyone who can connect "
-                   "is admin");
-    app.add_option("--max-connections", max_connections, "Most client connections at once")
+                   "is admin")
+        ->type_name("GROUP")
+        ->group(access);
+
+    const std::string limits = "Limits";
+    with_range(app.add_option("--max-line-bytes", max_line_bytes, "Longest request line accepted"),
+               std::size_t{64}, std::size_t{64} * 1024 * 1024)
+        ->type_name("N")
         ->capture_default_str()
-        ->check(CLI::Range(std::size_t{1}, std::size_t{1'000'000}));
+        ->group(limits);
+    with_range(app.add_option("--max-circuits", max_circuits, "Most circuits held at once"),
+               std::size_t{1}, std::size_t{1} << 40)
+        ->type_name("N")
+        ->capture_default_str()
+        ->group(limits);
+    with_range(
+        app.add_option("--max-connections", max_connections, "Most client connections at once"),
+        std::size_t{1}, std::size_t{1'000'000})
+        ->type_name("N")
+        ->capture_default_str()
+        ->group(limits);
+    with_range(app.add_option("--max-connections-per-uid", max_connections_per_uid,
+                              "Most connections one uid may hold at once (0 = no limit; root and "
+                              "cbd's own uid are exempt)"),
+               std::size_t{0}, std::size_t{1'000'000})
+        ->type_name("N")
+        ->capture_default_str()
+        ->group(limits);
+    with_range(app.add_option("--reserved-connections", reserved_connections,
+                              "Connections kept for write- and admin-level peers: read-level "
+                              "peers may hold --max-connections minus this (default: 1/16 of "
+                              "--max-connections, at least 1)"),
+               std::size_t{0}, std::size_t{1'000'000})
+        ->type_name("N")
+        ->group(limits);
     app.add_option("--idle-timeout", idle_timeout,
                    "Close connections idle this long (300s, 5m; 0 = never; watchers excepted)")
+        ->type_name("DURATION")
         ->capture_default_str()
-        ->check(duration_or_off);
-    app.add_option("--max-connections-per-uid", max_connections_per_uid,
-                   "Most connections one uid may hold at once (0 = no limit; root and cbd's own "
-                   "uid are exempt)")
-        ->capture_default_str()
-        ->check(CLI::Range(std::size_t{0}, std::size_t{1'000'000}));
-    app.add_option("--reserved-connections", reserved_connections,
-                   "Connections kept for write- and admin-level peers: read-level peers may hold "
-                   "--max-connections minus this (default: 1/16 of --max-connections, at least "
-                   "1)")
-        ->check(CLI::Range(std::size_t{0}, std::size_t{1'000'000}));
+        ->check(duration_or_off)
+        ->group(limits);
     app.add_option("--request-timeout", request_timeout,
                    "Close a connection whose unfinished request line is not finished within "
                    "this, however it trickles in (0 = never; applies with --idle-timeout off)")
+        ->type_name("DURATION")
         ->capture_default_str()
-        ->check(duration_or_off);
+        ->check(duration_or_off)
+        ->group(limits);
+    with_range(app.add_option("--watch-queue", watch_queue,
+                              "Events a watcher may fall behind before it is dropped"),
+               std::size_t{1}, std::size_t{10'000'000})
+        ->type_name("N")
+        ->capture_default_str()
+        ->group(limits);
+
+    const std::string policy = "Policy";
     app.add_option("--config", config_path,
-                   "JSON policy file (defaults and prefix rules); re-read on SIGHUP");
-    app.add_option("--state-file", state_file,
-                   "Keep circuits in this SQLite file across restarts and crashes (default: "
-                   "memory only; under systemd, $STATE_DIRECTORY/state.db)");
-    app.add_option("--sync", sync_mode,
-                   "always: a change is answered once committed and synced (group commit); "
-                   "batch: changes are written every --sync-interval-ms; off: only at clean "
-                   "shutdown")
-        ->capture_default_str()
-        ->check(CLI::IsMember({"always", "batch", "off"}));
-    app.add_option("--sync-interval-ms", sync_interval_ms,
-                   "How often batch mode writes changed circuits")
-        ->capture_default_str()
-        ->check(CLI::Range(std::int64_t{1}, std::int64_t{3'600'000}));
-    app.add_flag("--move-corrupt-state", move_corrupt_state,
-                 "If the state file cannot be read, move it aside (to FILE.corrupt-TIME) and "
-                 "start empty instead of refusing to start");
-    app.add_option("--backend", backend,
-                   "memory: circuits in this daemon; redis: circuits in Redis (--redis), shared "
-                   "with every cbd that uses the same Redis and prefix")
-        ->capture_default_str()
-        ->check(CLI::IsMember({"memory", "redis"}));
-    app.add_option("--redis", redis_url,
-                   "Redis address for --backend redis: unix:///path/redis.sock, "
-                   "tcp://HOST:PORT, or sentinel://HOST:PORT[,HOST:PORT...]/MASTERNAME to follow "
-                   "the master that Redis Sentinel names");
-    app.add_option("--redis-sentinel-password-file", redis_sentinel_password_file,
-                   "File holding the sentinels' password (AUTH), as --redis-password-file; "
-                   "only with a sentinel:// address");
-    app.add_option("--redis-min-replicas", redis_min_replicas,
-                   "Acknowledge a change only once this many replicas have it (WAIT); else "
-                   "backend_unavailable, and the change may have been applied. 0: acknowledge "
-                   "what the master applied")
-        ->capture_default_str()
-        ->check(CLI::Range(std::size_t{0}, kMaxMinReplicas));
-    app.add_option("--redis-password-file", redis_password_file,
-                   "File holding the Redis password (AUTH): the whole file, less one trailing "
-                   "newline (\\n or \\r\\n)");
-    app.add_option("--redis-prefix", redis_prefix,
-                   "Start of every Redis key this cbd uses, so deployments can share a Redis")
-        ->capture_default_str();
-    app.add_option("--test-clock", test_clock_file,
-                   "Tests only: read the time (epoch ms) from FILE instead of the system clock "
-                   "(one time, or the wall clock then the monotonic one)")
-        ->group("Testing");
-    app.add_option("--backend-timeout", backend_timeout,
-                   "How long an operation waits for Redis before backend_unavailable (300ms, 2s)")
-        ->capture_default_str()
-        ->check([](const std::string& v) {
-            return cbd::parse_duration(v) ? std::string() : "'" + v + "' is not a duration";
-        });
+                   "JSON policy file (defaults and prefix rules); re-read on SIGHUP")
+        ->type_name("FILE")
+        ->group(policy);
     for (std::size_t i = 0; i < cbd::kPolicyFieldCount; ++i) {
         const auto field = static_cast<cbd::PolicyField>(i);
         app.add_option(cbd::policy_flag_name(field), policy_flags[i],
                        std::string(cbd::kPolicyFieldHelp[i]))
+            ->type_name(std::string(cbd::kPolicyFieldValueNames[i]))
             ->check([field](const std::string& v) {
                 std::string error;
                 return cbd::parse_policy_text(field, v, error) ? std::string() : error;
-            });
+            })
+            ->group(policy);
     }
+
+    const std::string persistence = "Persistence";
+    app.add_option("--state-file", state_file,
+                   "Keep circuits in this SQLite file across restarts and crashes (default: "
+                   "memory only; under systemd, $STATE_DIRECTORY/state.db)")
+        ->type_name("FILE")
+        ->group(persistence);
+    app.add_option("--sync", sync_mode,
+                   "always: a change is answered once committed and synced (group commit); "
+                   "batch: changes are written every --sync-interval-ms; off: only at clean "
+                   "shutdown")
+        ->type_name("MODE")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"always", "batch", "off"}))
+        ->group(persistence);
+    with_range(app.add_option("--sync-interval-ms", sync_interval_ms,
+                              "How often batch mode writes changed circuits"),
+               std::int64_t{1}, std::int64_t{3'600'000})
+        ->type_name("MS")
+        ->capture_default_str()
+        ->group(persistence);
+    app.add_flag("--move-corrupt-state", move_corrupt_state,
+                 "If the state file cannot be read, move it aside (to FILE.corrupt-TIME) and "
+                 "start empty instead of refusing to start")
+        ->group(persistence);
+
+    const std::string redis = "Redis";
+    app.add_option("--backend", backend,
+                   "memory: circuits in this daemon; redis: circuits in Redis (--redis), shared "
+                   "with every cbd that uses the same Redis and prefix")
+        ->type_name("KIND")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"memory", "redis"}))
+        ->group(redis);
+    app.add_option("--redis", redis_url,
+                   "Redis address for --backend redis: unix:///path/redis.sock, "
+                   "tcp://HOST:PORT, or sentinel://HOST:PORT[,HOST:PORT...]/MASTERNAME to follow "
+                   "the master that Redis Sentinel names")
+        ->type_name("ADDRESS")
+        ->group(redis);
+    app.add_option("--redis-password-file", redis_password_file,
+                   "File holding the Redis password (AUTH): the whole file, less one trailing "
+                   "newline (\\n or \\r\\n)")
+        ->type_name("FILE")
+        ->group(redis);
+    app.add_option("--redis-sentinel-password-file", redis_sentinel_password_file,
+                   "File holding the sentinels' password (AUTH), as --redis-password-file; "
+                   "only with a sentinel:// address")
+        ->type_name("FILE")
+        ->group(redis);
+    app.add_option("--redis-prefix", redis_prefix,
+                   "Start of every Redis key this cbd uses, so deployments can share a Redis")
+        ->type_name("PREFIX")
+        ->capture_default_str()
+        ->group(redis);
+    with_range(app.add_option("--redis-min-replicas", redis_min_replicas,
+                              "Acknowledge a change only once this many replicas have it (WAIT); "
+                              "else backend_unavailable, and the change may have been applied. "
+                              "0: acknowledge what the master applied"),
+               std::size_t{0}, kMaxMinReplicas)
+        ->type_name("N")
+        ->capture_default_str()
+        ->group(redis);
+    app.add_option("--backend-timeout", backend_timeout,
+                   "How long an operation waits for Redis before backend_unavailable (300ms, 2s)")
+        ->type_name("DURATION")
+        ->capture_default_str()
+        ->check([](const std::string& v) {
+            return cbd::parse_duration(v) ? std::string() : "'" + v + "' is not a duration";
+        })
+        ->group(redis);
+
+    const std::string http = "HTTP";
+    // --metrics-listen is the flag's name from before the dashboard: kept.
+    app.add_option("--http-listen,--metrics-listen", http_listen,
+                   "Serve the read-only dashboard (/), its API (/api/circuits, /api/events) "
+                   "and Prometheus metrics (/metrics) at http://ADDR:PORT (off by default; "
+                   "a loopback address unless --http-allow-remote)")
+        ->type_name("ADDR:PORT")
+        ->group(http);
+    app.add_flag("--http-allow-remote", http_allow_remote,
+                 "Let --http-listen bind a non-loopback address: anyone who can reach it sees "
+                 "every circuit (read only)")
+        ->group(http);
+    with_range(app.add_option("--http-max-event-clients", http_max_event_clients,
+                              "Most /api/events streams (open dashboards) at once"),
+               std::size_t{1}, std::size_t{10'000})
+        ->type_name("N")
+        ->capture_default_str()
+        ->group(http);
+
+    app.add_option("--test-clock", test_clock_file,
+                   "Tests only: read the time (epoch ms) from FILE instead of the system clock "
+                   "(one time, or the wall clock then the monotonic one)")
+        ->type_name("FILE")
+        ->group("Testing");
 
     try {
         app.parse(argc, argv);

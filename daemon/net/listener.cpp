@@ -75,13 +75,22 @@ int open_socket_directory(const std::string& dir) {
     return fd;
 }
 
-// Holds an exclusive flock on PATH.lock for the daemon's lifetime. The file
-// records the holder's pid for the error message of the next one to try.
-// In a sticky directory others may share, the name may be theirs: a symlink
-// is not followed (O_NOFOLLOW), a FIFO does not block the open (O_NONBLOCK),
-// and nothing is written unless the file is a regular one of cbd's own
-// (own_file_problem()).
-int take_lock(int dir_fd, const std::string& socket_path) {
+// Whether `path` (relative to `dir_fd`) names the file `st` describes; a
+// symbolic link there is not followed.
+bool names_file(int dir_fd, const std::string& path, const struct stat& st) {
+    struct stat named {};
+    return fstatat(dir_fd, path.c_str(), &named, AT_SYMLINK_NOFOLLOW) == 0 &&
+           named.st_dev == st.st_dev && named.st_ino == st.st_ino;
+}
+
+// One attempt at an exclusive flock on PATH.lock: its descriptor, or -1
+// when the file locked is no longer the one PATH.lock names (take_lock()).
+// The file records the holder's pid for the error message of the next one
+// to try. In a sticky directory others may share, the name may be theirs: a
+// symlink is not followed (O_NOFOLLOW), a FIFO does not block the open
+// (O_NONBLOCK), and nothing is written unless the file is a regular one of
+// cbd's own (own_file_problem()).
+int try_lock(int dir_fd, const std::string& socket_path) {
     const std::string lock_path = socket_path + ".lock";
     const std::string label = "lock file " + lock_path;
     int fd = ::openat(dir_fd, base_name(lock_path).c_str(),
@@ -124,10 +133,14 @@ int take_lock(int dir_fd, const std::string& socket_path) {
     }
     // Whether it is still cbd's own, now that nobody else holds it.
     std::optional<std::string> problem;
-    if (fstat(fd, &st) != 0)
+    if (fstat(fd, &st) != 0) {
         problem = "cannot inspect " + label + ": " + errno_text(errno);
-    else
+    } else if (!names_file(dir_fd, base_name(lock_path), st)) {
+        ::close(fd);
+        return -1;
+    } else {
         problem = own_file_problem(label, st, geteuid());
+    }
     if (problem) {
         ::close(fd);
         throw StartupError(*problem);
@@ -137,6 +150,22 @@ int take_lock(int dir_fd, const std::string& socket_path) {
         // The pid is only for messages; the lock itself is what matters.
     }
     return fd;
+}
+
+// Holds the lock on PATH.lock for the daemon's lifetime. Its holder removes
+// the file at the end, while still holding it (Listener::release_lock()),
+// so a lock taken may be on a file already gone: it counts only if
+// PATH.lock still names the file locked, else the name is opened afresh.
+int take_lock(int dir_fd, const std::string& socket_path) {
+    // Each failed attempt means a daemon removed its lock file between our
+    // open and our flock: many in a row only if daemons start and stop on
+    // this path without a pause.
+    constexpr int kLockAttempts = 16;
+    for (int attempt = 0; attempt < kLockAttempts; ++attempt)
+        if (const int fd = try_lock(dir_fd, socket_path); fd >= 0)
+            return fd;
+    throw StartupError("cannot lock " + socket_path + ".lock: it was removed and created " +
+                       std::to_string(kLockAttempts) + " times while cbd was taking it");
 }
 
 // We hold the lock, so a socket file at the path is a dead daemon's, if it
@@ -222,6 +251,7 @@ Listener Listener::open(const ListenerOptions& options) {
     const int dir_fd = open_socket_directory(parent_dir(options.path));
     try {
         l.lock_fd_ = take_lock(dir_fd, options.path);
+        l.lock_path_ = options.path + ".lock";
         remove_stale_socket(dir_fd, options.path);
     } catch (...) {
         ::close(dir_fd);
@@ -235,7 +265,8 @@ Listener Listener::open(const ListenerOptions& options) {
 
 Listener::Listener(Listener&& other) noexcept
     : fd_(other.fd_), lock_fd_(other.lock_fd_), activated_(other.activated_),
-      created_file_(other.created_file_), path_(std::move(other.path_)) {
+      created_file_(other.created_file_), path_(std::move(other.path_)),
+      lock_path_(std::move(other.lock_path_)) {
     other.fd_ = -1;
     other.lock_fd_ = -1;
     other.created_file_ = false;
@@ -245,16 +276,29 @@ Listener::~Listener() {
     if (fd_ >= 0)
         ::close(fd_);
     remove_socket_file();
-    // The lock file stays: unlinking it while another daemon may be opening
-    // it would let two daemons lock two different files.
-    if (lock_fd_ >= 0)
-        ::close(lock_fd_);
+    release_lock();
 }
 
 int Listener::release_fd() {
     int fd = fd_;
     fd_ = -1;
     return fd;
+}
+
+void Listener::release_lock() {
+    if (lock_fd_ < 0)
+        return;
+    // Removed while still held, and only while the name is still this file:
+    // a daemon that opened it meanwhile gets the lock once we close, sees
+    // that the name no longer leads to what it locked, and tries again
+    // (take_lock()), so two daemons never hold two different lock files.
+    // A start refused because another daemon holds the lock never gets here
+    // with it (lock_fd_ is only set once the lock is ours).
+    struct stat held {};
+    if (fstat(lock_fd_, &held) == 0 && names_file(AT_FDCWD, lock_path_, held))
+        unlink(lock_path_.c_str());
+    ::close(lock_fd_);
+    lock_fd_ = -1;
 }
 
 void Listener::remove_socket_file() {

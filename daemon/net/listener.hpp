@@ -34,6 +34,11 @@ class Listener {
 
     // Removes the socket file if we created it (never systemd's).
     void remove_socket_file();
+    // Removes the lock file beside the socket and lets go of the lock, if we
+    // hold one (never under socket activation: systemd owns the socket and
+    // no lock is taken). Done by the destructor, so a start refused after
+    // the lock was taken leaves no lock file behind.
+    void release_lock();
 
   private:
     Listener() = default;
@@ -43,6 +48,7 @@ class Listener {
     bool activated_ = false;
     bool created_file_ = false;
     std::string path_;
+    std::string lock_path_; // set with lock_fd_
 };
 
 // Parses an octal mode such as "0660"; throws StartupError when invalid.

@@ -2,6 +2,7 @@
 socket, talk to it with the real cbctl and with raw socket clients."""
 
 import os
+import pty
 import shutil
 import signal
 import socket
@@ -204,3 +205,21 @@ def cbctl(*args, sock=None, env=None, input=None, timeout=30):
         cmd += ["--socket", str(sock)]
     cmd += list(args)
     return subprocess.run(cmd, capture_output=True, text=True, env=full_env, input=input, timeout=timeout)
+
+
+def run_on_tty(args, env=None):
+    """Runs cbctl with a terminal as stdout; returns what it printed."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(CBCTL, [CBCTL, *args], dict(os.environ, TZ="UTC", **(env or {})))
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.waitpid(pid, 0)
+    return out.decode().replace("\r\n", "\n")

@@ -2,8 +2,10 @@
 
 import json
 import os
+import re
+import time
 
-from conftest import cbctl
+from conftest import Client, cbctl, run_on_tty
 
 
 def snapshot_keys():
@@ -58,6 +60,106 @@ def test_field_prints_bare_values(cbd):
     assert r.stdout == "1\n"
     r = cbctl("get", "api", "--field", "nonsense", sock=cbd.sock)
     assert r.returncode == 2 and r.stdout == ""
+
+
+def utc_time(epoch_ms):
+    """An epoch time as cbctl prints it under TZ=UTC (run_on_tty's)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch_ms // 1000)) + f".{epoch_ms % 1000:03d}"
+
+
+def test_get_shows_a_pin_on_a_terminal(cbd):
+    r = cbctl("force", "db", "open", "--ttl", "5m", "--reason", "db migration", sock=cbd.sock)
+    forced = json.loads(r.stdout)["forced"]
+    lines = run_on_tty(["--socket", cbd.sock, "get", "db"]).splitlines()
+    assert len(lines) == 2, lines
+    assert json.loads(lines[0])["state"] == "open"
+    # Rounded up to the second: "5m" unless a second went by since the force.
+    assert re.fullmatch(
+        rf'forced: open until {re.escape(utc_time(forced["until"]))} \(in (5m|4m 5\ds)\) '
+        rf'by uid {os.geteuid()} pid {forced["by"]["pid"]}: "db migration"', lines[1]), lines[1]
+    # Every command that prints a snapshot shows the pin under it.
+    lines = run_on_tty(["--socket", cbd.sock, "failure", "db"]).splitlines()
+    assert lines[1].startswith("forced: open until ")
+
+    # Without a TTL or a reason.
+    cbctl("force", "cache", "closed", sock=cbd.sock)
+    lines = run_on_tty(["--socket", cbd.sock, "get", "cache"]).splitlines()
+    assert re.fullmatch(rf"forced: closed until unforced by uid {os.geteuid()} pid \d+", lines[1])
+
+    # Not pinned: the snapshot alone, as ever.
+    assert len(run_on_tty(["--socket", cbd.sock, "get", "free"]).splitlines()) == 1
+    # Not a terminal: the one JSON line scripts read, pin or not.
+    r = cbctl("get", "db", sock=cbd.sock)
+    assert r.stdout.count("\n") == 1 and list(json.loads(r.stdout)) == snapshot_keys()
+    assert cbctl("get", "db", "--field", "state", sock=cbd.sock).stdout == "open\n"
+
+
+POLICY_FIELDS = ["failureThreshold", "resetTimeoutMs", "halfOpenMax", "successThreshold",
+                 "probeLeaseMs", "tripRule", "windowType", "windowSize", "minimumCalls",
+                 "failureRateThreshold", "slowCallDurationMs", "slowCallRateThreshold",
+                 "resetTimeoutMaxMs", "mode"]
+
+
+def daemon_with_layers(start_cbd, workdir):
+    """A cbd whose key "pay eu/api" takes its policy from all three layers."""
+    config = workdir / "cbd.json"
+    config.write_text(json.dumps({"policies": [{"prefix": "pay eu/", "failureThreshold": 9}]}))
+    d = start_cbd("--config", str(config))
+    r = cbctl("configure", "pay eu/api", "--reset-timeout-ms", "5000", "--mode", "observe",
+              sock=d.sock)
+    assert r.returncode == 0, r.stderr
+    return d
+
+
+def test_policy_prints_a_table_on_a_terminal(start_cbd, workdir):
+    d = daemon_with_layers(start_cbd, workdir)
+    lines = run_on_tty(["--socket", d.sock, "policy", "pay eu/api"]).splitlines()
+    rows = [re.split(r"\s{2,}", line) for line in lines]
+    assert rows[0] == ["FIELD", "VALUE", "SOURCE"]
+    assert [row[0] for row in rows[1:]] == POLICY_FIELDS
+    table = {row[0]: row[1:] for row in rows[1:]}
+    assert table["failureThreshold"] == ["9", 'prefix "pay eu/"']
+    assert table["resetTimeoutMs"] == ["5000", "key"]
+    assert table["mode"] == ["observe", "key"]
+    assert table["tripRule"] == ["count", "default"]
+    # Columns line up.
+    assert len({line.index(row[1]) for line, row in zip(lines, rows)}) == 1
+    # --json: the reply even on a terminal.
+    out = run_on_tty(["--socket", d.sock, "policy", "--json", "pay eu/api"])
+    assert json.loads(out)["source"]["mode"] == "key"
+
+
+def test_policy_is_the_reply_as_json_when_not_on_a_terminal(start_cbd, workdir):
+    d = daemon_with_layers(start_cbd, workdir)
+    r = cbctl("policy", "pay eu/api", sock=d.sock)
+    assert r.returncode == 0 and r.stdout.count("\n") == 1
+    reply = Client(d.sock).call({"op": "policy", "key": "pay eu/api"})
+    del reply["ok"]
+    # What scripts read: the reply without "ok", in the daemon's order.
+    assert r.stdout == json.dumps(reply, separators=(",", ":")) + "\n"
+
+
+def test_policy_field_prints_values_one_a_line(start_cbd, workdir):
+    d = daemon_with_layers(start_cbd, workdir)
+    r = cbctl("policy", "pay eu/api", "--field", "mode", sock=d.sock)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "observe\n", "")
+    # Repeated or as a comma list, in the order asked; before the key too.
+    r = cbctl("policy", "--field", "failureThreshold,mode", "--field", "resetTimeoutMs",
+              "pay eu/api", sock=d.sock)
+    assert (r.returncode, r.stdout) == (0, "9\nobserve\n5000\n")
+    # The same on a terminal: values for scripts, never a table.
+    out = run_on_tty(["--socket", d.sock, "policy", "pay eu/api", "--field", "tripRule"])
+    assert out == "count\n"
+
+
+def test_policy_unknown_field_is_a_usage_error_naming_the_fields(workdir):
+    # Refused before any connection: no cbd is needed.
+    for args in (["--field", "failurethreshold"], ["--field", "mode,nonsense"]):
+        r = cbctl("policy", "api", *args, sock=workdir / "none.sock")
+        assert r.returncode == 2 and r.stdout == ""
+        assert all(name in r.stderr for name in POLICY_FIELDS), r.stderr
+    r = cbctl("policy", "api", "--field", "mode", "--json", sock=workdir / "none.sock")
+    assert r.returncode == 2 and "excludes" in r.stderr
 
 
 def test_ping(cbd):

@@ -90,9 +90,14 @@ def test_bash_offers_each_commands_flags_as_its_help_lists_them(command):
 
 
 @pytest.mark.parametrize("command", ["get", "success", "failure", "transition", "acquire",
-                                     "report"])
+                                     "report", "policy"])
 def test_bash_offers_the_fields_that_field_accepts(command):
     assert bash_complete(f"cbctl {command} k --field ") == set(help_options(command)["--field"])
+
+
+def test_bash_completes_policy_fields_after_a_comma():
+    assert bash_complete("cbctl policy k --field mode,failure") == {
+        "mode,failureThreshold", "mode,failureRateThreshold"}
 
 
 def test_bash_offers_states_outcomes_and_choices():
@@ -147,6 +152,7 @@ def test_fish_offers_commands_flags_states_and_keys(cbd):
         assert offered == listed, f"cbctl.fish, {command}: offers {offered}, help lists {listed}"
     assert fish_complete("cbctl transition k ") == {"closed", "open", "half-open"}
     assert fish_complete("cbctl get k --field ") == set(help_options("get")["--field"])
+    assert fish_complete("cbctl policy k --field ") == set(help_options("policy")["--field"])
     assert cbctl("get", "fish/key", sock=cbd.sock).returncode == 0
     assert "fish/key" in fish_complete(f"cbctl --socket {cbd.sock} get ")
 

@@ -8,24 +8,38 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import BUILD, CBD, Client, cbctl, wait_for_socket
 
 
 def test_second_daemon_on_the_same_socket_refuses(start_cbd):
     first = start_cbd()
+    lock = Path(first.sock + ".lock")
+    held = lock.stat()
     second = start_cbd(wait=False)
     assert second.proc.wait(timeout=10) != 0
     log = second.log()
     assert "already serving" in log and first.sock in log and str(first.proc.pid) in log
     assert Client(first.sock).call({"op": "ping"})["ok"]
+    # The refused one leaves the first one's lock file where it was, as it was.
+    assert (lock.stat().st_ino, lock.read_text()) == (held.st_ino, f"{first.proc.pid}\n")
+    # Which the first one removes when it stops: a third serves the path.
+    assert first.stop() == 0
+    assert not lock.exists()
+    third = start_cbd()
+    assert Client(third.sock).call({"op": "ping"})["ok"]
 
 
 def test_stale_socket_from_killed_daemon_is_replaced(start_cbd):
     first = start_cbd()
     first.stop(signal.SIGKILL)
     assert os.path.exists(first.sock)  # left behind by the dead one
+    assert os.path.exists(first.sock + ".lock")  # and its lock file, unheld
     second = start_cbd()
     assert Client(second.sock).call({"op": "ping"})["ok"]
+    assert second.stop() == 0
+    assert not os.path.exists(second.sock + ".lock")
 
 
 def test_refuses_to_replace_a_file_that_is_not_a_socket(start_cbd, workdir):
@@ -35,17 +49,33 @@ def test_refuses_to_replace_a_file_that_is_not_a_socket(start_cbd, workdir):
     assert d.proc.wait(timeout=10) != 0
     assert "not a socket" in d.log()
     assert path.read_text() == "precious"
+    # Refused once it held the lock: the lock file goes with it.
+    assert sorted(os.listdir(workdir)) == ["cbd-0.log", "regular-file"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config", "/nonexistent/cbd.json"], "/nonexistent/cbd.json"),
+    (["--http-listen", "0.0.0.0:0"], "not a loopback address"),
+], ids=["missing-config", "remote-http"])
+def test_a_start_refused_after_the_lock_leaves_no_lock_file(start_cbd, workdir, args, message):
+    d = start_cbd(*args, wait=False)
+    assert d.proc.wait(timeout=10) == 1
+    assert message in d.log()
+    assert not os.path.exists(d.sock) and not os.path.exists(d.sock + ".lock")
 
 
 def test_sigterm_exits_zero_and_removes_the_socket(cbd):
     assert Client(cbd.sock).call({"op": "ping"})["ok"]
+    assert os.path.exists(cbd.sock + ".lock")
     assert cbd.stop(signal.SIGTERM) == 0
     assert not os.path.exists(cbd.sock)
+    assert not os.path.exists(cbd.sock + ".lock")
 
 
 def test_sigint_exits_zero(cbd):
     assert cbd.stop(signal.SIGINT) == 0
     assert not os.path.exists(cbd.sock)
+    assert not os.path.exists(cbd.sock + ".lock")
 
 
 def test_shutdown_answers_what_was_read(cbd):
@@ -144,11 +174,14 @@ def test_socket_activation(workdir):
         c = Client(path)
         assert c.call({"op": "failure", "key": "sa"})["snapshot"]["failureCount"] == 1
         assert cbctl("get", "sa", "--field", "failureCount", sock=path).stdout == "1\n"
+        # systemd owns the socket and runs one service for it: no lock file.
+        assert not os.path.exists(path + ".lock")
     finally:
         proc.terminate()
         assert proc.wait(timeout=10) == 0
-    # cbd never unlinks the socket systemd gave it.
+    # cbd never unlinks the socket systemd gave it, and leaves nothing beside it.
     assert os.path.exists(path)
+    assert sorted(os.listdir(workdir)) == ["activated.sock"]
     assert "socket activation" in proc.stderr.read()
 
 

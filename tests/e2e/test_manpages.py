@@ -4,9 +4,10 @@ cbctl command too), the pages render without groff warnings, and the one
 version (CMake's project(VERSION)) is what the pages, --version, ping and
 debian/changelog say.
 
-Adding a flag to cbd or cbctl: add an entry to docs/man/cbd.8.scd's OPTIONS
-(or cbctl.1.scd's section for the command), a line of the form
-`*--the-flag* _VALUE_` followed by a tab-indented description."""
+Adding a flag to cbd or cbctl: add an entry to docs/man/cbd.8.scd's OPTIONS,
+under the `## ` heading of the flag's group in `cbd --help` (or cbctl.1.scd's
+section for the command), a line of the form `*--the-flag* _VALUE_` followed
+by a tab-indented description."""
 
 import re
 import subprocess
@@ -65,11 +66,64 @@ def drift(program, page, section, in_help, in_man):
     return problems
 
 
+def help_groups(*argv):
+    """{group: {flags}} from CLI11's --help, where a group's heading is an
+    unindented line ending in ':' ("Options:" holds the ungrouped ones)."""
+    out = subprocess.run(list(argv) + ["--help"], capture_output=True, text=True, timeout=10)
+    assert out.returncode == 0, out.stderr
+    groups, current = {}, None
+    for line in out.stdout.splitlines():
+        if re.fullmatch(r"[A-Z][^:]*:", line):
+            current = line[:-1]
+            groups[current] = set()
+        elif current is not None and (m := HELP_FLAG.match(line)):
+            groups[current].add(m.group(1))
+    return groups
+
+
+def scdoc_subsections(path, section):
+    """{subsection: [lines]} for the '## ' headings under '# section'; the
+    lines before the first of them are under ''."""
+    subsections, current, inside = {"": []}, "", False
+    for line in path.read_text().splitlines():
+        if line.startswith("# "):
+            inside = line[2:].strip() == section
+        elif inside and line.startswith("## "):
+            current = line[3:].strip()
+            subsections[current] = []
+        elif inside:
+            subsections[current].append(line)
+    return subsections
+
+
 def test_cbd_options_match_its_help():
-    sections = scdoc_sections(MAN_SRC / "cbd.8.scd")
-    problems = drift("cbd", "docs/man/cbd.8.scd", "OPTIONS", help_flags(CBD),
-                     man_flags(sections["OPTIONS"]))
+    man = scdoc_subsections(MAN_SRC / "cbd.8.scd", "OPTIONS")
+    in_man = set().union(*(man_flags(lines) for lines in man.values()))
+    problems = drift("cbd", "docs/man/cbd.8.scd", "OPTIONS", help_flags(CBD), in_man)
     assert not problems, "\n".join(problems)
+
+
+def test_cbd_help_groups_its_flags_as_the_man_page_does():
+    groups = help_groups(CBD)
+    assert list(groups) == ["Options", "Socket and access", "Limits", "Policy", "Persistence",
+                            "Redis", "HTTP", "Testing"]
+    man = scdoc_subsections(MAN_SRC / "cbd.8.scd", "OPTIONS")
+    man_groups = {("Options" if name == "" else name): man_flags(lines)
+                  for name, lines in man.items()}
+    assert man_groups == groups
+
+
+def test_cbd_help_names_every_value():
+    # Each value says what is typed (N, MS, PATH, RULE), never CLI11's TEXT,
+    # INT or UINT, and ranges read as words in the description.
+    out = subprocess.run([CBD, "--help"], capture_output=True, text=True, timeout=10).stdout
+    assert not re.search(r"\b(TEXT|INT|UINT)\b", out), out
+    for option in ["--socket PATH", "--max-line-bytes N=65536", "--reset-timeout-ms MS",
+                   "--trip-rule RULE", "--failure-rate-threshold PERCENT",
+                   "--idle-timeout DURATION=0", "--config FILE",
+                   "--http-listen,--metrics-listen ADDR:PORT"]:
+        assert f"\n  {option} " in out or f"\n  {option}\n" in out, option
+    assert "Longest request line accepted (64 to 67108864)" in out
 
 
 def test_cbctl_global_options_match_its_help():

@@ -2,13 +2,12 @@
 
 import json
 import os
-import pty
 import socket
 import subprocess
 import threading
 import time
 
-from conftest import CBCTL, Client, cbctl
+from conftest import CBCTL, Client, cbctl, run_on_tty
 
 
 def read_events(c, n, timeout=20):
@@ -173,24 +172,6 @@ def test_list_pages_over_100000_circuits(cbd):
     r = cbctl("list", "--prefix", "svc-00001", "--json", sock=cbd.sock)
     assert len(r.stdout.splitlines()) == 10
     assert c.call({"op": "list", "limit": 10001})["error"]["code"] == "invalid_request"
-
-
-def run_on_tty(args, env=None):
-    """Runs cbctl with a terminal as stdout; returns what it printed."""
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.execve(CBCTL, [CBCTL, *args], dict(os.environ, TZ="UTC", **(env or {})))
-    out = b""
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        out += chunk
-    os.waitpid(pid, 0)
-    return out.decode().replace("\r\n", "\n")
 
 
 def test_cbctl_list_table_and_stats_on_a_terminal(cbd):
