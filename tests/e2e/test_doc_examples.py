@@ -208,3 +208,32 @@ def test_readme_examples(start_cbd, workdir):
                 problems.append(f"README.md:{number} cbctl {args}: shows {want!r}, prints {line!r}")
     assert ran >= 3, examples
     assert not problems, "\n".join(problems)
+
+
+# --- the access tables against the op table ------------------------------------
+
+def op_levels():
+    """{op name: level} from common/protocol.cpp's op table (kOps)."""
+    text = (ROOT / "common" / "protocol.cpp").read_text()
+    table = text[text.index("kOps = {{"):text.index("}};", text.index("kOps = {{"))]
+    rows = re.findall(r'\{Op::\w+, "(\w+)",.*?AccessLevel::(\w+)\}', table, re.S)
+    return {name: level.lower() for name, level in rows}
+
+
+@pytest.mark.parametrize("doc,header", [("README.md", "| level | may |"),
+                                        ("docs/PROTOCOL.md", "| level | operations |")])
+def test_access_tables_name_every_op_at_its_level(doc, header):
+    levels = op_levels()
+    assert len(levels) >= 19 and set(levels.values()) == {"read", "write", "admin"}, levels
+    lines = (ROOT / doc).read_text().splitlines()
+    start = lines.index(header)
+    shown = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("| "):
+            break
+        level, ops = line.split("|")[1].strip(), line.split("|")[2]
+        # Each row names the ops that level adds to the one before.
+        shown[level] = set(re.findall(r"`(\w+)`", ops.split("(")[0]))
+    for level in ("read", "write", "admin"):
+        want = {name for name, at in levels.items() if at == level}
+        assert shown.get(level) == want, (doc, level, sorted(shown.get(level, set()) ^ want))
