@@ -237,3 +237,24 @@ def test_access_tables_name_every_op_at_its_level(doc, header):
     for level in ("read", "write", "admin"):
         want = {name for name, at in levels.items() if at == level}
         assert shown.get(level) == want, (doc, level, sorted(shown.get(level, set()) ^ want))
+
+
+# --- the README's cbd synopsis against cbd --help -----------------------------
+
+def test_readme_synopsis_names_every_flag_of_cbd_help():
+    from conftest import CBD
+
+    help_text = subprocess.run([CBD, "--help"], capture_output=True, text=True,
+                               timeout=30).stdout
+    # Every flag but help itself and the testing group's (tests only).
+    testing = help_text[help_text.index("\nTesting:"):] if "\nTesting:" in help_text else ""
+    flags = set(re.findall(r"--[a-z][a-z0-9-]+", help_text)) - set(
+        re.findall(r"--[a-z][a-z0-9-]+", testing)) - {"--help"}
+    flags -= set(re.findall(r",(--[a-z][a-z0-9-]+)", help_text))  # other names of a flag
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index("\n### cbd\n"):]
+    block = block[:block.index("\n- ")]
+    synopsis = "\n".join(line for line in block.splitlines() if line.startswith("    "))
+    shown = set(re.findall(r"--[a-z][a-z0-9-]+", synopsis))
+    assert flags and shown == flags, {"not in the README": sorted(flags - shown),
+                                      "not in cbd --help": sorted(shown - flags)}
