@@ -15,6 +15,7 @@
 #include <array>
 #include <charconv>
 #include <iostream>
+#include <nlohmann/json.hpp>
 #include <unistd.h>
 
 namespace {
@@ -414,5 +415,15 @@ int main(int argc, char** argv) {
     GlobalOptions options;
     options.socket_path = cbd::resolve_socket_path(socket_flag);
     options.timeout = std::chrono::milliseconds(timeout_ms);
-    return command(options);
+    try {
+        return command(options);
+    } catch (const nlohmann::json::exception& e) {
+        // A reply that parsed as JSON but holds a field of the wrong type:
+        // not what cbd sends, so whatever answers there is not (or no
+        // longer) cbd. One line and exit 3, as for a reply that is not
+        // JSON at all, never an uncaught exception.
+        std::cerr << "cbctl: a reply from " << options.socket_path << " is not what cbd sends ("
+                  << e.what() << ")\n";
+        return kExitUnreachable;
+    }
 }

@@ -22,14 +22,19 @@ namespace {
 using Json = nlohmann::ordered_json;
 
 std::string forced_text(const Json& forced) {
-    if (forced.is_null())
+    if (!forced.is_object())
         return "-";
-    std::string text = forced.value("state", "?");
-    if (forced.contains("until") && forced["until"].is_number())
-        text += " until " + human_time(forced["until"].get<std::int64_t>());
-    const std::string reason = forced.value("reason", "");
-    if (!reason.empty())
-        text += " (" + reason + ")";
+    const auto state = forced.find("state");
+    std::string text =
+        state != forced.end() && state->is_string() ? state->get<std::string>() : "?";
+    if (const auto until = forced.find("until");
+        until != forced.end() && until->is_number_integer())
+        text += " until " + human_time(until->get<std::int64_t>());
+    // Quoted, as the pin line of `get` prints it: a reason is the peer's
+    // text, and printed raw its bytes would go to the terminal as they are.
+    if (const auto reason = forced.find("reason");
+        reason != forced.end() && reason->is_string() && !reason->get<std::string>().empty())
+        text += " (" + cbd::json_string(reason->get<std::string>()) + ")";
     return text;
 }
 

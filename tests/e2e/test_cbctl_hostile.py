@@ -261,3 +261,72 @@ def test_usage_errors_come_before_any_connection(workdir):
     sock = str(workdir / "nobody-here.sock")
     assert cbctl("report", "g", "failure", "--generation", "-1", sock=sock).returncode == 2
     assert cbctl("report", "g", "failure", "--generation", "1", sock=sock).returncode == 3
+
+
+# --- a peer that is not cbd ----------------------------------------------------
+
+class FakeCbd:
+    """A Unix socket that answers every request line with `reply`."""
+
+    def __init__(self, path, reply):
+        import socket
+        import threading
+
+        self.path = str(path)
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(self.path)
+        self.server.listen(8)
+        self.reply = reply
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn):
+        with conn:
+            f = conn.makefile("rb")
+            for _ in f:
+                conn.sendall(self.reply)
+
+    def close(self):
+        self.server.close()
+
+
+# Before, each of these ended cbctl with an uncaught exception (abort, 134).
+@pytest.mark.parametrize("args,reply", [
+    (["get", "k"], b'{"ok":"yes"}\n'),
+    (["stats"], b'{"ok":false,"error":"boom"}\n'),
+    (["failure", "k"], b'{"ok":false,"error":{"code":7,"message":[]}}\n'),
+], ids=["ok-not-bool", "error-not-object", "error-fields-of-the-wrong-type"])
+def test_a_reply_cbd_would_never_send_is_one_line_and_exit_3(workdir, args, reply):
+    fake = FakeCbd(workdir / "fake.sock", reply)
+    try:
+        r = cbctl(*args, sock=fake.path, timeout=10)
+    finally:
+        fake.close()
+    assert r.returncode == 3, (r.returncode, r.stdout, r.stderr)
+    assert len(r.stderr.splitlines()) == 1 and fake.path in r.stderr, r.stderr
+    assert "terminate" not in r.stderr and r.stdout == "", (r.stdout, r.stderr)
+
+
+def test_a_pin_reason_reaches_the_terminal_quoted(workdir):
+    from conftest import run_on_tty
+
+    reply = (b'{"ok":true,"circuits":[{"key":"k","snapshot":{"state":"open","failureCount":0,'
+             b'"successCount":0,"lastFailureTime":0,"lastStateChange":1},"generation":1,'
+             b'"forced":{"state":"open","until":null,"reason":"\\u001b]0;owned\\u0007x",'
+             b'"by":{"uid":0,"pid":1}}}],"next":null}\n')
+    fake = FakeCbd(workdir / "fake.sock", reply)
+    try:
+        out = run_on_tty(["--socket", fake.path, "list"])
+    finally:
+        fake.close()
+    assert "\x1b" not in out and "\x07" not in out, repr(out)
+    assert '"\\u001b]0;owned\\u0007x"' in out, out
