@@ -13,8 +13,10 @@
 
 #include <CLI/CLI.hpp>
 #include <array>
+#include <cctype>
 #include <charconv>
 #include <iostream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <unistd.h>
 
@@ -69,6 +71,43 @@ struct WholeNumberRange : public CLI::Validator {
         };
     }
 };
+
+// CLI11 names a value by its C++ type (TEXT, INT, UINT); --help says what
+// is typed instead: a positional's own name says it already, and an
+// option's value is named here, or after the option (--prefix PREFIX).
+void name_values(CLI::App& app, bool top) {
+    static const std::map<std::string, std::string, std::less<>> kValueNames = {
+        {"--socket", "PATH"},         {"--ttl", "DUR"},
+        {"--kill-after", "DUR"},      {"--generation", "N"},
+        {"--expect-generation", "N"}, {"--duration-ms", "MS"},
+        {"--expect", "STATE"},        {"--success-codes", "LIST"},
+        {"--field", "FIELD"},         {"--unset", "FIELD"}};
+    for (CLI::Option* option : app.get_options()) {
+        const std::string type = option->get_type_name();
+        if (!(type.starts_with("TEXT") || type.starts_with("INT") || type.starts_with("UINT")))
+            continue;
+        if (option->get_positional()) {
+            // KEY, STATE, CMD: the name says it; OUTCOME lists its choices.
+            option->type_name(type.find(':') == std::string::npos ? "" : "ONE OF");
+            continue;
+        }
+        const std::string name =
+            option->get_name(false, true).substr(0, option->get_name(false, true).find(','));
+        std::string value;
+        if (name == "--timeout")
+            value = top ? "MS" : "DUR"; // cbctl's own wait; run's limit on CMD
+        else if (auto it = kValueNames.find(name); it != kValueNames.end())
+            value = it->second;
+        else {
+            for (const char c : name.substr(2))
+                value +=
+                    c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+        }
+        option->type_name(value);
+    }
+    for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; }))
+        name_values(*sub, false);
+}
 
 } // namespace
 
@@ -405,6 +444,7 @@ int main(int argc, char** argv) {
         };
     });
 
+    name_values(app, true);
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

@@ -194,3 +194,13 @@ def test_one_version_everywhere(cbd):
     assert re.match(rf"cbd \({re.escape(version)}(-[0-9a-z.+~]+)?\) ", changelog), (
         f"debian/changelog's first entry ('{changelog}') is not for project(VERSION) {version}: "
         "add an entry with dch -v " + version)
+
+
+@pytest.mark.parametrize("command", ["", "get", "success", "failure", "transition", "reset",
+                                     "ping", "pipe", "acquire", "report", "force", "unforce",
+                                     "configure", "policy", "watch", "list", "stats", "metrics",
+                                     "export", "import", "run"])
+def test_cbctl_help_names_every_value(command):
+    out = subprocess.run([CBCTL, *([command] if command else []), "--help"], capture_output=True,
+                         text=True, timeout=10).stdout
+    assert out and not re.search(r"\b(TEXT|INT|UINT)\b", out), out
