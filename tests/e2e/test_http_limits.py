@@ -2,7 +2,7 @@
 real cbd with --http-listen, raw sockets, and a flood of idle and trickling
 connections in a separate process while a scraper fetches /metrics.
 
-What is promised (README, *Security*; docs/DASHBOARD.md, *Bounds*): a
+What is promised (docs/SECURITY.md; docs/DASHBOARD.md, *Bounds*): a
 request head not complete within 5 s is closed, an idle keep-alive
 connection after 5 s, and at the connection limit (16) the connection idle
 longest makes room for the newcomer; a bad request gets its status line

@@ -167,7 +167,7 @@ def test_crash_in_batch_mode_loses_one_interval_plus_the_write_before(start_cbd,
     # then. So once cbd shows a commit at B, the batch handed over at the
     # commit before, A, is on disk, and SIGKILL loses only changes made
     # after A: one interval, or more while a slow write holds the next
-    # batch back (README, *Restarts and crashes*). Timed from cbd's own
+    # batch back (docs/OPERATIONS.md, *Restarts*). Timed from cbd's own
     # commits, not from a fixed window, as a sync on a busy disk can take
     # a second.
     state = workdir / "state.db"

@@ -136,7 +136,7 @@ export class CbdClient {
    * when the circuit denies the call; otherwise resolves or rejects as fn
    * does (a report that fails does not change that). In mirror mode most
    * calls on a closed circuit are decided here and reported in batches
-   * (README, "Mirror mode").
+   * (docs/CLIENTS.md, "Mirror mode").
    */
   execute<T>(key: string, fn: () => T | PromiseLike<T>, options: ExecuteOptions = NO_OPTIONS): Promise<Awaited<T>> {
     const mirror = this.mirror;

@@ -3,7 +3,7 @@
 // circuit is decided here and its outcome goes to cbd later, in a batch.
 //
 // What may be decided locally, and when cbd must be asked, is the spec's
-// (README, "Mirror mode"); the safety of it rests on two rules kept here:
+// (docs/CLIENTS.md, "Mirror mode"); the safety of it rests on two rules kept here:
 //
 // - An entry's state is known only while a confirmed watch covers its key,
 //   and only from a source that cannot have missed an event: an acquire

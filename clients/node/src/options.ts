@@ -20,7 +20,7 @@ export interface CbdClientOptions {
   /**
    * Mirror mode for execute()/breaker(): each key's circuit is copied here
    * and kept current by a watch, so that calls on a closed circuit are
-   * allowed without asking cbd and their outcomes go in batches (README,
+   * allowed without asking cbd and their outcomes go in batches (docs/CLIENTS.md,
    * "Mirror mode"). Default false.
    */
   mirror?: boolean;
